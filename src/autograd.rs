@@ -1,0 +1,166 @@
+//! The autograd tape, in the spirit of micrograd and llm.c: every op appends a node (what
+//! it was, which values it read, what it saved) to a flat list in creation order, and
+//! `backward` walks that list in reverse, each node handing its output's gradient to its op's
+//! hand-written backward function and accumulating the results into its inputs' gradients
+//! (accumulate, never overwrite: residual connections read one value twice).
+//!
+//! Parameters enter the graph as leaves copied from the `ParamStore`; after `backward`,
+//! `param_grads` hands back each leaf's gradient with the parameter's index in the store.
+
+use crate::device::cpu::batchnorm::BnStats;
+use crate::device::cpu::conv::ConvShape;
+use crate::nn::params::ParamStore;
+use crate::ops;
+use crate::tensor::Tensor;
+
+/// A value in the graph: an index into its list of tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Var(pub(crate) usize);
+
+/// One recorded op with what its backward pass needs.
+pub enum Op {
+    Conv2d {
+        x: Var,
+        w: Var,
+        shape: ConvShape,
+    },
+    BatchNorm {
+        x: Var,
+        gamma: Var,
+        beta: Option<Var>,
+        stats: BnStats,
+    },
+    Relu {
+        x: Var,
+    },
+    MaxPool {
+        x: Var,
+        argmax: Vec<u32>,
+    },
+    GlobalAvgPool {
+        x: Var,
+    },
+    Linear {
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+    },
+    Add {
+        a: Var,
+        b: Var,
+    },
+    L2Normalize {
+        x: Var,
+        inv_norm: Tensor,
+    },
+    /// A loss whose kernel computed dloss/dx together with the loss (NT-Xent, softmax
+    /// cross-entropy, distillation): backward only scales the saved gradient.
+    Loss {
+        x: Var,
+        grad: Tensor,
+    },
+}
+
+struct Node {
+    op: Op,
+    out: Var,
+}
+
+pub struct Graph {
+    values: Vec<Tensor>,
+    nodes: Vec<Node>,
+    grads: Vec<Option<Tensor>>,
+    leaves: Vec<(usize, Var)>,
+    /// When false (evaluation), ops compute values but record nothing for backward.
+    pub record: bool,
+}
+
+impl Graph {
+    pub fn new(record: bool) -> Graph {
+        Graph {
+            values: Vec::new(),
+            nodes: Vec::new(),
+            grads: Vec::new(),
+            leaves: Vec::new(),
+            record,
+        }
+    }
+
+    /// A value that needs no gradient (an input batch).
+    pub fn input(&mut self, t: Tensor) -> Var {
+        self.values.push(t);
+        Var(self.values.len() - 1)
+    }
+
+    /// A parameter of the store, as a leaf whose gradient `param_grads` returns.
+    pub fn param(&mut self, store: &ParamStore, id: usize) -> Var {
+        let v = self.input(store.params[id].value.clone());
+        if self.record {
+            self.leaves.push((id, v));
+        }
+        v
+    }
+
+    /// Adds an op's output; the op is kept only when recording.
+    pub(crate) fn push(&mut self, t: Tensor, op: Op) -> Var {
+        let out = self.input(t);
+        if self.record {
+            self.nodes.push(Node { op, out });
+        }
+        out
+    }
+
+    pub fn value(&self, v: Var) -> &Tensor {
+        &self.values[v.0]
+    }
+
+    pub fn grad(&self, v: Var) -> Option<&Tensor> {
+        self.grads.get(v.0).and_then(|g| g.as_ref())
+    }
+
+    /// Backpropagates from a scalar `loss` (seeded with dloss/dloss = 1).
+    pub fn backward(&mut self, loss: Var) {
+        assert_eq!(self.value(loss).numel(), 1, "backward from a non-scalar");
+        let seed = Tensor::full(&[1], self.value(loss).dtype(), 1.0);
+        self.backward_from(loss, seed);
+    }
+
+    /// Backpropagates an arbitrary gradient `dy` of value `out` (the gradient checks use it
+    /// to test ops whose output is not a scalar).
+    pub fn backward_from(&mut self, out: Var, dy: Tensor) {
+        assert!(self.record, "backward on a graph that recorded nothing");
+        assert_eq!(self.value(out).shape, dy.shape, "seed gradient shape");
+        self.grads = vec![None; self.values.len()];
+        self.grads[out.0] = Some(dy);
+        let nodes = std::mem::take(&mut self.nodes);
+        for node in nodes.iter().rev() {
+            let Some(dy) = self.grads[node.out.0].take() else {
+                continue;
+            };
+            for (v, g) in ops::backward(&node.op, &self.values, node.out, &dy) {
+                match &mut self.grads[v.0] {
+                    Some(acc) => acc.add_assign(&g),
+                    slot => *slot = Some(g),
+                }
+            }
+            self.grads[node.out.0] = Some(dy);
+        }
+        self.nodes = nodes;
+    }
+
+    /// Gradients of the parameter leaves, by parameter index (zeros for unused parameters).
+    pub fn param_grads(&mut self) -> Vec<(usize, Tensor)> {
+        let leaves = std::mem::take(&mut self.leaves);
+        leaves
+            .into_iter()
+            .map(|(id, v)| {
+                let g = self.grads.get_mut(v.0).and_then(|g| g.take());
+                let value = &self.values[v.0];
+                (
+                    id,
+                    g.unwrap_or_else(|| Tensor::zeros(&value.shape, value.dtype())),
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,297 @@
+//! A background batch producer, so that decoding and augmentation overlap with training.
+//! One thread walks the epoch's index order and builds each batch (images augmented in
+//! parallel with rayon), handing batches over through a bounded channel.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+
+use super::augment::{center, Augment, Normalize};
+use super::Dataset;
+use crate::rng::Rng;
+
+/// How each image of a batch becomes rows of the batch.
+#[derive(Clone)]
+pub enum Views {
+    /// SimCLR pretraining: each image twice; rows 0..B are the first view of the B images,
+    /// rows B..2B the second view, in the same order.
+    Two(Augment),
+    /// One augmented view per image (supervised fine-tuning, distillation).
+    One(Augment),
+    /// Evaluation: resized or copied, no randomness.
+    Center,
+}
+
+pub struct Batch {
+    /// rows × out_size × out_size × c, NHWC, standardised.
+    pub x: Vec<f32>,
+    /// The label of each row (with two views, each label appears twice).
+    pub labels: Vec<u32>,
+    /// The dataset index of each row.
+    pub indices: Vec<usize>,
+    pub rows: usize,
+}
+
+/// The batches of one epoch, produced ahead of time on a background thread.
+pub struct Loader {
+    rx: Option<Receiver<Batch>>,
+    producer: Option<JoinHandle<()>>,
+    num_batches: usize,
+}
+
+impl Loader {
+    /// `indices` is the epoch's order (already shuffled by the caller). Image i of view v is
+    /// augmented with Rng::derive(seed, &[epoch, i, v]), so batches do not depend on thread
+    /// scheduling. `prefetch` (at least 1) is how many finished batches may wait in the channel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ds: Arc<Dataset>,
+        indices: Vec<usize>,
+        batch_size: usize,
+        drop_last: bool,
+        views: Views,
+        norm: Normalize,
+        out_size: usize,
+        seed: u64,
+        epoch: u64,
+        prefetch: usize,
+    ) -> Loader {
+        assert!(batch_size > 0, "batch size must be positive");
+        if let Views::Two(aug) | Views::One(aug) = &views {
+            assert_eq!(
+                aug.out_size, out_size,
+                "augmentation and loader output sizes differ"
+            );
+        }
+        let num_batches = if drop_last {
+            indices.len() / batch_size
+        } else {
+            indices.len().div_ceil(batch_size)
+        };
+        let (tx, rx) = sync_channel(prefetch.max(1));
+        let producer = std::thread::spawn(move || {
+            for chunk in indices.chunks(batch_size).take(num_batches) {
+                let batch = make_batch(&ds, chunk, &views, &norm, out_size, seed, epoch);
+                // A send error means the Loader was dropped: stop quietly.
+                if tx.send(batch).is_err() {
+                    return;
+                }
+            }
+        });
+        Loader {
+            rx: Some(rx),
+            producer: Some(producer),
+            num_batches,
+        }
+    }
+
+    pub fn num_batches(&self) -> usize {
+        self.num_batches
+    }
+}
+
+fn make_batch(
+    ds: &Dataset,
+    chunk: &[usize],
+    views: &Views,
+    norm: &Normalize,
+    out_size: usize,
+    seed: u64,
+    epoch: u64,
+) -> Batch {
+    let n_views = if let Views::Two(_) = views { 2 } else { 1 };
+    let rows = chunk.len() * n_views;
+    let row_len = out_size * out_size * ds.c;
+    // Row r is view r / B of image chunk[r % B].
+    let indices: Vec<usize> = (0..rows).map(|r| chunk[r % chunk.len()]).collect();
+    let mut x = vec![0f32; rows * row_len];
+    x.par_chunks_mut(row_len).enumerate().for_each(|(r, out)| {
+        let i = indices[r];
+        let view = (r / chunk.len()) as u64;
+        let img = ds.image(i);
+        match views {
+            Views::Two(aug) | Views::One(aug) => {
+                let mut rng = Rng::derive(seed, &[epoch, i as u64, view]);
+                aug.apply(img, ds.h, ds.w, ds.c, norm, &mut rng, out);
+            }
+            Views::Center => center(img, ds.h, ds.w, ds.c, out_size, norm, out),
+        }
+    });
+    let labels = indices.iter().map(|&i| ds.labels[i]).collect();
+    Batch {
+        x,
+        labels,
+        indices,
+        rows,
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        if let Ok(batch) = self.rx.as_ref()?.recv() {
+            return Some(batch);
+        }
+        // The producer has finished, or panicked: pass its panic on rather than end early.
+        self.rx = None;
+        if let Some(Err(panic)) = self.producer.take().map(JoinHandle::join) {
+            std::panic::resume_unwind(panic);
+        }
+        None
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Dropping the receiver first makes the producer's next send fail, so join cannot hang.
+        self.rx = None;
+        if let Some(producer) = self.producer.take() {
+            let _ = producer.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(n: usize, h: usize, w: usize, c: usize) -> Arc<Dataset> {
+        let mut rng = Rng::new(5);
+        Arc::new(Dataset {
+            images: (0..n * h * w * c).map(|_| rng.below(256) as u8).collect(),
+            labels: (0..n as u32).map(|i| i % 3).collect(),
+            n,
+            h,
+            w,
+            c,
+            num_classes: 3,
+        })
+    }
+
+    fn identity(c: usize) -> Normalize {
+        Normalize {
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+        }
+    }
+
+    fn two_view_loader(ds: &Arc<Dataset>, epoch: u64) -> Loader {
+        let order: Vec<usize> = (0..ds.n).rev().collect();
+        let views = Views::Two(Augment::simclr(8, 1.0));
+        Loader::new(
+            ds.clone(),
+            order,
+            4,
+            false,
+            views,
+            identity(3),
+            8,
+            42,
+            epoch,
+            2,
+        )
+    }
+
+    #[test]
+    fn same_seed_same_batches_other_epoch_other_augmentation() {
+        let ds = dataset(10, 12, 12, 3);
+        let a: Vec<Batch> = two_view_loader(&ds, 0).collect();
+        let b: Vec<Batch> = two_view_loader(&ds, 0).collect();
+        let c: Vec<Batch> = two_view_loader(&ds, 1).collect();
+        assert_eq!(a.len(), 3);
+        for ((a, b), c) in a.iter().zip(&b).zip(&c) {
+            assert_eq!(a.x, b.x);
+            assert_eq!(a.indices, c.indices);
+            assert_ne!(a.x, c.x);
+        }
+    }
+
+    #[test]
+    fn two_views_layout() {
+        let ds = dataset(10, 12, 12, 3);
+        let mut loader = two_view_loader(&ds, 0);
+        assert_eq!(loader.num_batches(), 3);
+        let first = loader.next().unwrap();
+        assert_eq!(first.rows, 8);
+        assert_eq!(first.indices, vec![9, 8, 7, 6, 9, 8, 7, 6]);
+        assert_eq!(first.labels, vec![0, 2, 1, 0, 0, 2, 1, 0]);
+        assert_eq!(first.x.len(), 8 * 8 * 8 * 3);
+        // Each row is the image's own augmentation, whatever thread built it.
+        let row = 8 * 8 * 3;
+        let aug = Augment::simclr(8, 1.0);
+        let mut expect = vec![0f32; row];
+        for r in 0..8 {
+            let (i, view) = (first.indices[r], (r / 4) as u64);
+            let mut rng = Rng::derive(42, &[0, i as u64, view]);
+            aug.apply(ds.image(i), 12, 12, 3, &identity(3), &mut rng, &mut expect);
+            assert_eq!(&first.x[r * row..(r + 1) * row], &expect[..]);
+        }
+        assert_ne!(&first.x[..row], &first.x[4 * row..5 * row]);
+        let last = loader.nth(1).unwrap();
+        assert_eq!((last.rows, last.indices.clone()), (4, vec![1, 0, 1, 0]));
+        assert!(loader.next().is_none());
+        assert!(loader.next().is_none());
+    }
+
+    #[test]
+    fn center_and_one_view() {
+        let ds = dataset(7, 6, 6, 1);
+        let norm = Normalize {
+            mean: vec![0.5],
+            std: vec![0.5],
+        };
+        let batches: Vec<Batch> = Loader::new(
+            ds.clone(),
+            (0..7).collect(),
+            3,
+            true,
+            Views::Center,
+            norm.clone(),
+            6,
+            1,
+            0,
+            1,
+        )
+        .collect();
+        assert_eq!(batches.len(), 2);
+        let mut expect = vec![0f32; 36];
+        for b in &batches {
+            assert_eq!(b.rows, 3);
+            for (r, &i) in b.indices.iter().enumerate() {
+                center(ds.image(i), 6, 6, 1, 6, &norm, &mut expect);
+                assert_eq!(&b.x[r * 36..(r + 1) * 36], &expect[..]);
+            }
+        }
+        let one = Views::One(Augment::simclr(4, 0.5));
+        let b = Loader::new(ds, (0..7).collect(), 5, false, one, norm, 4, 1, 0, 1)
+            .next()
+            .unwrap();
+        assert_eq!(
+            (b.rows, b.x.len(), b.indices),
+            (5, 5 * 16, vec![0, 1, 2, 3, 4])
+        );
+    }
+
+    #[test]
+    fn dropping_early_does_not_hang() {
+        let ds = dataset(64, 12, 12, 3);
+        let views = Views::Two(Augment::simclr(8, 1.0));
+        let mut loader = Loader::new(
+            ds,
+            (0..64).collect(),
+            2,
+            false,
+            views,
+            identity(3),
+            8,
+            0,
+            0,
+            1,
+        );
+        assert!(loader.next().is_some());
+        drop(loader);
+    }
+}

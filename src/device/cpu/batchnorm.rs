@@ -1,0 +1,185 @@
+//! Batch normalisation over NHWC activations viewed as [rows, C] (rows = N·H·W), on the CPU.
+//! Per-channel sums are taken over fixed chunks of rows and the partials combined in a
+//! fixed order in f64, so results are the same whatever the thread schedule.
+
+use super::real::Real;
+use rayon::prelude::*;
+
+const CHUNK_ROWS: usize = 256;
+
+/// Σ over rows of f(row, out) where `f` adds one row's contribution into `out` (C values).
+fn channel_sums<T: Real>(rows: usize, c: usize, f: impl Fn(usize, &mut [T]) + Sync) -> Vec<f64> {
+    let partials: Vec<Vec<T>> = (0..rows.div_ceil(CHUNK_ROWS))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = vec![T::zero(); c];
+            for row in chunk * CHUNK_ROWS..((chunk + 1) * CHUNK_ROWS).min(rows) {
+                f(row, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0f64; c];
+    for p in &partials {
+        for (t, &v) in total.iter_mut().zip(p) {
+            *t += v.to_f64();
+        }
+    }
+    total
+}
+
+/// What the training forward pass keeps for the backward pass.
+pub struct BnStats {
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+    pub invstd: Vec<f64>,
+}
+
+/// Training mode: normalise with the batch statistics (two passes: mean, then variance,
+/// which is stable where E[x²]−E[x]² is not). `beta` is None for BN without centring.
+pub fn forward_train<T: Real>(
+    x: &[T],
+    c: usize,
+    gamma: &[T],
+    beta: Option<&[T]>,
+    eps: f64,
+    y: &mut [T],
+) -> BnStats {
+    let rows = x.len() / c;
+    let sums = channel_sums::<T>(rows, c, |r, acc| {
+        for (a, &v) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]) {
+            *a += v;
+        }
+    });
+    let mean: Vec<f64> = sums.iter().map(|s| s / rows as f64).collect();
+    let mean_t: Vec<T> = mean.iter().map(|&m| T::from_f64(m)).collect();
+    let sq = channel_sums::<T>(rows, c, |r, acc| {
+        for ((a, &v), &m) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(&mean_t) {
+            *a += (v - m) * (v - m);
+        }
+    });
+    let var: Vec<f64> = sq.iter().map(|s| s / rows as f64).collect();
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let stats = BnStats { mean, var, invstd };
+    affine(x, c, &stats.mean, &stats.invstd, gamma, beta, y);
+    stats
+}
+
+/// Inference mode: normalise with the running statistics.
+pub fn forward_eval<T: Real>(
+    x: &[T],
+    c: usize,
+    gamma: &[T],
+    beta: Option<&[T]>,
+    running_mean: &[T],
+    running_var: &[T],
+    eps: f64,
+    y: &mut [T],
+) {
+    let mean: Vec<f64> = running_mean.iter().map(|&m| m.to_f64()).collect();
+    let invstd: Vec<f64> = running_var
+        .iter()
+        .map(|&v| 1.0 / (v.to_f64() + eps).sqrt())
+        .collect();
+    affine(x, c, &mean, &invstd, gamma, beta, y);
+}
+
+/// y = (x − mean)·invstd·γ + β, folded into one scale and shift per channel.
+fn affine<T: Real>(
+    x: &[T],
+    c: usize,
+    mean: &[f64],
+    invstd: &[f64],
+    gamma: &[T],
+    beta: Option<&[T]>,
+    y: &mut [T],
+) {
+    let scale: Vec<T> = (0..c)
+        .map(|i| T::from_f64(gamma[i].to_f64() * invstd[i]))
+        .collect();
+    let shift: Vec<T> = (0..c)
+        .map(|i| {
+            let b = beta.map_or(0.0, |b| b[i].to_f64());
+            T::from_f64(b - mean[i] * gamma[i].to_f64() * invstd[i])
+        })
+        .collect();
+    y.par_chunks_mut(c * CHUNK_ROWS)
+        .zip(x.par_chunks(c * CHUNK_ROWS))
+        .for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(c).zip(xc.chunks(c)) {
+                for i in 0..c {
+                    yr[i] = xr[i] * scale[i] + shift[i];
+                }
+            }
+        });
+}
+
+/// Moves running statistics toward the batch's: r ← m·r + (1−m)·batch (TF convention,
+/// m = 0.9), with the unbiased variance as TF and PyTorch do.
+pub fn update_running<T: Real>(
+    stats: &BnStats,
+    rows: usize,
+    momentum: f64,
+    running_mean: &mut [T],
+    running_var: &mut [T],
+) {
+    let unbias = if rows > 1 {
+        rows as f64 / (rows as f64 - 1.0)
+    } else {
+        1.0
+    };
+    for i in 0..running_mean.len() {
+        running_mean[i] =
+            T::from_f64(momentum * running_mean[i].to_f64() + (1.0 - momentum) * stats.mean[i]);
+        running_var[i] = T::from_f64(
+            momentum * running_var[i].to_f64() + (1.0 - momentum) * stats.var[i] * unbias,
+        );
+    }
+}
+
+/// Backward of training-mode BN. With x̂ = (x − μ)·invstd:
+/// dγ = Σ dy·x̂, dβ = Σ dy, dx = γ·invstd/M · (M·dy − dβ − x̂·dγ).
+pub fn backward<T: Real>(
+    x: &[T],
+    dy: &[T],
+    c: usize,
+    gamma: &[T],
+    stats: &BnStats,
+    dx: &mut [T],
+) -> (Vec<f64>, Vec<f64>) {
+    let rows = x.len() / c;
+    let mean: Vec<T> = stats.mean.iter().map(|&m| T::from_f64(m)).collect();
+    let invstd: Vec<T> = stats.invstd.iter().map(|&s| T::from_f64(s)).collect();
+    let dbeta = channel_sums::<T>(rows, c, |r, acc| {
+        for (a, &g) in acc.iter_mut().zip(&dy[r * c..(r + 1) * c]) {
+            *a += g;
+        }
+    });
+    let dgamma = channel_sums::<T>(rows, c, |r, acc| {
+        let (xr, gr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
+        for i in 0..c {
+            acc[i] += gr[i] * (xr[i] - mean[i]) * invstd[i];
+        }
+    });
+    let m = rows as f64;
+    let k: Vec<T> = (0..c)
+        .map(|i| T::from_f64(gamma[i].to_f64() * stats.invstd[i] / m))
+        .collect();
+    let db: Vec<T> = dbeta.iter().map(|&v| T::from_f64(v)).collect();
+    let dg: Vec<T> = dgamma.iter().map(|&v| T::from_f64(v)).collect();
+    let mt = T::from_f64(m);
+    dx.par_chunks_mut(c * CHUNK_ROWS)
+        .zip(
+            x.par_chunks(c * CHUNK_ROWS)
+                .zip(dy.par_chunks(c * CHUNK_ROWS)),
+        )
+        .for_each(|(dxc, (xc, dyc))| {
+            for ((dxr, xr), gr) in dxc.chunks_mut(c).zip(xc.chunks(c)).zip(dyc.chunks(c)) {
+                for i in 0..c {
+                    let xhat = (xr[i] - mean[i]) * invstd[i];
+                    dxr[i] = k[i] * (mt * gr[i] - db[i] - xhat * dg[i]);
+                }
+            }
+        });
+    (dgamma, dbeta)
+}

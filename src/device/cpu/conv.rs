@@ -1,0 +1,375 @@
+//! 2-D convolution (no bias) on NHWC activations with KRSC weights, lowered to gemm.
+//!
+//! Viewing the output as a matrix with one row per output pixel (n, oy, ox) and one column
+//! per filter k, and im2col as the matrix col[pixel, (r, s, c)] of the input values each
+//! pixel's window sees, the three passes are plain matrix products:
+//!   forward      y  = col · Wᵀ        (W is K × RSC)
+//!   input grad   dcol = dy · W, then col2im scatters dcol back onto dx
+//!   weight grad  dW = dyᵀ · col
+//! im2col is built block by block in small buffers, never for the whole batch. A 1×1,
+//! stride-1, unpadded conv needs none: x already is col.
+
+use super::gemm::{gemm, Scratch};
+use super::real::Real;
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvShape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub k: usize,
+    pub r: usize,
+    pub s: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvShape {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.r) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.s) / self.stride + 1
+    }
+    /// Output pixels over the whole batch: the row count of every gemm here.
+    fn pixels(&self) -> usize {
+        self.n * self.out_h() * self.out_w()
+    }
+    /// Length of one im2col row: a filter's R×S×C window.
+    fn rsc(&self) -> usize {
+        self.r * self.s * self.c
+    }
+    fn is_pointwise(&self) -> bool {
+        self.r == 1 && self.s == 1 && self.stride == 1 && self.pad == 0
+    }
+    fn check(&self, x: usize, w: usize, y: usize) {
+        assert!(
+            self.h + 2 * self.pad >= self.r && self.w + 2 * self.pad >= self.s && self.stride > 0
+        );
+        assert_eq!(x, self.n * self.h * self.w * self.c, "conv: input size");
+        assert_eq!(w, self.k * self.rsc(), "conv: weight size");
+        assert_eq!(y, self.pixels() * self.k, "conv: output size");
+    }
+}
+
+/// Output pixels per im2col block in the forward pass.
+const FWD_BLOCK: usize = 192;
+/// Output pixels per input-gradient gemm (rounded up to whole images).
+const DX_ROWS: usize = 1024;
+/// Output pixels per weight-gradient chunk; each chunk gets its own partial dW.
+const DW_CHUNK: usize = 2048;
+
+/// y = conv(x, w), overwritten; y is N×OH×OW×K.
+pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
+    sh.check(x.len(), w.len(), y.len());
+    let (k, rsc) = (sh.k, sh.rsc());
+    // B[p, j] = W[j, p]: Wᵀ by strides.
+    if sh.is_pointwise() {
+        gemm(sh.pixels(), k, rsc, x, rsc, 1, w, 1, rsc, y, k, false);
+        return;
+    }
+    y.par_chunks_mut(FWD_BLOCK * k)
+        .enumerate()
+        .for_each(|(blk, y)| {
+            let rows = y.len() / k;
+            let mut col = Scratch::new(rows * rsc);
+            im2col(sh, x, blk * FWD_BLOCK, &mut col);
+            gemm(rows, k, rsc, &col, rsc, 1, w, 1, rsc, y, k, false);
+        });
+}
+
+/// dx = ∂L/∂x given dy = ∂L/∂y, overwritten.
+pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mut [T]) {
+    sh.check(dx.len(), w.len(), dy.len());
+    let (k, rsc) = (sh.k, sh.rsc());
+    if sh.is_pointwise() {
+        gemm(sh.pixels(), rsc, k, dy, k, 1, w, rsc, 1, dx, rsc, false);
+        return;
+    }
+    // Images are processed in groups with one gemm each, so that W is packed once per group
+    // rather than once per (possibly tiny) image. Within a group each image scatters its own
+    // windows, so the col2im writes never collide.
+    let rows = sh.out_h() * sh.out_w();
+    let group = DX_ROWS.div_ceil(rows);
+    let mut dcol = Scratch::new(group.min(sh.n) * rows * rsc);
+    for (dx, dy) in dx
+        .chunks_mut(group * sh.h * sh.w * sh.c)
+        .zip(dy.chunks(group * rows * k))
+    {
+        let dcol = &mut dcol[..dy.len() / k * rsc];
+        gemm(dy.len() / k, rsc, k, dy, k, 1, w, rsc, 1, dcol, rsc, false);
+        dx.par_chunks_mut(sh.h * sh.w * sh.c)
+            .zip(dcol.par_chunks(rows * rsc))
+            .for_each(|(dx, dcol)| {
+                dx.fill(T::zero());
+                col2im(sh, dcol, dx);
+            });
+    }
+}
+
+/// dw = ∂L/∂w given x and dy, overwritten.
+pub fn conv2d_backward_weight<T: Real>(sh: &ConvShape, x: &[T], dy: &[T], dw: &mut [T]) {
+    sh.check(x.len(), dw.len(), dy.len());
+    let (k, rsc, pixels) = (sh.k, sh.rsc(), sh.pixels());
+    // dW[k, p] += Σ_rows dy[row, k] · col[row, p] over a chunk of rows (A = dyᵀ by strides).
+    let chunk_dw = |row0: usize, rows: usize, dw: &mut [T]| {
+        let dy = &dy[row0 * k..];
+        if sh.is_pointwise() {
+            gemm(
+                k,
+                rsc,
+                rows,
+                dy,
+                1,
+                k,
+                &x[row0 * rsc..],
+                rsc,
+                1,
+                dw,
+                rsc,
+                false,
+            );
+        } else {
+            let mut col = Scratch::new(rows * rsc);
+            im2col(sh, x, row0, &mut col);
+            gemm(k, rsc, rows, dy, 1, k, &col, rsc, 1, dw, rsc, false);
+        }
+    };
+    let chunks = pixels.div_ceil(DW_CHUNK);
+    if chunks == 1 {
+        chunk_dw(0, pixels, dw);
+        return;
+    }
+    // Per-chunk partials, then a sum over chunks in chunk order: the chunking depends only
+    // on the shape, so the result is the same whatever the thread count.
+    let mut partial = Scratch::new(chunks * dw.len());
+    partial
+        .par_chunks_mut(dw.len())
+        .enumerate()
+        .for_each(|(i, part)| {
+            let row0 = i * DW_CHUNK;
+            chunk_dw(row0, DW_CHUNK.min(pixels - row0), part);
+        });
+    let len = dw.len();
+    dw.par_chunks_mut(4096).enumerate().for_each(|(blk, dw)| {
+        let off = blk * 4096;
+        dw.copy_from_slice(&partial[off..off + dw.len()]);
+        for part in partial.chunks_exact(len).skip(1) {
+            for (d, &p) in dw.iter_mut().zip(&part[off..]) {
+                *d += p;
+            }
+        }
+    });
+}
+
+/// Fills col (rows × RSC) with the input windows of output pixels row0.., zero where a
+/// window hangs over the padding.
+fn im2col<T: Real>(sh: &ConvShape, x: &[T], row0: usize, col: &mut [T]) {
+    let (oh, ow, c) = (sh.out_h(), sh.out_w(), sh.c);
+    for (q, col_row) in col.chunks_exact_mut(sh.rsc()).enumerate() {
+        let (b, oy, ox) = split_pixel(row0 + q, oh, ow);
+        // Input column of the window's left edge; negative values wrap to huge ones, so one
+        // comparison `< h` / `< w` covers both edges.
+        let ix0 = (ox * sh.stride).wrapping_sub(sh.pad);
+        let inside = ix0 < sh.w && ix0.wrapping_add(sh.s) <= sh.w;
+        for (r, col_r) in col_row.chunks_exact_mut(sh.s * c).enumerate() {
+            let iy = (oy * sh.stride + r).wrapping_sub(sh.pad);
+            if iy < sh.h && inside {
+                // A window row is S*C contiguous input values in NHWC: one copy.
+                let src = ((b * sh.h + iy) * sh.w + ix0) * c;
+                col_r.copy_from_slice(&x[src..src + sh.s * c]);
+                continue;
+            }
+            for (s, dst) in col_r.chunks_exact_mut(c).enumerate() {
+                let ix = ix0.wrapping_add(s);
+                if iy < sh.h && ix < sh.w {
+                    let src = ((b * sh.h + iy) * sh.w + ix) * c;
+                    dst.copy_from_slice(&x[src..src + c]);
+                } else {
+                    dst.fill(T::zero());
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of im2col for one image: adds each dcol window back onto dx (one image).
+fn col2im<T: Real>(sh: &ConvShape, dcol: &[T], dx: &mut [T]) {
+    let (oh, ow, c) = (sh.out_h(), sh.out_w(), sh.c);
+    for (q, col_row) in dcol.chunks_exact(sh.rsc()).enumerate() {
+        let (_, oy, ox) = split_pixel(q, oh, ow);
+        for (r, col_r) in col_row.chunks_exact(sh.s * c).enumerate() {
+            let iy = (oy * sh.stride + r).wrapping_sub(sh.pad);
+            for (s, src) in col_r.chunks_exact(c).enumerate() {
+                let ix = (ox * sh.stride + s).wrapping_sub(sh.pad);
+                if iy < sh.h && ix < sh.w {
+                    let dst = (iy * sh.w + ix) * c;
+                    for (d, &g) in dx[dst..dst + c].iter_mut().zip(src) {
+                        *d += g;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Output pixel index → (image, output row, output column).
+fn split_pixel(q: usize, oh: usize, ow: usize) -> (usize, usize, usize) {
+    (q / (oh * ow), q / ow % oh, q % ow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random<T: Real>(len: usize, seed: u64) -> Vec<T> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                T::from_f64((s >> 11) as f64 / (1u64 << 52) as f64 - 1.0)
+            })
+            .collect()
+    }
+
+    /// Direct loops in f64: y, and the two gradients of L = Σ y·dy.
+    fn naive<T: Real>(
+        sh: &ConvShape,
+        x: &[T],
+        w: &[T],
+        dy: &[T],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (oh, ow) = (sh.out_h(), sh.out_w());
+        let mut y = vec![0.0; sh.pixels() * sh.k];
+        let mut dx = vec![0.0; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        for b in 0..sh.n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for k in 0..sh.k {
+                        let o = ((b * oh + oy) * ow + ox) * sh.k + k;
+                        for r in 0..sh.r {
+                            for s in 0..sh.s {
+                                let iy = (oy * sh.stride + r) as isize - sh.pad as isize;
+                                let ix = (ox * sh.stride + s) as isize - sh.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= sh.h as isize || ix >= sh.w as isize {
+                                    continue;
+                                }
+                                for c in 0..sh.c {
+                                    let xi =
+                                        ((b * sh.h + iy as usize) * sh.w + ix as usize) * sh.c + c;
+                                    let wi = ((k * sh.r + r) * sh.s + s) * sh.c + c;
+                                    y[o] += x[xi].to_f64() * w[wi].to_f64();
+                                    dx[xi] += dy[o].to_f64() * w[wi].to_f64();
+                                    dw[wi] += dy[o].to_f64() * x[xi].to_f64();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, dx, dw)
+    }
+
+    fn rel_err<T: Real>(got: &[T], want: &[f64]) -> f64 {
+        let err: f64 = got
+            .iter()
+            .zip(want)
+            .map(|(&g, w)| (g.to_f64() - w).powi(2))
+            .sum();
+        let norm: f64 = want.iter().map(|w| w * w).sum();
+        (err / norm).sqrt()
+    }
+
+    fn check<T: Real>(tol: f64) {
+        let mut seed = 0;
+        for &n in &[1, 3] {
+            for &c in &[3, 5, 13] {
+                for &(r, stride, pad) in &[
+                    (1, 1, 0),
+                    (1, 2, 0),
+                    (3, 1, 1),
+                    (3, 2, 1),
+                    (3, 1, 0),
+                    (7, 2, 3),
+                    (7, 1, 3),
+                ] {
+                    seed += 1;
+                    let k = [4, 16, 19][seed as usize % 3];
+                    let sh = ConvShape {
+                        n,
+                        h: 7,
+                        w: 7,
+                        c,
+                        k,
+                        r,
+                        s: r,
+                        stride,
+                        pad,
+                    };
+                    let x = random::<T>(n * 7 * 7 * c, seed);
+                    let w = random::<T>(k * r * r * c, seed + 100);
+                    let dy = random::<T>(sh.pixels() * k, seed + 200);
+                    let (y_want, dx_want, dw_want) = naive(&sh, &x, &w, &dy);
+                    let mut y = random::<T>(y_want.len(), 1);
+                    let mut dx = random::<T>(x.len(), 2);
+                    let mut dw = random::<T>(w.len(), 3);
+                    conv2d_forward(&sh, &x, &w, &mut y);
+                    conv2d_backward_input(&sh, &dy, &w, &mut dx);
+                    conv2d_backward_weight(&sh, &x, &dy, &mut dw);
+                    for (name, e) in [
+                        ("y", rel_err(&y, &y_want)),
+                        ("dx", rel_err(&dx, &dx_want)),
+                        ("dw", rel_err(&dw, &dw_want)),
+                    ] {
+                        assert!(e < tol, "{sh:?}: {name} rel err {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conv_f32_matches_naive() {
+        check::<f32>(1e-5);
+    }
+
+    #[test]
+    fn conv_f64_matches_naive() {
+        check::<f64>(1e-12);
+    }
+
+    /// Big enough for several forward blocks and weight-gradient chunks.
+    #[test]
+    fn conv_large_batch_matches_naive() {
+        let sh = ConvShape {
+            n: 9,
+            h: 17,
+            w: 17,
+            c: 6,
+            k: 10,
+            r: 3,
+            s: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let x = random::<f32>(sh.n * sh.h * sh.w * sh.c, 1);
+        let w = random::<f32>(sh.k * sh.rsc(), 2);
+        let dy = random::<f32>(sh.pixels() * sh.k, 3);
+        let (y_want, dx_want, dw_want) = naive(&sh, &x, &w, &dy);
+        let mut y = vec![0.0; y_want.len()];
+        let mut dx = vec![0.0; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        conv2d_forward(&sh, &x, &w, &mut y);
+        conv2d_backward_input(&sh, &dy, &w, &mut dx);
+        conv2d_backward_weight(&sh, &x, &dy, &mut dw);
+        assert!(rel_err(&y, &y_want) < 1e-5);
+        assert!(rel_err(&dx, &dx_want) < 1e-5);
+        assert!(rel_err(&dw, &dw_want) < 1e-5);
+    }
+}

@@ -1,0 +1,37 @@
+//! Elementwise ops on the CPU: ReLU and addition.
+
+use super::real::Real;
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x.max(T::zero());
+            }
+        });
+}
+
+/// dx = dy where the output was positive (the output, not the input, is kept for this).
+pub fn relu_backward<T: Real>(y: &[T], dy: &[T], dx: &mut [T]) {
+    dx.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dx, (y, dy))| {
+            for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+                *dx = if y > T::zero() { dy } else { T::zero() };
+            }
+        });
+}
+
+pub fn add<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = a + b;
+            }
+        });
+}

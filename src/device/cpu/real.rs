@@ -1,0 +1,58 @@
+//! The element types the CPU kernels are written for: f32 for training, f64 for the
+//! finite-difference gradient checks. Kernels are generic over `Real`.
+
+use super::gemm::{self, Microkernel};
+use num_traits::Float;
+use std::cell::RefCell;
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::AddAssign;
+use std::thread::LocalKey;
+
+/// Per-thread free lists of scratch buffers, one per element type (see gemm::Scratch).
+pub type ScratchPool<T> = RefCell<Vec<Vec<T>>>;
+
+thread_local! {
+    static SCRATCH_F32: ScratchPool<f32> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_F64: ScratchPool<f64> = const { RefCell::new(Vec::new()) };
+}
+
+pub trait Real: Float + Sum + AddAssign + Default + Debug + Send + Sync + 'static {
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    /// The gemm register-tile kernel for this type on this CPU (see gemm.rs).
+    fn microkernel() -> Microkernel<Self>;
+    /// This thread's pool of reusable scratch buffers of this type.
+    fn scratch_pool() -> &'static LocalKey<ScratchPool<Self>>;
+}
+
+impl Real for f32 {
+    fn from_f64(x: f64) -> f32 {
+        x as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn microkernel() -> Microkernel<f32> {
+        gemm::microkernel_f32()
+    }
+    fn scratch_pool() -> &'static LocalKey<ScratchPool<f32>> {
+        &SCRATCH_F32
+    }
+}
+
+impl Real for f64 {
+    fn from_f64(x: f64) -> f64 {
+        x
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    // f64 only serves the gradient checks: correctness matters, speed does not.
+    fn microkernel() -> Microkernel<f64> {
+        gemm::kernel_generic::<f64>
+    }
+    fn scratch_pool() -> &'static LocalKey<ScratchPool<f64>> {
+        &SCRATCH_F64
+    }
+}

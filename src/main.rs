@@ -1,0 +1,293 @@
+//! The `simclr` trainer: one binary for the three SimCLRv2 stages, evaluation and the whole
+//! pipeline. Every failure ends in one line on stderr and a non-zero exit.
+
+use clap::{Args, Parser, Subcommand};
+use simclr::error::{Error, Result};
+use simclr::optim::schedule::LrScaling;
+use simclr::optim::OptimizerKind;
+use simclr::train::checkpoint;
+use simclr::train::config::Config;
+use simclr::train::metrics::{default_out_dir, prepare_out_dir};
+use simclr::train::pipeline::{check_input, evaluate, pipeline};
+use simclr::train::{stages, Context};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "simclr",
+    version,
+    about = "SimCLRv2 from scratch: pretrain, fine-tune, distill"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Baseline, pretraining, fine-tuning and distillation in turn; writes report.json.
+    Pipeline(Opts),
+    /// Contrastive pretraining (NT-Xent, LARS) on the training images, labels unused.
+    Pretrain(Opts),
+    /// Fine-tune a pretrained checkpoint from head layer 1 on the labelled subset.
+    Finetune {
+        /// Pretraining checkpoint (file or run directory).
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// Distill a fine-tuned teacher into a student on the unlabelled training images.
+    Distill {
+        /// Fine-tuned checkpoint (file or run directory).
+        #[arg(long)]
+        teacher: PathBuf,
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// Test-set top-1 of a checkpoint with a classifier, or kNN top-1 of a pretrained one.
+    Eval {
+        #[arg(long)]
+        ckpt: PathBuf,
+        #[command(flatten)]
+        opts: Opts,
+    },
+}
+
+/// Flags shared by every command. Unset flags take the preset's value.
+#[derive(Args)]
+struct Opts {
+    /// Dataset directory (format detected from the files present) [default: the bundled Fashion-MNIST]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Labelled subset: N per class ("10"), a fraction ("1%" or "0.01"), or "all"
+    #[arg(long)]
+    labels: Option<String>,
+    /// default (the CPU run of the README) or tiny (a smoke test under a minute)
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// Epochs of the stage being run (pretraining, for pipeline)
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Batch size of the stage being run (pretraining, for pipeline; images, not views)
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Base learning rate of the stage being run (pretraining, for pipeline)
+    #[arg(long)]
+    lr: Option<f64>,
+    /// NT-Xent temperature
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Encoder: resnet8, resnet18, resnet34 or resnet50
+    #[arg(long)]
+    arch: Option<String>,
+    /// Channels of the encoder's first stage (64 = the paper's 1x)
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu or auto
+    #[arg(long)]
+    device: Option<String>,
+    /// Output directory [default: runs/<timestamp>]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write into an existing non-empty --out
+    #[arg(long)]
+    force: bool,
+    /// Use a seeded subset of N training images
+    #[arg(long)]
+    train_images: Option<usize>,
+    /// Evaluate on the first N test images
+    #[arg(long)]
+    test_images: Option<usize>,
+    /// Pretraining learning-rate scaling with batch size: linear (lr*B/256), sqrt (lr*sqrt(B)) or none
+    #[arg(long)]
+    lr_scaling: Option<LrScaling>,
+    /// Optimizer of the stage being run: lars or sgd
+    #[arg(long)]
+    optimizer: Option<OptimizerKind>,
+    /// Colour-jitter strength of the pretraining augmentation
+    #[arg(long)]
+    color_strength: Option<f64>,
+    /// Smallest crop area fraction of the random resized crop
+    #[arg(long)]
+    crop_min: Option<f64>,
+    /// Neighbours of the kNN monitor
+    #[arg(long)]
+    knn_k: Option<usize>,
+    /// Fine-tuning epochs (in pipeline)
+    #[arg(long)]
+    finetune_epochs: Option<usize>,
+    /// Fine-tuning learning rate (in pipeline)
+    #[arg(long)]
+    finetune_lr: Option<f64>,
+    /// Distillation epochs (in pipeline)
+    #[arg(long)]
+    distill_epochs: Option<usize>,
+    /// Student encoder
+    #[arg(long)]
+    student_arch: Option<String>,
+    /// Student width
+    #[arg(long)]
+    student_width: Option<usize>,
+    /// Distillation temperature
+    #[arg(long)]
+    distill_temperature: Option<f64>,
+    /// Weight of the label loss mixed into distillation on labelled images
+    #[arg(long)]
+    distill_label_weight: Option<f64>,
+}
+
+/// Which stage --epochs, --batch-size, --lr and --optimizer apply to.
+#[derive(Clone, Copy)]
+enum Target {
+    Pretrain,
+    Finetune,
+    Distill,
+}
+
+impl Opts {
+    fn config(&self, target: Target) -> Result<Config> {
+        let mut c = Config::preset(&self.preset)?;
+        fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *slot = v.clone();
+            }
+        }
+        set(&mut c.data, &self.data);
+        set(&mut c.labels, &self.labels);
+        set(&mut c.temperature, &self.temperature);
+        set(&mut c.arch, &self.arch);
+        set(&mut c.width, &self.width);
+        set(&mut c.seed, &self.seed);
+        set(&mut c.device, &self.device);
+        set(&mut c.pretrain.lr_scaling, &self.lr_scaling);
+        set(&mut c.color_strength, &self.color_strength);
+        set(&mut c.crop_min, &self.crop_min);
+        set(&mut c.knn_k, &self.knn_k);
+        set(&mut c.finetune.epochs, &self.finetune_epochs);
+        set(&mut c.finetune.lr, &self.finetune_lr);
+        set(&mut c.distill.epochs, &self.distill_epochs);
+        set(&mut c.student_arch, &self.student_arch);
+        set(&mut c.student_width, &self.student_width);
+        set(&mut c.distill_temperature, &self.distill_temperature);
+        set(&mut c.distill_label_weight, &self.distill_label_weight);
+        if self.train_images.is_some() {
+            c.train_images = self.train_images;
+        }
+        if self.test_images.is_some() {
+            c.test_images = self.test_images;
+        }
+        let stage = match target {
+            Target::Pretrain => &mut c.pretrain,
+            Target::Finetune => &mut c.finetune,
+            Target::Distill => &mut c.distill,
+        };
+        set(&mut stage.epochs, &self.epochs);
+        set(&mut stage.batch_size, &self.batch_size);
+        set(&mut stage.lr, &self.lr);
+        set(&mut stage.optimizer, &self.optimizer);
+        Ok(c)
+    }
+
+    fn out_dir(&self) -> Result<PathBuf> {
+        let dir = self.out.clone().unwrap_or_else(default_out_dir);
+        prepare_out_dir(&dir, self.force)?;
+        Ok(dir)
+    }
+}
+
+/// `--arch`/`--width` given with a checkpoint must agree with it.
+fn check_arch(opts: &Opts, ckpt: &Path, model: &simclr::nn::model::Model) -> Result<()> {
+    let a = &model.spec.arch;
+    let arch_differs = opts.arch.as_ref().is_some_and(|x| *x != a.name);
+    let width_differs = opts.width.is_some_and(|w| w != a.width);
+    if arch_differs || width_differs {
+        return Err(Error::Checkpoint(format!(
+            "{} holds a {} of width {}, not the --arch/--width asked for",
+            ckpt.display(),
+            a.name,
+            a.width
+        )));
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Pipeline(opts) => {
+            let ctx = Context::new(opts.config(Target::Pretrain)?)?;
+            let out = opts.out_dir()?;
+            pipeline(&ctx, &out)?;
+            eprintln!("report: {}", out.join("report.json").display());
+        }
+        Command::Pretrain(opts) => {
+            let ctx = Context::new(opts.config(Target::Pretrain)?)?;
+            let out = opts.out_dir()?;
+            let pre = stages::pretrain(&ctx, &out)?;
+            println!(
+                "pretrain: final loss {:.4}, kNN top-1 {:.4}; checkpoint in {}",
+                pre.outcome.final_loss,
+                pre.knn_top1,
+                out.display()
+            );
+        }
+        Command::Finetune { from, opts } => {
+            let ctx = Context::new(opts.config(Target::Finetune)?)?;
+            let (pretrained, _) = checkpoint::load(&from)?;
+            check_arch(&opts, &from, &pretrained)?;
+            check_input(&ctx, &pretrained)?;
+            let model = stages::from_pretrained(&ctx, &pretrained)?;
+            let out = opts.out_dir()?;
+            let ft = stages::supervised(&ctx, model, "finetune", &out)?;
+            println!(
+                "finetune: test top-1 {:.4}; checkpoint in {}",
+                ft.top1,
+                out.display()
+            );
+        }
+        Command::Distill { teacher, opts } => {
+            let ctx = Context::new(opts.config(Target::Distill)?)?;
+            let (mut model, _) = checkpoint::load(&teacher)?;
+            check_input(&ctx, &model)?;
+            let out = opts.out_dir()?;
+            let st = stages::distill(&ctx, &mut model, &out)?;
+            println!(
+                "distill: student test top-1 {:.4}; checkpoint in {}",
+                st.top1,
+                out.display()
+            );
+        }
+        Command::Eval { ckpt, opts } => {
+            let ctx = Context::new(opts.config(Target::Pretrain)?)?;
+            evaluate(&ctx, &ckpt)?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Only clap's first line: the problem itself, without the usage block.
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Networks: the parameter store, layers, the ResNet encoders and the SimCLRv2 model.
+
+pub mod layers;
+pub mod model;
+pub mod params;
+pub mod resnet;

@@ -1,0 +1,106 @@
+//! A whole network: the ResNet encoder, some layers of the projection head and an optional
+//! linear classifier. The three stages use three cuts of it:
+//! - pretraining: encoder + the 3-layer projection head (dense-BN-ReLU, dense-BN-ReLU,
+//!   dense-BN without β and without ReLU, output `proj_dim`);
+//! - fine-tuning (and the supervised baseline): encoder + head layer 1 + a zero-initialised
+//!   linear classifier, as SimCLRv2 fine-tunes "from the middle of the head";
+//! - the distilled student: encoder + classifier.
+
+use crate::autograd::{Graph, Var};
+use crate::error::Result;
+use crate::nn::layers::{BatchNorm, Linear};
+use crate::nn::params::ParamStore;
+use crate::nn::resnet::{Arch, ResNet};
+use crate::ops;
+use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Everything needed to rebuild a model's structure; stored in checkpoint.json.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    /// How many projection-head layers are kept (3 pretraining, 1 fine-tuning, 0 student).
+    pub head_layers: usize,
+    /// Output width of the last head layer.
+    pub proj_dim: usize,
+    /// Classes of the linear classifier, if any.
+    pub num_classes: Option<usize>,
+}
+
+struct HeadLayer {
+    dense: Linear,
+    bn: BatchNorm,
+    relu: bool,
+}
+
+pub struct Model {
+    pub spec: ModelSpec,
+    pub store: ParamStore,
+    encoder: ResNet,
+    head: Vec<HeadLayer>,
+    classifier: Option<Linear>,
+}
+
+impl Model {
+    pub fn new(spec: &ModelSpec, seed: u64) -> Result<Model> {
+        let mut rng = Rng::new(seed);
+        let mut store = ParamStore::default();
+        let encoder = ResNet::new(&spec.arch, &mut store, &mut rng)?;
+        let features = spec.arch.feature_dim();
+        let mut head = Vec::new();
+        let mut dim = features;
+        for i in 0..spec.head_layers {
+            let last = i == 2;
+            let out = if last { spec.proj_dim } else { features };
+            let name = format!("head.{i}");
+            head.push(HeadLayer {
+                // Official init: N(0, 0.01²); no dense bias since BN follows.
+                dense: Linear::new(
+                    &mut store,
+                    &format!("{name}.dense"),
+                    dim,
+                    out,
+                    false,
+                    0.01,
+                    &mut rng,
+                ),
+                bn: BatchNorm::new(&mut store, &format!("{name}.bn"), out, !last, false),
+                relu: !last,
+            });
+            dim = out;
+        }
+        let classifier = spec
+            .num_classes
+            .map(|k| Linear::new(&mut store, "classifier", dim, k, true, 0.0, &mut rng));
+        Ok(Model {
+            spec: spec.clone(),
+            store,
+            encoder,
+            head,
+            classifier,
+        })
+    }
+
+    /// Images [N, H, W, C] → (encoder features, output): the output is the projection when
+    /// there is no classifier, else the logits.
+    pub fn forward(&mut self, g: &mut Graph, x: Var, train: bool) -> (Var, Var) {
+        let features = self.encoder.forward(g, &mut self.store, x, train);
+        let mut h = features;
+        for layer in &self.head {
+            h = layer.dense.forward(g, &self.store, h);
+            h = layer.bn.forward(g, &mut self.store, h, train);
+            if layer.relu {
+                h = ops::elementwise::relu(g, h);
+            }
+        }
+        if let Some(c) = &self.classifier {
+            h = c.forward(g, &self.store, h);
+        }
+        (features, h)
+    }
+
+    /// Trained parameters of the network as used (BN statistics excluded).
+    pub fn num_params(&self) -> usize {
+        self.store.count("")
+    }
+}

@@ -1,0 +1,36 @@
+//! Ops: each module holds an op family's forward (which computes through the device's
+//! kernels and records a node on the tape) and its hand-written backward.
+
+pub mod batchnorm;
+pub mod conv;
+pub mod elementwise;
+pub mod linear;
+pub mod loss;
+pub mod normalize;
+pub mod pool;
+
+use crate::autograd::{Op, Var};
+use crate::tensor::Tensor;
+
+/// The gradients an op sends to its inputs, given its output's gradient `dy`.
+pub(crate) fn backward(op: &Op, values: &[Tensor], out: Var, dy: &Tensor) -> Vec<(Var, Tensor)> {
+    let v = |var: Var| &values[var.0];
+    match op {
+        Op::Conv2d { x, w, shape } => conv::backward(shape, (*x, v(*x)), (*w, v(*w)), dy),
+        Op::BatchNorm {
+            x,
+            gamma,
+            beta,
+            stats,
+        } => batchnorm::backward((*x, v(*x)), (*gamma, v(*gamma)), *beta, stats, dy),
+        Op::Relu { x } => vec![(*x, elementwise::relu_backward(v(out), dy))],
+        Op::Add { a, b } => vec![(*a, dy.clone()), (*b, dy.clone())],
+        Op::MaxPool { x, argmax } => vec![(*x, pool::maxpool_backward(v(*x), argmax, dy))],
+        Op::GlobalAvgPool { x } => vec![(*x, pool::global_avg_pool_backward(v(*x), dy))],
+        Op::Linear { x, w, b } => linear::backward((*x, v(*x)), (*w, v(*w)), *b, dy),
+        Op::L2Normalize { x, inv_norm } => {
+            vec![(*x, normalize::l2_normalize_backward(v(out), inv_norm, dy))]
+        }
+        Op::Loss { x, grad } => vec![(*x, loss::scale(grad, dy.item()))],
+    }
+}

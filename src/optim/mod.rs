@@ -1,0 +1,86 @@
+//! Optimisers (LARS for pretraining, SGD with Nesterov momentum for fine-tuning and
+//! distillation by default) and the learning-rate schedule.
+
+pub mod schedule;
+
+use crate::device::cpu::optim as kernel;
+use crate::device::cpu::real::Real;
+use crate::nn::params::{Kind, ParamStore};
+use crate::tensor::Tensor;
+use crate::with_dtype;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Lars,
+    Sgd,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "lars" => Ok(OptimizerKind::Lars),
+            "sgd" => Ok(OptimizerKind::Sgd),
+            _ => Err(format!("unknown optimizer {s} (expected lars or sgd)")),
+        }
+    }
+}
+
+pub struct Optimizer {
+    pub kind: OptimizerKind,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// LARS trust coefficient η.
+    pub eta: f64,
+    velocity: Vec<Option<Tensor>>,
+}
+
+impl Optimizer {
+    pub fn new(kind: OptimizerKind, weight_decay: f64) -> Optimizer {
+        Optimizer {
+            kind,
+            momentum: 0.9,
+            weight_decay,
+            eta: 0.001,
+            velocity: Vec::new(),
+        }
+    }
+
+    /// One update of every parameter that has a gradient. Weight decay and LARS's
+    /// layer-wise adaptation apply to conv/dense kernels only, never to BN parameters or
+    /// biases (as the official implementation excludes them).
+    pub fn step(&mut self, store: &mut ParamStore, grads: &[(usize, Tensor)], lr: f64) {
+        if self.velocity.len() < store.params.len() {
+            self.velocity.resize(store.params.len(), None);
+        }
+        for (id, grad) in grads {
+            let param = &mut store.params[*id];
+            debug_assert_ne!(param.kind, Kind::Stat);
+            let is_weight = param.kind == Kind::Weight;
+            let wd = if is_weight { self.weight_decay } else { 0.0 };
+            let v = self.velocity[*id]
+                .get_or_insert_with(|| Tensor::zeros(&param.value.shape, param.value.dtype()));
+            with_dtype!(param.value.dtype(), T => {
+                let (w, g, v) = (param.value.as_mut_slice::<T>(), grad.as_slice::<T>(), v.as_mut_slice::<T>());
+                match self.kind {
+                    OptimizerKind::Lars => {
+                        let trust = if is_weight {
+                            let w_norm = kernel::sum_sq(w).sqrt();
+                            // The trust ratio uses the gradient with weight decay added.
+                            let g_norm = g.iter().zip(w.iter())
+                                .map(|(&g, &w)| { let d = g.to_f64() + wd * w.to_f64(); d * d })
+                                .sum::<f64>().sqrt();
+                            if w_norm > 0.0 && g_norm > 0.0 { self.eta * w_norm / g_norm } else { 1.0 }
+                        } else {
+                            1.0
+                        };
+                        kernel::lars_update(w, g, v, lr * trust, self.momentum, wd);
+                    }
+                    OptimizerKind::Sgd => kernel::sgd_update(w, g, v, lr, self.momentum, wd, true),
+                }
+            });
+        }
+    }
+}

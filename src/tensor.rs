@@ -1,0 +1,202 @@
+//! A tensor is a shape plus storage on a device. Activations are NHWC, conv weights KRSC,
+//! dense weights [out, in]. The element type lives in the tensor (f32 for training, f64 for
+//! the finite-difference gradient checks) so that bf16 can be added later without a rewrite.
+//! Only the `cpu` device exists so far; its storage is a plain `Vec`.
+
+use crate::device::cpu::real::Real;
+use crate::device::Device;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+}
+
+#[derive(Clone, Debug)]
+pub enum Storage {
+    CpuF32(Vec<f32>),
+    CpuF64(Vec<f64>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub storage: Storage,
+}
+
+/// An element type that a tensor can hold; lets ops be written once, generically, and
+/// dispatched on the tensor's dtype with `with_dtype!`.
+pub trait Element: Real {
+    const DTYPE: DType;
+    fn slice(t: &Tensor) -> &[Self];
+    fn slice_mut(t: &mut Tensor) -> &mut [Self];
+    fn wrap(data: Vec<Self>) -> Storage;
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    fn slice(t: &Tensor) -> &[f32] {
+        match &t.storage {
+            Storage::CpuF32(v) => v,
+            _ => panic!("expected an f32 tensor, got {:?}", t.dtype()),
+        }
+    }
+    fn slice_mut(t: &mut Tensor) -> &mut [f32] {
+        let dtype = t.dtype();
+        match &mut t.storage {
+            Storage::CpuF32(v) => v,
+            _ => panic!("expected an f32 tensor, got {dtype:?}"),
+        }
+    }
+    fn wrap(data: Vec<f32>) -> Storage {
+        Storage::CpuF32(data)
+    }
+}
+
+impl Element for f64 {
+    const DTYPE: DType = DType::F64;
+    fn slice(t: &Tensor) -> &[f64] {
+        match &t.storage {
+            Storage::CpuF64(v) => v,
+            _ => panic!("expected an f64 tensor, got {:?}", t.dtype()),
+        }
+    }
+    fn slice_mut(t: &mut Tensor) -> &mut [f64] {
+        let dtype = t.dtype();
+        match &mut t.storage {
+            Storage::CpuF64(v) => v,
+            _ => panic!("expected an f64 tensor, got {dtype:?}"),
+        }
+    }
+    fn wrap(data: Vec<f64>) -> Storage {
+        Storage::CpuF64(data)
+    }
+}
+
+/// Runs a generic body with `$T` bound to the Rust type of a dtype.
+#[macro_export]
+macro_rules! with_dtype {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::tensor::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::tensor::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+        }
+    };
+}
+
+impl Tensor {
+    pub fn from_vec<T: Element>(shape: &[usize], data: Vec<T>) -> Tensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape {shape:?} does not match {} elements",
+            data.len()
+        );
+        Tensor {
+            shape: shape.to_vec(),
+            storage: T::wrap(data),
+        }
+    }
+
+    pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
+        let n = shape.iter().product();
+        with_dtype!(dtype, T => Tensor::from_vec::<T>(shape, vec![0.0; n]))
+    }
+
+    pub fn full(shape: &[usize], dtype: DType, value: f64) -> Tensor {
+        let n = shape.iter().product();
+        with_dtype!(dtype, T => Tensor::from_vec::<T>(shape, vec![T::from_f64(value); n]))
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self.storage {
+            Storage::CpuF32(_) => DType::F32,
+            Storage::CpuF64(_) => DType::F64,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn as_slice<T: Element>(&self) -> &[T] {
+        T::slice(self)
+    }
+
+    pub fn as_mut_slice<T: Element>(&mut self) -> &mut [T] {
+        T::slice_mut(self)
+    }
+
+    /// Copies the values out as f64 (for tests, metrics and checkpoints; never on a hot path).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        with_dtype!(self.dtype(), T => self.as_slice::<T>().iter().map(|&v| v.to_f64()).collect())
+    }
+
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        with_dtype!(self.dtype(), T => self.as_slice::<T>().iter().map(|&v| v.to_f64() as f32).collect())
+    }
+
+    /// The single value of a one-element tensor (a loss).
+    pub fn item(&self) -> f64 {
+        assert_eq!(
+            self.numel(),
+            1,
+            "item() of a tensor of shape {:?}",
+            self.shape
+        );
+        self.to_f64_vec()[0]
+    }
+
+    pub fn from_f64(shape: &[usize], dtype: DType, values: &[f64]) -> Tensor {
+        with_dtype!(dtype, T => Tensor::from_vec::<T>(shape, values.iter().map(|&v| T::from_f64(v)).collect()))
+    }
+
+    /// Same values, another element type.
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        Tensor::from_f64(&self.shape, dtype, &self.to_f64_vec())
+    }
+
+    /// Same storage, another shape with the same number of elements.
+    pub fn reshape(mut self, shape: &[usize]) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), self.numel());
+        self.shape = shape.to_vec();
+        self
+    }
+
+    /// Rows [start, end) of the first dimension.
+    pub fn rows(&self, start: usize, end: usize) -> Tensor {
+        let row: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = end - start;
+        with_dtype!(self.dtype(), T => Tensor::from_vec::<T>(&shape, self.as_slice::<T>()[start * row..end * row].to_vec()))
+    }
+
+    /// Adds `other` into `self` elementwise (gradient accumulation).
+    pub fn add_assign(&mut self, other: &Tensor) {
+        assert_eq!(self.shape, other.shape);
+        with_dtype!(self.dtype(), T => {
+            let b = other.as_slice::<T>();
+            for (a, &b) in self.as_mut_slice::<T>().iter_mut().zip(b) {
+                *a += b;
+            }
+        })
+    }
+
+    /// Sum of squares, accumulated in f64.
+    pub fn sum_sq(&self) -> f64 {
+        with_dtype!(self.dtype(), T => self.as_slice::<T>().iter().map(|&v| v.to_f64() * v.to_f64()).sum())
+    }
+}

@@ -1,0 +1,187 @@
+//! The full configuration of a run: a preset's values, overridden by explicit flags,
+//! validated once, and stored in every checkpoint.json and report.
+
+use crate::data::subset::LabelSpec;
+use crate::error::{Error, Result};
+use crate::optim::schedule::LrScaling;
+use crate::optim::OptimizerKind;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// How one training stage runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Base learning rate, before batch-size scaling.
+    pub lr: f64,
+    pub lr_scaling: LrScaling,
+    /// Fraction of the steps spent in linear warmup.
+    pub warmup: f64,
+    pub weight_decay: f64,
+    pub optimizer: OptimizerKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub data: PathBuf,
+    pub preset: String,
+    pub labels: String,
+    pub seed: u64,
+    pub device: String,
+    /// Encoder of the pretrained / fine-tuned network (and the baseline).
+    pub arch: String,
+    pub width: usize,
+    pub proj_dim: usize,
+    /// Use only the first N training images (after a seeded shuffle); None = all.
+    pub train_images: Option<usize>,
+    /// Evaluate on only the first N test images; None = all.
+    pub test_images: Option<usize>,
+    pub pretrain: StageConfig,
+    /// NT-Xent temperature.
+    pub temperature: f64,
+    /// Colour-jitter strength s of the pretraining augmentation.
+    pub color_strength: f64,
+    /// Smallest crop area fraction of the random resized crop.
+    pub crop_min: f64,
+    /// Neighbours of the kNN monitor.
+    pub knn_k: usize,
+    pub finetune: StageConfig,
+    pub distill: StageConfig,
+    pub student_arch: String,
+    pub student_width: usize,
+    /// Distillation temperature τ.
+    pub distill_temperature: f64,
+    /// Weight α of the label loss mixed into distillation on labelled examples.
+    pub distill_label_weight: f64,
+}
+
+impl Config {
+    pub fn preset(name: &str) -> Result<Config> {
+        let sgd = |epochs, batch_size, lr| StageConfig {
+            epochs,
+            batch_size,
+            lr,
+            lr_scaling: LrScaling::None,
+            warmup: 0.0,
+            weight_decay: 0.0,
+            optimizer: OptimizerKind::Sgd,
+        };
+        let default = Config {
+            data: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data")),
+            preset: name.to_string(),
+            labels: "10".into(),
+            seed: 0,
+            device: "auto".into(),
+            arch: "resnet8".into(),
+            width: 16,
+            proj_dim: 128,
+            train_images: None,
+            test_images: None,
+            pretrain: StageConfig {
+                epochs: 6,
+                batch_size: 256,
+                lr: 0.4,
+                lr_scaling: LrScaling::Linear,
+                warmup: 0.05,
+                weight_decay: 1e-6,
+                optimizer: OptimizerKind::Lars,
+            },
+            temperature: 0.5,
+            color_strength: 0.5,
+            crop_min: 0.2,
+            knn_k: 200,
+            finetune: sgd(100, 64, 0.05),
+            distill: sgd(3, 256, 0.1),
+            student_arch: "resnet8".into(),
+            student_width: 11,
+            distill_temperature: 1.0,
+            distill_label_weight: 0.0,
+        };
+        match name {
+            "default" => Ok(default),
+            "tiny" => Ok(Config {
+                train_images: Some(400),
+                test_images: Some(200),
+                width: 8,
+                student_width: 4,
+                pretrain: StageConfig {
+                    epochs: 1,
+                    batch_size: 64,
+                    ..default.pretrain.clone()
+                },
+                finetune: sgd(2, 32, 0.05),
+                distill: sgd(1, 64, 0.1),
+                knn_k: 20,
+                ..default
+            }),
+            _ => Err(Error::Config(format!(
+                "--preset {name}: unknown preset (expected default or tiny)"
+            ))),
+        }
+    }
+
+    pub fn label_spec(&self) -> Result<LabelSpec> {
+        self.labels.parse()
+    }
+
+    /// Checks what a preset cannot get wrong but a flag can.
+    pub fn validate(&self) -> Result<()> {
+        self.label_spec()?;
+        for (name, s) in [
+            ("pretrain", &self.pretrain),
+            ("finetune", &self.finetune),
+            ("distill", &self.distill),
+        ] {
+            if s.batch_size < 2 {
+                return Err(Error::Config(format!(
+                    "{name} batch size {} is too small: batch norm and NT-Xent need at least 2",
+                    s.batch_size
+                )));
+            }
+            if s.epochs == 0 {
+                return Err(Error::Config(format!("{name} epochs must be at least 1")));
+            }
+            if !(s.lr > 0.0 && s.lr.is_finite()) {
+                return Err(Error::Config(format!(
+                    "{name} learning rate must be positive, got {}",
+                    s.lr
+                )));
+            }
+            if !(0.0..1.0).contains(&s.warmup) {
+                return Err(Error::Config(format!(
+                    "{name} warmup must be in [0, 1), got {}",
+                    s.warmup
+                )));
+            }
+        }
+        for (flag, t) in [
+            ("--temperature", self.temperature),
+            ("--distill-temperature", self.distill_temperature),
+        ] {
+            if !(t > 0.0 && t.is_finite()) {
+                return Err(Error::Config(format!("{flag} must be positive, got {t}")));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.distill_label_weight) {
+            return Err(Error::Config(
+                "--distill-label-weight must be in [0, 1]".into(),
+            ));
+        }
+        if !(self.crop_min > 0.0 && self.crop_min <= 1.0) {
+            return Err(Error::Config(format!(
+                "--crop-min must be in (0, 1], got {}",
+                self.crop_min
+            )));
+        }
+        if self.train_images == Some(0) || self.test_images == Some(0) {
+            return Err(Error::Config(
+                "--train-images and --test-images must be at least 1".into(),
+            ));
+        }
+        if self.knn_k == 0 {
+            return Err(Error::Config("--knn-k must be at least 1".into()));
+        }
+        Ok(())
+    }
+}

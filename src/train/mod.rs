@@ -1,0 +1,94 @@
+//! The three SimCLRv2 stages (plus the supervised baseline and evaluation), run on a
+//! `Context`: the resolved config, the loaded data and the labelled subset.
+
+pub mod checkpoint;
+pub mod config;
+pub mod eval;
+pub mod metrics;
+pub mod pipeline;
+pub mod stages;
+pub mod trainer;
+
+use crate::data::augment::Normalize;
+use crate::data::subset;
+use crate::data::Dataset;
+use crate::device::Device;
+use crate::error::Result;
+use crate::rng::Rng;
+use config::Config;
+use std::sync::Arc;
+
+pub struct Context {
+    pub cfg: Config,
+    pub device: Device,
+    pub format: String,
+    pub train: Arc<Dataset>,
+    pub test: Arc<Dataset>,
+    /// Training images in use (all, or a seeded subset with --train-images).
+    pub train_indices: Vec<usize>,
+    pub test_indices: Vec<usize>,
+    /// The labelled subset (indices into the training set).
+    pub labelled: Vec<usize>,
+    pub norm: Normalize,
+}
+
+impl Context {
+    pub fn new(cfg: Config) -> Result<Context> {
+        cfg.validate()?;
+        let (device, why) = Device::select(&cfg.device)?;
+        eprintln!("{why}");
+        let data = crate::data::load_dir(&cfg.data)?;
+        let mut train_indices: Vec<usize> = (0..data.train.n).collect();
+        if let Some(n) = cfg.train_images {
+            Rng::derive(cfg.seed, &[0x5EED]).shuffle(&mut train_indices);
+            train_indices.truncate(n);
+            train_indices.sort_unstable();
+        }
+        let test_indices: Vec<usize> =
+            (0..data.test.n.min(cfg.test_images.unwrap_or(usize::MAX))).collect();
+        let labels: Vec<u32> = train_indices
+            .iter()
+            .map(|&i| data.train.labels[i])
+            .collect();
+        let labelled = subset::select(
+            &labels,
+            data.train.num_classes,
+            &cfg.label_spec()?,
+            cfg.seed,
+        )?
+        .into_iter()
+        .map(|i| train_indices[i])
+        .collect();
+        let norm = Normalize::from_dataset(&data.train);
+        eprintln!(
+            "data: {} ({}), {} train / {} test images of {}x{}x{}, {} classes",
+            cfg.data.display(),
+            data.format,
+            train_indices.len(),
+            test_indices.len(),
+            data.train.h,
+            data.train.w,
+            data.train.c,
+            data.train.num_classes
+        );
+        Ok(Context {
+            cfg,
+            device,
+            format: data.format,
+            train: Arc::new(data.train),
+            test: Arc::new(data.test),
+            train_indices,
+            test_indices,
+            labelled,
+            norm,
+        })
+    }
+
+    /// Fraction of the training images in use that are labelled.
+    pub fn label_fraction(&self) -> f64 {
+        self.cfg
+            .label_spec()
+            .map(|s| s.fraction_of(self.train_indices.len(), self.labelled.len()))
+            .unwrap_or(0.0)
+    }
+}

@@ -1,0 +1,227 @@
+//! The commands: each stage alone, evaluation, and `pipeline`, which runs the supervised
+//! baseline, pretraining, fine-tuning and distillation in turn and writes report.json.
+
+use crate::error::{Error, Result};
+use crate::nn::model::Model;
+use crate::train::checkpoint;
+use crate::train::eval;
+use crate::train::stages::{self, classifier_spec};
+use crate::train::Context;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Serialize)]
+pub struct BaselineReport {
+    pub arch: String,
+    pub params: usize,
+    pub top1: f64,
+    pub wall_s: f64,
+}
+
+#[derive(Serialize)]
+pub struct PretrainReport {
+    pub arch: String,
+    pub params: usize,
+    pub epochs: usize,
+    pub final_loss: f64,
+    pub knn_top1: f64,
+    pub wall_s: f64,
+}
+
+#[derive(Serialize)]
+pub struct FinetuneReport {
+    pub params: usize,
+    pub top1: f64,
+    pub wall_s: f64,
+}
+
+#[derive(Serialize)]
+pub struct DistillReport {
+    pub student_arch: String,
+    pub student_params: usize,
+    pub top1: f64,
+    pub wall_s: f64,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub dataset: String,
+    pub device: String,
+    pub label_fraction: f64,
+    pub labelled_examples: usize,
+    pub seed: u64,
+    pub baseline: BaselineReport,
+    pub pretrain: PretrainReport,
+    pub finetune: FinetuneReport,
+    pub distill: DistillReport,
+    pub total_wall_s: f64,
+    pub config: crate::train::config::Config,
+}
+
+fn describe(model: &Model) -> String {
+    let a = &model.spec.arch;
+    format!("{}-w{}", a.name, a.width)
+}
+
+fn sub_dir(out: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let dir = out.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
+}
+
+pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
+    let start = Instant::now();
+    let cfg = &ctx.cfg;
+    eprintln!(
+        "[1/4] supervised baseline on {} labelled images",
+        ctx.labelled.len()
+    );
+    let fresh = Model::new(
+        &classifier_spec(ctx, ctx.arch(&cfg.arch, cfg.width)),
+        cfg.seed,
+    )?;
+    let baseline = stages::supervised(ctx, fresh, "baseline", &sub_dir(out, "baseline")?)?;
+    eprintln!("[2/4] pretraining on {} images", ctx.train_indices.len());
+    let pre = stages::pretrain(ctx, &sub_dir(out, "pretrain")?)?;
+    eprintln!(
+        "[3/4] fine-tuning on {} labelled images",
+        ctx.labelled.len()
+    );
+    let start_ft = stages::from_pretrained(ctx, &pre.model)?;
+    let mut ft = stages::supervised(ctx, start_ft, "finetune", &sub_dir(out, "finetune")?)?;
+    eprintln!(
+        "[4/4] distilling into {}-w{}",
+        cfg.student_arch, cfg.student_width
+    );
+    let st = stages::distill(ctx, &mut ft.model, &sub_dir(out, "distill")?)?;
+    let report = Report {
+        dataset: cfg.data.display().to_string(),
+        device: ctx.device.name().into(),
+        label_fraction: ctx.label_fraction(),
+        labelled_examples: ctx.labelled.len(),
+        seed: cfg.seed,
+        baseline: BaselineReport {
+            arch: describe(&baseline.model),
+            params: baseline.model.num_params(),
+            top1: baseline.top1,
+            wall_s: baseline.outcome.wall_s,
+        },
+        pretrain: PretrainReport {
+            arch: describe(&pre.model),
+            params: pre.model.num_params(),
+            epochs: cfg.pretrain.epochs,
+            final_loss: pre.outcome.final_loss,
+            knn_top1: pre.knn_top1,
+            wall_s: pre.outcome.wall_s,
+        },
+        finetune: FinetuneReport {
+            params: ft.model.num_params(),
+            top1: ft.top1,
+            wall_s: ft.outcome.wall_s,
+        },
+        distill: DistillReport {
+            student_arch: describe(&st.model),
+            student_params: st.model.num_params(),
+            top1: st.top1,
+            wall_s: st.outcome.wall_s,
+        },
+        total_wall_s: start.elapsed().as_secs_f64(),
+        config: cfg.clone(),
+    };
+    let json = serde_json::to_string_pretty(&report).expect("report serialises");
+    checkpoint::write_atomic(&out.join("report.json"), json.as_bytes())?;
+    print_table(&report);
+    Ok(report)
+}
+
+fn print_table(r: &Report) {
+    println!();
+    println!(
+        "{} labelled examples ({:.2}% of the training images), seed {}, device {}",
+        r.labelled_examples,
+        100.0 * r.label_fraction,
+        r.seed,
+        r.device
+    );
+    println!("| model | params | test top-1 | wall time |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| supervised baseline ({}) | {} | {:.2}% | {:.0} s |",
+        r.baseline.arch,
+        r.baseline.params,
+        100.0 * r.baseline.top1,
+        r.baseline.wall_s
+    );
+    println!(
+        "| SimCLR pretraining ({}, kNN) | {} | {:.2}% | {:.0} s |",
+        r.pretrain.arch,
+        r.pretrain.params,
+        100.0 * r.pretrain.knn_top1,
+        r.pretrain.wall_s
+    );
+    println!(
+        "| fine-tuned teacher | {} | {:.2}% | {:.0} s |",
+        r.finetune.params,
+        100.0 * r.finetune.top1,
+        r.finetune.wall_s
+    );
+    println!(
+        "| distilled student ({}) | {} | {:.2}% | {:.0} s |",
+        r.distill.student_arch,
+        r.distill.student_params,
+        100.0 * r.distill.top1,
+        r.distill.wall_s
+    );
+    println!("total wall time {:.0} s", r.total_wall_s);
+}
+
+/// `simclr eval`: top-1 for a checkpoint with a classifier, else the kNN monitor.
+pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<()> {
+    let (mut model, meta) = checkpoint::load(ckpt)?;
+    check_input(ctx, &model)?;
+    if model.spec.num_classes.is_some() {
+        let top1 = eval::top1(&mut model, &ctx.test, &ctx.test_indices, &ctx.norm);
+        println!(
+            "{{\"stage\": \"{}\", \"top1\": {top1}, \"test_images\": {}}}",
+            meta.stage,
+            ctx.test_indices.len()
+        );
+    } else {
+        let knn = eval::knn_top1(
+            &mut model,
+            &ctx.train,
+            &ctx.train_indices,
+            &ctx.test,
+            &ctx.test_indices,
+            &ctx.norm,
+            ctx.cfg.knn_k,
+        );
+        println!(
+            "{{\"stage\": \"{}\", \"knn_top1\": {knn}, \"test_images\": {}}}",
+            meta.stage,
+            ctx.test_indices.len()
+        );
+    }
+    Ok(())
+}
+
+/// A checkpoint's model must take the dataset's images.
+pub fn check_input(ctx: &Context, model: &Model) -> Result<()> {
+    let a = &model.spec.arch;
+    if a.in_channels != ctx.train.c || a.image_size != ctx.train.h {
+        return Err(Error::Checkpoint(format!(
+            "checkpoint expects {}x{}x{} images, the data has {}x{}x{}",
+            a.image_size, a.image_size, a.in_channels, ctx.train.h, ctx.train.w, ctx.train.c
+        )));
+    }
+    if let Some(k) = model.spec.num_classes {
+        if k != ctx.train.num_classes {
+            return Err(Error::Checkpoint(format!(
+                "checkpoint has {k} classes, the data has {}",
+                ctx.train.num_classes
+            )));
+        }
+    }
+    Ok(())
+}
