@@ -1,6 +1,7 @@
 //! The `simclr` trainer: one binary for the three SimCLRv2 stages, evaluation and the whole
 //! pipeline. Every failure ends in one line on stderr and a non-zero exit.
 
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use simclr::error::{Error, Result};
 use simclr::optim::schedule::LrScaling;
@@ -117,6 +118,9 @@ struct Opts {
     /// Neighbours of the kNN monitor
     #[arg(long)]
     knn_k: Option<usize>,
+    /// Training images in the kNN monitor's memory bank
+    #[arg(long)]
+    knn_bank: Option<usize>,
     /// Fine-tuning epochs (in pipeline)
     #[arg(long)]
     finetune_epochs: Option<usize>,
@@ -167,6 +171,7 @@ impl Opts {
         set(&mut c.color_strength, &self.color_strength);
         set(&mut c.crop_min, &self.crop_min);
         set(&mut c.knn_k, &self.knn_k);
+        set(&mut c.knn_bank, &self.knn_bank);
         set(&mut c.finetune.epochs, &self.finetune_epochs);
         set(&mut c.finetune.lr, &self.finetune_lr);
         set(&mut c.distill.epochs, &self.distill_epochs);
@@ -216,12 +221,13 @@ fn check_arch(opts: &Opts, ckpt: &Path, model: &simclr::nn::model::Model) -> Res
 }
 
 fn run(cli: Cli) -> Result<()> {
+    simclr::device::cpu::keep_freed_memory();
     match cli.command {
         Command::Pipeline(opts) => {
             let ctx = Context::new(opts.config(Target::Pretrain)?)?;
             let out = opts.out_dir()?;
             pipeline(&ctx, &out)?;
-            eprintln!("report: {}", out.join("report.json").display());
+            println!("report: {}", out.join("report.json").display());
         }
         Command::Pretrain(opts) => {
             let ctx = Context::new(opts.config(Target::Pretrain)?)?;
@@ -252,6 +258,12 @@ fn run(cli: Cli) -> Result<()> {
             let ctx = Context::new(opts.config(Target::Distill)?)?;
             let (mut model, _) = checkpoint::load(&teacher)?;
             check_input(&ctx, &model)?;
+            if model.spec.num_classes.is_none() {
+                return Err(Error::Checkpoint(format!(
+                    "{}: has no classifier; distill from a fine-tuned checkpoint",
+                    teacher.display()
+                )));
+            }
             let out = opts.out_dir()?;
             let st = stages::distill(&ctx, &mut model, &out)?;
             println!(
@@ -276,10 +288,20 @@ fn main() -> ExitCode {
             print!("{e}");
             return ExitCode::SUCCESS;
         }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprintln!("error: missing subcommand (pipeline, pretrain, finetune, distill or eval; see --help)");
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            // Only clap's first line: the problem itself, without the usage block.
+            // clap's message on one line: the problem and what it names, without usage.
             let text = e.to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            let message: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{}", message.join(" "));
             return ExitCode::from(2);
         }
     };

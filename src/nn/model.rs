@@ -7,7 +7,7 @@
 //! - the distilled student: encoder + classifier.
 
 use crate::autograd::{Graph, Var};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nn::layers::{BatchNorm, Linear};
 use crate::nn::params::ParamStore;
 use crate::nn::resnet::{Arch, ResNet};
@@ -41,8 +41,24 @@ pub struct Model {
     classifier: Option<Linear>,
 }
 
+impl ModelSpec {
+    /// Bounds on every field, so that a hand-edited checkpoint cannot ask for absurd sizes.
+    pub fn validate(&self) -> Result<()> {
+        self.arch.validate()?;
+        let ok = self.head_layers <= 3
+            && (1..=65_536).contains(&self.proj_dim)
+            && (1..=64).contains(&self.arch.in_channels)
+            && self.num_classes.is_none_or(|k| (1..=100_000).contains(&k));
+        if !ok {
+            return Err(Error::Config(format!("invalid model spec {self:?}")));
+        }
+        Ok(())
+    }
+}
+
 impl Model {
     pub fn new(spec: &ModelSpec, seed: u64) -> Result<Model> {
+        spec.validate()?;
         let mut rng = Rng::new(seed);
         let mut store = ParamStore::default();
         let encoder = ResNet::new(&spec.arch, &mut store, &mut rng)?;

@@ -37,7 +37,7 @@ fn layout(name: &str) -> Result<(&'static [usize], BlockKind)> {
         "resnet50" => (&[3, 4, 6, 3], BlockKind::Bottleneck),
         _ => {
             return Err(Error::Config(format!(
-                "--arch {name}: unknown architecture (expected resnet8, resnet18, resnet34 or resnet50)"
+                "unknown architecture {name} (expected resnet8, resnet18, resnet34 or resnet50)"
             )))
         }
     })
@@ -46,8 +46,11 @@ fn layout(name: &str) -> Result<(&'static [usize], BlockKind)> {
 impl Arch {
     pub fn validate(&self) -> Result<()> {
         layout(&self.name)?;
-        if self.width == 0 {
-            return Err(Error::Config("--width must be at least 1".into()));
+        if !(1..=4096).contains(&self.width) {
+            return Err(Error::Config(format!(
+                "width {} is not in 1..=4096",
+                self.width
+            )));
         }
         Ok(())
     }

@@ -104,6 +104,19 @@ pub fn load(path: &Path) -> Result<(Model, Meta)> {
         return Err(not_ours(format!("format {}", meta.format)));
     }
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| not_ours(format!("{e}")))?;
+    // The stem's shape must agree with the spec before the spec decides what to allocate.
+    let a = &meta.spec.arch;
+    let k = if a.small_stem() { 3 } else { 7 };
+    let stem = tensors
+        .tensor("encoder.stem.conv.weight")
+        .map_err(|_| not_ours("tensor encoder.stem.conv.weight is missing".into()))?;
+    if stem.shape() != [a.width, k, k, a.in_channels] {
+        return Err(not_ours(format!(
+            "its spec says width {} but the stem is {:?}",
+            a.width,
+            stem.shape()
+        )));
+    }
     let mut model =
         Model::new(&meta.spec, 0).map_err(|e| not_ours(format!("bad architecture: {e}")))?;
     for p in &mut model.store.params {

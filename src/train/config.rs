@@ -3,6 +3,7 @@
 
 use crate::data::subset::LabelSpec;
 use crate::error::{Error, Result};
+use crate::nn::resnet::Arch;
 use crate::optim::schedule::LrScaling;
 use crate::optim::OptimizerKind;
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,8 @@ pub struct Config {
     pub crop_min: f64,
     /// Neighbours of the kNN monitor.
     pub knn_k: usize,
+    /// Training images (a seeded subset) whose features form the kNN monitor's memory bank.
+    pub knn_bank: usize,
     pub finetune: StageConfig,
     pub distill: StageConfig,
     pub student_arch: String,
@@ -91,7 +94,8 @@ impl Config {
             color_strength: 0.5,
             crop_min: 0.2,
             knn_k: 200,
-            finetune: sgd(100, 64, 0.05),
+            knn_bank: 10_000,
+            finetune: sgd(100, 128, 0.05),
             distill: sgd(3, 256, 0.1),
             student_arch: "resnet8".into(),
             student_width: 11,
@@ -128,6 +132,19 @@ impl Config {
     /// Checks what a preset cannot get wrong but a flag can.
     pub fn validate(&self) -> Result<()> {
         self.label_spec()?;
+        for (flag, arch, width) in [
+            ("--arch", &self.arch, self.width),
+            ("--student-arch", &self.student_arch, self.student_width),
+        ] {
+            let arch = Arch {
+                name: arch.clone(),
+                width,
+                in_channels: 1,
+                image_size: 1,
+            };
+            arch.validate()
+                .map_err(|e| Error::Config(format!("{flag}: {e}")))?;
+        }
         for (name, s) in [
             ("pretrain", &self.pretrain),
             ("finetune", &self.finetune),
@@ -179,8 +196,10 @@ impl Config {
                 "--train-images and --test-images must be at least 1".into(),
             ));
         }
-        if self.knn_k == 0 {
-            return Err(Error::Config("--knn-k must be at least 1".into()));
+        if self.knn_k == 0 || self.knn_bank == 0 {
+            return Err(Error::Config(
+                "--knn-k and --knn-bank must be at least 1".into(),
+            ));
         }
         Ok(())
     }

@@ -29,6 +29,8 @@ pub struct Context {
     pub test_indices: Vec<usize>,
     /// The labelled subset (indices into the training set).
     pub labelled: Vec<usize>,
+    /// The kNN monitor's memory bank (indices into the training set).
+    pub knn_bank: Vec<usize>,
     pub norm: Normalize,
 }
 
@@ -36,7 +38,7 @@ impl Context {
     pub fn new(cfg: Config) -> Result<Context> {
         cfg.validate()?;
         let (device, why) = Device::select(&cfg.device)?;
-        eprintln!("{why}");
+        println!("{why}");
         let data = crate::data::load_dir(&cfg.data)?;
         let mut train_indices: Vec<usize> = (0..data.train.n).collect();
         if let Some(n) = cfg.train_images {
@@ -59,8 +61,11 @@ impl Context {
         .into_iter()
         .map(|i| train_indices[i])
         .collect();
+        let mut knn_bank = train_indices.clone();
+        Rng::derive(cfg.seed, &[0xB4A7]).shuffle(&mut knn_bank);
+        knn_bank.truncate(cfg.knn_bank);
         let norm = Normalize::from_dataset(&data.train);
-        eprintln!(
+        println!(
             "data: {} ({}), {} train / {} test images of {}x{}x{}, {} classes",
             cfg.data.display(),
             data.format,
@@ -80,6 +85,7 @@ impl Context {
             train_indices,
             test_indices,
             labelled,
+            knn_bank,
             norm,
         })
     }

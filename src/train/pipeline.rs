@@ -73,7 +73,7 @@ fn sub_dir(out: &Path, name: &str) -> Result<std::path::PathBuf> {
 pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
     let start = Instant::now();
     let cfg = &ctx.cfg;
-    eprintln!(
+    println!(
         "[1/4] supervised baseline on {} labelled images",
         ctx.labelled.len()
     );
@@ -82,15 +82,15 @@ pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
         cfg.seed,
     )?;
     let baseline = stages::supervised(ctx, fresh, "baseline", &sub_dir(out, "baseline")?)?;
-    eprintln!("[2/4] pretraining on {} images", ctx.train_indices.len());
+    println!("[2/4] pretraining on {} images", ctx.train_indices.len());
     let pre = stages::pretrain(ctx, &sub_dir(out, "pretrain")?)?;
-    eprintln!(
+    println!(
         "[3/4] fine-tuning on {} labelled images",
         ctx.labelled.len()
     );
     let start_ft = stages::from_pretrained(ctx, &pre.model)?;
     let mut ft = stages::supervised(ctx, start_ft, "finetune", &sub_dir(out, "finetune")?)?;
-    eprintln!(
+    println!(
         "[4/4] distilling into {}-w{}",
         cfg.student_arch, cfg.student_width
     );
@@ -191,7 +191,7 @@ pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<()> {
         let knn = eval::knn_top1(
             &mut model,
             &ctx.train,
-            &ctx.train_indices,
+            &ctx.knn_bank,
             &ctx.test,
             &ctx.test_indices,
             &ctx.norm,

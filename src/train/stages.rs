@@ -34,8 +34,7 @@ impl Context {
         }
     }
 
-    /// Loader of one epoch over `indices` in a seeded order. Returns the batch size actually
-    /// used (at most the number of images) and the batches per epoch with it.
+    /// Loader of one epoch over `indices` in a seeded order (a new order every epoch).
     fn epoch_loader(
         &self,
         key: u64,
@@ -46,7 +45,6 @@ impl Context {
     ) -> Loader {
         let mut order = indices.to_vec();
         Rng::derive(self.cfg.seed, &[key, epoch as u64]).shuffle(&mut order);
-        let batch = batch.min(indices.len());
         Loader::new(
             self.train.clone(),
             order,
@@ -151,7 +149,7 @@ pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
                 knn = eval::knn_top1(
                     model,
                     &ctx.train,
-                    &ctx.train_indices,
+                    &ctx.knn_bank,
                     &ctx.test,
                     &ctx.test_indices,
                     &ctx.norm,
@@ -255,11 +253,6 @@ pub fn supervised(
 /// training images; optionally mixed with the label loss on the labelled ones.
 pub fn distill(ctx: &Context, teacher: &mut Model, out: &Path) -> Result<Supervised> {
     let cfg = &ctx.cfg;
-    if teacher.spec.num_classes.is_none() {
-        return Err(Error::Checkpoint(
-            "the teacher has no classifier: distill from a fine-tuned checkpoint".into(),
-        ));
-    }
     let mut student = Model::new(
         &ModelSpec {
             arch: ctx.arch(&cfg.student_arch, cfg.student_width),

@@ -75,11 +75,15 @@ pub fn run(model: &mut Model, stage: Stage, metrics: &mut Metrics) -> Result<Out
         }
         final_loss = loss_sum / batches.max(1) as f64;
         let mut record = (stage.end_epoch)(model, epoch + 1)?;
+        // Print the epochs that measured something (kNN, top-1); log them all.
+        let measured = record.as_object().is_some_and(|o| !o.is_empty());
         record["stage"] = json!(stage.name);
         record["epoch"] = json!(epoch + 1);
         record["mean_loss"] = json!(final_loss);
         record["elapsed_s"] = json!(start.elapsed().as_secs_f64());
-        bar.suspend(|| eprintln!("{record}"));
+        if measured {
+            bar.suspend(|| println!("{record}"));
+        }
         metrics.log(record)?;
     }
     bar.finish_and_clear();

@@ -66,6 +66,7 @@ pub fn forward_train<T: Real>(
 }
 
 /// Inference mode: normalise with the running statistics.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_eval<T: Real>(
     x: &[T],
     c: usize,

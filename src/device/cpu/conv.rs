@@ -65,9 +65,16 @@ const DW_CHUNK: usize = 2048;
 pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
     sh.check(x.len(), w.len(), y.len());
     let (k, rsc) = (sh.k, sh.rsc());
-    // B[p, j] = W[j, p]: Wᵀ by strides.
+    // B = Wᵀ, transposed once into a row-major RSC×K copy: gemm packs a row-major B with
+    // plain copies, whereas gathering a strided Wᵀ for every block is slow when W is large.
+    let mut wt = Scratch::new(w.len());
+    for (j, w_row) in w.chunks_exact(rsc).enumerate() {
+        for (p, &v) in w_row.iter().enumerate() {
+            wt[p * k + j] = v;
+        }
+    }
     if sh.is_pointwise() {
-        gemm(sh.pixels(), k, rsc, x, rsc, 1, w, 1, rsc, y, k, false);
+        gemm(sh.pixels(), k, rsc, x, rsc, 1, &wt, k, 1, y, k, false);
         return;
     }
     y.par_chunks_mut(FWD_BLOCK * k)
@@ -76,7 +83,7 @@ pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
             let rows = y.len() / k;
             let mut col = Scratch::new(rows * rsc);
             im2col(sh, x, blk * FWD_BLOCK, &mut col);
-            gemm(rows, k, rsc, &col, rsc, 1, w, 1, rsc, y, k, false);
+            gemm(rows, k, rsc, &col, rsc, 1, &wt, k, 1, y, k, false);
         });
 }
 

@@ -31,7 +31,7 @@ fn logsumexp<T: Real>(xs: &[T], skip: Option<usize>) -> f64 {
 /// This reference materialises the 2N×2N similarity matrix; the CUDA kernel does not.
 pub fn ntxent<T: Real>(z: &[T], d: usize, temperature: f64) -> (f64, Vec<T>) {
     let rows = z.len() / d;
-    assert!(rows >= 2 && rows % 2 == 0, "NT-Xent needs 2N rows");
+    assert!(rows >= 2 && rows.is_multiple_of(2), "NT-Xent needs 2N rows");
     let n = rows / 2;
     let mut s = vec![T::zero(); rows * rows];
     gemm(rows, rows, d, z, d, 1, z, 1, d, &mut s, rows, false);
@@ -106,6 +106,7 @@ pub const UNLABELLED: u32 = u32::MAX;
 /// official implementation (no τ² factor). With `alpha` > 0 it is mixed with the softmax
 /// cross-entropy on the rows whose label is not `UNLABELLED`:
 /// loss = (1 − α)·distillation + α·cross-entropy (mean over the labelled rows).
+#[allow(clippy::needless_range_loop)] // k indexes four arrays in step
 pub fn distillation<T: Real>(
     student_logits: &[T],
     teacher_probs: &[T],
@@ -140,7 +141,7 @@ pub fn distillation<T: Real>(
             for k in 0..classes {
                 let p = (logits[k].to_f64() - lse1).exp() - if k == y { 1.0 } else { 0.0 };
                 let idx = i * classes + k;
-                grad[idx] = grad[idx] + T::from_f64(alpha * p / labelled as f64);
+                grad[idx] += T::from_f64(alpha * p / labelled as f64);
             }
         }
     }

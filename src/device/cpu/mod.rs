@@ -11,3 +11,16 @@ pub mod normalize;
 pub mod optim;
 pub mod pool;
 pub mod real;
+
+/// Keeps freed buffers in the process. Every op allocates its output, and glibc serves large
+/// allocations with fresh mmap'd pages by default, so each step paid a page fault per 4 KiB
+/// of activations; with a high mmap threshold and no trimming, steps reuse the same memory.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}

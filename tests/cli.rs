@@ -1,0 +1,389 @@
+//! Command-line tests: every bad input ends in one line on stderr and a non-zero exit,
+//! without a panic and without touching existing files; the tiny pipeline runs end to end
+//! and is reproducible. Each test writes the small synthetic IDX dataset it needs.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The tiny preset on all of a synthetic 100 train / 40 test image dataset.
+const TINY: &[&str] = &[
+    "--preset",
+    "tiny",
+    "--train-images",
+    "100",
+    "--test-images",
+    "40",
+];
+
+/// A per-test temporary directory, removed when the test ends.
+struct Tmp(PathBuf);
+
+impl Tmp {
+    fn new(test: &str) -> Tmp {
+        let dir = std::env::temp_dir().join(format!("simclr-cli-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Tmp(dir)
+    }
+
+    /// `<tmp>/<name>` as a command-line argument.
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_string()
+    }
+
+    fn write(&self, name: &str, bytes: impl AsRef<[u8]>) {
+        std::fs::write(self.0.join(name), bytes).unwrap();
+    }
+
+    /// A synthetic dataset of 100 train / 40 test images in `<tmp>/<name>`.
+    fn data(&self, name: &str) -> String {
+        std::fs::create_dir_all(self.0.join(name)).unwrap();
+        for (prefix, n) in [("train", 100), ("t10k", 40)] {
+            self.write(&format!("{name}/{prefix}-images-idx3-ubyte"), images(n));
+            self.write(&format!("{name}/{prefix}-labels-idx1-ubyte"), labels(n));
+        }
+        self.path(name)
+    }
+
+    /// `fails_with` with `--out <tmp>/out` appended; nothing may be written into it.
+    fn fails(&self, args: &[&str], needle: &str) -> String {
+        let out = self.path("out");
+        let line = fails_with(&[args, &["--out", &out]].concat(), needle);
+        let written = std::fs::read_dir(&out).map_or(0, |d| d.count());
+        assert_eq!(written, 0, "{args:?} failed but wrote into {out}");
+        line
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn simclr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_simclr"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+/// `command` with the tiny settings and `extra` flags.
+fn tiny<'a>(command: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    [command, TINY, extra].concat()
+}
+
+/// Runs the binary and checks that it fails cleanly: a non-zero exit, exactly one line on
+/// stderr, which contains `needle` (case-insensitively), and no panic. Returns that line.
+fn fails_with(args: &[&str], needle: &str) -> String {
+    let out = simclr(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    let context = format!("simclr {}\nstderr:\n{stderr}", args.join(" "));
+    assert!(!out.status.success(), "exit 0 for bad input: {context}");
+    assert!(!stderr.contains("panicked"), "panic: {context}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {context}");
+    let found = stderr.to_lowercase().contains(&needle.to_lowercase());
+    assert!(found, "does not mention {needle:?}: {context}");
+    stderr
+}
+
+/// An IDX file: big-endian magic and dimensions, then the bytes.
+fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut v = magic.to_be_bytes().to_vec();
+    dims.iter().for_each(|d| v.extend(d.to_be_bytes()));
+    v.extend(data);
+    v
+}
+
+/// n 28x28 images with deterministic pixels that depend a little on the label i % 10.
+fn images(n: u32) -> Vec<u8> {
+    let pixel = |i: u32, p: u32| ((p * 7 + i * 13 + (i % 10) * (p / 28) * 9) % 256) as u8;
+    let pixels: Vec<u8> = (0..n * 784).map(|k| pixel(k / 784, k % 784)).collect();
+    idx(0x0803, &[n, 28, 28], &pixels)
+}
+
+/// n labels 0, 1, ..., 9, 0, 1, ...
+fn labels(n: u32) -> Vec<u8> {
+    idx(
+        0x0801,
+        &[n],
+        &(0..n).map(|i| (i % 10) as u8).collect::<Vec<_>>(),
+    )
+}
+
+#[test]
+fn missing_data_dir() {
+    let t = Tmp::new("missing_data_dir");
+    t.fails(
+        &tiny(&["pretrain", "--data", "/nonexistent"], &[]),
+        "/nonexistent",
+    );
+}
+
+#[test]
+fn directory_without_a_dataset() {
+    let t = Tmp::new("no_dataset");
+    std::fs::create_dir_all(t.0.join("notes")).unwrap();
+    t.write("notes/readme.txt", "not a dataset\n");
+    let notes = t.path("notes");
+    let args = tiny(&["pretrain", "--data", &notes], &[]);
+    t.fails(&args, "no supported dataset");
+}
+
+#[test]
+fn incomplete_dataset() {
+    let t = Tmp::new("incomplete");
+    let data = t.data("data");
+    std::fs::remove_file(t.0.join("data/t10k-labels-idx1-ubyte")).unwrap();
+    t.fails(
+        &tiny(&["pretrain", "--data", &data], &[]),
+        "t10k-labels-idx1-ubyte",
+    );
+}
+
+#[test]
+fn truncated_or_corrupt_idx_file() {
+    let t = Tmp::new("truncated");
+    let data = t.data("data");
+    let args = tiny(&["pretrain", "--data", &data], &[]);
+    let file = "data/train-images-idx3-ubyte";
+    let bytes = images(100);
+    t.write(file, &bytes[..bytes.len() - 100]);
+    let line = t.fails(&args, file);
+    assert!(line.contains("truncated"), "{line}");
+    // Shorter than the header itself.
+    t.write(file, &bytes[..6]);
+    t.fails(&args, file);
+    // A header claiming 4 billion images must not make it allocate them.
+    t.write(file, idx(0x0803, &[u32::MAX, 28, 28], &bytes[16..]));
+    t.fails(&args, file);
+    // A label file where the images should be: wrong magic.
+    t.write(file, labels(100));
+    t.fails(&args, "magic");
+}
+
+#[test]
+fn corrupt_gzip_file() {
+    let t = Tmp::new("corrupt_gz");
+    let data = t.data("data");
+    std::fs::remove_file(t.0.join("data/train-images-idx3-ubyte")).unwrap();
+    let garbage: Vec<u8> = (0..1000u32).map(|i| (i * 37 % 251) as u8).collect();
+    t.write("data/train-images-idx3-ubyte.gz", garbage);
+    let args = tiny(&["pretrain", "--data", &data], &[]);
+    let line = t.fails(&args, "train-images-idx3-ubyte.gz");
+    assert!(line.contains("gzip"), "{line}");
+}
+
+#[test]
+fn image_label_count_mismatch() {
+    let t = Tmp::new("count_mismatch");
+    let data = t.data("data");
+    t.write("data/train-labels-idx1-ubyte", labels(99));
+    let args = tiny(&["pretrain", "--data", &data], &[]);
+    let line = t.fails(&args, "train-labels-idx1-ubyte");
+    assert!(line.contains("99") && line.contains("100"), "{line}");
+}
+
+#[test]
+fn bad_labels() {
+    let t = Tmp::new("bad_labels");
+    let data = t.data("data");
+    // The last: more labels per class than the 10 images of each class.
+    for labels in ["0", "150%", "1.5", "abc", "", "11"] {
+        let args = tiny(&["pretrain", "--data", &data], &["--labels", labels]);
+        t.fails(&args, &format!("--labels {labels}"));
+    }
+}
+
+#[test]
+fn bad_config_values() {
+    let t = Tmp::new("bad_config");
+    let data = t.data("data");
+    for (flag, value, needle) in [
+        ("--batch-size", "1", "batch size 1"),
+        ("--epochs", "0", "epochs"),
+        ("--temperature", "0", "--temperature"),
+        ("--arch", "resnet7", "resnet7"),
+        ("--device", "tpu", "tpu"),
+    ] {
+        t.fails(
+            &tiny(&["pretrain", "--data", &data], &[flag, value]),
+            needle,
+        );
+    }
+    let args = ["pretrain", "--data", &data, "--preset", "huge"];
+    t.fails(&args, "--preset huge");
+}
+
+#[test]
+fn bad_flags() {
+    let t = Tmp::new("bad_flags");
+    let data = t.data("data");
+    let pretrain = ["pretrain", "--data", &data];
+    t.fails(&tiny(&pretrain, &["--epochs", "x"]), "--epochs");
+    t.fails(&tiny(&pretrain, &["--no-such-flag"]), "--no-such-flag");
+    t.fails(&tiny(&pretrain, &["--optimizer", "adam"]), "adam");
+    t.fails(&["retrain", "--data", &data], "retrain");
+    t.fails(&["finetune", "--data", &data], "--from");
+    fails_with(&[], "subcommand");
+}
+
+#[test]
+fn existing_out_dir_is_not_overwritten() {
+    let t = Tmp::new("existing_out");
+    let data = t.data("data");
+    std::fs::create_dir_all(t.0.join("run")).unwrap();
+    t.write("run/keep.txt", "earlier run\n");
+    let kept = || std::fs::read_to_string(t.0.join("run/keep.txt")).unwrap();
+    let out = t.path("run");
+    fails_with(
+        &tiny(&["pretrain", "--data", &data, "--out", &out], &[]),
+        "--force",
+    );
+    assert_eq!(kept(), "earlier run\n");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    // An --out that is a file.
+    let file = t.path("run/keep.txt");
+    let args = tiny(&["pretrain", "--data", &data, "--out", &file], &[]);
+    fails_with(&args, "not a directory");
+    assert_eq!(kept(), "earlier run\n");
+}
+
+#[test]
+fn finetune_from_a_file_that_is_not_a_checkpoint() {
+    let t = Tmp::new("not_a_checkpoint");
+    let data = t.data("data");
+    let random: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 256) as u8).collect();
+    t.write("random.safetensors", random);
+    t.write("empty.safetensors", b"");
+    // A valid safetensors file without our metadata.
+    let header = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let foreign = [&(header.len() as u64).to_le_bytes()[..], header, &[0; 4]].concat();
+    t.write("foreign.safetensors", foreign);
+    for name in ["random", "empty", "missing", "foreign"] {
+        let from = t.path(&format!("{name}.safetensors"));
+        t.fails(
+            &tiny(&["finetune", "--from", &from, "--data", &data], &[]),
+            &from,
+        );
+        t.fails(
+            &tiny(&["eval", "--ckpt", &from, "--data", &data], &[]),
+            &from,
+        );
+    }
+}
+
+#[test]
+fn checkpoint_of_the_wrong_kind() {
+    let t = Tmp::new("wrong_kind");
+    let data = t.data("data");
+    let pre = t.path("pre");
+    let out = simclr(&tiny(&["pretrain", "--data", &data, "--out", &pre], &[]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ckpt = t.path("pre/checkpoint.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    // Another architecture than the checkpoint's resnet8.
+    let args = tiny(
+        &["finetune", "--from", &ckpt, "--data", &data],
+        &["--arch", "resnet18"],
+    );
+    let line = t.fails(&args, &ckpt);
+    assert!(line.contains("resnet8"), "{line}");
+    // A pretrained checkpoint has no classifier to distill from (file or run directory).
+    for teacher in [&ckpt, &pre] {
+        let args = tiny(&["distill", "--teacher", teacher, "--data", &data], &[]);
+        t.fails(&args, "classifier");
+    }
+    // Images of another size than the checkpoint's 28x28.
+    let data14 = t.data("data14");
+    for (prefix, n) in [("train", 100), ("t10k", 40)] {
+        let small = idx(0x0803, &[n, 14, 14], &vec![7; n as usize * 196]);
+        t.write(&format!("data14/{prefix}-images-idx3-ubyte"), small);
+    }
+    let args = tiny(&["finetune", "--from", &ckpt, "--data", &data14], &[]);
+    t.fails(&args, "28x28");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before, "checkpoint changed");
+}
+
+/// Runs the tiny pipeline, checks the run directory and returns report.json.
+fn tiny_pipeline(t: &Tmp, data: &str, out_name: &str) -> Value {
+    let out = t.path(out_name);
+    let args = tiny(
+        &["pipeline", "--data", data, "--out", &out],
+        &["--labels", "2"],
+    );
+    let run = simclr(&args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "pipeline failed:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for stage in ["baseline", "pretrain", "finetune", "distill"] {
+        for file in ["checkpoint.safetensors", "checkpoint.json", "metrics.jsonl"] {
+            let path = t.0.join(out_name).join(stage).join(file);
+            assert!(path.is_file(), "{} is missing", path.display());
+        }
+    }
+    let report = std::fs::read_to_string(t.0.join(out_name).join("report.json")).unwrap();
+    serde_json::from_str(&report).unwrap()
+}
+
+#[test]
+fn tiny_pipeline_runs_and_is_reproducible() {
+    let t = Tmp::new("pipeline");
+    let data = t.data("data");
+    let r = tiny_pipeline(&t, &data, "a");
+    let fields: &[(&str, &[&str])] = &[
+        (
+            "",
+            &["dataset", "device", "label_fraction", "labelled_examples"],
+        ),
+        ("", &["seed", "total_wall_s"]),
+        ("baseline", &["arch", "params", "top1", "wall_s"]),
+        (
+            "pretrain",
+            &[
+                "arch",
+                "params",
+                "epochs",
+                "final_loss",
+                "knn_top1",
+                "wall_s",
+            ],
+        ),
+        ("finetune", &["top1", "wall_s"]),
+        (
+            "distill",
+            &["student_arch", "student_params", "top1", "wall_s"],
+        ),
+    ];
+    for &(stage, keys) in fields {
+        let object = if stage.is_empty() { &r } else { &r[stage] };
+        for &key in keys {
+            assert!(!object[key].is_null(), "{stage}.{key} missing in {r}");
+        }
+    }
+    assert!(r["dataset"].is_string() && r["device"].is_string(), "{r}");
+    assert_eq!(r["labelled_examples"], 20, "{r}");
+    let results = |r: &Value| -> Vec<f64> {
+        let at = |stage: &str, key: &str| r[stage][key].as_f64().unwrap();
+        vec![
+            at("baseline", "top1"),
+            at("pretrain", "knn_top1"),
+            at("finetune", "top1"),
+            at("distill", "top1"),
+            at("pretrain", "final_loss"),
+        ]
+    };
+    let first = results(&r);
+    for top1 in &first[..4] {
+        assert!((0.0..=1.0).contains(top1), "top-1 {top1} in {r}");
+    }
+    assert!(first[4].is_finite(), "final loss in {r}");
+    let again = tiny_pipeline(&t, &data, "b");
+    assert_eq!(first, results(&again), "same seed, different results");
+}
