@@ -137,13 +137,13 @@ impl Graph {
             let Some(dy) = self.grads[node.out.0].take() else {
                 continue;
             };
-            for (v, g) in ops::backward(&node.op, &self.values, node.out, &dy) {
+            // An op's output gradient is consumed here: only inputs and leaves keep theirs.
+            for (v, g) in ops::backward(&node.op, &self.values, node.out, dy) {
                 match &mut self.grads[v.0] {
                     Some(acc) => acc.add_assign(&g),
                     slot => *slot = Some(g),
                 }
             }
-            self.grads[node.out.0] = Some(dy);
         }
         self.nodes = nodes;
     }

@@ -86,6 +86,7 @@ struct Opts {
     /// Channels of the encoder's first stage (64 = the paper's 1x)
     #[arg(long)]
     width: Option<usize>,
+    /// Seed of every random choice: init, subsets, data order, augmentations [default: 0]
     #[arg(long)]
     seed: Option<u64>,
     /// cpu or auto

@@ -13,23 +13,24 @@ use crate::autograd::{Op, Var};
 use crate::tensor::Tensor;
 
 /// The gradients an op sends to its inputs, given its output's gradient `dy`.
-pub(crate) fn backward(op: &Op, values: &[Tensor], out: Var, dy: &Tensor) -> Vec<(Var, Tensor)> {
+pub(crate) fn backward(op: &Op, values: &[Tensor], out: Var, dy: Tensor) -> Vec<(Var, Tensor)> {
     let v = |var: Var| &values[var.0];
     match op {
-        Op::Conv2d { x, w, shape } => conv::backward(shape, (*x, v(*x)), (*w, v(*w)), dy),
+        Op::Conv2d { x, w, shape } => conv::backward(shape, (*x, v(*x)), (*w, v(*w)), &dy),
         Op::BatchNorm {
             x,
             gamma,
             beta,
             stats,
-        } => batchnorm::backward((*x, v(*x)), (*gamma, v(*gamma)), *beta, stats, dy),
-        Op::Relu { x } => vec![(*x, elementwise::relu_backward(v(out), dy))],
-        Op::Add { a, b } => vec![(*a, dy.clone()), (*b, dy.clone())],
-        Op::MaxPool { x, argmax } => vec![(*x, pool::maxpool_backward(v(*x), argmax, dy))],
-        Op::GlobalAvgPool { x } => vec![(*x, pool::global_avg_pool_backward(v(*x), dy))],
-        Op::Linear { x, w, b } => linear::backward((*x, v(*x)), (*w, v(*w)), *b, dy),
+        } => batchnorm::backward((*x, v(*x)), (*gamma, v(*gamma)), *beta, stats, &dy),
+        Op::Relu { x } => vec![(*x, elementwise::relu_backward(v(out), &dy))],
+        // The sum hands its gradient to both inputs unchanged.
+        Op::Add { a, b } => vec![(*a, dy.clone()), (*b, dy)],
+        Op::MaxPool { x, argmax } => vec![(*x, pool::maxpool_backward(v(*x), argmax, &dy))],
+        Op::GlobalAvgPool { x } => vec![(*x, pool::global_avg_pool_backward(v(*x), &dy))],
+        Op::Linear { x, w, b } => linear::backward((*x, v(*x)), (*w, v(*w)), *b, &dy),
         Op::L2Normalize { x, inv_norm } => {
-            vec![(*x, normalize::l2_normalize_backward(v(out), inv_norm, dy))]
+            vec![(*x, normalize::l2_normalize_backward(v(out), inv_norm, &dy))]
         }
         Op::Loss { x, grad } => vec![(*x, loss::scale(grad, dy.item()))],
     }

@@ -84,3 +84,62 @@ impl Optimizer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DType;
+
+    fn store() -> ParamStore {
+        let mut s = ParamStore::default();
+        s.add(
+            "w".into(),
+            Tensor::from_vec(&[2], vec![3.0f64, 4.0]),
+            Kind::Weight,
+        );
+        s.add(
+            "b".into(),
+            Tensor::from_vec(&[2], vec![3.0f64, 4.0]),
+            Kind::Bias,
+        );
+        s.add("z".into(), Tensor::zeros(&[2], DType::F64), Kind::Weight);
+        s
+    }
+
+    #[test]
+    fn lars_trust_ratio_and_exclusions() {
+        let mut s = store();
+        let g = Tensor::from_vec(&[2], vec![0.6f64, 0.8]);
+        let grads: Vec<(usize, Tensor)> = (0..3).map(|i| (i, g.clone())).collect();
+        let mut opt = Optimizer::new(OptimizerKind::Lars, 0.0);
+        opt.step(&mut s, &grads, 2.0);
+        // ‖w‖ = 5, ‖g‖ = 1: trust = 0.001·5, step = 2·0.005·g.
+        let w = s.params[0].value.to_f64_vec();
+        assert!(
+            (w[0] - (3.0 - 0.01 * 0.6)).abs() < 1e-12 && (w[1] - (4.0 - 0.01 * 0.8)).abs() < 1e-12
+        );
+        // Biases and BN parameters: no adaptation, plain momentum step lr·g.
+        let b = s.params[1].value.to_f64_vec();
+        assert!((b[0] - (3.0 - 1.2)).abs() < 1e-12);
+        // A zero weight norm gives trust 1.
+        let z = s.params[2].value.to_f64_vec();
+        assert!((z[0] + 1.2).abs() < 1e-12);
+        // Second step: momentum 0.9 carries the first velocity.
+        opt.step(&mut s, &grads[1..2], 2.0);
+        let b = s.params[1].value.to_f64_vec();
+        assert!((b[0] - (3.0 - 1.2 - (0.9 * 1.2 + 1.2))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn weight_decay_only_on_weights_and_nesterov_sgd() {
+        let mut s = store();
+        let zero = Tensor::zeros(&[2], DType::F64);
+        let grads: Vec<(usize, Tensor)> = (0..2).map(|i| (i, zero.clone())).collect();
+        let mut opt = Optimizer::new(OptimizerKind::Sgd, 0.1);
+        opt.step(&mut s, &grads, 1.0);
+        // w: g = 0.1·w, v = g, Nesterov step = g + 0.9·v = 1.9·0.1·w.
+        let w = s.params[0].value.to_f64_vec();
+        assert!((w[0] - 3.0 * (1.0 - 0.19)).abs() < 1e-12);
+        assert_eq!(s.params[1].value.to_f64_vec(), vec![3.0, 4.0]);
+    }
+}

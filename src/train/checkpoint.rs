@@ -164,3 +164,47 @@ pub fn copy_params(from: &ParamStore, to: &mut ParamStore, prefixes: &[&str]) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::resnet::Arch;
+
+    #[test]
+    fn save_load_round_trip() {
+        let spec = ModelSpec {
+            arch: Arch {
+                name: "resnet8".into(),
+                width: 4,
+                in_channels: 1,
+                image_size: 12,
+            },
+            head_layers: 1,
+            proj_dim: 8,
+            num_classes: Some(3),
+        };
+        let mut model = Model::new(&spec, 7).unwrap();
+        // Make every tensor distinctive (the classifier starts at zero).
+        for (i, p) in model.store.params.iter_mut().enumerate() {
+            let v: Vec<f64> = (0..p.value.numel())
+                .map(|j| (i * 1000 + j) as f64 * 1e-3)
+                .collect();
+            p.value = Tensor::from_f64(&p.value.shape, DType::F32, &v);
+        }
+        let dir = std::env::temp_dir().join(format!("simclr-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = Config::preset("tiny").unwrap();
+        save(&dir, &model, &Meta::new("finetune", 2, &spec, &config)).unwrap();
+        let (loaded, meta) = load(&dir).unwrap();
+        assert_eq!((meta.stage.as_str(), meta.epoch), ("finetune", 2));
+        assert_eq!(loaded.spec, spec);
+        for (a, b) in model.store.params.iter().zip(&loaded.store.params) {
+            assert_eq!(a.name, b.name);
+            assert_eq!(a.value.to_f32_vec(), b.value.to_f32_vec());
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(META_FILE)).unwrap()).unwrap();
+        assert_eq!(json["spec"]["arch"]["name"], "resnet8");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
