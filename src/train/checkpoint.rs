@@ -25,7 +25,9 @@ pub struct Meta {
     /// Epochs completed.
     pub epoch: usize,
     pub spec: ModelSpec,
-    pub config: Config,
+    /// The run's full config, for the record (kept as JSON so that checkpoints stay readable
+    /// when the config gains fields).
+    pub config: serde_json::Value,
 }
 
 impl Meta {
@@ -35,7 +37,7 @@ impl Meta {
             stage: stage.into(),
             epoch,
             spec: spec.clone(),
-            config: config.clone(),
+            config: serde_json::to_value(config).expect("config serialises"),
         }
     }
 }

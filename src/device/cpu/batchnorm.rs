@@ -108,8 +108,8 @@ fn affine<T: Real>(
         .zip(x.par_chunks(c * CHUNK_ROWS))
         .for_each(|(yc, xc)| {
             for (yr, xr) in yc.chunks_mut(c).zip(xc.chunks(c)) {
-                for i in 0..c {
-                    yr[i] = xr[i] * scale[i] + shift[i];
+                for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(scale.iter().zip(&shift)) {
+                    *y = x * a + b;
                 }
             }
         });
@@ -139,7 +139,8 @@ pub fn update_running<T: Real>(
 }
 
 /// Backward of training-mode BN. With x̂ = (x − μ)·invstd:
-/// dγ = Σ dy·x̂, dβ = Σ dy, dx = γ·invstd/M · (M·dy − dβ − x̂·dγ).
+/// dγ = Σ dy·x̂, dβ = Σ dy, dx = γ·invstd/M · (M·dy − dβ − x̂·dγ),
+/// computed per element as dx = a·dy + b·(x − μ) with per-channel a and b.
 pub fn backward<T: Real>(
     x: &[T],
     dy: &[T],
@@ -150,25 +151,30 @@ pub fn backward<T: Real>(
 ) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / c;
     let mean: Vec<T> = stats.mean.iter().map(|&m| T::from_f64(m)).collect();
-    let invstd: Vec<T> = stats.invstd.iter().map(|&s| T::from_f64(s)).collect();
     let dbeta = channel_sums::<T>(rows, c, |r, acc| {
         for (a, &g) in acc.iter_mut().zip(&dy[r * c..(r + 1) * c]) {
             *a += g;
         }
     });
-    let dgamma = channel_sums::<T>(rows, c, |r, acc| {
+    let dgamma: Vec<f64> = channel_sums::<T>(rows, c, |r, acc| {
         let (xr, gr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        for i in 0..c {
-            acc[i] += gr[i] * (xr[i] - mean[i]) * invstd[i];
+        for ((a, &g), (&v, &m)) in acc.iter_mut().zip(gr).zip(xr.iter().zip(&mean)) {
+            *a += g * (v - m);
         }
-    });
+    })
+    .iter()
+    .zip(&stats.invstd)
+    .map(|(s, is)| s * is)
+    .collect();
     let m = rows as f64;
-    let k: Vec<T> = (0..c)
-        .map(|i| T::from_f64(gamma[i].to_f64() * stats.invstd[i] / m))
-        .collect();
-    let db: Vec<T> = dbeta.iter().map(|&v| T::from_f64(v)).collect();
-    let dg: Vec<T> = dgamma.iter().map(|&v| T::from_f64(v)).collect();
-    let mt = T::from_f64(m);
+    let (mut a, mut b, mut shift) = (vec![T::zero(); c], vec![T::zero(); c], vec![T::zero(); c]);
+    for i in 0..c {
+        let k = gamma[i].to_f64() * stats.invstd[i] / m;
+        a[i] = T::from_f64(k * m);
+        b[i] = T::from_f64(-k * stats.invstd[i] * dgamma[i]);
+        // a·dy + b·(x − μ) − k·dβ, with the constant folded: b·x + (−b·μ − k·dβ).
+        shift[i] = T::from_f64(-b[i].to_f64() * stats.mean[i] - k * dbeta[i]);
+    }
     dx.par_chunks_mut(c * CHUNK_ROWS)
         .zip(
             x.par_chunks(c * CHUNK_ROWS)
@@ -176,9 +182,12 @@ pub fn backward<T: Real>(
         )
         .for_each(|(dxc, (xc, dyc))| {
             for ((dxr, xr), gr) in dxc.chunks_mut(c).zip(xc.chunks(c)).zip(dyc.chunks(c)) {
-                for i in 0..c {
-                    let xhat = (xr[i] - mean[i]) * invstd[i];
-                    dxr[i] = k[i] * (mt * gr[i] - db[i] - xhat * dg[i]);
+                for ((d, (&x, &g)), ((&a, &b), &s)) in dxr
+                    .iter_mut()
+                    .zip(xr.iter().zip(gr))
+                    .zip(a.iter().zip(&b).zip(&shift))
+                {
+                    *d = a * g + b * x + s;
                 }
             }
         });
