@@ -56,10 +56,12 @@ impl ConvShape {
 
 /// Output pixels per im2col block in the forward pass.
 const FWD_BLOCK: usize = 192;
-/// Output pixels per input-gradient gemm (rounded up to whole images).
-const DX_ROWS: usize = 1024;
+/// Output pixels per input-gradient gemm: its dcol block stays in L2 until col2im reads it.
+const DX_ROWS: usize = 256;
 /// Output pixels per weight-gradient chunk; each chunk gets its own partial dW.
 const DW_CHUNK: usize = 2048;
+/// Output pixels per weight-gradient gemm within a chunk: its im2col block stays in L2.
+const DW_BLOCK: usize = 256;
 
 /// y = conv(x, w), overwritten; y is N×OH×OW×K.
 pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
@@ -95,25 +97,23 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
         gemm(sh.pixels(), rsc, k, dy, k, 1, w, rsc, 1, dx, rsc, false);
         return;
     }
-    // Images are processed in groups with one gemm each, so that W is packed once per group
-    // rather than once per (possibly tiny) image. Within a group each image scatters its own
-    // windows, so the col2im writes never collide.
+    // Each task owns a group of whole images, so its col2im writes collide with no other's,
+    // and walks them in blocks of about DX_ROWS output pixels: a gemm into a small dcol, then
+    // col2im of that block (in order, as windows of neighbouring blocks overlap).
     let rows = sh.out_h() * sh.out_w();
-    let group = DX_ROWS.div_ceil(rows);
-    let mut dcol = Scratch::new(group.min(sh.n) * rows * rsc);
-    for (dx, dy) in dx
-        .chunks_mut(group * sh.h * sh.w * sh.c)
-        .zip(dy.chunks(group * rows * k))
-    {
-        let dcol = &mut dcol[..dy.len() / k * rsc];
-        gemm(dy.len() / k, rsc, k, dy, k, 1, w, rsc, 1, dcol, rsc, false);
-        dx.par_chunks_mut(sh.h * sh.w * sh.c)
-            .zip(dcol.par_chunks(rows * rsc))
-            .for_each(|(dx, dcol)| {
-                dx.fill(T::zero());
-                col2im(sh, dcol, dx);
-            });
-    }
+    let group = (DX_ROWS / rows).max(1);
+    let block = DX_ROWS.min(rows);
+    dx.par_chunks_mut(group * sh.h * sh.w * sh.c)
+        .zip(dy.par_chunks(group * rows * k))
+        .for_each(|(dx, dy)| {
+            dx.fill(T::zero());
+            let mut dcol = Scratch::new(block * rsc);
+            for (b, dy) in dy.chunks(block * k).enumerate() {
+                let dcol = &mut dcol[..dy.len() / k * rsc];
+                gemm(dy.len() / k, rsc, k, dy, k, 1, w, rsc, 1, dcol, rsc, false);
+                col2im(sh, dcol, b * block, dx);
+            }
+        });
 }
 
 /// dw = ∂L/∂w given x and dy, overwritten.
@@ -139,9 +139,14 @@ pub fn conv2d_backward_weight<T: Real>(sh: &ConvShape, x: &[T], dy: &[T], dw: &m
                 false,
             );
         } else {
-            let mut col = Scratch::new(rows * rsc);
-            im2col(sh, x, row0, &mut col);
-            gemm(k, rsc, rows, dy, 1, k, &col, rsc, 1, dw, rsc, false);
+            // Blocks in a fixed order, each adding its share onto dw.
+            let mut col = Scratch::new(DW_BLOCK.min(rows) * rsc);
+            for q0 in (0..rows).step_by(DW_BLOCK) {
+                let n = DW_BLOCK.min(rows - q0);
+                let col = &mut col[..n * rsc];
+                im2col(sh, x, row0 + q0, col);
+                gemm(k, rsc, n, &dy[q0 * k..], 1, k, col, rsc, 1, dw, rsc, q0 > 0);
+            }
         }
     };
     let chunks = pixels.div_ceil(DW_CHUNK);
@@ -186,14 +191,14 @@ fn im2col<T: Real>(sh: &ConvShape, x: &[T], row0: usize, col: &mut [T]) {
             if iy < sh.h && inside {
                 // A window row is S*C contiguous input values in NHWC: one copy.
                 let src = ((b * sh.h + iy) * sh.w + ix0) * c;
-                col_r.copy_from_slice(&x[src..src + sh.s * c]);
+                copy_short(col_r, &x[src..src + sh.s * c]);
                 continue;
             }
             for (s, dst) in col_r.chunks_exact_mut(c).enumerate() {
                 let ix = ix0.wrapping_add(s);
                 if iy < sh.h && ix < sh.w {
                     let src = ((b * sh.h + iy) * sh.w + ix) * c;
-                    dst.copy_from_slice(&x[src..src + c]);
+                    copy_short(dst, &x[src..src + c]);
                 } else {
                     dst.fill(T::zero());
                 }
@@ -202,23 +207,37 @@ fn im2col<T: Real>(sh: &ConvShape, x: &[T], row0: usize, col: &mut [T]) {
     }
 }
 
-/// The adjoint of im2col for one image: adds each dcol window back onto dx (one image).
-fn col2im<T: Real>(sh: &ConvShape, dcol: &[T], dx: &mut [T]) {
+/// The adjoint of im2col: adds the windows of output pixels row0.. back onto dx (counted from
+/// the image that dx starts with).
+fn col2im<T: Real>(sh: &ConvShape, dcol: &[T], row0: usize, dx: &mut [T]) {
     let (oh, ow, c) = (sh.out_h(), sh.out_w(), sh.c);
     for (q, col_row) in dcol.chunks_exact(sh.rsc()).enumerate() {
-        let (_, oy, ox) = split_pixel(q, oh, ow);
+        let (b, oy, ox) = split_pixel(row0 + q, oh, ow);
         for (r, col_r) in col_row.chunks_exact(sh.s * c).enumerate() {
             let iy = (oy * sh.stride + r).wrapping_sub(sh.pad);
             for (s, src) in col_r.chunks_exact(c).enumerate() {
                 let ix = (ox * sh.stride + s).wrapping_sub(sh.pad);
                 if iy < sh.h && ix < sh.w {
-                    let dst = (iy * sh.w + ix) * c;
+                    let dst = ((b * sh.h + iy) * sh.w + ix) * c;
                     for (d, &g) in dx[dst..dst + c].iter_mut().zip(src) {
                         *d += g;
                     }
                 }
             }
         }
+    }
+}
+
+/// dst = src for runs of a few channels, in 8-wide moves: copy_from_slice would call libc's
+/// memmove, whose overhead per call costs more than such a copy.
+#[inline(always)]
+fn copy_short<T: Real>(dst: &mut [T], src: &[T]) {
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+    }
+    for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = s;
     }
 }
 

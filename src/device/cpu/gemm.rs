@@ -1,11 +1,13 @@
 //! Hand-written GEMM, the workhorse behind every conv and linear layer.
 //!
-//! The classic Goto/BLIS scheme. B is first copied ("packed") into panels of NR columns, each
-//! stored depth by depth, zero-padded at the edge. C is then cut into MC×NC tiles, one rayon
-//! task each. A task walks k in KC-deep slabs; for each slab it packs its rows of A into
-//! panels of MR rows the same way, then runs the register-tile microkernel over every MR×NR
-//! block, which streams both panels linearly and keeps its block of C in registers for the
-//! whole slab: 6×16 f32 = 12 AVX2 registers, each loaded B vector feeds 6 FMAs.
+//! The Goto/BLIS scheme, minus most of the packing. C is cut into MC×NC tiles, one rayon task
+//! each. A task walks k in KC-deep slabs and runs the register-tile microkernel over every
+//! MR×NR block, which keeps its block of C in registers for the whole slab: 6×16 f32 = 12 AVX2
+//! registers, each loaded B vector feeds 6 FMAs. The kernel reads A through its strides and B
+//! through its row stride in place: at the small K and N of the convs here, copying them into
+//! panels cost as much as the arithmetic. Only what it cannot read in place is packed (zero-padded
+//! panels of MR rows / NR columns stored depth by depth): the partial panels at the edges, and
+//! B when its columns are not contiguous.
 //!
 //! Determinism: every element of C is owned by exactly one task and summed over k in the same
 //! order no matter how many threads run, so results are bit-identical run to run.
@@ -23,11 +25,27 @@ const KC: usize = 256;
 const MC: usize = 96;
 /// Columns of C per task (a multiple of NR).
 const NC: usize = 256;
+/// A row-major B is read in place by gemms of at most this many rows: each of its panels is
+/// then streamed by only a few row panels, too few to repay a copy. Larger gemms pack it (a
+/// panel read in place spans kc rows of B, which at power-of-two strides collide in L1).
+const IN_PLACE_ROWS: usize = 4 * MC;
+/// Rows of A are read in place by tiles at most this wide, packed by wider ones (same reason).
+const IN_PLACE_COLS: usize = 4 * NR;
 
-/// C[MR×NR] = A·B (+ C if accumulate) for packed panels of depth kc: A is kc×MR (k-major),
-/// B is kc×NR, C has row stride ldc. Raw pointers because tasks write disjoint parts of one C.
-pub type Microkernel<T> =
-    unsafe fn(kc: usize, a: *const T, b: *const T, c: *mut T, ldc: usize, accumulate: bool);
+/// C[MR×NR] = A·B (+ C if accumulate) over depth kc: A's element (i,p) is a[i*a_rs + p*a_ps]
+/// (a packed panel has a_rs = 1, a_ps = MR), B's row p is the NR values at b[p*ldb..], C has
+/// row stride ldc. Raw pointers because tasks write disjoint parts of one C.
+pub type Microkernel<T> = unsafe fn(
+    kc: usize,
+    a: *const T,
+    a_rs: usize,
+    a_ps: usize,
+    b: *const T,
+    ldb: usize,
+    c: *mut T,
+    ldc: usize,
+    accumulate: bool,
+);
 
 /// C[m×n] = A[m×k]·B[k×n] (+ C if accumulate). A's element (i,p) is a[i*a_rs + p*a_cs],
 /// B's element (p,j) is b[p*b_rs + j*b_cs] (so transposes are just strides); C is row-major
@@ -71,14 +89,21 @@ pub fn gemm<T: Real>(
         "gemm: B too small"
     );
 
-    // Pack all of B once, shared by every tile; panel q (columns q*NR..) starts at q*NR*k.
-    // B is packed as the rows of Bᵀ: "row" j, depth p is b[j*b_cs + p*b_rs].
-    let mut b_pack = Scratch::new(n.div_ceil(NR) * NR * k);
+    // Pack once, shared by every tile, the B panels the kernel cannot read in place: all of
+    // them if B's columns are strided, else just a partial last one. Panel q of the packed
+    // columns starts at q*NR*k; B is packed as the rows of Bᵀ: "row" j, depth p is
+    // b[j*b_cs + p*b_rs].
+    let n_full = if b_cs == 1 && m <= IN_PLACE_ROWS {
+        n / NR * NR
+    } else {
+        0
+    };
+    let mut b_pack = Scratch::new((n - n_full).div_ceil(NR) * NR * k);
     b_pack
         .par_chunks_mut(NC * k)
         .enumerate()
         .for_each(|(g, dst)| {
-            let j0 = g * NC;
+            let j0 = n_full + g * NC;
             let bt = Strided {
                 data: &b[j0 * b_cs..],
                 rs: b_cs,
@@ -87,6 +112,13 @@ pub fn gemm<T: Real>(
             pack::<T, NR>(dst, &bt, 0, NC.min(n - j0), k);
         });
 
+    let b = PanelsB {
+        b,
+        b_rs,
+        n_full,
+        pack: &b_pack,
+        k,
+    };
     let kernel = T::microkernel();
     let tiles_n = n.div_ceil(NC);
     let c_ptr = SendPtr(c.as_mut_ptr());
@@ -105,37 +137,40 @@ pub fn gemm<T: Real>(
         // SAFETY: the tile (i0.., j0..) lies inside C (asserted above) and no other task
         // touches it, so the writes through this pointer never race or alias.
         let c = unsafe { c_ptr.get().add(i0 * ldc + j0) };
-        unsafe { gemm_tile(kernel, &tile, &a, &b_pack[j0 * k..], c, ldc, accumulate) };
+        unsafe { gemm_tile(kernel, &tile, &a, &b, j0, c, ldc, accumulate) };
     });
 }
 
 /// A scratch buffer of `len` elements, recycled through a per-thread pool so that hot loops
 /// don't pay for fresh allocations (large ones are mmapped: page faults on every use).
 /// Its contents are unspecified: every user overwrites it completely before reading.
-pub struct Scratch<T: Real>(Vec<T>);
+pub struct Scratch<T: Real> {
+    buf: Vec<T>,
+    len: usize,
+}
 
 impl<T: Real> Scratch<T> {
     pub fn new(len: usize) -> Self {
         // Take a free buffer that is big enough, else the last one (it will grow). A nested
-        // task on this thread may hold a buffer meanwhile: it just takes another.
-        let mut v = T::scratch_pool().with(|pool| {
+        // task on this thread may hold a buffer meanwhile: it just takes another. Buffers are
+        // never shrunk, so only memory new to a buffer is ever zero-filled.
+        let mut buf = T::scratch_pool().with(|pool| {
             let mut pool = pool.borrow_mut();
-            match pool.iter().position(|v| v.capacity() >= len) {
+            match pool.iter().position(|v| v.len() >= len) {
                 Some(i) => pool.swap_remove(i),
                 None => pool.pop().unwrap_or_default(),
             }
         });
-        if v.len() < len {
-            v.resize(len, T::zero());
+        if buf.len() < len {
+            buf.resize(len, T::zero());
         }
-        v.truncate(len);
-        Scratch(v)
+        Scratch { buf, len }
     }
 }
 
 impl<T: Real> Drop for Scratch<T> {
     fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
+        let v = std::mem::take(&mut self.buf);
         T::scratch_pool().with(|p| p.borrow_mut().push(v));
     }
 }
@@ -143,13 +178,13 @@ impl<T: Real> Drop for Scratch<T> {
 impl<T: Real> std::ops::Deref for Scratch<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.0
+        &self.buf[..self.len]
     }
 }
 
 impl<T: Real> std::ops::DerefMut for Scratch<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.0
+        &mut self.buf[..self.len]
     }
 }
 
@@ -179,35 +214,74 @@ struct Tile {
     k: usize,
 }
 
-/// Computes one mb×nb tile of C (c points at its top-left element) from A and the packed B
-/// panels of its columns.
+/// Where the microkernel finds B: columns below n_full in place (b_cs = 1), the rest packed.
+struct PanelsB<'a, T> {
+    b: &'a [T],
+    b_rs: usize,
+    n_full: usize,
+    pack: &'a [T],
+    k: usize,
+}
+
+impl<T> PanelsB<'_, T> {
+    /// The NR-column panel starting at column j: pointer to its row 0 and its row stride.
+    fn panel(&self, j: usize) -> (*const T, usize) {
+        if j < self.n_full {
+            (self.b[j..].as_ptr(), self.b_rs)
+        } else {
+            (self.pack[(j - self.n_full) * self.k..].as_ptr(), NR)
+        }
+    }
+}
+
+/// Computes one mb×nb tile of C (c points at its top-left element, column j0 of C).
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_tile<T: Real>(
     kernel: Microkernel<T>,
     t: &Tile,
     a: &Strided<T>,
-    b_pack: &[T],
+    b: &PanelsB<T>,
+    j0: usize,
     c: *mut T,
     ldc: usize,
     accumulate: bool,
 ) {
-    let mut a_pack = Scratch::new(t.mb.div_ceil(MR) * MR * KC.min(t.k));
+    // Rows 0..full are read in place, the others packed (zero-padded to whole panels).
+    let full = if t.nb <= IN_PLACE_COLS {
+        t.mb / MR * MR
+    } else {
+        0
+    };
+    let mut a_pack = Scratch::new((t.mb - full).div_ceil(MR) * MR * KC.min(t.k));
     let mut edge = [T::zero(); MR * NR];
     for p0 in (0..t.k).step_by(KC) {
         let kc = KC.min(t.k - p0);
-        pack::<T, MR>(&mut a_pack, a, p0, t.mb, kc);
+        if full < t.mb {
+            let rest = Strided {
+                data: &a.data[full * a.rs..],
+                rs: a.rs,
+                ps: a.ps,
+            };
+            pack::<T, MR>(&mut a_pack, &rest, p0, t.mb - full, kc);
+        }
         // Later slabs add onto what the earlier ones wrote.
         let acc = accumulate || p0 > 0;
         for j in (0..t.nb).step_by(NR) {
-            let bp = b_pack[j * t.k + p0 * NR..].as_ptr();
+            let (bp, ldb) = b.panel(j0 + j);
+            let bp = bp.add(p0 * ldb);
             for i in (0..t.mb).step_by(MR) {
-                let ap = a_pack[i * kc..].as_ptr();
+                let (ap, a_rs, a_ps) = if i < full {
+                    (a.data[i * a.rs + p0 * a.ps..].as_ptr(), a.rs, a.ps)
+                } else {
+                    (a_pack[(i - full) * kc..].as_ptr(), 1, MR)
+                };
                 let cp = c.add(i * ldc + j);
                 let (mr, nr) = (MR.min(t.mb - i), NR.min(t.nb - j));
                 if mr == MR && nr == NR {
-                    kernel(kc, ap, bp, cp, ldc, acc);
+                    kernel(kc, ap, a_rs, a_ps, bp, ldb, cp, ldc, acc);
                 } else {
                     // Partial block at the edge of C: compute a full one aside, copy what fits.
-                    kernel(kc, ap, bp, edge.as_mut_ptr(), NR, false);
+                    kernel(kc, ap, a_rs, a_ps, bp, ldb, edge.as_mut_ptr(), NR, false);
                     for ii in 0..mr {
                         for jj in 0..nr {
                             let dst = cp.add(ii * ldc + jj);
@@ -263,22 +337,24 @@ fn pack<T: Real, const W: usize>(
 /// Portable microkernel: f64 always, f32 on CPUs without AVX2+FMA.
 ///
 /// # Safety
-/// a must hold kc*MR values, b kc*NR, and c an MR×NR block with row stride ldc.
+/// a, b and c must hold the MR×kc, kc×NR and MR×NR blocks that their strides describe.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn kernel_generic<T: Real>(
     kc: usize,
     a: *const T,
+    a_rs: usize,
+    a_ps: usize,
     b: *const T,
+    ldb: usize,
     c: *mut T,
     ldc: usize,
     accumulate: bool,
 ) {
-    let (a, b) = (
-        std::slice::from_raw_parts(a, kc * MR),
-        std::slice::from_raw_parts(b, kc * NR),
-    );
     let mut acc = [[T::zero(); NR]; MR];
-    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
-        for (row, &ai) in acc.iter_mut().zip(ap) {
+    for p in 0..kc {
+        let bp = std::slice::from_raw_parts(b.add(p * ldb), NR);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = *a.add(i * a_rs + p * a_ps);
             for (x, &bj) in row.iter_mut().zip(bp) {
                 *x += ai * bj;
             }
@@ -304,10 +380,14 @@ pub fn microkernel_f32() -> Microkernel<f32> {
 /// 6×16 f32 tile in 12 ymm accumulators; per depth: 2 B loads, 6 A broadcasts, 12 FMAs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn kernel_avx2(
     kc: usize,
     a: *const f32,
+    a_rs: usize,
+    a_ps: usize,
     b: *const f32,
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -315,11 +395,11 @@ unsafe fn kernel_avx2(
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for p in 0..kc {
-        let (ap, bp) = (a.add(p * MR), b.add(p * NR));
+        let (ap, bp) = (a.add(p * a_ps), b.add(p * ldb));
         let b0 = _mm256_loadu_ps(bp);
         let b1 = _mm256_loadu_ps(bp.add(8));
         for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm256_broadcast_ss(&*ap.add(i));
+            let ai = _mm256_broadcast_ss(&*ap.add(i * a_rs));
             row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
             row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
         }
