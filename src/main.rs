@@ -4,6 +4,7 @@
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use simclr::error::{Error, Result};
+use simclr::nn::model::Model;
 use simclr::optim::schedule::LrScaling;
 use simclr::optim::OptimizerKind;
 use simclr::train::checkpoint;
@@ -31,11 +32,12 @@ enum Command {
     Pipeline(Opts),
     /// Contrastive pretraining (NT-Xent, LARS) on the training images, labels unused.
     Pretrain(Opts),
-    /// Fine-tune a pretrained checkpoint from head layer 1 on the labelled subset.
+    /// Fine-tune a pretrained checkpoint from head layer 1 on the labelled subset; without
+    /// --from, train the same network from scratch (the supervised baseline).
     Finetune {
         /// Pretraining checkpoint (file or run directory).
         #[arg(long)]
-        from: PathBuf,
+        from: Option<PathBuf>,
         #[command(flatten)]
         opts: Opts,
     },
@@ -128,6 +130,9 @@ struct Opts {
     /// Fine-tuning learning rate (in pipeline)
     #[arg(long)]
     finetune_lr: Option<f64>,
+    /// Fine-tuning batch size (in pipeline)
+    #[arg(long)]
+    finetune_batch_size: Option<usize>,
     /// Distillation epochs (in pipeline)
     #[arg(long)]
     distill_epochs: Option<usize>,
@@ -175,6 +180,7 @@ impl Opts {
         set(&mut c.knn_bank, &self.knn_bank);
         set(&mut c.finetune.epochs, &self.finetune_epochs);
         set(&mut c.finetune.lr, &self.finetune_lr);
+        set(&mut c.finetune.batch_size, &self.finetune_batch_size);
         set(&mut c.distill.epochs, &self.distill_epochs);
         set(&mut c.student_arch, &self.student_arch);
         set(&mut c.student_width, &self.student_width);
@@ -206,7 +212,7 @@ impl Opts {
 }
 
 /// `--arch`/`--width` given with a checkpoint must agree with it.
-fn check_arch(opts: &Opts, ckpt: &Path, model: &simclr::nn::model::Model) -> Result<()> {
+fn check_arch(opts: &Opts, ckpt: &Path, model: &Model) -> Result<()> {
     let a = &model.spec.arch;
     let arch_differs = opts.arch.as_ref().is_some_and(|x| *x != a.name);
     let width_differs = opts.width.is_some_and(|w| w != a.width);
@@ -243,14 +249,23 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Finetune { from, opts } => {
             let ctx = Context::new(opts.config(Target::Finetune)?)?;
-            let (pretrained, _) = checkpoint::load(&from)?;
-            check_arch(&opts, &from, &pretrained)?;
-            check_input(&ctx, &pretrained)?;
-            let model = stages::from_pretrained(&ctx, &pretrained)?;
+            let (model, stage) = match &from {
+                Some(from) => {
+                    let (pretrained, _) = checkpoint::load(from)?;
+                    check_arch(&opts, from, &pretrained)?;
+                    check_input(&ctx, &pretrained)?;
+                    (stages::from_pretrained(&ctx, &pretrained)?, "finetune")
+                }
+                None => {
+                    let arch = ctx.arch(&ctx.cfg.arch, ctx.cfg.width);
+                    let spec = stages::classifier_spec(&ctx, arch);
+                    (Model::new(&spec, ctx.cfg.seed)?, "baseline")
+                }
+            };
             let out = opts.out_dir()?;
-            let ft = stages::supervised(&ctx, model, "finetune", &out)?;
+            let ft = stages::supervised(&ctx, model, stage, &out)?;
             println!(
-                "finetune: test top-1 {:.4}; checkpoint in {}",
+                "{stage}: test top-1 {:.4}; checkpoint in {}",
                 ft.top1,
                 out.display()
             );

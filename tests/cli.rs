@@ -226,7 +226,7 @@ fn bad_flags() {
     t.fails(&tiny(&pretrain, &["--no-such-flag"]), "--no-such-flag");
     t.fails(&tiny(&pretrain, &["--optimizer", "adam"]), "adam");
     t.fails(&["retrain", "--data", &data], "retrain");
-    t.fails(&["finetune", "--data", &data], "--from");
+    t.fails(&["distill", "--data", &data], "--teacher");
     fails_with(&[], "subcommand");
 }
 

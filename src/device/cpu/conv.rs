@@ -249,18 +249,7 @@ fn split_pixel(q: usize, oh: usize, ow: usize) -> (usize, usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random<T: Real>(len: usize, seed: u64) -> Vec<T> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                T::from_f64((s >> 11) as f64 / (1u64 << 52) as f64 - 1.0)
-            })
-            .collect()
-    }
+    use crate::device::cpu::random_vec as random;
 
     /// Direct loops in f64: y, and the two gradients of L = Σ y·dy.
     fn naive<T: Real>(

@@ -420,19 +420,7 @@ unsafe fn kernel_avx2(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// xorshift64 → uniform values in [-1, 1).
-    fn random<T: Real>(len: usize, seed: u64) -> Vec<T> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                T::from_f64((s >> 11) as f64 / (1u64 << 52) as f64 - 1.0)
-            })
-            .collect()
-    }
+    use crate::device::cpu::random_vec as random;
 
     fn check<T: Real>(tol: f64) {
         let sizes = [1, 7, 33, 100, 257];

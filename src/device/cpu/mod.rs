@@ -24,3 +24,13 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
+
+/// Uniform values in [-1, 1), seeded: the kernels' tests compare against naive references on
+/// fresh random inputs.
+#[cfg(test)]
+pub(crate) fn random_vec<T: real::Real>(len: usize, seed: u64) -> Vec<T> {
+    let mut rng = crate::rng::Rng::new(seed);
+    (0..len)
+        .map(|_| T::from_f64(rng.range(-1.0, 1.0)))
+        .collect()
+}

@@ -116,18 +116,7 @@ pub fn global_avg_pool_backward<T: Real>(n: usize, hw: usize, c: usize, dy: &[T]
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-            })
-            .collect()
-    }
+    use crate::device::cpu::random_vec as random;
 
     #[test]
     fn maxpool_matches_naive() {
@@ -137,7 +126,7 @@ mod tests {
             (3, 5, 9, 13, 3, 1, 1),
             (1, 1, 1, 2, 1, 1, 0),
         ] {
-            let x = random(n * h * w * c, 7);
+            let x = random::<f64>(n * h * w * c, 7);
             let (oh, ow) = (
                 pool_out(h, kernel, stride, pad),
                 pool_out(w, kernel, stride, pad),
@@ -145,7 +134,7 @@ mod tests {
             let mut y = vec![0.0; n * oh * ow * c];
             let mut am = vec![0u32; y.len()];
             maxpool2d_forward(n, h, w, c, kernel, stride, pad, &x, &mut y, &mut am);
-            let dy = random(y.len(), 8);
+            let dy = random::<f64>(y.len(), 8);
             let mut dx = vec![0.0; x.len()];
             maxpool2d_backward(&dy, &am, &mut dx);
             let mut dx_want = vec![0.0; x.len()];
@@ -184,10 +173,10 @@ mod tests {
     #[test]
     fn global_avg_pool_matches_naive() {
         let (n, hw, c) = (3, 49, 13);
-        let x = random(n * hw * c, 3);
+        let x = random::<f64>(n * hw * c, 3);
         let mut y = vec![0.0; n * c];
         global_avg_pool_forward(n, hw, c, &x, &mut y);
-        let dy = random(n * c, 4);
+        let dy = random::<f64>(n * c, 4);
         let mut dx = vec![0.0; x.len()];
         global_avg_pool_backward(n, hw, c, &dy, &mut dx);
         for b in 0..n {
