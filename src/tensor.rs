@@ -1,10 +1,9 @@
-//! A tensor is a shape plus storage on a device. Activations are NHWC, conv weights KRSC,
-//! dense weights [out, in]. The element type lives in the tensor (f32 for training, f64 for
+//! A tensor is a shape plus storage. Activations are NHWC, conv weights KRSC, dense
+//! weights [out, in]. The element type lives in the tensor (f32 for training, f64 for
 //! the finite-difference gradient checks) so that bf16 can be added later without a rewrite.
 //! Only the `cpu` device exists so far; its storage is a plain `Vec`.
 
 use crate::device::cpu::real::Real;
-use crate::device::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
@@ -121,10 +120,6 @@ impl Tensor {
         }
     }
 
-    pub fn device(&self) -> Device {
-        Device::Cpu
-    }
-
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -169,21 +164,6 @@ impl Tensor {
         Tensor::from_f64(&self.shape, dtype, &self.to_f64_vec())
     }
 
-    /// Same storage, another shape with the same number of elements.
-    pub fn reshape(mut self, shape: &[usize]) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), self.numel());
-        self.shape = shape.to_vec();
-        self
-    }
-
-    /// Rows [start, end) of the first dimension.
-    pub fn rows(&self, start: usize, end: usize) -> Tensor {
-        let row: usize = self.shape[1..].iter().product();
-        let mut shape = self.shape.clone();
-        shape[0] = end - start;
-        with_dtype!(self.dtype(), T => Tensor::from_vec::<T>(&shape, self.as_slice::<T>()[start * row..end * row].to_vec()))
-    }
-
     /// Adds `other` into `self` elementwise (gradient accumulation).
     pub fn add_assign(&mut self, other: &Tensor) {
         assert_eq!(self.shape, other.shape);
@@ -193,10 +173,5 @@ impl Tensor {
                 *a += b;
             }
         })
-    }
-
-    /// Sum of squares, accumulated in f64.
-    pub fn sum_sq(&self) -> f64 {
-        with_dtype!(self.dtype(), T => self.as_slice::<T>().iter().map(|&v| v.to_f64() * v.to_f64()).sum())
     }
 }

@@ -76,7 +76,7 @@ pub fn save(dir: &Path, model: &Model, meta: &Meta) -> Result<()> {
 }
 
 /// Accepts the checkpoint file or the directory holding it.
-pub fn resolve(path: &Path) -> PathBuf {
+fn resolve(path: &Path) -> PathBuf {
     if path.is_dir() {
         path.join(FILE)
     } else {

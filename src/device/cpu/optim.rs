@@ -10,7 +10,7 @@ pub fn sum_sq<T: Real>(v: &[T]) -> f64 {
 /// LARS as in the official SimCLR code (TF convention):
 ///   g ← g + wd·w;  v ← m·v + lr·trust·g;  w ← w − v
 /// where trust = η‖w‖/‖g‖ for adapted tensors (1 when either norm is 0), else 1.
-/// `trust` is computed by the caller from `sum_sq` so that the CUDA path can share it.
+/// The caller computes the trust ratio from the norms (`sum_sq`) and passes lr·trust.
 pub fn lars_update<T: Real>(
     w: &mut [T],
     g: &[T],
