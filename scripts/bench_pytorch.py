@@ -1,12 +1,24 @@
 #!/usr/bin/env python3
-"""PyTorch CPU speed baseline for one SimCLR training step (reference for the Rust engine).
+"""PyTorch speed baseline for one SimCLR training step (reference for the Rust engine).
 
 Setup (once, from the repo root):
     python3 -m venv scripts/.venv && scripts/.venv/bin/pip install -r scripts/requirements.txt
 Run:
     scripts/.venv/bin/python scripts/bench_pytorch.py [--batch 64] [--steps 10] [--threads 2]
+    python3 scripts/bench_pytorch.py --device cuda [--batch 32] [--steps 10]
 
-Model: ResNet-18 with the small-image stem (3x3/1 conv, 1 -> 64 channels, BN, ReLU, no
+The default (cpu) mode times the step below and prints a markdown table. The cuda mode times, with
+CUDA events after warm-up (median), what the Rust benches time on a GPU, and prints one line per case
+in their format, `rate | bench | case | device | median ms | rate`, which scripts/gpu_suite.sh
+matches with theirs:
+  train_step  the ResNet-50 SimCLR step at 224x224x3 (stem 7x7/2 + max-pool, 4 stages of
+              [3, 4, 6, 3] bottlenecks with the stride on the 3x3, projection head 2048-2048-128,
+              NT-Xent, LARS), float32 channels_last
+  ntxent      NT-Xent forward + backward on 2N = 8192 unit rows of d = 128 (6*(2N)^2*d FLOPs)
+  gemm        4096^3 products: float32 (no TF32) and bfloat16 A @ B.T (2*n^3 FLOPs)
+TF32 is off throughout, as the Rust kernels compute in float32.
+
+The cpu mode's model: ResNet-18 with the small-image stem (3x3/1 conv, 1 -> 64 channels, BN, ReLU, no
 max-pool), 4 stages x 2 basic blocks (64/128/256/512, stride 2 + 1x1 conv/BN projection
 shortcut at the first block of stages 2-4), global average pool -> 512 features.
 Variants, each a full step (zero grad, forward, loss, backward, LARS step):
@@ -67,22 +79,62 @@ class BNNoBeta(nn.Module):
         return self.bn(x) * self.weight
 
 
-def projection_head():
+def projection_head(dim=512):
     # Linear layers followed by BN carry no bias (BN makes it redundant).
     return nn.Sequential(
-        nn.Linear(512, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(),
-        nn.Linear(512, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(),
-        nn.Linear(512, 128, bias=False), BNNoBeta(128),
+        nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(),
+        nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(),
+        nn.Linear(dim, 128, bias=False), BNNoBeta(128),
     )
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck, as src/nn/resnet.rs: 1x1, 3x3 carrying the stride, 1x1 to 4x width."""
+
+    def __init__(self, cin, mid, stride):
+        super().__init__()
+        cout = 4 * mid
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + (x if self.short is None else self.short(x)))
+
+
+class ResNet50(nn.Module):
+    def __init__(self, in_ch=3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], 64
+        for s, count in enumerate([3, 4, 6, 3]):
+            mid = 64 << s
+            for b in range(count):
+                layers.append(Bottleneck(cin, mid, 2 if s > 0 and b == 0 else 1))
+                cin = 4 * mid
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.layers(self.stem(x)).mean(dim=(2, 3))  # global average pool -> [B, 2048]
 
 
 # ---------------------------------------------------------------- loss
 def ntxent(h, t=0.1):
     """NT-Xent: rows i and (i+N) mod 2N are positives; self-similarity masked out; mean over 2N."""
-    n2 = h.shape[0]
-    z = F.normalize(h, dim=1)
-    s = (z @ z.t() / t).masked_fill(torch.eye(n2, dtype=torch.bool), float("-inf"))
-    target = (torch.arange(n2) + n2 // 2) % n2
+    return ntxent_normalized(F.normalize(h, dim=1), t)
+
+
+def ntxent_normalized(z, t=0.1):
+    """NT-Xent of rows z already L2-normalised (the input of the Rust fused kernel)."""
+    n2 = z.shape[0]
+    s = (z @ z.t() / t).masked_fill(torch.eye(n2, dtype=torch.bool, device=z.device), float("-inf"))
+    target = (torch.arange(n2, device=z.device) + n2 // 2) % n2
     return F.cross_entropy(s, target)
 
 
@@ -151,13 +203,111 @@ def bench(variant, channels_last, batch, steps, warmup=3):
     return statistics.median(times)
 
 
+# ---------------------------------------------------------------- cuda mode
+# Inputs rotate through copies spanning at least 256 MiB (at most 16), as in benches/common, so
+# that no timed run finds its inputs in the L2 cache left by the previous one.
+ROTATE_BYTES, MAX_COPIES = 256 << 20, 16
+
+
+def copies(nbytes):
+    return max(1, min(MAX_COPIES, -(-ROTATE_BYTES // nbytes)))
+
+
+def cuda_median_ms(run, steps, warmup=3):
+    """Median time of run(i) in ms, each timed alone with CUDA events after `warmup` runs."""
+    for i in range(warmup):
+        run(i)
+    torch.cuda.synchronize()
+    times = []
+    for i in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(warmup + i)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def rate_line(bench, case, ms, work, unit):
+    """One line in the format of the Rust benches (benches/common/mod.rs)."""
+    per_s = work / (ms / 1e3)
+    if unit == "FLOP":
+        rate = f"{per_s / 1e12:.2f} TFLOP/s" if per_s >= 1e12 else f"{per_s / 1e9:.2f} GFLOP/s"
+    else:
+        rate = f"{per_s:.1f} images/s"
+    device = f"torch {torch.__version__} {torch.cuda.get_device_name()}"
+    print(f"rate | {bench} | {case} | {device} | {ms:.3f} ms | {rate}", flush=True)
+
+
+def cuda_train_step(batch, steps):
+    torch.manual_seed(0)
+    model = nn.Sequential(ResNet50(), projection_head(2048)).cuda().train()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+    opt = LARS(model.parameters(), lr=0.3 * batch / 256)
+
+    def step(_):
+        opt.zero_grad(set_to_none=True)
+        ntxent(model(x), 0.1).backward()
+        opt.step()
+
+    ms = cuda_median_ms(step, steps)
+    rate_line("train_step", f"resnet50_224x224x3_b{batch}_ntxent", ms, batch, "images")
+
+
+def cuda_ntxent(steps, rows=8192, d=128):
+    zs = [F.normalize(torch.randn(rows, d, device="cuda"), dim=1).requires_grad_()
+          for _ in range(copies(rows * d * 4))]
+
+    def run(i):
+        z = zs[i % len(zs)]
+        torch.autograd.grad(ntxent_normalized(z, 0.1), z)  # loss and dL/dz, as the fused kernel
+
+    ms = cuda_median_ms(run, steps)
+    rate_line("ntxent", f"r{rows}_d{d}", ms, 6 * rows * rows * d, "FLOP")
+
+
+def cuda_gemm(steps, n=4096):
+    for name, dtype in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
+        size = dtype.itemsize * n * n
+        sets = [(torch.rand(n, n, device="cuda").to(dtype), torch.rand(n, n, device="cuda").to(dtype))
+                for _ in range(copies(2 * size))]
+
+        def run(i):
+            # f32: A @ B as the Rust SGEMM; bf16: A @ B.T as its mma.sync GEMM (output bf16 here).
+            a, b = sets[i % len(sets)]
+            return a @ b if a.dtype == torch.float32 else a @ b.t()
+
+        ms = cuda_median_ms(run, steps)
+        rate_line("gemm", f"{name}_{n}x{n}x{n}", ms, 2 * n ** 3, "FLOP")
+
+
+def main_cuda(args):
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_pytorch.py --device cuda: torch sees no CUDA device")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True  # PyTorch at its best: cuDNN picks each conv's fastest kernel
+    batch = args.batch or 32
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: median of {args.steps} runs "
+          f"after 3 warm-up runs, CUDA events, float32 without TF32", flush=True)
+    cuda_train_step(batch, args.steps)
+    cuda_ntxent(args.steps)
+    cuda_gemm(args.steps)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--batch", type=int, default=None, help="default 64 on the cpu, 32 on cuda")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="cpu mode only")
     args = ap.parse_args()
-    assert args.batch % 2 == 0, "batch must be even (B/2 positive pairs)"
+    assert args.batch is None or args.batch % 2 == 0, "batch must be even (B/2 positive pairs)"
+    if args.device == "cuda":
+        return main_cuda(args)
+    args.batch = args.batch or 64
     torch.set_num_threads(args.threads)
 
     print(f"batch {args.batch}, {args.steps} timed steps after 3 warm-up, torch {torch.__version__}, "

@@ -7,8 +7,8 @@
 //! Parameters enter the graph as leaves copied from the `ParamStore`; after `backward`,
 //! `param_grads` hands back each leaf's gradient with the parameter's index in the store.
 
-use crate::device::cpu::batchnorm::BnStats;
 use crate::device::cpu::conv::ConvShape;
+use crate::device::cpu::pool::PoolShape;
 use crate::nn::params::ParamStore;
 use crate::ops;
 use crate::tensor::Tensor;
@@ -24,18 +24,20 @@ pub enum Op {
         w: Var,
         shape: ConvShape,
     },
+    /// Batch norm, with the ReLU after it fused when `relu`.
     BatchNorm {
         x: Var,
         gamma: Var,
         beta: Option<Var>,
-        stats: BnStats,
+        relu: bool,
+        saved: ops::batchnorm::Saved,
     },
     Relu {
         x: Var,
     },
     MaxPool {
         x: Var,
-        argmax: Vec<u32>,
+        shape: PoolShape,
     },
     GlobalAvgPool {
         x: Var,
@@ -156,10 +158,7 @@ impl Graph {
             .map(|(id, v)| {
                 let g = self.grads.get_mut(v.0).and_then(|g| g.take());
                 let value = &self.values[v.0];
-                (
-                    id,
-                    g.unwrap_or_else(|| Tensor::zeros(&value.shape, value.dtype())),
-                )
+                (id, g.unwrap_or_else(|| value.zeros_like()))
             })
             .collect()
     }

@@ -22,6 +22,9 @@ pub enum Error {
     /// A training run that cannot go on (e.g. a non-finite loss).
     #[error("{0}")]
     Train(String),
+    /// A failed GPU allocation or kernel launch (the message names the kernel and shape).
+    #[error("{0}")]
+    Gpu(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

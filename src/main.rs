@@ -91,7 +91,7 @@ struct Opts {
     /// Seed of every random choice: init, subsets, data order, augmentations [default: 0]
     #[arg(long)]
     seed: Option<u64>,
-    /// cpu or auto
+    /// auto, cpu, cuda, cuda:N or emu (the CUDA kernels on the CPU emulator) [default: auto]
     #[arg(long)]
     device: Option<String>,
     /// Output directory [default: runs/<timestamp>]

@@ -1,9 +1,12 @@
 //! A tensor is a shape plus storage. Activations are NHWC, conv weights KRSC, dense
 //! weights [out, in]. The element type lives in the tensor (f32 for training, f64 for
 //! the finite-difference gradient checks) so that bf16 can be added later without a rewrite.
-//! Only the `cpu` device exists so far; its storage is a plain `Vec`.
+//! On the `cpu` device the storage is a plain `Vec`; on a GPU it is an f32 device buffer,
+//! read back only through the explicit, rare `to_f32_vec`/`to_f64_vec`/`to_device`.
 
 use crate::device::cpu::real::Real;
+use crate::device::cuda::{elementwise, Buffer, Gpu};
+use crate::device::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
@@ -15,6 +18,7 @@ pub enum DType {
 pub enum Storage {
     CpuF32(Vec<f32>),
     CpuF64(Vec<f64>),
+    Gpu(Buffer),
 }
 
 #[derive(Clone, Debug)]
@@ -37,14 +41,13 @@ impl Element for f32 {
     fn slice(t: &Tensor) -> &[f32] {
         match &t.storage {
             Storage::CpuF32(v) => v,
-            _ => panic!("expected an f32 tensor, got {:?}", t.dtype()),
+            _ => panic!("expected an f32 cpu tensor, got {:?}", t.storage),
         }
     }
     fn slice_mut(t: &mut Tensor) -> &mut [f32] {
-        let dtype = t.dtype();
         match &mut t.storage {
             Storage::CpuF32(v) => v,
-            _ => panic!("expected an f32 tensor, got {dtype:?}"),
+            other => panic!("expected an f32 cpu tensor, got {other:?}"),
         }
     }
     fn wrap(data: Vec<f32>) -> Storage {
@@ -57,14 +60,13 @@ impl Element for f64 {
     fn slice(t: &Tensor) -> &[f64] {
         match &t.storage {
             Storage::CpuF64(v) => v,
-            _ => panic!("expected an f64 tensor, got {:?}", t.dtype()),
+            _ => panic!("expected an f64 cpu tensor, got {:?}", t.storage),
         }
     }
     fn slice_mut(t: &mut Tensor) -> &mut [f64] {
-        let dtype = t.dtype();
         match &mut t.storage {
             Storage::CpuF64(v) => v,
-            _ => panic!("expected an f64 tensor, got {dtype:?}"),
+            other => panic!("expected an f64 cpu tensor, got {other:?}"),
         }
     }
     fn wrap(data: Vec<f64>) -> Storage {
@@ -113,10 +115,73 @@ impl Tensor {
         with_dtype!(dtype, T => Tensor::from_vec::<T>(shape, vec![T::from_f64(value); n]))
     }
 
+    /// An f32 tensor in a device buffer of exactly `shape`'s size.
+    pub fn from_gpu(shape: &[usize], buf: Buffer) -> Tensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            buf.len_f32(),
+            "shape {shape:?} does not match the buffer"
+        );
+        Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::Gpu(buf),
+        }
+    }
+
+    /// A fresh (uninitialised) f32 tensor on `gpu`, for a kernel to write.
+    pub fn gpu_output(gpu: &Gpu, shape: &[usize]) -> Tensor {
+        Tensor::from_gpu(shape, gpu.alloc_f32(shape.iter().product()))
+    }
+
     pub fn dtype(&self) -> DType {
         match self.storage {
-            Storage::CpuF32(_) => DType::F32,
+            Storage::CpuF32(_) | Storage::Gpu(_) => DType::F32,
             Storage::CpuF64(_) => DType::F64,
+        }
+    }
+
+    /// The GPU holding this tensor, if any.
+    pub fn gpu(&self) -> Option<&Gpu> {
+        match &self.storage {
+            Storage::Gpu(buf) => Some(buf.gpu()),
+            _ => None,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.gpu()
+            .map_or(Device::Cpu, |gpu| Device::Gpu(gpu.clone()))
+    }
+
+    pub fn buffer(&self) -> &Buffer {
+        match &self.storage {
+            Storage::Gpu(buf) => buf,
+            other => panic!("expected a gpu tensor, got {other:?}"),
+        }
+    }
+
+    pub fn buffer_mut(&mut self) -> &mut Buffer {
+        match &mut self.storage {
+            Storage::Gpu(buf) => buf,
+            other => panic!("expected a gpu tensor, got {other:?}"),
+        }
+    }
+
+    /// The same values on `device` (a copy; f64 becomes f32 on a GPU).
+    pub fn to_device(&self, device: &Device) -> Tensor {
+        match (device, self.gpu()) {
+            (Device::Cpu, None) => self.clone(),
+            (Device::Cpu, Some(_)) => Tensor::from_vec(&self.shape, self.to_f32_vec()),
+            (Device::Gpu(gpu), Some(on)) if on == gpu => self.clone(),
+            (Device::Gpu(gpu), _) => Tensor::from_gpu(&self.shape, gpu.upload(&self.to_f32_vec())),
+        }
+    }
+
+    /// Zeros of the same shape, dtype and device.
+    pub fn zeros_like(&self) -> Tensor {
+        match self.gpu() {
+            Some(gpu) => Tensor::from_gpu(&self.shape, gpu.zeros_f32(self.numel())),
+            None => Tensor::zeros(&self.shape, self.dtype()),
         }
     }
 
@@ -134,10 +199,16 @@ impl Tensor {
 
     /// Copies the values out as f64 (for tests, metrics and checkpoints; never on a hot path).
     pub fn to_f64_vec(&self) -> Vec<f64> {
+        if self.gpu().is_some() {
+            return self.to_f32_vec().into_iter().map(f64::from).collect();
+        }
         with_dtype!(self.dtype(), T => self.as_slice::<T>().iter().map(|&v| v.to_f64()).collect())
     }
 
     pub fn to_f32_vec(&self) -> Vec<f32> {
+        if let Storage::Gpu(buf) = &self.storage {
+            return buf.gpu().download(buf);
+        }
         with_dtype!(self.dtype(), T => self.as_slice::<T>().iter().map(|&v| v.to_f64() as f32).collect())
     }
 
@@ -167,6 +238,10 @@ impl Tensor {
     /// Adds `other` into `self` elementwise (gradient accumulation).
     pub fn add_assign(&mut self, other: &Tensor) {
         assert_eq!(self.shape, other.shape);
+        if let Storage::Gpu(acc) = &mut self.storage {
+            let gpu = acc.gpu().clone();
+            return elementwise::add_assign(&gpu, acc, other.buffer());
+        }
         with_dtype!(self.dtype(), T => {
             let b = other.as_slice::<T>();
             for (a, &b) in self.as_mut_slice::<T>().iter_mut().zip(b) {

@@ -207,6 +207,8 @@ fn bad_config_values() {
         ("--temperature", "0", "--temperature"),
         ("--arch", "resnet7", "resnet7"),
         ("--device", "tpu", "tpu"),
+        ("--device", "cuda:x", "cuda:x"),
+        ("--device", "emu:fast", "schedule"),
     ] {
         t.fails(
             &tiny(&["pretrain", "--data", &data], &[flag, value]),
@@ -311,12 +313,12 @@ fn checkpoint_of_the_wrong_kind() {
     assert_eq!(std::fs::read(&ckpt).unwrap(), before, "checkpoint changed");
 }
 
-/// Runs the tiny pipeline, checks the run directory and returns report.json.
-fn tiny_pipeline(t: &Tmp, data: &str, out_name: &str) -> Value {
+/// Runs the tiny pipeline on `device`, checks the run directory and returns report.json.
+fn tiny_pipeline(t: &Tmp, data: &str, out_name: &str, device: &str) -> Value {
     let out = t.path(out_name);
     let args = tiny(
         &["pipeline", "--data", data, "--out", &out],
-        &["--labels", "2"],
+        &["--labels", "2", "--device", device],
     );
     let run = simclr(&args);
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -336,7 +338,7 @@ fn tiny_pipeline(t: &Tmp, data: &str, out_name: &str) -> Value {
 fn tiny_pipeline_runs_and_is_reproducible() {
     let t = Tmp::new("pipeline");
     let data = t.data("data");
-    let r = tiny_pipeline(&t, &data, "a");
+    let r = tiny_pipeline(&t, &data, "a", "cpu");
     let fields: &[(&str, &[&str])] = &[
         (
             "",
@@ -384,6 +386,39 @@ fn tiny_pipeline_runs_and_is_reproducible() {
         assert!((0.0..=1.0).contains(top1), "top-1 {top1} in {r}");
     }
     assert!(first[4].is_finite(), "final loss in {r}");
-    let again = tiny_pipeline(&t, &data, "b");
+    let again = tiny_pipeline(&t, &data, "b", "cpu");
     assert_eq!(first, results(&again), "same seed, different results");
+}
+
+/// The step losses of every stage of a run, from its metrics.jsonl files.
+fn step_losses(t: &Tmp, out_name: &str) -> Vec<f64> {
+    let mut losses = Vec::new();
+    for stage in ["baseline", "pretrain", "finetune", "distill"] {
+        let path = t.0.join(out_name).join(stage).join("metrics.jsonl");
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            let record: Value = serde_json::from_str(line).unwrap();
+            if let Some(loss) = record["loss"].as_f64() {
+                losses.push(loss);
+            }
+        }
+    }
+    losses
+}
+
+/// The whole flow on the CUDA kernels (through the emulator) matches the cpu run step by step.
+#[test]
+fn tiny_pipeline_on_the_emulator_matches_cpu() {
+    let t = Tmp::new("pipeline_emu");
+    let data = t.data("data");
+    let emu = tiny_pipeline(&t, &data, "emu", "emu");
+    assert!(emu["device"].as_str().unwrap().starts_with("emu"), "{emu}");
+    tiny_pipeline(&t, &data, "cpu", "cpu");
+    let (got, want) = (step_losses(&t, "emu"), step_losses(&t, "cpu"));
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-3 * w.abs().max(1.0),
+            "step {i}: emu loss {g}, cpu loss {w}"
+        );
+    }
 }

@@ -94,10 +94,12 @@ fn conv2d() {
 #[test]
 fn batch_norm_train() {
     let mut rng = Rng::new(2);
-    for (shape, center) in [
-        (vec![3, 4, 5, 3], true),
-        (vec![7, 5], false),
-        (vec![2, 3, 3, 6], true),
+    // With and without the fused ReLU.
+    for (shape, center, relu) in [
+        (vec![3, 4, 5, 3], true, false),
+        (vec![7, 5], false, false),
+        (vec![2, 3, 3, 6], true, true),
+        (vec![9, 4], false, true),
     ] {
         let c = *shape.last().unwrap();
         let x = random(&shape, &mut rng);
@@ -107,7 +109,7 @@ fn batch_norm_train() {
             let mut mean = Tensor::zeros(&[c], DType::F64);
             let mut var = Tensor::full(&[c], DType::F64, 1.0);
             let beta = center.then_some(v[2]);
-            ops::batchnorm::batch_norm_train(g, v[0], v[1], beta, &mut mean, &mut var)
+            ops::batchnorm::batch_norm_train(g, v[0], v[1], beta, relu, &mut mean, &mut var)
         });
     }
 }

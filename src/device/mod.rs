@@ -1,33 +1,80 @@
-//! Devices the ops run on. Only `cpu` exists so far; the CUDA device (hand-written kernels
-//! driven through the same ops) plugs in here.
+//! Devices the ops run on: `cpu` (rayon; the reference every kernel is checked against) and a
+//! GPU — the real one through the driver (`cuda`), or the same kernels on the CPU emulator
+//! (`emu`). Both GPU kinds are a `cuda::Gpu`, so everything above the runtime is shared.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::{Error, Result};
+use cuda::{Gpu, Schedule};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Device {
     Cpu,
+    Gpu(Gpu),
 }
 
 impl Device {
-    /// Parses `--device`. `auto` picks the best device present and says why in one line.
+    /// Parses `--device auto|cpu|cuda[:N]|emu[:SCHEDULE]`; returns the device and one line
+    /// saying what was chosen and why.
     pub fn select(name: &str) -> Result<(Device, String)> {
+        let gpu_error = |e: cuda::GpuError| Error::Config(format!("--device {name}: {e}"));
         match name {
             "cpu" => Ok((Device::Cpu, "device: cpu (as requested)".into())),
-            "auto" => Ok((
-                Device::Cpu,
-                "device: cpu (auto: this build has no GPU backend yet)".into(),
-            )),
+            "auto" => Ok(match Gpu::cuda(0) {
+                Ok(gpu) => {
+                    let why = format!("device: {} (auto: a GPU is present)", gpu.name());
+                    (Device::Gpu(gpu), why)
+                }
+                Err(e) => (Device::Cpu, format!("device: cpu (auto: {e})")),
+            }),
+            "cuda" => {
+                let gpu = Gpu::cuda(0).map_err(gpu_error)?;
+                Ok((Device::Gpu(gpu.clone()), format!("device: {}", gpu.name())))
+            }
+            _ if name.starts_with("cuda:") => {
+                let ordinal = name[5..].parse().map_err(|_| {
+                    Error::Config(format!("--device {name}: expected cuda:<GPU number>"))
+                })?;
+                let gpu = Gpu::cuda(ordinal).map_err(gpu_error)?;
+                Ok((Device::Gpu(gpu.clone()), format!("device: {}", gpu.name())))
+            }
+            _ if name == "emu" || name.starts_with("emu:") => {
+                let schedule = match name.strip_prefix("emu:") {
+                    None => std::env::var("SIMCLR_EMU_SCHEDULE").unwrap_or_else(|_| "rr".into()),
+                    Some(s) => s.to_string(),
+                };
+                let schedule = Schedule::parse(&schedule).ok_or_else(|| {
+                    Error::Config(format!(
+                        "--device {name}: unknown emulator schedule {schedule} (expected rr, \
+                         warp, rr-reverse or warp-reverse)"
+                    ))
+                })?;
+                let gpu = Gpu::emu(schedule);
+                let why = format!(
+                    "device: {} (the CUDA kernels on the CPU emulator: slow, for testing)",
+                    gpu.name()
+                );
+                Ok((Device::Gpu(gpu), why))
+            }
             _ => Err(Error::Config(format!(
-                "--device {name}: unknown device (expected cpu or auto)"
+                "--device {name}: unknown device (expected auto, cpu, cuda, cuda:N or emu)"
             ))),
         }
     }
 
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            Device::Cpu => "cpu",
+            Device::Cpu => "cpu".into(),
+            Device::Gpu(gpu) => gpu.name().into(),
+        }
+    }
+
+    /// Waits for queued GPU work and reports the first GPU error since the last check.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Gpu(gpu) => gpu.check().map_err(|e| Error::Gpu(e.to_string())),
         }
     }
 }

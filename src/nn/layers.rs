@@ -98,7 +98,15 @@ impl BatchNorm {
         }
     }
 
-    pub fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Var {
+    /// `relu` fuses a ReLU after the normalisation.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        train: bool,
+        relu: bool,
+    ) -> Var {
         let gamma = g.param(store, self.gamma);
         let beta = self.beta.map(|b| g.param(store, b));
         if train {
@@ -111,7 +119,7 @@ impl BatchNorm {
                 &mut store.params[self.var].value,
                 Tensor::zeros(&[0], DType::F32),
             );
-            let y = ops::batchnorm::batch_norm_train(g, x, gamma, beta, &mut mean, &mut var);
+            let y = ops::batchnorm::batch_norm_train(g, x, gamma, beta, relu, &mut mean, &mut var);
             store.params[self.mean].value = mean;
             store.params[self.var].value = var;
             y
@@ -121,6 +129,7 @@ impl BatchNorm {
                 x,
                 gamma,
                 beta,
+                relu,
                 store.value(self.mean),
                 store.value(self.var),
             )

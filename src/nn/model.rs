@@ -7,11 +7,11 @@
 //! - the distilled student: encoder + classifier.
 
 use crate::autograd::{Graph, Var};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::layers::{BatchNorm, Linear};
 use crate::nn::params::ParamStore;
 use crate::nn::resnet::{Arch, ResNet};
-use crate::ops;
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -104,15 +104,26 @@ impl Model {
         let mut h = features;
         for layer in &self.head {
             h = layer.dense.forward(g, &self.store, h);
-            h = layer.bn.forward(g, &mut self.store, h, train);
-            if layer.relu {
-                h = ops::elementwise::relu(g, h);
-            }
+            h = layer.bn.forward(g, &mut self.store, h, train, layer.relu);
         }
         if let Some(c) = &self.classifier {
             h = c.forward(g, &self.store, h);
         }
         (features, h)
+    }
+
+    /// Moves every parameter and statistic to `device`.
+    pub fn to_device(&mut self, device: &Device) {
+        for p in &mut self.store.params {
+            if p.value.device() != *device {
+                p.value = p.value.to_device(device);
+            }
+        }
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.store.params[0].value.device()
     }
 
     /// Trained parameters of the network as used (BN statistics excluded).

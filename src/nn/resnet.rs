@@ -93,9 +93,16 @@ impl ConvBn {
         }
     }
 
-    fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Var {
+    fn forward(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        train: bool,
+        relu: bool,
+    ) -> Var {
         let y = self.conv.forward(g, store, x);
-        self.bn.forward(g, store, y, train)
+        self.bn.forward(g, store, y, train, relu)
     }
 }
 
@@ -110,13 +117,11 @@ impl Block {
     fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Var {
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(g, store, h, train);
-            if i + 1 < self.layers.len() {
-                h = ops::elementwise::relu(g, h);
-            }
+            // ReLU between the layers, fused into the batch norm; the last one follows the sum.
+            h = layer.forward(g, store, h, train, i + 1 < self.layers.len());
         }
         let skip = match &self.shortcut {
-            Some(s) => s.forward(g, store, x, train),
+            Some(s) => s.forward(g, store, x, train, false),
             None => x,
         };
         let sum = ops::elementwise::add(g, h, skip);
@@ -213,8 +218,7 @@ impl ResNet {
 
     /// [N, H, W, C] images → [N, feature_dim] features.
     pub fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Var {
-        let h = self.stem.forward(g, store, x, train);
-        let mut h = ops::elementwise::relu(g, h);
+        let mut h = self.stem.forward(g, store, x, train, true);
         if !self.arch.small_stem() {
             h = ops::pool::maxpool2d(g, h, 3, 2, 1);
         }

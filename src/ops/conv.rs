@@ -2,11 +2,13 @@
 
 use crate::autograd::{Graph, Op, Var};
 use crate::device::cpu::conv::{self as kernel, ConvShape};
+use crate::device::cuda::conv as gpu_kernel;
 use crate::tensor::Tensor;
 use crate::with_dtype;
 
 pub fn conv2d(g: &mut Graph, x: Var, w: Var, stride: usize, pad: usize) -> Var {
-    let (xs, ws) = (&g.value(x).shape, &g.value(w).shape);
+    let (xv, wv) = (g.value(x), g.value(w));
+    let (xs, ws) = (&xv.shape, &wv.shape);
     assert_eq!(xs.len(), 4, "conv2d input must be NHWC, got {xs:?}");
     assert_eq!(
         ws[3], xs[3],
@@ -24,11 +26,18 @@ pub fn conv2d(g: &mut Graph, x: Var, w: Var, stride: usize, pad: usize) -> Var {
         pad,
     };
     let out_shape = [shape.n, shape.out_h(), shape.out_w(), shape.k];
-    let y = with_dtype!(g.value(x).dtype(), T => {
-        let mut y = vec![T::default(); out_shape.iter().product()];
-        kernel::conv2d_forward(&shape, g.value(x).as_slice::<T>(), g.value(w).as_slice::<T>(), &mut y);
-        Tensor::from_vec(&out_shape, y)
-    });
+    let y = match xv.gpu() {
+        Some(gpu) => {
+            let mut y = Tensor::gpu_output(gpu, &out_shape);
+            gpu_kernel::forward(gpu, &shape, xv.buffer(), wv.buffer(), y.buffer_mut());
+            y
+        }
+        None => with_dtype!(xv.dtype(), T => {
+            let mut y = vec![T::default(); out_shape.iter().product()];
+            kernel::conv2d_forward(&shape, xv.as_slice::<T>(), wv.as_slice::<T>(), &mut y);
+            Tensor::from_vec(&out_shape, y)
+        }),
+    };
     g.push(y, Op::Conv2d { x, w, shape })
 }
 
@@ -38,11 +47,21 @@ pub(crate) fn backward(
     (w, wv): (Var, &Tensor),
     dy: &Tensor,
 ) -> Vec<(Var, Tensor)> {
-    with_dtype!(dy.dtype(), T => {
-        let mut dx = vec![T::default(); xv.numel()];
-        let mut dw = vec![T::default(); wv.numel()];
-        kernel::conv2d_backward_input(shape, dy.as_slice::<T>(), wv.as_slice::<T>(), &mut dx);
-        kernel::conv2d_backward_weight(shape, xv.as_slice::<T>(), dy.as_slice::<T>(), &mut dw);
-        vec![(x, Tensor::from_vec(&xv.shape, dx)), (w, Tensor::from_vec(&wv.shape, dw))]
-    })
+    let (dx, dw) = match xv.gpu() {
+        Some(gpu) => {
+            let mut dx = Tensor::gpu_output(gpu, &xv.shape);
+            let mut dw = Tensor::gpu_output(gpu, &wv.shape);
+            gpu_kernel::backward_input(gpu, shape, dy.buffer(), wv.buffer(), dx.buffer_mut());
+            gpu_kernel::backward_weight(gpu, shape, xv.buffer(), dy.buffer(), dw.buffer_mut());
+            (dx, dw)
+        }
+        None => with_dtype!(dy.dtype(), T => {
+            let mut dx = vec![T::default(); xv.numel()];
+            let mut dw = vec![T::default(); wv.numel()];
+            kernel::conv2d_backward_input(shape, dy.as_slice::<T>(), wv.as_slice::<T>(), &mut dx);
+            kernel::conv2d_backward_weight(shape, xv.as_slice::<T>(), dy.as_slice::<T>(), &mut dw);
+            (Tensor::from_vec(&xv.shape, dx), Tensor::from_vec(&wv.shape, dw))
+        }),
+    };
+    vec![(x, dx), (w, dw)]
 }

@@ -21,17 +21,21 @@ pub(crate) fn backward(op: &Op, values: &[Tensor], out: Var, dy: Tensor) -> Vec<
             x,
             gamma,
             beta,
-            stats,
-        } => batchnorm::backward((*x, v(*x)), (*gamma, v(*gamma)), *beta, stats, &dy),
+            relu,
+            saved,
+        } => {
+            let y = relu.then(|| v(out));
+            batchnorm::backward((*x, v(*x)), (*gamma, v(*gamma)), *beta, y, saved, &dy)
+        }
         Op::Relu { x } => vec![(*x, elementwise::relu_backward(v(out), &dy))],
         // The sum hands its gradient to both inputs unchanged.
         Op::Add { a, b } => vec![(*a, dy.clone()), (*b, dy)],
-        Op::MaxPool { x, argmax } => vec![(*x, pool::maxpool_backward(v(*x), argmax, &dy))],
+        Op::MaxPool { x, shape } => vec![(*x, pool::maxpool_backward(shape, v(*x), &dy))],
         Op::GlobalAvgPool { x } => vec![(*x, pool::global_avg_pool_backward(v(*x), &dy))],
         Op::Linear { x, w, b } => linear::backward((*x, v(*x)), (*w, v(*w)), *b, &dy),
         Op::L2Normalize { x, inv_norm } => {
             vec![(*x, normalize::l2_normalize_backward(v(out), inv_norm, &dy))]
         }
-        Op::Loss { x, grad } => vec![(*x, loss::scale(grad, dy.item()))],
+        Op::Loss { x, grad } => vec![(*x, elementwise::scale(grad, dy.item()))],
     }
 }

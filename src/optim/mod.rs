@@ -5,6 +5,7 @@ pub mod schedule;
 
 use crate::device::cpu::optim as kernel;
 use crate::device::cpu::real::Real;
+use crate::device::cuda::optim as gpu_kernel;
 use crate::nn::params::{Kind, ParamStore};
 use crate::tensor::Tensor;
 use crate::with_dtype;
@@ -60,8 +61,31 @@ impl Optimizer {
             debug_assert_ne!(param.kind, Kind::Stat);
             let is_weight = param.kind == Kind::Weight;
             let wd = if is_weight { self.weight_decay } else { 0.0 };
-            let v = self.velocity[*id]
-                .get_or_insert_with(|| Tensor::zeros(&param.value.shape, param.value.dtype()));
+            let v = self.velocity[*id].get_or_insert_with(|| param.value.zeros_like());
+            if let Some(gpu) = param.value.gpu().cloned() {
+                let (w, g, v) = (param.value.buffer_mut(), grad.buffer(), v.buffer_mut());
+                let (lr, m, wd) = (lr as f32, self.momentum as f32, wd as f32);
+                match self.kind {
+                    OptimizerKind::Lars => {
+                        // Both norms and the trust ratio stay on the device: no host round trip.
+                        let mut norms = gpu.alloc_f32(2);
+                        gpu_kernel::lars_update(
+                            &gpu,
+                            w,
+                            g,
+                            v,
+                            lr,
+                            m,
+                            wd,
+                            self.eta as f32,
+                            is_weight,
+                            &mut norms,
+                        );
+                    }
+                    OptimizerKind::Sgd => gpu_kernel::sgd_update(&gpu, w, g, v, lr, m, wd, true),
+                }
+                continue;
+            }
             with_dtype!(param.value.dtype(), T => {
                 let (w, g, v) = (param.value.as_mut_slice::<T>(), grad.as_slice::<T>(), v.as_mut_slice::<T>());
                 match self.kind {

@@ -162,7 +162,8 @@ pub fn copy_params(from: &ParamStore, to: &mut ParamStore, prefixes: &[&str]) ->
                 p.name, src.shape, p.value.shape
             )));
         }
-        p.value = src.to_dtype(DType::F32);
+        // On the receiving model's device.
+        p.value = src.to_dtype(DType::F32).to_device(&p.value.device());
     }
     Ok(())
 }

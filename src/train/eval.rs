@@ -35,7 +35,8 @@ pub fn forward_all(
     let (mut features, mut outputs) = (Vec::new(), Vec::new());
     for batch in loader {
         let mut g = Graph::new(false);
-        let x = g.input(Tensor::from_vec(&[batch.rows, ds.h, ds.w, ds.c], batch.x));
+        let x = Tensor::from_vec(&[batch.rows, ds.h, ds.w, ds.c], batch.x);
+        let x = g.input(x.to_device(&model.device()));
         let (f, out) = model.forward(&mut g, x, false);
         features.extend(g.value(f).to_f32_vec());
         outputs.extend(g.value(out).to_f32_vec());

@@ -97,7 +97,7 @@ pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
     let st = stages::distill(ctx, &mut ft.model, &sub_dir(out, "distill")?)?;
     let report = Report {
         dataset: cfg.data.display().to_string(),
-        device: ctx.device.name().into(),
+        device: ctx.device.name(),
         label_fraction: ctx.label_fraction(),
         labelled_examples: ctx.labelled.len(),
         seed: cfg.seed,
@@ -180,6 +180,7 @@ fn print_table(r: &Report) {
 pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<()> {
     let (mut model, meta) = checkpoint::load(ckpt)?;
     check_input(ctx, &model)?;
+    model.to_device(&ctx.device);
     if model.spec.num_classes.is_some() {
         let top1 = eval::top1(&mut model, &ctx.test, &ctx.test_indices, &ctx.norm);
         println!(

@@ -75,7 +75,7 @@ impl Context {
             &[batch.rows, self.train.h, self.train.w, self.train.c],
             batch.x.clone(),
         );
-        g.input(x)
+        g.input(x.to_device(&self.device))
     }
 
     fn save(&self, dir: &Path, stage: &str, epoch: usize, model: &Model) -> Result<()> {
@@ -117,6 +117,7 @@ pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
         num_classes: None,
     };
     let mut model = Model::new(&spec, cfg.seed)?;
+    model.to_device(&ctx.device);
     let (stage_cfg, batches) = fit_batch(&cfg.pretrain, ctx.train_indices.len(), "pretrain")?;
     let aug = Augment {
         crop_area: (cfg.crop_min, 1.0),
@@ -190,6 +191,7 @@ pub fn from_pretrained(ctx: &Context, pretrained: &Model) -> Result<Model> {
         &classifier_spec(ctx, pretrained.spec.arch.clone()),
         ctx.cfg.seed,
     )?;
+    model.to_device(&ctx.device);
     checkpoint::copy_params(
         &pretrained.store,
         &mut model.store,
@@ -206,6 +208,7 @@ pub fn supervised(
     stage: &'static str,
     out: &Path,
 ) -> Result<Supervised> {
+    model.to_device(&ctx.device);
     let (stage_cfg, batches) = fit_batch(&ctx.cfg.finetune, ctx.labelled.len(), stage)?;
     let aug = ctx.crop_flip();
     let mut metrics = Metrics::create(out)?;
@@ -262,6 +265,8 @@ pub fn distill(ctx: &Context, teacher: &mut Model, out: &Path) -> Result<Supervi
         },
         cfg.seed ^ DISTILL,
     )?;
+    student.to_device(&ctx.device);
+    teacher.to_device(&ctx.device);
     let (stage_cfg, batches) = fit_batch(&cfg.distill, ctx.train_indices.len(), "distill")?;
     let aug = ctx.crop_flip();
     let labelled: std::collections::HashSet<usize> = ctx.labelled.iter().copied().collect();

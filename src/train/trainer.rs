@@ -49,6 +49,8 @@ pub fn run(model: &mut Model, stage: Stage, metrics: &mut Metrics) -> Result<Out
             let lr = lr_at(base_lr, step, warmup, total);
             let mut g = Graph::new(true);
             let loss_var = (stage.loss)(&mut g, model, &batch);
+            // A failed launch or allocation on a GPU surfaces here, with its kernel and shape.
+            model.device().check()?;
             let loss = g.value(loss_var).item();
             if !loss.is_finite() {
                 bar.abandon();
@@ -75,6 +77,7 @@ pub fn run(model: &mut Model, stage: Stage, metrics: &mut Metrics) -> Result<Out
         }
         final_loss = loss_sum / batches.max(1) as f64;
         let mut record = (stage.end_epoch)(model, epoch + 1)?;
+        model.device().check()?;
         // Print the epochs that measured something (kNN, top-1); log them all.
         let measured = record.as_object().is_some_and(|o| !o.is_empty());
         record["stage"] = json!(stage.name);

@@ -8,62 +8,65 @@ pub fn pool_out(size: usize, kernel: usize, stride: usize, pad: usize) -> usize 
     (size + 2 * pad - kernel) / stride + 1
 }
 
-/// y = max over each kernel×kernel window; argmax gets the flat index into x of each winner,
-/// for the backward pass. Padding never wins (it counts as −inf, as in PyTorch).
-#[allow(clippy::too_many_arguments)]
-pub fn maxpool2d_forward<T: Real>(
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-    x: &[T],
-    y: &mut [T],
-    argmax: &mut [u32],
-) {
-    let (oh, ow) = (
-        pool_out(h, kernel, stride, pad),
-        pool_out(w, kernel, stride, pad),
-    );
-    assert_eq!(x.len(), n * h * w * c);
-    assert_eq!(y.len(), n * oh * ow * c);
-    assert_eq!(argmax.len(), y.len());
-    assert!(
-        x.len() <= u32::MAX as usize,
-        "maxpool: argmax indices are u32"
-    );
-    let img = oh * ow * c;
-    y.par_chunks_mut(img)
-        .zip(argmax.par_chunks_mut(img))
-        .enumerate()
-        .for_each(|(b, (y, am))| {
-            for (o, (yo, ao)) in y
-                .chunks_exact_mut(c)
-                .zip(am.chunks_exact_mut(c))
-                .enumerate()
-            {
-                let (oy, ox) = (o / ow, o % ow);
-                yo.fill(T::neg_infinity());
-                ao.fill(u32::MAX);
-                // Window rows/cols clipped to the image, so padding is simply skipped.
-                let iy0 = (oy * stride).saturating_sub(pad);
-                let iy1 = (oy * stride + kernel - pad).min(h);
-                let ix0 = (ox * stride).saturating_sub(pad);
-                let ix1 = (ox * stride + kernel - pad).min(w);
-                for iy in iy0..iy1 {
-                    for ix in ix0..ix1 {
-                        let base = ((b * h + iy) * w + ix) * c;
-                        for ch in 0..c {
-                            let v = x[base + ch];
-                            // First maximum wins ties; a NaN propagates like in PyTorch.
-                            if v > yo[ch] || v.is_nan() || ao[ch] == u32::MAX {
-                                yo[ch] = v;
-                                ao[ch] = (base + ch) as u32;
-                            }
-                        }
+/// The pooling window geometry of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolShape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl PoolShape {
+    pub fn out_h(&self) -> usize {
+        pool_out(self.h, self.kernel, self.stride, self.pad)
+    }
+
+    pub fn out_w(&self) -> usize {
+        pool_out(self.w, self.kernel, self.stride, self.pad)
+    }
+
+    /// Flat indices into x of the winners of output pixel (b, oy, ox), one per channel, in
+    /// `win`. The first maximum in scan order (row, then column) wins ties; a NaN wins like in
+    /// PyTorch; padding is skipped (it counts as −inf). Backward recomputes this from x
+    /// instead of saving an index tensor, the same rule as the GPU kernel.
+    fn winners<T: Real>(&self, x: &[T], b: usize, oy: usize, ox: usize, win: &mut [usize]) {
+        let Self { h, w, c, .. } = *self;
+        let iy0 = (oy * self.stride).saturating_sub(self.pad);
+        let iy1 = (oy * self.stride + self.kernel - self.pad).min(h);
+        let ix0 = (ox * self.stride).saturating_sub(self.pad);
+        let ix1 = (ox * self.stride + self.kernel - self.pad).min(w);
+        win.fill(usize::MAX);
+        for iy in iy0..iy1 {
+            for ix in ix0..ix1 {
+                let base = ((b * h + iy) * w + ix) * c;
+                for (ch, best) in win.iter_mut().enumerate() {
+                    let v = x[base + ch];
+                    if *best == usize::MAX || v > x[*best] || v.is_nan() {
+                        *best = base + ch;
                     }
+                }
+            }
+        }
+    }
+}
+
+/// y = max over each kernel×kernel window.
+pub fn maxpool2d_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T]) {
+    let (oh, ow, c) = (s.out_h(), s.out_w(), s.c);
+    assert_eq!(x.len(), s.n * s.h * s.w * c);
+    assert_eq!(y.len(), s.n * oh * ow * c);
+    y.par_chunks_mut(oh * ow * c)
+        .enumerate()
+        .for_each(|(b, y)| {
+            let mut win = vec![0; c];
+            for (o, yo) in y.chunks_exact_mut(c).enumerate() {
+                s.winners(x, b, o / ow, o % ow, &mut win);
+                for (v, &i) in yo.iter_mut().zip(&win) {
+                    *v = x[i];
                 }
             }
         });
@@ -71,11 +74,17 @@ pub fn maxpool2d_forward<T: Real>(
 
 /// dx = 0, then each dy is added to the input element that won its window. Serial: windows
 /// overlap, and the scatter is cheap next to the convolutions around it.
-pub fn maxpool2d_backward<T: Real>(dy: &[T], argmax: &[u32], dx: &mut [T]) {
-    assert_eq!(dy.len(), argmax.len());
+pub fn maxpool2d_backward<T: Real>(s: &PoolShape, x: &[T], dy: &[T], dx: &mut [T]) {
+    let (oh, ow, c) = (s.out_h(), s.out_w(), s.c);
+    assert_eq!(dy.len(), s.n * oh * ow * c);
     dx.fill(T::zero());
-    for (&g, &i) in dy.iter().zip(argmax) {
-        dx[i as usize] += g;
+    let mut win = vec![0; c];
+    for (o, g) in dy.chunks_exact(c).enumerate() {
+        let (b, oy, ox) = (o / (oh * ow), o / ow % oh, o % ow);
+        s.winners(x, b, oy, ox, &mut win);
+        for (&i, &g) in win.iter().zip(g) {
+            dx[i] += g;
+        }
     }
 }
 
@@ -127,16 +136,21 @@ mod tests {
             (1, 1, 1, 2, 1, 1, 0),
         ] {
             let x = random::<f64>(n * h * w * c, 7);
-            let (oh, ow) = (
-                pool_out(h, kernel, stride, pad),
-                pool_out(w, kernel, stride, pad),
-            );
+            let s = PoolShape {
+                n,
+                h,
+                w,
+                c,
+                kernel,
+                stride,
+                pad,
+            };
+            let (oh, ow) = (s.out_h(), s.out_w());
             let mut y = vec![0.0; n * oh * ow * c];
-            let mut am = vec![0u32; y.len()];
-            maxpool2d_forward(n, h, w, c, kernel, stride, pad, &x, &mut y, &mut am);
+            maxpool2d_forward(&s, &x, &mut y);
             let dy = random::<f64>(y.len(), 8);
             let mut dx = vec![0.0; x.len()];
-            maxpool2d_backward(&dy, &am, &mut dx);
+            maxpool2d_backward(&s, &x, &dy, &mut dx);
             let mut dx_want = vec![0.0; x.len()];
             for b in 0..n {
                 for oy in 0..oh {
@@ -160,7 +174,6 @@ mod tests {
                             }
                             let o = ((b * oh + oy) * ow + ox) * c + ch;
                             assert_eq!(y[o], best);
-                            assert_eq!(am[o] as usize, arg);
                             dx_want[arg] += dy[o];
                         }
                     }

@@ -1,0 +1,212 @@
+// Batch normalisation over NHWC activations viewed as [rows, c] (rows = N·H·W, channel fastest).
+//
+// Reductions are per channel over rows. A block owns BN_CH = 32 consecutive channels (one warp
+// reads 32 consecutive floats of a row: a 128-byte coalesced load) and BN_RL = 8 row lanes
+// (the warps) that stride over the block's rows. Channel sums therefore reduce ACROSS warps,
+// through shared memory, never with float atomics: every partial is combined in a fixed order, so
+// the results are bitwise the same for every launch and every schedule.
+//
+// Training forward: bn_stats_partial (per chunk of BN_CHUNK rows: chunk mean and M2) →
+// bn_stats_finalize (per channel: mean, invstd and the folded affine map) → bn_affine.
+// Backward: bn_backward_partial (per chunk: Σdy, Σdy·(x−μ)) → bn_backward_finalize (dγ, dβ and
+// the folded per-channel map of dx) → bn_backward_dx. ReLU fuses into bn_affine (y = max(·, 0))
+// and into the backward (dy masked where y ≤ 0), so the ReLU that follows a BN costs no pass.
+#include "common.cuh"
+
+#define BN_CH 32      // channels per block = one warp's lanes
+#define BN_RL 8       // row lanes per block (warps); block = 32×8 = 256 threads
+#define BN_CHUNK 256  // rows per block in the reduction passes (the partials' layout depends on it only)
+
+// Σ of v over the block's row lanes, per channel lane; every thread gets its channel's total.
+// Row lanes are summed in the fixed order 0..BN_RL−1, whatever order the warps ran in.
+DEVICE inline float bn_sum_row_lanes(float v, float (*red)[BN_CH]) {
+    red[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int j = 0; j < BN_RL; j++) s += red[j][threadIdx.x];
+    __syncthreads();  // red is written again by the next call
+    return s;
+}
+
+// Rows in chunk i (the last chunk may be short).
+DEVICE inline int bn_chunk_rows(int i, int rows) { return min(BN_CHUNK, rows - i * BN_CHUNK); }
+
+// grid (chunks, ceil(c/32)), block (32, 8). Per chunk and channel: its mean and
+// M2 = Σ(x − chunk mean)². The second sweep re-reads the chunk (32 KiB) from L1/L2, so DRAM sees x
+// once, and deviations from a local mean do not cancel the way E[x²] − E[x]² does.
+KERNEL void bn_stats_partial(const float* __restrict__ x, int rows, int c,
+                             float* __restrict__ part_mean, float* __restrict__ part_m2) {
+    __shared__ float red[BN_RL][BN_CH];
+    int ch = blockIdx.y * BN_CH + threadIdx.x;
+    int r0 = blockIdx.x * BN_CHUNK, r1 = min(r0 + BN_CHUNK, rows);
+    bool active = ch < c;
+    float s = 0.0f;
+    if (active)
+        for (int r = r0 + threadIdx.y; r < r1; r += BN_RL) s += x[(size_t)r * c + ch];
+    float mean = bn_sum_row_lanes(s, red) / (float)(r1 - r0);
+    float q = 0.0f;
+    if (active)
+        for (int r = r0 + threadIdx.y; r < r1; r += BN_RL) {
+            float d = x[(size_t)r * c + ch] - mean;
+            q += d * d;
+        }
+    q = bn_sum_row_lanes(q, red);
+    if (active && threadIdx.y == 0) {
+        part_mean[(size_t)blockIdx.x * c + ch] = mean;
+        part_m2[(size_t)blockIdx.x * c + ch] = q;
+    }
+}
+
+// grid ceil(c/32), block (32, 8). Combines the chunks per channel (Chan et al.):
+// mean = Σ nᵢ·meanᵢ / rows, var = Σ (M2ᵢ + nᵢ·(meanᵢ − mean)²) / rows (biased, as the CPU) — a sum
+// of non-negative terms, so nothing cancels. Writes mean, invstd = 1/√(var + eps) and the folded
+// affine map coef = [γ·invstd | β − mean·γ·invstd] that bn_affine applies. beta may be null.
+KERNEL void bn_stats_finalize(const float* __restrict__ part_mean, const float* __restrict__ part_m2,
+                              int rows, int c, const float* __restrict__ gamma,
+                              const float* __restrict__ beta, float eps, float* __restrict__ mean,
+                              float* __restrict__ invstd, float* __restrict__ coef) {
+    __shared__ float red[BN_RL][BN_CH];
+    int ch = blockIdx.x * BN_CH + threadIdx.x;
+    int chunks = (rows + BN_CHUNK - 1) / BN_CHUNK;
+    bool active = ch < c;
+    float s = 0.0f;
+    if (active)
+        for (int i = threadIdx.y; i < chunks; i += BN_RL)
+            s += (float)bn_chunk_rows(i, rows) * part_mean[(size_t)i * c + ch];
+    float m = bn_sum_row_lanes(s, red) / (float)rows;
+    float q = 0.0f;
+    if (active)
+        for (int i = threadIdx.y; i < chunks; i += BN_RL) {
+            float d = part_mean[(size_t)i * c + ch] - m;
+            q += part_m2[(size_t)i * c + ch] + (float)bn_chunk_rows(i, rows) * d * d;
+        }
+    float var = bn_sum_row_lanes(q, red) / (float)rows;
+    if (active && threadIdx.y == 0) {
+        float is = 1.0f / sqrtf(var + eps);
+        float scale = gamma[ch] * is;
+        mean[ch] = m;
+        invstd[ch] = is;
+        coef[ch] = scale;
+        coef[c + ch] = (beta ? beta[ch] : 0.0f) - m * scale;
+    }
+}
+
+// Inference: the same folded map from the running statistics. One thread per channel.
+KERNEL void bn_eval_coef(const float* __restrict__ gamma, const float* __restrict__ beta,
+                         const float* __restrict__ running_mean,
+                         const float* __restrict__ running_var, float eps, int c,
+                         float* __restrict__ coef) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    float scale = gamma[ch] / sqrtf(running_var[ch] + eps);
+    coef[ch] = scale;
+    coef[c + ch] = (beta ? beta[ch] : 0.0f) - running_mean[ch] * scale;
+}
+
+// y = x·coef[ch] + coef[c + ch], then max(y, 0) when relu. One thread per element.
+KERNEL void bn_affine(const float* __restrict__ x, const float* __restrict__ coef, int n, int c,
+                      int relu, float* __restrict__ y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int ch = i % c;
+    float v = x[i] * coef[ch] + coef[c + ch];
+    y[i] = relu ? fmaxf(v, 0.0f) : v;
+}
+
+// r ← m·r + (1−m)·batch per channel; the batch variance is recovered from invstd and made
+// unbiased by rows/(rows−1), as cpu::batchnorm::update_running does.
+KERNEL void bn_update_running(const float* __restrict__ mean, const float* __restrict__ invstd,
+                              int rows, int c, float eps, float momentum,
+                              float* __restrict__ running_mean, float* __restrict__ running_var) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    float var = 1.0f / (invstd[ch] * invstd[ch]) - eps;
+    float unbias = rows > 1 ? (float)rows / (float)(rows - 1) : 1.0f;
+    running_mean[ch] = momentum * running_mean[ch] + (1.0f - momentum) * mean[ch];
+    running_var[ch] = momentum * running_var[ch] + (1.0f - momentum) * var * unbias;
+}
+
+// The gradient reaching BN: dy, or dy masked by y > 0 when a ReLU was fused (y non-null).
+DEVICE inline float bn_grad(const float* dy, const float* y, size_t i) {
+    return (y && !(y[i] > 0.0f)) ? 0.0f : dy[i];
+}
+
+// grid (chunks, ceil(c/32)), block (32, 8). Per chunk and channel: Σg and Σg·(x − μ).
+KERNEL void bn_backward_partial(const float* __restrict__ x, const float* __restrict__ y,
+                                const float* __restrict__ dy, const float* __restrict__ mean,
+                                int rows, int c, float* __restrict__ part_dbeta,
+                                float* __restrict__ part_dgx) {
+    __shared__ float red[BN_RL][BN_CH];
+    int ch = blockIdx.y * BN_CH + threadIdx.x;
+    int r0 = blockIdx.x * BN_CHUNK, r1 = min(r0 + BN_CHUNK, rows);
+    bool active = ch < c;
+    float sg = 0.0f, sgx = 0.0f;
+    if (active) {
+        float m = mean[ch];
+        for (int r = r0 + threadIdx.y; r < r1; r += BN_RL) {
+            size_t i = (size_t)r * c + ch;
+            float g = bn_grad(dy, y, i);
+            sg += g;
+            sgx += g * (x[i] - m);
+        }
+    }
+    sg = bn_sum_row_lanes(sg, red);
+    sgx = bn_sum_row_lanes(sgx, red);
+    if (active && threadIdx.y == 0) {
+        part_dbeta[(size_t)blockIdx.x * c + ch] = sg;
+        part_dgx[(size_t)blockIdx.x * c + ch] = sgx;
+    }
+}
+
+// grid ceil(c/32), block (32, 8). dβ = Σg, dγ = invstd·Σg·(x − μ), and dx as one affine map per
+// channel (as the CPU folds it): with k = γ·invstd/M,
+//   dx = a·g + b·x + s,  a = γ·invstd,  b = −k·invstd·dγ,  s = −b·μ − k·dβ;
+// coef = [a | b | s]. dbeta may be null (BN without β).
+KERNEL void bn_backward_finalize(const float* __restrict__ part_dbeta,
+                                 const float* __restrict__ part_dgx, int rows, int c,
+                                 const float* __restrict__ gamma, const float* __restrict__ mean,
+                                 const float* __restrict__ invstd, float* __restrict__ dgamma,
+                                 float* __restrict__ dbeta, float* __restrict__ coef) {
+    __shared__ float red[BN_RL][BN_CH];
+    int ch = blockIdx.x * BN_CH + threadIdx.x;
+    int chunks = (rows + BN_CHUNK - 1) / BN_CHUNK;
+    bool active = ch < c;
+    float sg = 0.0f, sgx = 0.0f;
+    if (active)
+        for (int i = threadIdx.y; i < chunks; i += BN_RL) {
+            sg += part_dbeta[(size_t)i * c + ch];
+            sgx += part_dgx[(size_t)i * c + ch];
+        }
+    sg = bn_sum_row_lanes(sg, red);
+    sgx = bn_sum_row_lanes(sgx, red);
+    if (active && threadIdx.y == 0) {
+        float is = invstd[ch];
+        float dg = sgx * is;
+        float k = gamma[ch] * is / (float)rows;
+        float b = -k * is * dg;
+        dgamma[ch] = dg;
+        if (dbeta) dbeta[ch] = sg;
+        coef[ch] = gamma[ch] * is;
+        coef[c + ch] = b;
+        coef[2 * c + ch] = -b * mean[ch] - k * sg;
+    }
+}
+
+// dx = a·g + b·x + s per element, g = dy masked by y > 0 when a ReLU was fused (y non-null).
+KERNEL void bn_backward_dx(const float* __restrict__ x, const float* __restrict__ y,
+                           const float* __restrict__ dy, const float* __restrict__ coef, int n,
+                           int c, float* __restrict__ dx) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int ch = i % c;
+    dx[i] = coef[ch] * bn_grad(dy, y, i) + coef[c + ch] * x[i] + coef[2 * c + ch];
+}
+
+REGISTER_KERNEL(bn_stats_partial);
+REGISTER_KERNEL(bn_stats_finalize);
+REGISTER_KERNEL(bn_eval_coef);
+REGISTER_KERNEL(bn_affine);
+REGISTER_KERNEL(bn_update_running);
+REGISTER_KERNEL(bn_backward_partial);
+REGISTER_KERNEL(bn_backward_finalize);
+REGISTER_KERNEL(bn_backward_dx);

@@ -1,0 +1,226 @@
+// Fused NT-Xent forward + backward over 2N L2-normalised rows z [2N, d] (rows 0..N are the first
+// view, N..2N the second, so row i's positive is pos(i) = (i + N) mod 2N), temperature τ.
+//
+//   s_ij = z_i·z_j,  lse_i = log Σ_{j≠i} exp(s_ij/τ),  p_ij = exp(s_ij/τ − lse_i)
+//   loss = mean_i (lse_i − s_i,pos(i)/τ)
+//   dL/dz_i = 1/(2N·τ) · (Σ_{j≠i} (p_ij + p_ji)·z_j − 2·z_pos(i))
+// The gradient is the CPU reference's (G + Gᵀ)·z/τ with G_ij = (p_ij − [j = pos(i)])/2N: s is
+// symmetric, and pos(pos(i)) = i puts both positive terms on z_pos(i).
+//
+// Memory: the 2N×2N similarity matrix is never stored. Three launches:
+//   ntxent_lse   each block owns 64 rows i and walks all 2N rows j in 64-wide tiles; a tile of s
+//                lives only in registers (4×4 per thread, built from 16-deep slabs of z staged in
+//                shared memory) and is folded at once into a running max / running sum per row
+//                (the online softmax), so only lse_i (2N floats) reaches global memory.
+//   ntxent_loss  one block: mean_i (lse_i − z_i·z_pos(i)/τ) into a 1-float buffer.
+//   ntxent_grad  recomputes the same tiles (bit-identical s), turns each into the weights
+//                p_ij + p_ji − 2[j = pos(i)] in a 64×64 shared-memory tile, and multiplies that
+//                tile by rows j of z into a register accumulator for the block's 64 rows i
+//                (128 gradient columns per block; more blocks along y when d > 128).
+// Extra device memory is therefore the 2N lse values and the loss float: O(N), besides the
+// O(N·d) gradient that is the output — never O(N²). Recomputing s costs a second 2N×2N×d pass of
+// FLOPs instead. Every sum runs in a fixed order (no atomics): results are deterministic.
+#include "common.cuh"
+
+constexpr int NT_TILE = 64;     // rows i per block and rows j per step
+constexpr int NT_DK = 16;       // depth of one staged slab of z
+constexpr int NT_DC = 128;      // gradient columns per block of ntxent_grad
+constexpr int NT_THREADS = 256; // 16×16: thread (ty, tx) owns rows ty + 16r, columns tx + 16q
+
+// s[r][q] = z_(i0 + ty + 16r) · z_(j0 + tx + 16q), 0 for rows past the end. zi and zj are the
+// block's shared slabs (+1 column so the transposing stores spread over the banks). Every thread
+// of the block must call it; it ends on a barrier, so the caller may reuse shared memory after.
+DEVICE inline void similarity_tile(const float* __restrict__ z, int rows, int d, int i0, int j0,
+                                   float (*zi)[NT_TILE + 1], float (*zj)[NT_TILE + 1],
+                                   float s[4][4]) {
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) s[r][q] = 0.0f;
+    for (int p0 = 0; p0 < d; p0 += NT_DK) {
+        for (int e = tid; e < NT_TILE * NT_DK; e += NT_THREADS) {
+            const int row = e / NT_DK, p = p0 + e % NT_DK;
+            const bool in_d = p < d;
+            zi[e % NT_DK][row] = (in_d && i0 + row < rows) ? z[(size_t)(i0 + row) * d + p] : 0.0f;
+            zj[e % NT_DK][row] = (in_d && j0 + row < rows) ? z[(size_t)(j0 + row) * d + p] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int p = 0; p < NT_DK; p++) {
+            float a[4], b[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) a[r] = zi[p][ty + 16 * r];
+#pragma unroll
+            for (int q = 0; q < 4; q++) b[q] = zj[p][tx + 16 * q];
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) s[r][q] = fmaf(a[r], b[q], s[r][q]);
+        }
+        __syncthreads();  // the next slab overwrites zi, zj
+    }
+}
+
+// Pass 1: lse[i] = log Σ_{j≠i} exp(s_ij·inv_t). Grid: ceil(rows/64) blocks of 256 threads.
+KERNEL void ntxent_lse(const float* __restrict__ z, int rows, int d, float inv_t,
+                       float* __restrict__ lse) {
+    __shared__ float zi[NT_DK][NT_TILE + 1];
+    __shared__ float zj[NT_DK][NT_TILE + 1];
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int i0 = blockIdx.x * NT_TILE;
+
+    // Online softmax: per owned row the running max of the logits seen and the sum of
+    // exp(logit − max), rescaled whenever the max grows.
+    float mx[4], sum[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        mx[r] = -INFINITY;
+        sum[r] = 0.0f;
+    }
+    for (int j0 = 0; j0 < rows; j0 += NT_TILE) {
+        float s[4][4];
+        similarity_tile(z, rows, d, i0, j0, zi, zj, s);
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int i = i0 + ty + 16 * r;
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int j = j0 + tx + 16 * q;
+                if (j >= rows || j == i) continue;
+                const float x = s[r][q] * inv_t;
+                if (x > mx[r]) {
+                    sum[r] = sum[r] * expf(mx[r] - x) + 1.0f;
+                    mx[r] = x;
+                } else {
+                    sum[r] += expf(x - mx[r]);
+                }
+            }
+        }
+    }
+    // Merge the 16 partial states of a row: its threads differ only in tx, i.e. they are lanes
+    // of one 16-lane half-warp, so xor-shuffles by 8, 4, 2, 1 combine them (in the same order on
+    // every lane).
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+#pragma unroll
+        for (int off = 8; off > 0; off /= 2) {
+            const float om = __shfl_xor_sync(0xffffffff, mx[r], off);
+            const float os = __shfl_xor_sync(0xffffffff, sum[r], off);
+            const float m = fmaxf(mx[r], om);
+            // Both empty (m = −inf: only for rows past the end) stays empty instead of NaN.
+            sum[r] = m == -INFINITY ? 0.0f : sum[r] * expf(mx[r] - m) + os * expf(om - m);
+            mx[r] = m;
+        }
+        const int i = i0 + ty + 16 * r;
+        if (tx == 0 && i < rows) lse[i] = mx[r] + logf(sum[r]);
+    }
+}
+
+// loss[0] = mean_i (lse_i − z_i·z_pos(i)·inv_t). One block of 256 threads: warp w takes rows
+// w, w + 8, ...; lanes split the dot product; fixed-order sums throughout.
+KERNEL void ntxent_loss(const float* __restrict__ z, int rows, int d, float inv_t,
+                        const float* __restrict__ lse, float* __restrict__ loss) {
+    __shared__ float partial[NT_THREADS / 32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    float total = 0.0f;
+    for (int i = warp; i < rows; i += NT_THREADS / 32) {
+        const int pos = (i + rows / 2) % rows;
+        float dot = 0.0f;
+        for (int p = lane; p < d; p += 32) dot = fmaf(z[(size_t)i * d + p], z[(size_t)pos * d + p], dot);
+#pragma unroll
+        for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffff, dot, off);
+        total += lse[i] - dot * inv_t;
+    }
+    if (lane == 0) partial[warp] = total;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float sum = 0.0f;
+        for (int w = 0; w < NT_THREADS / 32; w++) sum += partial[w];
+        loss[0] = sum / rows;
+    }
+}
+
+// Pass 2: grad[i, c] for the block's 64 rows i and 128 columns c (blockIdx.y picks which).
+// Grid: (ceil(rows/64), ceil(d/128)) blocks of 256 threads.
+KERNEL void ntxent_grad(const float* __restrict__ z, int rows, int d, float inv_t,
+                        const float* __restrict__ lse, float* __restrict__ grad) {
+    __shared__ float zi[NT_DK][NT_TILE + 1];
+    __shared__ float zj[NT_DK][NT_TILE + 1];
+    __shared__ float w[NT_TILE][NT_TILE + 1];  // weights of the current 64×64 tile
+    __shared__ float zv[NT_DK][NT_DC];         // 16 rows j of z, the block's 128 columns
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int i0 = blockIdx.x * NT_TILE, c0 = blockIdx.y * NT_DC;
+    const int half = rows / 2;
+
+    float lse_i[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        const int i = i0 + ty + 16 * r;
+        lse_i[r] = i < rows ? lse[i] : 0.0f;
+    }
+    float acc[4][8];
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+        for (int q = 0; q < 8; q++) acc[r][q] = 0.0f;
+
+    for (int j0 = 0; j0 < rows; j0 += NT_TILE) {
+        float s[4][4];
+        similarity_tile(z, rows, d, i0, j0, zi, zj, s);
+        // The tile's weights (zero off the matrix and on the diagonal). The previous step's
+        // readers of w are past their last barrier, and so is similarity_tile.
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int j = j0 + tx + 16 * q;
+            const float lse_j = j < rows ? lse[j] : 0.0f;
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int i = i0 + ty + 16 * r;
+                float v = 0.0f;
+                if (i < rows && j < rows && i != j) {
+                    const float x = s[r][q] * inv_t;
+                    v = expf(x - lse_i[r]) + expf(x - lse_j);
+                    if (j == (i + half) % rows) v -= 2.0f;
+                }
+                w[ty + 16 * r][tx + 16 * q] = v;
+            }
+        }
+        // acc += w · z[j0 .. j0+64, c0 .. c0+128], 16 rows of z at a time.
+        for (int jj = 0; jj < NT_TILE; jj += NT_DK) {
+            for (int e = tid; e < NT_DK * NT_DC; e += NT_THREADS) {
+                const int j = j0 + jj + e / NT_DC, c = c0 + e % NT_DC;
+                zv[e / NT_DC][e % NT_DC] = (j < rows && c < d) ? z[(size_t)j * d + c] : 0.0f;
+            }
+            __syncthreads();  // zv loaded (and, on the first pass, w written)
+#pragma unroll
+            for (int p = 0; p < NT_DK; p++) {
+                float b[8];
+#pragma unroll
+                for (int q = 0; q < 8; q++) b[q] = zv[p][tx + 16 * q];
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    const float a = w[ty + 16 * r][jj + p];
+#pragma unroll
+                    for (int q = 0; q < 8; q++) acc[r][q] = fmaf(a, b[q], acc[r][q]);
+                }
+            }
+            __syncthreads();  // the next chunk overwrites zv
+        }
+    }
+
+    const float scale = inv_t / rows;
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        const int i = i0 + ty + 16 * r;
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int c = c0 + tx + 16 * q;
+            if (i < rows && c < d) grad[(size_t)i * d + c] = acc[r][q] * scale;
+        }
+    }
+}
+
+REGISTER_KERNEL(ntxent_lse);
+REGISTER_KERNEL(ntxent_loss);
+REGISTER_KERNEL(ntxent_grad);

@@ -1,0 +1,253 @@
+//! Batch norm (kernels/batchnorm.cu) on activations viewed as [rows, c], rows = N·H·W; the
+//! statistics are f32 [c]. Per-channel sums go through per-chunk partials combined in a fixed
+//! order, so every result is deterministic.
+
+use super::{blocks_for, Arg, Buffer, Gpu};
+
+/// Rows per block of the reduction passes: BN_CHUNK in the kernel file.
+const CHUNK: usize = 256;
+/// 32 channel lanes × 8 row lanes: BN_CH × BN_RL in the kernel file.
+const TILE: [u32; 3] = [32, 8, 1];
+const THREADS: u32 = 256;
+
+/// Grid of the per-chunk passes: chunks of rows × tiles of 32 channels.
+fn chunk_grid(rows: usize, c: usize) -> [u32; 3] {
+    [blocks_for(rows, CHUNK as u32), blocks_for(c, 32), 1]
+}
+
+/// Grid of the per-channel passes.
+fn channel_grid(c: usize) -> [u32; 3] {
+    [blocks_for(c, 32), 1, 1]
+}
+
+fn check_sizes(rows: usize, c: usize) -> (i32, i32) {
+    assert!(rows > 0 && c > 0, "batch norm of an empty tensor");
+    let n = rows.checked_mul(c).filter(|&n| n <= i32::MAX as usize);
+    assert!(
+        n.is_some(),
+        "batch norm: {rows}×{c} exceeds the kernels' int indexing"
+    );
+    (rows as i32, c as i32)
+}
+
+/// A buffer argument or the null pointer the kernels read as "absent".
+fn opt(b: Option<&Buffer>) -> Arg {
+    b.map_or(Arg::Ptr(0), Arg::from)
+}
+
+/// Training mode: y = BN(x) with the batch statistics (then ReLU when `relu`); writes the batch
+/// mean and invstd = 1/√(biased var + eps) per channel for the backward pass and
+/// `update_running`. `beta` is None for BN without centring.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_train(
+    gpu: &Gpu,
+    rows: usize,
+    c: usize,
+    x: &Buffer,
+    gamma: &Buffer,
+    beta: Option<&Buffer>,
+    eps: f32,
+    relu: bool,
+    y: &mut Buffer,
+    mean: &mut Buffer,
+    invstd: &mut Buffer,
+) {
+    let (r, ci) = check_sizes(rows, c);
+    let chunks = rows.div_ceil(CHUNK);
+    let mut part_mean = gpu.alloc_f32(chunks * c);
+    let mut part_m2 = gpu.alloc_f32(chunks * c);
+    let mut coef = gpu.alloc_f32(2 * c);
+    gpu.launch(
+        "bn_stats_partial",
+        chunk_grid(rows, c),
+        TILE,
+        0,
+        &[
+            x.into(),
+            r.into(),
+            ci.into(),
+            (&mut part_mean).into(),
+            (&mut part_m2).into(),
+        ],
+    );
+    gpu.launch(
+        "bn_stats_finalize",
+        channel_grid(c),
+        TILE,
+        0,
+        &[
+            (&part_mean).into(),
+            (&part_m2).into(),
+            r.into(),
+            ci.into(),
+            gamma.into(),
+            opt(beta),
+            eps.into(),
+            mean.into(),
+            invstd.into(),
+            (&mut coef).into(),
+        ],
+    );
+    affine(gpu, rows, c, x, &coef, relu, y);
+}
+
+/// Moves the running statistics toward the batch's: r ← m·r + (1−m)·batch, the variance
+/// unbiased by rows/(rows−1), exactly as cpu::batchnorm::update_running.
+#[allow(clippy::too_many_arguments)]
+pub fn update_running(
+    gpu: &Gpu,
+    rows: usize,
+    c: usize,
+    mean: &Buffer,
+    invstd: &Buffer,
+    eps: f32,
+    momentum: f32,
+    running_mean: &mut Buffer,
+    running_var: &mut Buffer,
+) {
+    let (r, ci) = check_sizes(rows, c);
+    gpu.launch(
+        "bn_update_running",
+        [blocks_for(c, THREADS), 1, 1],
+        [THREADS, 1, 1],
+        0,
+        &[
+            mean.into(),
+            invstd.into(),
+            r.into(),
+            ci.into(),
+            eps.into(),
+            momentum.into(),
+            running_mean.into(),
+            running_var.into(),
+        ],
+    );
+}
+
+/// Inference mode: y = BN(x) with the running statistics (then ReLU when `relu`).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_eval(
+    gpu: &Gpu,
+    rows: usize,
+    c: usize,
+    x: &Buffer,
+    gamma: &Buffer,
+    beta: Option<&Buffer>,
+    running_mean: &Buffer,
+    running_var: &Buffer,
+    eps: f32,
+    relu: bool,
+    y: &mut Buffer,
+) {
+    let (_, ci) = check_sizes(rows, c);
+    let mut coef = gpu.alloc_f32(2 * c);
+    gpu.launch(
+        "bn_eval_coef",
+        [blocks_for(c, THREADS), 1, 1],
+        [THREADS, 1, 1],
+        0,
+        &[
+            gamma.into(),
+            opt(beta),
+            running_mean.into(),
+            running_var.into(),
+            eps.into(),
+            ci.into(),
+            (&mut coef).into(),
+        ],
+    );
+    affine(gpu, rows, c, x, &coef, relu, y);
+}
+
+/// y = x·coef[ch] + coef[c + ch] per element, optionally followed by ReLU.
+fn affine(gpu: &Gpu, rows: usize, c: usize, x: &Buffer, coef: &Buffer, relu: bool, y: &mut Buffer) {
+    let n = rows * c;
+    gpu.launch(
+        "bn_affine",
+        [blocks_for(n, THREADS), 1, 1],
+        [THREADS, 1, 1],
+        0,
+        &[
+            x.into(),
+            coef.into(),
+            (n as i32).into(),
+            (c as i32).into(),
+            (relu as i32).into(),
+            y.into(),
+        ],
+    );
+}
+
+/// Backward of training-mode BN given the forward's batch mean and invstd. `y` = Some(BN
+/// output after the fused ReLU) masks dy by y > 0 first. Writes dx, dγ and, when given, dβ.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    gpu: &Gpu,
+    rows: usize,
+    c: usize,
+    x: &Buffer,
+    y: Option<&Buffer>,
+    dy: &Buffer,
+    gamma: &Buffer,
+    mean: &Buffer,
+    invstd: &Buffer,
+    dx: &mut Buffer,
+    dgamma: &mut Buffer,
+    dbeta: Option<&mut Buffer>,
+) {
+    let (r, ci) = check_sizes(rows, c);
+    let chunks = rows.div_ceil(CHUNK);
+    let mut part_dbeta = gpu.alloc_f32(chunks * c);
+    let mut part_dgx = gpu.alloc_f32(chunks * c);
+    let mut coef = gpu.alloc_f32(3 * c);
+    gpu.launch(
+        "bn_backward_partial",
+        chunk_grid(rows, c),
+        TILE,
+        0,
+        &[
+            x.into(),
+            opt(y),
+            dy.into(),
+            mean.into(),
+            r.into(),
+            ci.into(),
+            (&mut part_dbeta).into(),
+            (&mut part_dgx).into(),
+        ],
+    );
+    gpu.launch(
+        "bn_backward_finalize",
+        channel_grid(c),
+        TILE,
+        0,
+        &[
+            (&part_dbeta).into(),
+            (&part_dgx).into(),
+            r.into(),
+            ci.into(),
+            gamma.into(),
+            mean.into(),
+            invstd.into(),
+            dgamma.into(),
+            dbeta.map_or(Arg::Ptr(0), Arg::from),
+            (&mut coef).into(),
+        ],
+    );
+    let n = rows * c;
+    gpu.launch(
+        "bn_backward_dx",
+        [blocks_for(n, THREADS), 1, 1],
+        [THREADS, 1, 1],
+        0,
+        &[
+            x.into(),
+            opt(y),
+            dy.into(),
+            (&coef).into(),
+            (n as i32).into(),
+            ci.into(),
+            dx.into(),
+        ],
+    );
+}

@@ -1,0 +1,146 @@
+//! The real driver through cudarc's thin `result` layer, loaded dynamically so that the binary
+//! runs on machines without CUDA. Kernels come from the fatbins build.rs embedded (one module
+//! per family); a kernel's function handle is looked up on first use and cached.
+
+use super::kernels::FATBINS;
+use super::runtime::Runtime;
+use cudarc::driver::{result, sys};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Mutex;
+
+pub struct Driver {
+    ctx: sys::CUcontext,
+    modules: Vec<sys::CUmodule>,
+    functions: Mutex<HashMap<String, sys::CUfunction>>,
+}
+
+// SAFETY: the context and module handles are process-wide driver objects; every call makes the
+// context current on the calling thread first, and the function cache is behind a mutex.
+unsafe impl Send for Driver {}
+unsafe impl Sync for Driver {}
+
+fn msg(e: result::DriverError) -> String {
+    format!("{e:?}")
+}
+
+impl Driver {
+    /// Opens GPU `ordinal` and loads every kernel family. Returns the device's name too.
+    pub fn new(ordinal: usize) -> Result<(Driver, String), String> {
+        // SAFETY: checks for libcuda before any driver call (without it cudarc would panic).
+        if !unsafe { sys::is_culib_present() } {
+            return Err("no CUDA driver (libcuda) on this machine".into());
+        }
+        result::init().map_err(msg)?;
+        let count = result::device::get_count().map_err(msg)? as usize;
+        if ordinal >= count {
+            return Err(format!(
+                "cuda:{ordinal} requested but {count} GPU(s) present"
+            ));
+        }
+        let dev = result::device::get(ordinal as i32).map_err(msg)?;
+        let name = result::device::get_name(dev).map_err(msg)?;
+        // SAFETY: dev is a valid device; the primary context lives as long as the process.
+        let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(msg)?;
+        unsafe { result::ctx::set_current(ctx) }.map_err(msg)?;
+        let mut modules = Vec::new();
+        for (family, fatbin) in FATBINS {
+            // SAFETY: the image is a fatbin nvcc produced, embedded by build.rs.
+            let module = unsafe { result::module::load_data(fatbin.as_ptr() as *const c_void) }
+                .map_err(|e| format!("loading kernels/{family}.cu: {e:?}"))?;
+            modules.push(module);
+        }
+        let driver = Driver {
+            ctx,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+        };
+        Ok((driver, name))
+    }
+
+    fn make_current(&self) -> Result<(), String> {
+        // SAFETY: the context was retained in new() and is never released.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(msg)
+    }
+
+    fn function(&self, kernel: &str) -> Result<sys::CUfunction, String> {
+        let mut functions = self.functions.lock().unwrap();
+        if let Some(&f) = functions.get(kernel) {
+            return Ok(f);
+        }
+        let name = CString::new(kernel).map_err(|e| e.to_string())?;
+        for &module in &self.modules {
+            // SAFETY: modules stay loaded for the life of the driver.
+            if let Ok(f) = unsafe { result::module::get_function(module, name.clone()) } {
+                functions.insert(kernel.to_string(), f);
+                return Ok(f);
+            }
+        }
+        Err(format!("no kernel named {kernel} in the embedded fatbins"))
+    }
+}
+
+impl Runtime for Driver {
+    fn alloc(&self, bytes: usize) -> Result<u64, String> {
+        self.make_current()?;
+        // SAFETY: a plain device allocation.
+        unsafe { result::malloc_sync(bytes) }.map_err(msg)
+    }
+
+    unsafe fn free(&self, ptr: u64) {
+        if self.make_current().is_ok() {
+            let _ = result::free_sync(ptr);
+        }
+    }
+
+    unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<(), String> {
+        self.make_current()?;
+        result::memcpy_htod_sync(dst, src).map_err(msg)
+    }
+
+    unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<(), String> {
+        self.make_current()?;
+        result::memcpy_dtoh_sync(dst, src).map_err(msg)
+    }
+
+    unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), String> {
+        self.make_current()?;
+        result::memcpy_dtod_sync(dst, src, bytes).map_err(msg)
+    }
+
+    unsafe fn fill_bytes(&self, dst: u64, value: u8, bytes: usize) -> Result<(), String> {
+        self.make_current()?;
+        result::memset_d8_sync(dst, value, bytes).map_err(msg)
+    }
+
+    unsafe fn launch(
+        &self,
+        kernel: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_bytes: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<(), String> {
+        self.make_current()?;
+        let f = self.function(kernel)?;
+        result::launch_kernel(
+            f,
+            (grid[0], grid[1], grid[2]),
+            (block[0], block[1], block[2]),
+            shared_bytes,
+            std::ptr::null_mut(), // the default stream: launches and copies stay in order
+            params,
+        )
+        .map_err(msg)
+    }
+
+    fn synchronize(&self) -> Result<(), String> {
+        self.make_current()?;
+        result::ctx::synchronize().map_err(msg)
+    }
+
+    fn free_memory(&self) -> Option<usize> {
+        self.make_current().ok()?;
+        result::mem_get_info().ok().map(|(free, _)| free)
+    }
+}

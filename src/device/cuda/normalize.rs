@@ -1,0 +1,68 @@
+//! Row-wise L2 normalisation (kernels/normalize.cu): one warp per row, 8 rows per block.
+
+use super::{blocks_for, Buffer, Gpu};
+
+/// ROWS_PER_BLOCK in the kernel file: 8 warps of 32 lanes.
+const ROWS_PER_BLOCK: u32 = 8;
+
+fn grid(rows: usize, d: usize) -> [u32; 3] {
+    assert!(
+        rows * d <= i32::MAX as usize,
+        "l2_normalize: {rows}×{d} exceeds int indexing"
+    );
+    [blocks_for(rows, ROWS_PER_BLOCK), 1, 1]
+}
+
+/// z = x·rsqrt(max(Σx², 1e-12)) per row of x [rows, d]; inv_norm [rows] keeps 1/‖x‖ for backward.
+pub fn l2_normalize_forward(
+    gpu: &Gpu,
+    rows: usize,
+    d: usize,
+    x: &Buffer,
+    z: &mut Buffer,
+    inv_norm: &mut Buffer,
+) {
+    assert!(x.len_f32() == rows * d && z.len_f32() == rows * d && inv_norm.len_f32() == rows);
+    gpu.launch(
+        "l2norm_forward",
+        grid(rows, d),
+        [32 * ROWS_PER_BLOCK, 1, 1],
+        0,
+        &[
+            x.into(),
+            (rows as i32).into(),
+            (d as i32).into(),
+            z.into(),
+            inv_norm.into(),
+        ],
+    );
+}
+
+/// dx = (dz − z·(z·dz))·inv_norm per row.
+#[allow(clippy::too_many_arguments)]
+pub fn l2_normalize_backward(
+    gpu: &Gpu,
+    rows: usize,
+    d: usize,
+    z: &Buffer,
+    dz: &Buffer,
+    inv_norm: &Buffer,
+    dx: &mut Buffer,
+) {
+    assert!(z.len_f32() == rows * d && dz.len_f32() == rows * d && dx.len_f32() == rows * d);
+    assert_eq!(inv_norm.len_f32(), rows);
+    gpu.launch(
+        "l2norm_backward",
+        grid(rows, d),
+        [32 * ROWS_PER_BLOCK, 1, 1],
+        0,
+        &[
+            z.into(),
+            dz.into(),
+            inv_norm.into(),
+            (rows as i32).into(),
+            (d as i32).into(),
+            dx.into(),
+        ],
+    );
+}

@@ -1,0 +1,100 @@
+//! Max pooling and global average pooling (kernels/pool.cu) on NHWC f32 buffers. Max pooling's
+//! backward recomputes each window's winner from x (the same rule as cpu::pool), so the forward
+//! keeps no argmax.
+
+use super::{blocks_for, Arg, Buffer, Gpu};
+use crate::device::cpu::pool::PoolShape;
+
+const THREADS: u32 = 256;
+
+/// One thread per element of an `n`-element output.
+fn launch_1d(gpu: &Gpu, kernel: &'static str, n: usize, args: &[Arg]) {
+    assert!(
+        n <= i32::MAX as usize,
+        "{kernel}: {n} elements exceed the kernels' int indexing"
+    );
+    gpu.launch(
+        kernel,
+        [blocks_for(n, THREADS), 1, 1],
+        [THREADS, 1, 1],
+        0,
+        args,
+    );
+}
+
+/// The shape as the kernels take it: n, h, w, c, k, stride, pad, oh, ow.
+fn shape_args(s: &PoolShape) -> [Arg; 9] {
+    [
+        s.n,
+        s.h,
+        s.w,
+        s.c,
+        s.kernel,
+        s.stride,
+        s.pad,
+        s.out_h(),
+        s.out_w(),
+    ]
+    .map(|v| Arg::I32(v as i32))
+}
+
+/// y [n, oh, ow, c] = max over each window of x [n, h, w, c] (padding never wins).
+pub fn maxpool_forward(gpu: &Gpu, s: &PoolShape, x: &Buffer, y: &mut Buffer) {
+    let n = s.n * s.out_h() * s.out_w() * s.c;
+    assert!(x.len_f32() == s.n * s.h * s.w * s.c && y.len_f32() == n);
+    let mut args = vec![Arg::from(x)];
+    args.extend(shape_args(s));
+    args.push(y.into());
+    launch_1d(gpu, "maxpool_forward", n, &args);
+}
+
+/// dx = Σ of dy over the windows each input element won (first maximum in scan order).
+pub fn maxpool_backward(gpu: &Gpu, s: &PoolShape, x: &Buffer, dy: &Buffer, dx: &mut Buffer) {
+    let n = s.n * s.h * s.w * s.c;
+    assert!(x.len_f32() == n && dx.len_f32() == n);
+    assert_eq!(dy.len_f32(), s.n * s.out_h() * s.out_w() * s.c);
+    let mut args = vec![Arg::from(x), Arg::from(dy)];
+    args.extend(shape_args(s));
+    args.push(dx.into());
+    launch_1d(gpu, "maxpool_backward", n, &args);
+}
+
+/// y [n, c] = mean of x [n, hw, c] over the hw positions.
+pub fn global_avg_pool_forward(
+    gpu: &Gpu,
+    n: usize,
+    hw: usize,
+    c: usize,
+    x: &Buffer,
+    y: &mut Buffer,
+) {
+    assert!(x.len_f32() == n * hw * c && y.len_f32() == n * c);
+    let args = [
+        x.into(),
+        (n as i32).into(),
+        (hw as i32).into(),
+        (c as i32).into(),
+        y.into(),
+    ];
+    launch_1d(gpu, "global_avg_pool_forward", n * c, &args);
+}
+
+/// dx [n, hw, c] = dy [n, c] / hw.
+pub fn global_avg_pool_backward(
+    gpu: &Gpu,
+    n: usize,
+    hw: usize,
+    c: usize,
+    dy: &Buffer,
+    dx: &mut Buffer,
+) {
+    assert!(dx.len_f32() == n * hw * c && dy.len_f32() == n * c);
+    let args = [
+        dy.into(),
+        (n as i32).into(),
+        (hw as i32).into(),
+        (c as i32).into(),
+        dx.into(),
+    ];
+    launch_1d(gpu, "global_avg_pool_backward", n * hw * c, &args);
+}

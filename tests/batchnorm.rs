@@ -1,0 +1,291 @@
+//! The batch-norm kernels against cpu::batchnorm (then cpu ReLU where one is fused), on every
+//! device under test.
+
+mod common;
+
+use simclr::device::cpu::batchnorm as cpu;
+use simclr::device::cuda::{batchnorm, Buffer, Gpu};
+
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.9;
+
+/// (rows, c): batch 1 at 7×7, channels not multiples of 8 (below and above one 32-channel
+/// tile), rows over one 256-row chunk and not a multiple of it.
+const SHAPES: [(usize, usize); 4] = [(7 * 7, 3), (2 * 7 * 7, 67), (3 * 13 * 11, 13), (600, 5)];
+
+/// Fused-ReLU and β variants: (relu, with β).
+const VARIANTS: [(bool, bool); 3] = [(false, true), (true, true), (true, false)];
+
+/// Inputs centred at 3, so that a variance taken as E[x²] − E[x]² would show its cancellation.
+fn input(len: usize, seed: u64) -> Vec<f32> {
+    common::random(len, seed).iter().map(|v| v + 3.0).collect()
+}
+
+fn relu(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| x.max(0.0)).collect()
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Checks the device for errors, then compares `got` with `want`.
+fn expect(gpu: &Gpu, what: &str, got: &Buffer, want: &[f32], tolerance: f64) {
+    gpu.check().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let err = common::rel_l2(&gpu.download(got), want);
+    assert!(err < tolerance, "{what}: rel L2 error {err}");
+}
+
+#[test]
+fn forward_train_and_running_update_match_cpu() {
+    for (name, gpu) in common::gpus() {
+        for (i, &(rows, c)) in SHAPES.iter().enumerate() {
+            for (relu_fused, with_beta) in VARIANTS {
+                let case =
+                    format!("{name}, rows {rows}, c {c}, relu {relu_fused}, beta {with_beta}");
+                let seed = 10 * i as u64;
+                let (x, gamma, beta) = (
+                    input(rows * c, seed),
+                    common::random(c, seed + 1),
+                    common::random(c, seed + 2),
+                );
+                let running: Vec<f32> = common::random(2 * c, seed + 3)
+                    .iter()
+                    .map(|v| v.abs() + 0.5)
+                    .collect();
+                let (mut rmean_want, mut rvar_want) =
+                    (running[..c].to_vec(), running[c..].to_vec());
+                let mut want = vec![0.0; rows * c];
+                let stats = cpu::forward_train(
+                    &x,
+                    c,
+                    &gamma,
+                    with_beta.then_some(&beta[..]),
+                    EPS,
+                    &mut want,
+                );
+                cpu::update_running(&stats, rows, MOMENTUM, &mut rmean_want, &mut rvar_want);
+                if relu_fused {
+                    want = relu(&want);
+                }
+
+                let beta_dev = gpu.upload(&beta);
+                let (mut y, mut mean, mut invstd) =
+                    (gpu.alloc_f32(rows * c), gpu.alloc_f32(c), gpu.alloc_f32(c));
+                let (mut rmean, mut rvar) = (gpu.upload(&running[..c]), gpu.upload(&running[c..]));
+                batchnorm::forward_train(
+                    &gpu,
+                    rows,
+                    c,
+                    &gpu.upload(&x),
+                    &gpu.upload(&gamma),
+                    with_beta.then_some(&beta_dev),
+                    EPS as f32,
+                    relu_fused,
+                    &mut y,
+                    &mut mean,
+                    &mut invstd,
+                );
+                batchnorm::update_running(
+                    &gpu,
+                    rows,
+                    c,
+                    &mean,
+                    &invstd,
+                    EPS as f32,
+                    MOMENTUM as f32,
+                    &mut rmean,
+                    &mut rvar,
+                );
+                expect(&gpu, &format!("y, {case}"), &y, &want, 1e-5);
+                expect(
+                    &gpu,
+                    &format!("mean, {case}"),
+                    &mean,
+                    &f32s(&stats.mean),
+                    1e-5,
+                );
+                expect(
+                    &gpu,
+                    &format!("invstd, {case}"),
+                    &invstd,
+                    &f32s(&stats.invstd),
+                    1e-4,
+                );
+                expect(
+                    &gpu,
+                    &format!("running mean, {case}"),
+                    &rmean,
+                    &rmean_want,
+                    1e-5,
+                );
+                expect(
+                    &gpu,
+                    &format!("running var, {case}"),
+                    &rvar,
+                    &rvar_want,
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_eval_matches_cpu() {
+    for (name, gpu) in common::gpus() {
+        for (i, &(rows, c)) in SHAPES.iter().enumerate() {
+            for (relu_fused, with_beta) in VARIANTS {
+                let case =
+                    format!("{name}, rows {rows}, c {c}, relu {relu_fused}, beta {with_beta}");
+                let seed = 10 * i as u64 + 100;
+                let (x, gamma, beta) = (
+                    input(rows * c, seed),
+                    common::random(c, seed + 1),
+                    common::random(c, seed + 2),
+                );
+                let rmean: Vec<f32> = input(c, seed + 3);
+                let rvar: Vec<f32> = common::random(c, seed + 4)
+                    .iter()
+                    .map(|v| v.abs() + 0.1)
+                    .collect();
+                let mut want = vec![0.0; rows * c];
+                cpu::forward_eval(
+                    &x,
+                    c,
+                    &gamma,
+                    with_beta.then_some(&beta[..]),
+                    &rmean,
+                    &rvar,
+                    EPS,
+                    &mut want,
+                );
+                if relu_fused {
+                    want = relu(&want);
+                }
+
+                let beta_dev = gpu.upload(&beta);
+                let mut y = gpu.alloc_f32(rows * c);
+                batchnorm::forward_eval(
+                    &gpu,
+                    rows,
+                    c,
+                    &gpu.upload(&x),
+                    &gpu.upload(&gamma),
+                    with_beta.then_some(&beta_dev),
+                    &gpu.upload(&rmean),
+                    &gpu.upload(&rvar),
+                    EPS as f32,
+                    relu_fused,
+                    &mut y,
+                );
+                expect(&gpu, &format!("y, {case}"), &y, &want, 1e-5);
+            }
+        }
+    }
+}
+
+/// The backward pass from the CPU forward's statistics: dy masked by y > 0 where a ReLU is fused,
+/// then cpu::batchnorm::backward.
+#[test]
+fn backward_matches_cpu() {
+    for (name, gpu) in common::gpus() {
+        for (i, &(rows, c)) in SHAPES.iter().enumerate() {
+            for (relu_fused, with_beta) in VARIANTS {
+                let case =
+                    format!("{name}, rows {rows}, c {c}, relu {relu_fused}, dbeta {with_beta}");
+                let seed = 10 * i as u64 + 200;
+                let (x, gamma, beta) = (
+                    input(rows * c, seed),
+                    common::random(c, seed + 1),
+                    common::random(c, seed + 2),
+                );
+                let dy = common::random(rows * c, seed + 3);
+                let mut y = vec![0.0; rows * c];
+                let stats = cpu::forward_train(&x, c, &gamma, Some(&beta), EPS, &mut y);
+                let y = relu(&y);
+                let dy_masked: Vec<f32> = if relu_fused {
+                    dy.iter()
+                        .zip(&y)
+                        .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 })
+                        .collect()
+                } else {
+                    dy.clone()
+                };
+                let mut dx_want = vec![0.0; rows * c];
+                let (dgamma_want, dbeta_want) =
+                    cpu::backward(&x, &dy_masked, c, &gamma, &stats, &mut dx_want);
+
+                let y_dev = gpu.upload(&y);
+                let (mut dx, mut dgamma, mut dbeta) =
+                    (gpu.alloc_f32(rows * c), gpu.alloc_f32(c), gpu.alloc_f32(c));
+                batchnorm::backward(
+                    &gpu,
+                    rows,
+                    c,
+                    &gpu.upload(&x),
+                    relu_fused.then_some(&y_dev),
+                    &gpu.upload(&dy),
+                    &gpu.upload(&gamma),
+                    &gpu.upload(&f32s(&stats.mean)),
+                    &gpu.upload(&f32s(&stats.invstd)),
+                    &mut dx,
+                    &mut dgamma,
+                    with_beta.then_some(&mut dbeta),
+                );
+                expect(&gpu, &format!("dx, {case}"), &dx, &dx_want, 1e-5);
+                expect(
+                    &gpu,
+                    &format!("dgamma, {case}"),
+                    &dgamma,
+                    &f32s(&dgamma_want),
+                    1e-4,
+                );
+                if with_beta {
+                    expect(
+                        &gpu,
+                        &format!("dbeta, {case}"),
+                        &dbeta,
+                        &f32s(&dbeta_want),
+                        1e-4,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Reductions in a fixed order: the same inputs give the same bits on a second run.
+#[test]
+fn statistics_are_reproducible() {
+    for (name, gpu) in common::gpus() {
+        let (rows, c) = (3 * 13 * 11, 67);
+        let (x, gamma) = (
+            gpu.upload(&input(rows * c, 7)),
+            gpu.upload(&common::random(c, 8)),
+        );
+        let run = |gpu: &Gpu| {
+            let (mut y, mut mean, mut invstd) =
+                (gpu.alloc_f32(rows * c), gpu.alloc_f32(c), gpu.alloc_f32(c));
+            batchnorm::forward_train(
+                gpu,
+                rows,
+                c,
+                &x,
+                &gamma,
+                None,
+                EPS as f32,
+                false,
+                &mut y,
+                &mut mean,
+                &mut invstd,
+            );
+            (gpu.download::<u32>(&mean), gpu.download::<u32>(&invstd))
+        };
+        assert_eq!(
+            run(&gpu),
+            run(&gpu),
+            "{name}: statistics differ between runs"
+        );
+    }
+}

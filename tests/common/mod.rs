@@ -1,0 +1,43 @@
+//! Shared by the kernel tests: the devices under test, random inputs, and the error measure.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use simclr::device::cuda::{Gpu, Schedule};
+use std::sync::Once;
+
+/// The emulator under two schedules (missing barriers show under one or the other), plus the
+/// real GPU when one is present; without one, says so once.
+pub fn gpus() -> Vec<(String, Gpu)> {
+    let mut gpus: Vec<(String, Gpu)> = [Schedule::Rr, Schedule::Warp]
+        .into_iter()
+        .map(|s| (format!("emu:{}", s.name()), Gpu::emu(s)))
+        .collect();
+    match Gpu::cuda(0) {
+        Ok(gpu) => gpus.push((gpu.name().to_string(), gpu)),
+        Err(e) => {
+            static SKIP: Once = Once::new();
+            SKIP.call_once(|| eprintln!("skipping the cuda device: {e}"));
+        }
+    }
+    gpus
+}
+
+/// Uniform values in [-1, 1), seeded (never zeros: a kernel that writes nothing must fail).
+pub fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = simclr::rng::Rng::new(seed);
+    (0..len).map(|_| rng.range(-1.0, 1.0) as f32).collect()
+}
+
+/// ‖got − want‖ / ‖want‖ (or the absolute error when want is all zeros).
+pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        diff += (g as f64 - w as f64).powi(2);
+        norm += (w as f64).powi(2);
+    }
+    if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    }
+}

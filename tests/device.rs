@@ -1,0 +1,174 @@
+//! Whole training steps on the GPU device (the emulator here; the real GPU too when present)
+//! against the cpu device: the loss, every parameter gradient and the updated parameters must
+//! agree. Also the device-memory promises: no driver allocation after the first step, and
+//! NT-Xent's extra memory O(N·d).
+
+mod common;
+
+use simclr::autograd::Graph;
+use simclr::device::cuda::{ntxent, Gpu};
+use simclr::device::Device;
+use simclr::nn::model::{Model, ModelSpec};
+use simclr::nn::resnet::Arch;
+use simclr::ops;
+use simclr::optim::{Optimizer, OptimizerKind};
+use simclr::tensor::Tensor;
+
+struct Case {
+    spec: ModelSpec,
+    batch: usize,
+    /// Labels for a classifier (cross-entropy); None: NT-Xent through the projection head.
+    labels: Option<Vec<u32>>,
+    optimizer: OptimizerKind,
+}
+
+fn cases() -> Vec<Case> {
+    let arch = |width, in_channels, image_size| Arch {
+        name: "resnet8".into(),
+        width,
+        in_channels,
+        image_size,
+    };
+    vec![
+        // Pretraining: small-image stem, 3-layer head, NT-Xent over 3 pairs, LARS.
+        Case {
+            spec: ModelSpec {
+                arch: arch(8, 1, 12),
+                head_layers: 3,
+                proj_dim: 16,
+                num_classes: None,
+            },
+            batch: 6,
+            labels: None,
+            optimizer: OptimizerKind::Lars,
+        },
+        // Fine-tuning: ImageNet stem (7×7/2 conv, max pool), classifier, SGD.
+        Case {
+            spec: ModelSpec {
+                arch: arch(4, 3, 64),
+                head_layers: 1,
+                proj_dim: 8,
+                num_classes: Some(5),
+            },
+            batch: 2,
+            labels: Some(vec![3, 1]),
+            optimizer: OptimizerKind::Sgd,
+        },
+    ]
+}
+
+/// One step on `device`: returns the loss, the gradients (in store order) and the parameters
+/// after the optimiser's update, all read back to the host.
+fn step(case: &Case, device: &Device, x: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let mut model = Model::new(&case.spec, 11).unwrap();
+    model.to_device(device);
+    let a = &case.spec.arch;
+    let shape = [case.batch, a.image_size, a.image_size, a.in_channels];
+    let mut g = Graph::new(true);
+    let input = g.input(Tensor::from_vec(&shape, x.to_vec()).to_device(device));
+    let (_, out) = model.forward(&mut g, input, true);
+    let loss = match &case.labels {
+        Some(labels) => ops::loss::softmax_cross_entropy(&mut g, out, labels),
+        None => {
+            let z = ops::normalize::l2_normalize(&mut g, out);
+            ops::loss::ntxent(&mut g, z, 0.1)
+        }
+    };
+    g.backward(loss);
+    let loss = g.value(loss).item();
+    let grads = g.param_grads();
+    let mut opt = Optimizer::new(case.optimizer, 1e-4);
+    opt.step(&mut model.store, &grads, 0.5);
+    device.check().unwrap();
+    let grads = grads.iter().map(|(_, t)| t.to_f32_vec()).collect();
+    let params = model.store.params.iter().map(|p| p.value.to_f32_vec()).collect();
+    (loss, grads, params)
+}
+
+#[test]
+fn training_step_matches_cpu() {
+    for case in cases() {
+        let a = &case.spec.arch;
+        let x = common::random(case.batch * a.image_size * a.image_size * a.in_channels, 5);
+        let (loss, grads, params) = step(&case, &Device::Cpu, &x);
+        let names: Vec<String> = {
+            let m = Model::new(&case.spec, 11).unwrap();
+            m.store.params.iter().map(|p| p.name.clone()).collect()
+        };
+        for (name, gpu) in common::gpus() {
+            let (gloss, ggrads, gparams) = step(&case, &Device::Gpu(gpu), &x);
+            assert!(
+                (gloss - loss).abs() <= 1e-5 * loss.abs().max(1.0),
+                "{name}: loss {gloss} vs cpu {loss}"
+            );
+            assert_eq!(ggrads.len(), grads.len());
+            for (i, (got, want)) in ggrads.iter().zip(&grads).enumerate() {
+                let err = common::rel_l2(got, want);
+                assert!(err < 1e-4, "{name}: gradient {i} off by {err:.2e}");
+            }
+            for ((got, want), pname) in gparams.iter().zip(&params).zip(&names) {
+                let err = common::rel_l2(got, want);
+                assert!(err < 1e-5, "{name}: {pname} after the update off by {err:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn no_driver_allocation_after_the_first_step() {
+    let case = &cases()[0];
+    let a = &case.spec.arch;
+    let x = common::random(case.batch * a.image_size * a.image_size * a.in_channels, 6);
+    let gpu = Gpu::emu(simclr::device::cuda::Schedule::Rr);
+    let device = Device::Gpu(gpu.clone());
+    let mut model = Model::new(&case.spec, 3).unwrap();
+    model.to_device(&device);
+    let mut opt = Optimizer::new(OptimizerKind::Lars, 1e-6);
+    let shape = [case.batch, a.image_size, a.image_size, a.in_channels];
+    let mut driver_allocs = Vec::new();
+    for _ in 0..3 {
+        let mut g = Graph::new(true);
+        let input = g.input(Tensor::from_vec(&shape, x.clone()).to_device(&device));
+        let (_, out) = model.forward(&mut g, input, true);
+        let z = ops::normalize::l2_normalize(&mut g, out);
+        let loss = ops::loss::ntxent(&mut g, z, 0.1);
+        g.backward(loss);
+        let grads = g.param_grads();
+        opt.step(&mut model.store, &grads, 0.1);
+        device.check().unwrap();
+        drop((g, grads));
+        driver_allocs.push(gpu.memory().driver_allocs);
+    }
+    // The first step fills the cache (the second still allocates the optimiser's velocity
+    // buffers, created lazily at the first update); from then on nothing new is asked for.
+    assert_eq!(driver_allocs[1], driver_allocs[2], "{driver_allocs:?}");
+}
+
+/// NT-Xent's extra device memory, beyond its inputs and outputs, is O(N): the log-sum-exp of
+/// each row. At the size, 2N = 8192 and d = 128, the 2N×2N similarity matrix alone
+/// would be 256 MiB; the kernel's peak must stay within a small multiple of 2N floats (plus
+/// allocator granules). About 10 s on the emulator.
+#[test]
+fn ntxent_memory_is_linear() {
+    let (rows, d) = (8192, 128);
+    let gpu = Gpu::emu(simclr::device::cuda::Schedule::Rr);
+    let mut z = common::random(rows * d, 9);
+    for row in z.chunks_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    let z = gpu.upload(&z);
+    let mut loss = gpu.alloc_f32(1);
+    let mut grad = gpu.alloc_f32(rows * d);
+    let before = gpu.memory().in_use;
+    gpu.reset_peak_memory();
+    ntxent::ntxent(&gpu, rows, d, &z, 0.1, &mut loss, &mut grad);
+    gpu.check().unwrap();
+    let extra = gpu.memory().peak - before;
+    let similarity_matrix = rows * rows * 4;
+    assert!(
+        extra <= 16 * rows * 4 + 4096,
+        "NT-Xent used {extra} extra bytes at 2N = {rows}, d = {d} (the similarity matrix would be {similarity_matrix})"
+    );
+    assert!(gpu.download::<f32>(&loss)[0].is_finite());
+}

@@ -1,0 +1,91 @@
+//! The elementwise kernels and the column sum against the CPU (cpu::elementwise where it has
+//! the op, a plain loop otherwise), on every device under test.
+
+mod common;
+
+use simclr::device::cpu::elementwise as cpu;
+use simclr::device::cuda::{elementwise, Buffer, Gpu};
+
+/// Lengths: one element, under one block, and not a multiple of the 256-thread block.
+const LENS: [usize; 3] = [1, 67, 1000];
+
+/// Checks the device for errors, then compares `got` with `want`.
+fn expect(gpu: &Gpu, what: &str, got: &Buffer, want: &[f32], tolerance: f64) {
+    gpu.check().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let err = common::rel_l2(&gpu.download(got), want);
+    assert!(err < tolerance, "{what}: rel L2 error {err}");
+}
+
+#[test]
+fn unary_and_binary_ops_match_cpu() {
+    for (name, gpu) in common::gpus() {
+        for (i, &n) in LENS.iter().enumerate() {
+            let case = format!("{name}, n {n}");
+            let (a, b) = (
+                common::random(n, 3 * i as u64),
+                common::random(n, 3 * i as u64 + 1),
+            );
+            let (a_dev, b_dev) = (gpu.upload(&a), gpu.upload(&b));
+            let mut want = vec![0.0; n];
+            let mut got = gpu.alloc_f32(n);
+
+            cpu::relu_forward(&a, &mut want);
+            elementwise::relu_forward(&gpu, &a_dev, &mut got);
+            expect(&gpu, &format!("relu_forward, {case}"), &got, &want, 1e-5);
+
+            // y = relu(a) as the saved output, so that some of dy is masked.
+            let y = want.clone();
+            let mut got = gpu.alloc_f32(n);
+            cpu::relu_backward(&y, &b, &mut want);
+            elementwise::relu_backward(&gpu, &gpu.upload(&y), &b_dev, &mut got);
+            expect(&gpu, &format!("relu_backward, {case}"), &got, &want, 1e-5);
+
+            cpu::add(&a, &b, &mut want);
+            let mut got = gpu.alloc_f32(n);
+            elementwise::add(&gpu, &a_dev, &b_dev, &mut got);
+            expect(&gpu, &format!("add, {case}"), &got, &want, 1e-5);
+
+            let mut acc = gpu.upload(&a);
+            elementwise::add_assign(&gpu, &mut acc, &b_dev);
+            expect(&gpu, &format!("add_assign, {case}"), &acc, &want, 1e-5);
+
+            let want: Vec<f32> = a.iter().map(|&v| v * -0.37).collect();
+            let mut got = gpu.alloc_f32(n);
+            elementwise::scale(&gpu, &a_dev, -0.37, &mut got);
+            expect(&gpu, &format!("scale, {case}"), &got, &want, 1e-5);
+        }
+    }
+}
+
+/// (rows, cols): a single row, columns below and above one 32-column block, rows not a multiple
+/// of the 8 row lanes.
+const MATRICES: [(usize, usize); 4] = [(1, 5), (7, 67), (300, 13), (129, 40)];
+
+#[test]
+fn bias_add_and_sum_rows_match_cpu() {
+    for (name, gpu) in common::gpus() {
+        for (i, &(rows, cols)) in MATRICES.iter().enumerate() {
+            let case = format!("{name}, {rows}×{cols}");
+            let (x, b) = (
+                common::random(rows * cols, 50 + i as u64),
+                common::random(cols, 60 + i as u64),
+            );
+
+            let want: Vec<f32> = x
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| v + b[j % cols])
+                .collect();
+            let mut y = gpu.upload(&x);
+            elementwise::bias_add(&gpu, rows, cols, &mut y, &gpu.upload(&b));
+            expect(&gpu, &format!("bias_add, {case}"), &y, &want, 1e-5);
+
+            let want: Vec<f32> = (0..cols)
+                .map(|col| (0..rows).map(|r| x[r * cols + col] as f64).sum::<f64>() as f32)
+                .collect();
+            let mut out = gpu.alloc_f32(cols);
+            elementwise::sum_rows(&gpu, rows, cols, &gpu.upload(&x), &mut out);
+            expect(&gpu, &format!("sum_rows, {case}"), &out, &want, 1e-4);
+        }
+    }
+}

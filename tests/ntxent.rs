@@ -1,0 +1,72 @@
+//! The fused NT-Xent kernel against the CPU reference (`cpu::loss::ntxent`, in f64), on every
+//! device under test, and its extra memory through the caching allocator's high-water mark.
+
+mod common;
+
+use simclr::device::cpu::loss;
+use simclr::device::cuda::{alloc, ntxent};
+
+/// `rows` random rows of width d, each scaled to unit L2 norm (NT-Xent's input).
+fn normalised(rows: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut z = common::random(rows * d, seed);
+    for row in z.chunks_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    z
+}
+
+#[test]
+fn ntxent_matches_cpu() {
+    for (name, gpu) in common::gpus() {
+        // 2N = 2 up to over two 64-row tiles, odd N; widths below, at and not a multiple of
+        // the 16-deep slab.
+        for (case, (rows, d)) in [2, 6, 34, 130]
+            .into_iter()
+            .flat_map(|rows| [3, 17, 128].map(|d| (rows, d)))
+            .enumerate()
+        {
+            let temperature = [0.1f32, 0.5, 1.0][case % 3];
+            let z = normalised(rows, d, 300 + case as u64);
+            let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
+            let (want_loss, want_grad) = loss::ntxent(&z64, d, temperature as f64);
+            let want_grad: Vec<f32> = want_grad.iter().map(|&v| v as f32).collect();
+
+            let z_dev = gpu.upload(&z);
+            let mut loss_dev = gpu.alloc_f32(1);
+            let mut grad = gpu.alloc_f32(rows * d);
+            gpu.reset_peak_memory();
+            let before = gpu.memory().in_use;
+            ntxent::ntxent(&gpu, rows, d, &z_dev, temperature, &mut loss_dev, &mut grad);
+            let what = format!("ntxent on {name}, 2N={rows} d={d} τ={temperature}");
+            gpu.check().unwrap_or_else(|e| panic!("{what}: {e}"));
+            // The only workspace is the 2N log-sum-exps: O(N), never the 2N×2N matrix.
+            let extra = gpu.memory().peak - before;
+            assert!(
+                extra <= alloc::rounded(4 * rows),
+                "{what}: {extra} bytes of workspace"
+            );
+
+            let got_loss = gpu.download::<f32>(&loss_dev)[0] as f64;
+            let err = (got_loss - want_loss).abs() / want_loss.abs().max(1.0);
+            assert!(err < 1e-5, "{what}: loss {got_loss}, want {want_loss}");
+            let err = common::rel_l2(&gpu.download::<f32>(&grad), &want_grad);
+            assert!(err < 1e-5, "{what}: gradient relative L2 error {err}");
+        }
+    }
+}
+
+#[test]
+fn ntxent_is_deterministic() {
+    let (rows, d) = (130, 17);
+    for (name, gpu) in common::gpus() {
+        let z = gpu.upload(&normalised(rows, d, 7));
+        let run = || {
+            let (mut loss, mut grad) = (gpu.alloc_f32(1), gpu.alloc_f32(rows * d));
+            ntxent::ntxent(&gpu, rows, d, &z, 0.2, &mut loss, &mut grad);
+            gpu.check().unwrap();
+            (gpu.download::<f32>(&loss), gpu.download::<f32>(&grad))
+        };
+        assert_eq!(run(), run(), "ntxent on {name} differs between runs");
+    }
+}

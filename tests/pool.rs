@@ -1,0 +1,100 @@
+//! The pooling kernels against cpu::pool, on every device under test.
+
+mod common;
+
+use simclr::device::cpu::pool::{self as cpu, PoolShape};
+use simclr::device::cuda::{pool, Buffer, Gpu};
+
+/// Checks the device for errors, then compares `got` with `want`.
+fn expect(gpu: &Gpu, what: &str, got: &Buffer, want: &[f32], tolerance: f64) {
+    gpu.check().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let err = common::rel_l2(&gpu.download(got), want);
+    assert!(err < tolerance, "{what}: rel L2 error {err}");
+}
+
+/// (n, h, w, c, kernel, stride, pad): the ResNet stem's 3×3/2 pad 1 on a 7×7 map at batch 1, an
+/// even-sized map, overlapping stride-1 windows, a 1×1 map, and channels over 64.
+const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 5] = [
+    (1, 7, 7, 5, 3, 2, 1),
+    (2, 8, 6, 3, 2, 2, 0),
+    (3, 5, 9, 13, 3, 1, 1),
+    (1, 1, 1, 2, 1, 1, 0),
+    (2, 9, 9, 67, 3, 2, 1),
+];
+
+#[test]
+fn maxpool_matches_cpu() {
+    for (name, gpu) in common::gpus() {
+        for (i, &(n, h, w, c, kernel, stride, pad)) in SHAPES.iter().enumerate() {
+            let s = PoolShape {
+                n,
+                h,
+                w,
+                c,
+                kernel,
+                stride,
+                pad,
+            };
+            let case = format!("{name}, {s:?}");
+            // Values on a coarse grid, so that windows hold ties: the first maximum must win
+            // on both sides.
+            let x: Vec<f32> = common::random(n * h * w * c, 10 * i as u64)
+                .iter()
+                .map(|v| (v * 4.0).round())
+                .collect();
+            let y_len = n * s.out_h() * s.out_w() * c;
+            let dy = common::random(y_len, 10 * i as u64 + 1);
+            let (mut y_want, mut dx_want) = (vec![0.0; y_len], vec![0.0; x.len()]);
+            cpu::maxpool2d_forward(&s, &x, &mut y_want);
+            cpu::maxpool2d_backward(&s, &x, &dy, &mut dx_want);
+
+            let x_dev = gpu.upload(&x);
+            let (mut y, mut dx) = (gpu.alloc_f32(y_len), gpu.alloc_f32(x.len()));
+            pool::maxpool_forward(&gpu, &s, &x_dev, &mut y);
+            pool::maxpool_backward(&gpu, &s, &x_dev, &gpu.upload(&dy), &mut dx);
+            // A maximum is exact, and each dx sums the same dy in the same order as the CPU.
+            expect(&gpu, &format!("maxpool forward, {case}"), &y, &y_want, 1e-7);
+            expect(
+                &gpu,
+                &format!("maxpool backward, {case}"),
+                &dx,
+                &dx_want,
+                1e-7,
+            );
+        }
+    }
+}
+
+#[test]
+fn global_avg_pool_matches_cpu() {
+    for (name, gpu) in common::gpus() {
+        for (i, &(n, hw, c)) in [(1, 49, 3), (3, 49, 13), (2, 16, 67)].iter().enumerate() {
+            let case = format!("{name}, n {n}, hw {hw}, c {c}");
+            let (x, dy) = (
+                common::random(n * hw * c, 50 + i as u64),
+                common::random(n * c, 60 + i as u64),
+            );
+            let (mut y_want, mut dx_want) = (vec![0.0; n * c], vec![0.0; x.len()]);
+            cpu::global_avg_pool_forward(n, hw, c, &x, &mut y_want);
+            cpu::global_avg_pool_backward(n, hw, c, &dy, &mut dx_want);
+
+            let (mut y, mut dx) = (gpu.alloc_f32(n * c), gpu.alloc_f32(x.len()));
+            pool::global_avg_pool_forward(&gpu, n, hw, c, &gpu.upload(&x), &mut y);
+            pool::global_avg_pool_backward(&gpu, n, hw, c, &gpu.upload(&dy), &mut dx);
+            expect(
+                &gpu,
+                &format!("global avg pool forward, {case}"),
+                &y,
+                &y_want,
+                1e-5,
+            );
+            expect(
+                &gpu,
+                &format!("global avg pool backward, {case}"),
+                &dx,
+                &dx_want,
+                1e-5,
+            );
+        }
+    }
+}
