@@ -81,7 +81,12 @@ fn step(case: &Case, device: &Device, x: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<Vec
     opt.step(&mut model.store, &grads, 0.5);
     device.check().unwrap();
     let grads = grads.iter().map(|(_, t)| t.to_f32_vec()).collect();
-    let params = model.store.params.iter().map(|p| p.value.to_f32_vec()).collect();
+    let params = model
+        .store
+        .params
+        .iter()
+        .map(|p| p.value.to_f32_vec())
+        .collect();
     (loss, grads, params)
 }
 
@@ -108,7 +113,10 @@ fn training_step_matches_cpu() {
             }
             for ((got, want), pname) in gparams.iter().zip(&params).zip(&names) {
                 let err = common::rel_l2(got, want);
-                assert!(err < 1e-5, "{name}: {pname} after the update off by {err:.2e}");
+                assert!(
+                    err < 1e-5,
+                    "{name}: {pname} after the update off by {err:.2e}"
+                );
             }
         }
     }

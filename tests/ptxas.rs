@@ -22,7 +22,10 @@ fn spills(report: &str) -> Vec<(String, String, u64, u64)> {
         if line.contains("bytes spill stores") {
             let number_before = |word: &str| -> u64 {
                 let words: Vec<&str> = line.split_whitespace().collect();
-                let at = words.iter().position(|w| w.trim_end_matches(',') == word).unwrap();
+                let at = words
+                    .iter()
+                    .position(|w| w.trim_end_matches(',') == word)
+                    .unwrap();
                 words[at - 3].parse().unwrap()
             };
             out.push((
@@ -53,7 +56,10 @@ fn hot_kernels_do_not_spill() {
             .unwrap_or_else(|| panic!("no ptxas report for kernels/{family}.cu"))
             .1;
         let functions = spills(report);
-        assert!(!functions.is_empty(), "{family}: the report lists no functions");
+        assert!(
+            !functions.is_empty(),
+            "{family}: the report lists no functions"
+        );
         for arch in ["sm_80", "sm_90"] {
             assert!(
                 functions.iter().any(|f| f.1 == arch),

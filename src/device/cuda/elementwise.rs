@@ -1,29 +1,11 @@
 //! Elementwise ops and the column sum (kernels/elementwise.cu) over f32 buffers.
 
-use super::{blocks_for, Arg, Buffer, Gpu};
-
-const THREADS: u32 = 256;
-
-/// One thread per element of an `n`-element output.
-fn launch_1d(gpu: &Gpu, kernel: &'static str, n: usize, args: &[Arg]) {
-    assert!(
-        n <= i32::MAX as usize,
-        "{kernel}: {n} elements exceed the kernels' int indexing"
-    );
-    gpu.launch(
-        kernel,
-        [blocks_for(n, THREADS), 1, 1],
-        [THREADS, 1, 1],
-        0,
-        args,
-    );
-}
+use super::{blocks_for, Buffer, Gpu};
 
 pub fn relu_forward(gpu: &Gpu, x: &Buffer, y: &mut Buffer) {
     let n = x.len_f32();
     assert_eq!(y.len_f32(), n);
-    launch_1d(
-        gpu,
+    gpu.launch_1d(
         "ew_relu_forward",
         n,
         &[x.into(), (n as i32).into(), y.into()],
@@ -34,8 +16,7 @@ pub fn relu_forward(gpu: &Gpu, x: &Buffer, y: &mut Buffer) {
 pub fn relu_backward(gpu: &Gpu, y: &Buffer, dy: &Buffer, dx: &mut Buffer) {
     let n = y.len_f32();
     assert!(dy.len_f32() == n && dx.len_f32() == n);
-    launch_1d(
-        gpu,
+    gpu.launch_1d(
         "ew_relu_backward",
         n,
         &[y.into(), dy.into(), (n as i32).into(), dx.into()],
@@ -45,8 +26,7 @@ pub fn relu_backward(gpu: &Gpu, y: &Buffer, dy: &Buffer, dx: &mut Buffer) {
 pub fn add(gpu: &Gpu, a: &Buffer, b: &Buffer, y: &mut Buffer) {
     let n = a.len_f32();
     assert!(b.len_f32() == n && y.len_f32() == n);
-    launch_1d(
-        gpu,
+    gpu.launch_1d(
         "ew_add",
         n,
         &[a.into(), b.into(), (n as i32).into(), y.into()],
@@ -57,8 +37,7 @@ pub fn add(gpu: &Gpu, a: &Buffer, b: &Buffer, y: &mut Buffer) {
 pub fn add_assign(gpu: &Gpu, acc: &mut Buffer, x: &Buffer) {
     let n = acc.len_f32();
     assert_eq!(x.len_f32(), n);
-    launch_1d(
-        gpu,
+    gpu.launch_1d(
         "ew_add_assign",
         n,
         &[acc.into(), x.into(), (n as i32).into()],
@@ -69,8 +48,7 @@ pub fn add_assign(gpu: &Gpu, acc: &mut Buffer, x: &Buffer) {
 pub fn scale(gpu: &Gpu, x: &Buffer, s: f32, y: &mut Buffer) {
     let n = x.len_f32();
     assert_eq!(y.len_f32(), n);
-    launch_1d(
-        gpu,
+    gpu.launch_1d(
         "ew_scale",
         n,
         &[x.into(), s.into(), (n as i32).into(), y.into()],
@@ -81,8 +59,7 @@ pub fn scale(gpu: &Gpu, x: &Buffer, s: f32, y: &mut Buffer) {
 pub fn bias_add(gpu: &Gpu, rows: usize, cols: usize, y: &mut Buffer, b: &Buffer) {
     let n = rows * cols;
     assert!(y.len_f32() == n && b.len_f32() == cols);
-    launch_1d(
-        gpu,
+    gpu.launch_1d(
         "ew_bias_add",
         n,
         &[y.into(), b.into(), (n as i32).into(), (cols as i32).into()],

@@ -375,6 +375,22 @@ impl Gpu {
         })
     }
 
+    /// One thread per element of an `n`-element output, in blocks of 256.
+    pub fn launch_1d(&self, kernel: &'static str, n: usize, args: &[Arg]) {
+        assert!(
+            n <= i32::MAX as usize,
+            "{kernel}: {n} elements exceed the kernels' int indexing"
+        );
+        let threads = 256;
+        self.launch(
+            kernel,
+            [blocks_for(n, threads), 1, 1],
+            [threads, 1, 1],
+            0,
+            args,
+        );
+    }
+
     pub fn memory(&self) -> MemStats {
         self.0.cache.lock().unwrap().stats
     }

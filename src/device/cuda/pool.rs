@@ -2,25 +2,8 @@
 //! backward recomputes each window's winner from x (the same rule as cpu::pool), so the forward
 //! keeps no argmax.
 
-use super::{blocks_for, Arg, Buffer, Gpu};
+use super::{Arg, Buffer, Gpu};
 use crate::device::cpu::pool::PoolShape;
-
-const THREADS: u32 = 256;
-
-/// One thread per element of an `n`-element output.
-fn launch_1d(gpu: &Gpu, kernel: &'static str, n: usize, args: &[Arg]) {
-    assert!(
-        n <= i32::MAX as usize,
-        "{kernel}: {n} elements exceed the kernels' int indexing"
-    );
-    gpu.launch(
-        kernel,
-        [blocks_for(n, THREADS), 1, 1],
-        [THREADS, 1, 1],
-        0,
-        args,
-    );
-}
 
 /// The shape as the kernels take it: n, h, w, c, k, stride, pad, oh, ow.
 fn shape_args(s: &PoolShape) -> [Arg; 9] {
@@ -45,7 +28,7 @@ pub fn maxpool_forward(gpu: &Gpu, s: &PoolShape, x: &Buffer, y: &mut Buffer) {
     let mut args = vec![Arg::from(x)];
     args.extend(shape_args(s));
     args.push(y.into());
-    launch_1d(gpu, "maxpool_forward", n, &args);
+    gpu.launch_1d("maxpool_forward", n, &args);
 }
 
 /// dx = Σ of dy over the windows each input element won (first maximum in scan order).
@@ -56,7 +39,7 @@ pub fn maxpool_backward(gpu: &Gpu, s: &PoolShape, x: &Buffer, dy: &Buffer, dx: &
     let mut args = vec![Arg::from(x), Arg::from(dy)];
     args.extend(shape_args(s));
     args.push(dx.into());
-    launch_1d(gpu, "maxpool_backward", n, &args);
+    gpu.launch_1d("maxpool_backward", n, &args);
 }
 
 /// y [n, c] = mean of x [n, hw, c] over the hw positions.
@@ -76,7 +59,7 @@ pub fn global_avg_pool_forward(
         (c as i32).into(),
         y.into(),
     ];
-    launch_1d(gpu, "global_avg_pool_forward", n * c, &args);
+    gpu.launch_1d("global_avg_pool_forward", n * c, &args);
 }
 
 /// dx [n, hw, c] = dy [n, c] / hw.
@@ -96,5 +79,5 @@ pub fn global_avg_pool_backward(
         (c as i32).into(),
         dx.into(),
     ];
-    launch_1d(gpu, "global_avg_pool_backward", n * hw * c, &args);
+    gpu.launch_1d("global_avg_pool_backward", n * hw * c, &args);
 }
