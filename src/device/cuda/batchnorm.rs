@@ -22,7 +22,7 @@ fn channel_grid(c: usize) -> [u32; 3] {
 
 fn check_sizes(rows: usize, c: usize) -> (i32, i32) {
     assert!(rows > 0 && c > 0, "batch norm of an empty tensor");
-    let n = rows.checked_mul(c).filter(|&n| n <= i32::MAX as usize);
+    let n = rows.checked_mul(c).filter(|&n| n <= super::MAX_ELEMENTS);
     assert!(
         n.is_some(),
         "batch norm: {rows}×{c} exceeds the kernels' int indexing"

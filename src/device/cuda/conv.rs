@@ -35,7 +35,7 @@ fn check(s: &ConvShape, x: usize, w: usize, y: usize) {
         "conv {s:?}: buffer sizes (x, w, y)"
     );
     assert!(
-        xn.max(wn).max(yn) < i32::MAX as usize,
+        xn.max(wn).max(yn) < super::MAX_ELEMENTS,
         "conv {s:?}: tensors must have fewer than 2^31 elements"
     );
 }
@@ -102,7 +102,7 @@ pub fn backward_weight(gpu: &Gpu, s: &ConvShape, x: &Buffer, dy: &Buffer, dw: &m
     }
     let len = dw.len_f32();
     assert!(
-        splits * len < i32::MAX as usize,
+        splits * len < super::MAX_ELEMENTS,
         "conv {s:?}: split-K workspace too large"
     );
     let mut partial = gpu.alloc_f32(splits * len);

@@ -70,7 +70,7 @@ pub fn bias_add(gpu: &Gpu, rows: usize, cols: usize, y: &mut Buffer, b: &Buffer)
 pub fn sum_rows(gpu: &Gpu, rows: usize, cols: usize, x: &Buffer, out: &mut Buffer) {
     assert!(x.len_f32() == rows * cols && out.len_f32() == cols);
     assert!(
-        rows * cols <= i32::MAX as usize,
+        rows * cols <= super::MAX_ELEMENTS,
         "sum_rows: {rows}×{cols} exceeds int indexing"
     );
     gpu.launch(

@@ -26,6 +26,9 @@ pub fn gemm(
     accumulate: bool,
 ) {
     assert!(a.len_f32() >= m * k && b.len_f32() >= k * n && c.len_f32() >= m * n);
+    assert!([m * k, k * n, m * n]
+        .iter()
+        .all(|&len| len <= super::MAX_ELEMENTS));
     if m == 0 || n == 0 {
         return;
     }
@@ -53,7 +56,7 @@ pub fn gemm(
 /// it needs `(n + 1) / 2` f32s of room.
 pub fn to_bf16(gpu: &Gpu, x: &Buffer, y: &mut Buffer) {
     let n = x.len_f32();
-    assert!(y.len_f32() >= n.div_ceil(2));
+    assert!(y.len_f32() >= n.div_ceil(2) && n <= super::MAX_ELEMENTS);
     if n == 0 {
         return;
     }

@@ -378,7 +378,7 @@ impl Gpu {
     /// One thread per element of an `n`-element output, in blocks of 256.
     pub fn launch_1d(&self, kernel: &'static str, n: usize, args: &[Arg]) {
         assert!(
-            n <= i32::MAX as usize,
+            n <= MAX_ELEMENTS,
             "{kernel}: {n} elements exceed the kernels' int indexing"
         );
         let threads = 256;
@@ -408,6 +408,10 @@ impl Drop for Inner {
         }
     }
 }
+
+/// The most elements a kernel indexes with `int`: below 2³¹ with room for the last block's
+/// threads and the widest grid-stride step (2²⁰), so no index computation can wrap.
+pub const MAX_ELEMENTS: usize = (1 << 31) - (1 << 21);
 
 /// Blocks of `threads` covering `n` items, for one-dimensional launches.
 pub fn blocks_for(n: usize, threads: u32) -> u32 {

@@ -7,7 +7,7 @@ const ROWS_PER_BLOCK: u32 = 8;
 
 fn grid(rows: usize, d: usize) -> [u32; 3] {
     assert!(
-        rows * d <= i32::MAX as usize,
+        rows * d <= super::MAX_ELEMENTS,
         "l2_normalize: {rows}×{d} exceeds int indexing"
     );
     [blocks_for(rows, ROWS_PER_BLOCK), 1, 1]

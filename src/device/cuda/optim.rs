@@ -11,7 +11,7 @@ const MAX_PARTIALS: u32 = 256;
 /// First-stage blocks for `n` values: about 4 values per thread, at most MAX_PARTIALS blocks.
 fn partial_blocks(n: usize) -> u32 {
     assert!(
-        n <= i32::MAX as usize,
+        n <= super::MAX_ELEMENTS,
         "optimiser: {n} values exceed int indexing"
     );
     blocks_for(n, THREADS * 4).min(MAX_PARTIALS)
@@ -120,7 +120,7 @@ pub fn sgd_update(
     let n = w.len_f32();
     assert!(g.len_f32() == n && v.len_f32() == n);
     assert!(
-        n <= i32::MAX as usize,
+        n <= super::MAX_ELEMENTS,
         "sgd: {n} values exceed int indexing"
     );
     gpu.launch(
