@@ -4,10 +4,11 @@
 use simclr::device::cuda::{Gpu, Schedule};
 use std::sync::Once;
 
-/// The emulator under two schedules (missing barriers show under one or the other), plus the
-/// real GPU when one is present; without one, says so once.
+/// The emulator under every schedule (a missing barrier shows under one order or another; the
+/// kernels' tests are small enough to run four times), plus the real GPU when one is present;
+/// without one, says so once.
 pub fn gpus() -> Vec<(String, Gpu)> {
-    let mut gpus: Vec<(String, Gpu)> = [Schedule::Rr, Schedule::Warp]
+    let mut gpus: Vec<(String, Gpu)> = Schedule::ALL
         .into_iter()
         .map(|s| (format!("emu:{}", s.name()), Gpu::emu(s)))
         .collect();
