@@ -1,11 +1,19 @@
-//! One training step (forward, loss, backward, LARS) of a ResNet-18 with the small-image
-//! stem at batch 64 on 28×28×1 inputs, on the CPU: the figure BENCHMARKS.md compares with
-//! PyTorch (scripts/bench_pytorch.py runs the same step). Two variants, as the paper's two
-//! losses: NT-Xent over 32 positive pairs through the 3-layer projection head, and softmax
-//! cross-entropy through a linear classifier.
+//! One whole training step (forward, loss, backward, LARS) of a network, on random images:
+//! - ResNet-18 with the small-image stem at batch 64 on 28×28×1, on the cpu: the figure
+//!   BENCHMARKS.md compares with PyTorch (scripts/bench_pytorch.py runs the same step);
+//! - the same step on the GPU device: the real GPU, or else the emulator at batch 2;
+//! - on a real GPU only, the SimCLR step of ResNet-50 at 224×224×3, batch 32
+//!   (`scripts/bench_pytorch.py --device cuda` times the same step).
+//!
+//! Two variants, as the paper's two losses: `ntxent`, the 3-layer projection head and NT-Xent
+//! over B/2 positive pairs; `xent`, a linear classifier and softmax cross-entropy.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+mod common;
+
+use common::Work;
+use criterion::Criterion;
 use simclr::autograd::Graph;
+use simclr::device::Device;
 use simclr::nn::model::{Model, ModelSpec};
 use simclr::nn::resnet::Arch;
 use simclr::ops;
@@ -13,15 +21,41 @@ use simclr::optim::{Optimizer, OptimizerKind};
 use simclr::rng::Rng;
 use simclr::tensor::Tensor;
 
-const BATCH: usize = 64;
+#[derive(Clone, Copy)]
+enum Variant {
+    Ntxent,
+    Xent,
+}
 
-fn spec(head_layers: usize, num_classes: Option<usize>) -> ModelSpec {
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Ntxent => "ntxent",
+            Variant::Xent => "xent",
+        }
+    }
+}
+
+/// A network, its input images and batch.
+struct Case {
+    arch: &'static str,
+    image: usize,
+    channels: usize,
+    batch: usize,
+    variants: &'static [Variant],
+}
+
+fn spec(case: &Case, variant: Variant) -> ModelSpec {
+    let (head_layers, num_classes) = match variant {
+        Variant::Ntxent => (3, None),
+        Variant::Xent => (0, Some(10)),
+    };
     ModelSpec {
         arch: Arch {
-            name: "resnet18".into(),
+            name: case.arch.into(),
             width: 64,
-            in_channels: 1,
-            image_size: 28,
+            in_channels: case.channels,
+            image_size: case.image,
         },
         head_layers,
         proj_dim: 128,
@@ -30,6 +64,7 @@ fn spec(head_layers: usize, num_classes: Option<usize>) -> ModelSpec {
 }
 
 fn step(model: &mut Model, opt: &mut Optimizer, x: &Tensor, labels: Option<&[u32]>) {
+    let batch = x.shape[0];
     let mut g = Graph::new(true);
     let input = g.input(x.clone());
     let (_, out) = model.forward(&mut g, input, true);
@@ -42,29 +77,75 @@ fn step(model: &mut Model, opt: &mut Optimizer, x: &Tensor, labels: Option<&[u32
     };
     g.backward(loss);
     let grads = g.param_grads();
-    opt.step(&mut model.store, &grads, 0.3 * BATCH as f64 / 256.0);
+    opt.step(&mut model.store, &grads, 0.3 * batch as f64 / 256.0);
 }
 
-fn bench(c: &mut Criterion) {
-    simclr::device::cpu::keep_freed_memory();
+/// Times each variant's step of `case` on `device`, as `train_step/<arch>_<image>_b<batch>_<variant>`.
+fn bench_step(c: &mut Criterion, device: &Device, case: &Case) {
     let mut rng = Rng::new(0);
-    let values: Vec<f32> = (0..BATCH * 28 * 28).map(|_| rng.normal() as f32).collect();
-    let x = Tensor::from_vec(&[BATCH, 28, 28, 1], values);
-    let labels: Vec<u32> = (0..BATCH).map(|_| rng.below(10) as u32).collect();
-
-    let mut group = c.benchmark_group("resnet18_step_b64_28x28x1_cpu");
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(BATCH as u64));
-    for (name, spec, labels) in [
-        ("ntxent", spec(3, None), None),
-        ("xent", spec(0, Some(10)), Some(labels.as_slice())),
-    ] {
-        let mut model = Model::new(&spec, 0).unwrap();
-        let mut opt = Optimizer::new(OptimizerKind::Lars, 1e-6);
-        group.bench_function(name, |b| b.iter(|| step(&mut model, &mut opt, &x, labels)));
+    let shape = [case.batch, case.image, case.image, case.channels];
+    let values: Vec<f32> = (0..shape.iter().product())
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let x = Tensor::from_vec(&shape, values).to_device(device);
+    let labels: Vec<u32> = (0..case.batch).map(|_| rng.below(10) as u32).collect();
+    for &variant in case.variants {
+        let mut model = Model::new(&spec(case, variant), 0).unwrap();
+        model.to_device(device);
+        let mut opt = Optimizer::new(OptimizerKind::Lars, 1e-6, &model.store);
+        let labels = match variant {
+            Variant::Ntxent => None,
+            Variant::Xent => Some(labels.as_slice()),
+        };
+        let name = format!(
+            "{}_{}x{}x{}_b{}_{}",
+            case.arch,
+            case.image,
+            case.image,
+            case.channels,
+            case.batch,
+            variant.name()
+        );
+        let images = Work::Images(case.batch as f64);
+        common::time(c, "train_step", &name, device, images, |_| {
+            step(&mut model, &mut opt, &x, labels)
+        });
     }
-    group.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+fn main() {
+    let setup = common::setup(
+        "train_step",
+        "ResNet-18 28×28×1 batch 64 on the cpu and the GPU; ResNet-50 224 px batch 32 on the GPU",
+        "ResNet-18 28×28×1 at batch 64 on the cpu, batch 2 on the emulator",
+    );
+    // The first device is the real GPU or, without one, the emulator.
+    let gpu = &setup.devices[0];
+    let both = &[Variant::Ntxent, Variant::Xent];
+    let resnet18 = |batch| Case {
+        arch: "resnet18",
+        image: 28,
+        channels: 1,
+        batch,
+        variants: both,
+    };
+    let mut cases = vec![
+        (Device::Cpu, resnet18(64)),
+        (gpu.clone(), resnet18(if setup.full { 64 } else { 2 })),
+    ];
+    if setup.full {
+        let resnet50 = Case {
+            arch: "resnet50",
+            image: 224,
+            channels: 3,
+            batch: 32,
+            variants: &[Variant::Ntxent],
+        };
+        cases.push((gpu.clone(), resnet50));
+    }
+    let mut c = common::criterion(&setup);
+    for (device, case) in &cases {
+        bench_step(&mut c, device, case);
+    }
+    c.final_summary();
+}

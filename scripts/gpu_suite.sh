@@ -12,8 +12,8 @@
 #   scripts/gpu_suite.sh [BUNDLE_DIR]      (default: the bundle this script sits in, else ./bundle)
 # Environment: PARTS (default "tests sanitizer bench pytorch") picks parts, to split the suite over
 # several shorter runs; BENCH_ARGS are passed to every bench (e.g. "--measurement-time 1");
-# TEST_TIMEOUT (default 1200) bounds each test binary in seconds. Exits 1 when a test failed or a
-# sanitizer reported an error.
+# TEST_TIMEOUT (default 1200) bounds each test binary in seconds. Exits 1 when a test or bench
+# failed or a sanitizer reported an error.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,9 +46,6 @@ if [ -n "$gpu" ]; then
     say "GPU: $gpu"
 else
     say "no GPU (nvidia-smi finds none): the tests and benches run on the emulator and the cpu only"
-fi
-if grep -q '^nvcc none' "$bundle/MANIFEST"; then
-    say "warning: this bundle was built without nvcc, so its binaries cannot use the GPU"
 fi
 
 # The binaries open some files through the repository root they were built in (tests/cli.rs runs
@@ -86,19 +83,22 @@ if [[ $parts == *" tests "* ]]; then
         if [ "$f" -gt 0 ]; then
             # libtest ends with the names of the failed tests, indented, under "failures:".
             result="$result: $(awk '/^failures:$/ { list = ""; on = 1; next } /^test result/ { on = 0 }
-                on && /^    [^ ]/ { list = list " " $1 } END { print list }' "$logs/test_$name.log")"
+                on && /^    [^ ]/ { list = list " " $1 } END { print substr(list, 2) }' "$logs/test_$name.log")"
         elif [ $code -ne 0 ]; then
             result="$result; exited $code: $(grep -v '^\s*$' "$logs/test_$name.log" | tail -1 | cut -c1-120 | tr '|' '/')"
         fi
         [ $code -ne 0 ] && failed=1
-        row test "$name" "${gpu:+cuda + }emu" "$result"
+        row test "$name" "" "$result"
     done
     row test total "" "$total_p passed, $total_f failed"
 fi
 
 # ---------------------------------------------------------------- 2. compute-sanitizer
 kernel_tests="conv batchnorm elementwise pool normalize optim gemm loss ntxent"
-sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+sanitizer=$(command -v compute-sanitizer)
+for candidate in /usr/local/cuda*/bin/compute-sanitizer; do
+    [ -z "$sanitizer" ] && [ -x "$candidate" ] && sanitizer=$candidate
+done
 
 # Errors in a compute-sanitizer log: its ERROR SUMMARY, else racecheck's "(N errors", else why none.
 sanitizer_errors() {
@@ -133,7 +133,10 @@ if [[ $parts == *" sanitizer "* ]]; then
                 if [ "$errors" != 0 ] || [ "$f" -ne 0 ]; then
                     failed=1
                 fi
-                row "$tool" "$name" cuda "$errors errors ($p tests passed, $f failed)"
+                case $errors in
+                [0-9]*) row "$tool" "$name" cuda "$errors errors ($p tests passed, $f failed)" ;;
+                *) row "$tool" "$name" cuda "$errors" ;;
+                esac
             done
         done
     fi
@@ -146,8 +149,12 @@ if [[ $parts == *" bench "* ]]; then
         say "bench $name"
         # Criterion writes its reports under CRITERION_HOME.
         # shellcheck disable=SC2086 # BENCH_ARGS is a list of words
-        CRITERION_HOME=$logs/criterion "$b" --bench ${BENCH_ARGS:-} >"$logs/bench_$name.log" 2>&1 ||
-            row bench "$name" "" "exited $?: $(tail -1 "$logs/bench_$name.log" | cut -c1-120 | tr '|' '/')"
+        CRITERION_HOME=$logs/criterion "$b" --bench ${BENCH_ARGS:-} >"$logs/bench_$name.log" 2>&1
+        code=$?
+        if [ $code -ne 0 ]; then
+            failed=1
+            row bench "$name" "" "exited $code: $(tail -1 "$logs/bench_$name.log" | cut -c1-120 | tr '|' '/')"
+        fi
         # The bench's first line says which devices it timed at which sizes.
         echo "  $(head -1 "$logs/bench_$name.log")"
     done
@@ -170,21 +177,25 @@ fi
 
 # ---------------------------------------------------------------- the table
 # Each bench rate line, "rate | bench | case | device | T ms | rate", with PyTorch's line for the
-# same bench and case beside it; speed = PyTorch's time / ours (above 1: faster than PyTorch).
+# same bench and case beside it when ours ran on the GPU (device cuda:N); speed = PyTorch's time /
+# ours (above 1: faster than PyTorch).
 grep -h '^rate | ' "$logs"/pytorch.log 2>/dev/null >"$logs/rates_pytorch.txt"
 grep -h '^rate | ' "$logs"/bench_*.log 2>/dev/null >"$logs/rates.txt"
 awk -F' [|] ' '
     FILENAME ~ /pytorch/ { torch[$2 "|" $3] = $5 ", " $6; torch_ms[$2 "|" $3] = $5 + 0; next }
     {
         key = $2 "|" $3; theirs = ""; speed = ""
-        if (key in torch) { theirs = torch[key]; speed = sprintf("%.2f×", torch_ms[key] / ($5 + 0)) }
+        if ((key in torch) && $4 ~ /^cuda/) { theirs = torch[key]; speed = sprintf("%.2f×", torch_ms[key] / ($5 + 0)) }
         printf "| bench %s | %s | %s | %s, %s | %s | %s |\n", $2, $3, $4, $5, $6, theirs, speed
     }' "$logs/rates_pytorch.txt" "$logs/rates.txt" >>"$table"
 
 {
     echo "# GPU suite"
     echo
-    echo "Machine: ${gpu:-no GPU}. Bundle: $(sed -n 's/^commit //p' "$bundle/MANIFEST"), $(sed -n 's/^nvcc //p' "$bundle/MANIFEST"). Parts:${parts% }; $((SECONDS - start)) s."
+    echo "Machine: ${gpu:-no GPU}. Bundle: $(sed -n 's/^built //p' "$bundle/MANIFEST"), commit" \
+        "$(sed -n 's/^commit //p' "$bundle/MANIFEST"), nvcc $(sed -n 's/^nvcc //p' "$bundle/MANIFEST")." \
+        "Parts:${parts% }; $((SECONDS - start)) s. The tests run on the emulator and, when there is" \
+        "one, the GPU; the benches on the GPU at full sizes, else on the emulator and the cpu at reduced sizes."
     echo
     echo "| part | item | device | result | PyTorch | speed vs PyTorch |"
     echo "|---|---|---|---|---|---|"

@@ -39,13 +39,21 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    pub fn new(kind: OptimizerKind, weight_decay: f64) -> Optimizer {
+    /// The velocity of every trained parameter of `store` is allocated here, on the
+    /// parameter's device, so that the first training step already has the full memory
+    /// footprint (on a GPU, later steps then take everything from the caching allocator).
+    pub fn new(kind: OptimizerKind, weight_decay: f64, store: &ParamStore) -> Optimizer {
+        let velocity = store
+            .params
+            .iter()
+            .map(|p| (p.kind != Kind::Stat).then(|| p.value.zeros_like()))
+            .collect();
         Optimizer {
             kind,
             momentum: 0.9,
             weight_decay,
             eta: 0.001,
-            velocity: Vec::new(),
+            velocity,
         }
     }
 
@@ -53,15 +61,14 @@ impl Optimizer {
     /// layer-wise adaptation apply to conv/dense kernels only, never to BN parameters or
     /// biases (as the official implementation excludes them).
     pub fn step(&mut self, store: &mut ParamStore, grads: &[(usize, Tensor)], lr: f64) {
-        if self.velocity.len() < store.params.len() {
-            self.velocity.resize(store.params.len(), None);
-        }
         for (id, grad) in grads {
             let param = &mut store.params[*id];
             debug_assert_ne!(param.kind, Kind::Stat);
             let is_weight = param.kind == Kind::Weight;
             let wd = if is_weight { self.weight_decay } else { 0.0 };
-            let v = self.velocity[*id].get_or_insert_with(|| param.value.zeros_like());
+            let v = self.velocity[*id]
+                .as_mut()
+                .expect("a gradient for a parameter the optimiser does not train");
             if let Some(gpu) = param.value.gpu().cloned() {
                 let (w, g, v) = (param.value.buffer_mut(), grad.buffer(), v.buffer_mut());
                 let (lr, m, wd) = (lr as f32, self.momentum as f32, wd as f32);
@@ -135,7 +142,7 @@ mod tests {
         let mut s = store();
         let g = Tensor::from_vec(&[2], vec![0.6f64, 0.8]);
         let grads: Vec<(usize, Tensor)> = (0..3).map(|i| (i, g.clone())).collect();
-        let mut opt = Optimizer::new(OptimizerKind::Lars, 0.0);
+        let mut opt = Optimizer::new(OptimizerKind::Lars, 0.0, &s);
         opt.step(&mut s, &grads, 2.0);
         // ‖w‖ = 5, ‖g‖ = 1: trust = 0.001·5, step = 2·0.005·g.
         let w = s.params[0].value.to_f64_vec();
@@ -159,7 +166,7 @@ mod tests {
         let mut s = store();
         let zero = Tensor::zeros(&[2], DType::F64);
         let grads: Vec<(usize, Tensor)> = (0..2).map(|i| (i, zero.clone())).collect();
-        let mut opt = Optimizer::new(OptimizerKind::Sgd, 0.1);
+        let mut opt = Optimizer::new(OptimizerKind::Sgd, 0.1, &s);
         opt.step(&mut s, &grads, 1.0);
         // w: g = 0.1·w, v = g, Nesterov step = g + 0.9·v = 1.9·0.1·w.
         let w = s.params[0].value.to_f64_vec();

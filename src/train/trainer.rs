@@ -38,7 +38,7 @@ pub fn run(model: &mut Model, stage: Stage, metrics: &mut Metrics) -> Result<Out
     let total = cfg.epochs * stage.batches_per_epoch;
     let warmup = (cfg.warmup * total as f64).round() as usize;
     let base_lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling);
-    let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay);
+    let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, &model.store);
     let bar = progress(stage.name, total);
     let mut step = 0;
     let mut final_loss = f64::NAN;

@@ -8,9 +8,12 @@ use std::sync::Once;
 /// kernels' tests are small enough to run four times), plus the real GPU when one is present;
 /// without one, says so once.
 pub fn gpus() -> Vec<(String, Gpu)> {
-    let mut gpus: Vec<(String, Gpu)> = Schedule::ALL
-        .into_iter()
-        .map(|s| (format!("emu:{}", s.name()), Gpu::emu(s)))
+    // SIMCLR_TEST_DEVICES=cuda (gpu_suite.sh under compute-sanitizer): the real GPU alone.
+    let cuda_only = std::env::var("SIMCLR_TEST_DEVICES").is_ok_and(|v| v == "cuda");
+    let schedules: &[Schedule] = if cuda_only { &[] } else { &Schedule::ALL };
+    let mut gpus: Vec<(String, Gpu)> = schedules
+        .iter()
+        .map(|&s| (format!("emu:{}", s.name()), Gpu::emu(s)))
         .collect();
     match Gpu::cuda(0) {
         Ok(gpu) => gpus.push((gpu.name().to_string(), gpu)),

@@ -1,0 +1,147 @@
+//! Convolution kernels (kernels/conv.cu) on the convolutions of ResNet-50 (v1.5: the stride
+//! sits on the 3×3) at batch 32 and 224 px: the 7×7/2 stem, each stage's 1×1 reduce, 3×3 and
+//! 1×1 expand, and the stride-2 3×3 and 1×1 shortcut that open stages 2–4; each as forward,
+//! input gradient and weight gradient. Rate: 2·N·P·Q·K·R·S·C FLOPs, the same for all three
+//! passes. Without a GPU: the emulator and the cpu reference at batch 1 and 56 px.
+
+mod common;
+
+use common::Work;
+use simclr::device::cpu::conv::{self as cpu, ConvShape};
+use simclr::device::cuda::conv as gpu;
+use simclr::device::Device;
+use simclr::tensor::Tensor;
+
+/// One convolution of the network; its input map is (image size / `div`) square.
+struct Layer {
+    name: String,
+    c: usize,
+    k: usize,
+    r: usize,
+    stride: usize,
+    div: usize,
+}
+
+fn layer(name: String, c: usize, k: usize, r: usize, stride: usize, div: usize) -> Layer {
+    Layer {
+        name,
+        c,
+        k,
+        r,
+        stride,
+        div,
+    }
+}
+
+/// The stem, then per stage (width w, input map image/div): reduce 4w→w (the 1×1 of every block
+/// after the first), 3×3 w→w, expand w→4w; stages 2–4 open with a 3×3/2 and a 1×1/2 shortcut
+/// 2w→4w on the previous stage's map.
+fn layers() -> Vec<Layer> {
+    let mut layers = vec![layer("stem_7x7s2".into(), 3, 64, 7, 2, 1)];
+    for stage in 1..=4 {
+        let (w, div) = (64 << (stage - 1), 4 << (stage - 1));
+        let name = |what: &str| format!("s{stage}_{what}");
+        layers.push(layer(name("1x1_reduce"), 4 * w, w, 1, 1, div));
+        layers.push(layer(name("3x3"), w, w, 3, 1, div));
+        layers.push(layer(name("1x1_expand"), w, 4 * w, 1, 1, div));
+        if stage > 1 {
+            layers.push(layer(name("3x3s2"), w, w, 3, 2, div / 2));
+            layers.push(layer(name("1x1s2_shortcut"), 2 * w, 4 * w, 1, 2, div / 2));
+        }
+    }
+    layers
+}
+
+#[derive(Clone, Copy)]
+enum Pass {
+    Forward,
+    BackwardInput,
+    BackwardWeight,
+}
+
+impl Pass {
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Forward => "conv_forward",
+            Pass::BackwardInput => "conv_backward_input",
+            Pass::BackwardWeight => "conv_backward_weight",
+        }
+    }
+
+    /// Lengths of the two inputs and of the output: forward x, w → y; input gradient
+    /// dy, w → dx; weight gradient x, dy → dw.
+    fn lens(self, s: &ConvShape) -> (usize, usize, usize) {
+        let (x, w) = (s.n * s.h * s.w * s.c, s.k * s.r * s.s * s.c);
+        let y = s.n * s.out_h() * s.out_w() * s.k;
+        match self {
+            Pass::Forward => (x, w, y),
+            Pass::BackwardInput => (y, w, x),
+            Pass::BackwardWeight => (x, y, w),
+        }
+    }
+}
+
+/// One pass on `device`: inputs `a`, `b` and output `out` as `Pass::lens` orders them.
+fn run(device: &Device, pass: Pass, s: &ConvShape, a: &Tensor, b: &Tensor, out: &mut Tensor) {
+    match device {
+        Device::Cpu => {
+            let (a, b, out) = (a.as_slice::<f32>(), b.as_slice::<f32>(), out.as_mut_slice());
+            match pass {
+                Pass::Forward => cpu::conv2d_forward(s, a, b, out),
+                Pass::BackwardInput => cpu::conv2d_backward_input(s, a, b, out),
+                Pass::BackwardWeight => cpu::conv2d_backward_weight(s, a, b, out),
+            }
+        }
+        Device::Gpu(g) => {
+            let (a, b, out) = (a.buffer(), b.buffer(), out.buffer_mut());
+            match pass {
+                Pass::Forward => gpu::forward(g, s, a, b, out),
+                Pass::BackwardInput => gpu::backward_input(g, s, a, b, out),
+                Pass::BackwardWeight => gpu::backward_weight(g, s, a, b, out),
+            }
+        }
+    }
+}
+
+fn main() {
+    let setup = common::setup("conv", "batch 32, 224 px", "batch 1, 56 px");
+    let (batch, image): (usize, usize) = if setup.full { (32, 224) } else { (1, 56) };
+    let mut c = common::criterion(&setup);
+    let mut seed = 0;
+    for device in &setup.devices {
+        for l in layers() {
+            let hw = image.div_ceil(l.div);
+            let s = ConvShape {
+                n: batch,
+                h: hw,
+                w: hw,
+                c: l.c,
+                k: l.k,
+                r: l.r,
+                s: l.r,
+                stride: l.stride,
+                pad: l.r / 2,
+            };
+            let case = format!("{}_c{}_k{}_hw{hw}_n{batch}", l.name, l.c, l.k);
+            let flops = 2.0 * (s.n * s.out_h() * s.out_w() * s.k * s.r * s.s * s.c) as f64;
+            for pass in [Pass::Forward, Pass::BackwardInput, Pass::BackwardWeight] {
+                let (a_len, b_len, out_len) = pass.lens(&s);
+                seed += 1;
+                let sets = common::input_sets(device, &[a_len, b_len], seed);
+                let mut out = common::output(device, out_len);
+                common::time(
+                    &mut c,
+                    pass.name(),
+                    &case,
+                    device,
+                    Work::Flops(flops),
+                    |i| {
+                        let set = &sets[i % sets.len()];
+                        run(device, pass, &s, &set[0], &set[1], &mut out)
+                    },
+                );
+            }
+        }
+    }
+    c.final_summary();
+}
