@@ -73,6 +73,9 @@ pub struct Graph {
     nodes: Vec<Node>,
     grads: Vec<Option<Tensor>>,
     leaves: Vec<(usize, Var)>,
+    /// Whether backward computes each value's gradient: not for input batches, so the first
+    /// convolution never computes the gradient of the images.
+    wants_grad: Vec<bool>,
     /// When false (evaluation), ops compute values but record nothing for backward.
     pub record: bool,
 }
@@ -84,19 +87,30 @@ impl Graph {
             nodes: Vec::new(),
             grads: Vec::new(),
             leaves: Vec::new(),
+            wants_grad: Vec::new(),
             record,
         }
     }
 
+    fn add(&mut self, t: Tensor, wants_grad: bool) -> Var {
+        self.values.push(t);
+        self.wants_grad.push(wants_grad);
+        Var(self.values.len() - 1)
+    }
+
     /// A value that needs no gradient (an input batch).
     pub fn input(&mut self, t: Tensor) -> Var {
-        self.values.push(t);
-        Var(self.values.len() - 1)
+        self.add(t, false)
+    }
+
+    /// An input whose gradient backward computes (the gradient checks differentiate inputs).
+    pub fn variable(&mut self, t: Tensor) -> Var {
+        self.add(t, true)
     }
 
     /// A parameter of the store, as a leaf whose gradient `param_grads` returns.
     pub fn param(&mut self, store: &ParamStore, id: usize) -> Var {
-        let v = self.input(store.params[id].value.clone());
+        let v = self.add(store.params[id].value.clone(), true);
         if self.record {
             self.leaves.push((id, v));
         }
@@ -105,7 +119,7 @@ impl Graph {
 
     /// Adds an op's output; the op is kept only when recording.
     pub(crate) fn push(&mut self, t: Tensor, op: Op) -> Var {
-        let out = self.input(t);
+        let out = self.add(t, true);
         if self.record {
             self.nodes.push(Node { op, out });
         }
@@ -140,7 +154,10 @@ impl Graph {
                 continue;
             };
             // An op's output gradient is consumed here: only inputs and leaves keep theirs.
-            for (v, g) in ops::backward(&node.op, &self.values, node.out, dy) {
+            for (v, g) in ops::backward(&node.op, &self.values, &self.wants_grad, node.out, dy) {
+                if !self.wants_grad[v.0] {
+                    continue;
+                }
                 match &mut self.grads[v.0] {
                     Some(acc) => acc.add_assign(&g),
                     slot => *slot = Some(g),

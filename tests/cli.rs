@@ -219,6 +219,35 @@ fn bad_config_values() {
     t.fails(&args, "--preset huge");
 }
 
+/// `--device cuda` where there is no usable GPU (no nvcc at build time, or no driver) says why
+/// in one line; `auto` falls back to the cpu and says so.
+#[test]
+fn cuda_without_a_gpu() {
+    if let Ok(gpu) = simclr::device::cuda::Gpu::cuda(0) {
+        eprintln!("skipping: {} is present", gpu.name());
+        return;
+    }
+    let t = Tmp::new("no_gpu");
+    let data = t.data("data");
+    for device in ["cuda", "cuda:1"] {
+        t.fails(
+            &tiny(&["pretrain", "--data", &data], &["--device", device]),
+            "cuda",
+        );
+    }
+    let out = t.path("auto");
+    let args = tiny(
+        &["pretrain", "--data", &data, "--out", &out],
+        &["--device", "auto"],
+    );
+    let run = simclr(&args);
+    let stdout = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(
+        run.status.success() && stdout.contains("device: cpu (auto: "),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn bad_flags() {
     let t = Tmp::new("bad_flags");

@@ -21,7 +21,7 @@ fn check(name: &str, inputs: Vec<Tensor>, f: impl Fn(&mut Graph, &[Var]) -> Var)
     let mut rng = Rng::new(99);
     let eval = |inputs: &[Tensor]| -> Tensor {
         let mut g = Graph::new(true);
-        let vars: Vec<Var> = inputs.iter().map(|t| g.input(t.clone())).collect();
+        let vars: Vec<Var> = inputs.iter().map(|t| g.variable(t.clone())).collect();
         let out = f(&mut g, &vars);
         g.value(out).clone()
     };
@@ -36,7 +36,7 @@ fn check(name: &str, inputs: Vec<Tensor>, f: impl Fn(&mut Graph, &[Var]) -> Var)
     };
 
     let mut g = Graph::new(true);
-    let vars: Vec<Var> = inputs.iter().map(|t| g.input(t.clone())).collect();
+    let vars: Vec<Var> = inputs.iter().map(|t| g.variable(t.clone())).collect();
     let out = f(&mut g, &vars);
     g.backward_from(out, r.clone());
 

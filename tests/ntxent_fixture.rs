@@ -41,7 +41,7 @@ fn ntxent_matches_pytorch() {
             let tol = if dtype == DType::F64 { 1e-10 } else { 1e-5 };
             // From raw projections h: L2 normalisation then NT-Xent.
             let mut g = Graph::new(true);
-            let h = g.input(Tensor::from_f64(&[2 * n, d], dtype, &floats(&case["h"])));
+            let h = g.variable(Tensor::from_f64(&[2 * n, d], dtype, &floats(&case["h"])));
             let z = ops::normalize::l2_normalize(&mut g, h);
             let loss = ops::loss::ntxent(&mut g, z, t);
             let got = g.value(loss).item();
@@ -58,7 +58,7 @@ fn ntxent_matches_pytorch() {
             }
             // From the normalised z directly.
             let mut g = Graph::new(true);
-            let z = g.input(Tensor::from_f64(&[2 * n, d], dtype, &floats(&case["z"])));
+            let z = g.variable(Tensor::from_f64(&[2 * n, d], dtype, &floats(&case["z"])));
             let loss = ops::loss::ntxent(&mut g, z, t);
             g.backward(loss);
             let grad = g.grad(z).unwrap().to_f64_vec();

@@ -41,27 +41,35 @@ pub fn conv2d(g: &mut Graph, x: Var, w: Var, stride: usize, pad: usize) -> Var {
     g.push(y, Op::Conv2d { x, w, shape })
 }
 
+/// The weight gradient, and the input gradient when `x_wants_grad` (not for the images).
 pub(crate) fn backward(
     shape: &ConvShape,
-    (x, xv): (Var, &Tensor),
+    (x, xv, x_wants_grad): (Var, &Tensor, bool),
     (w, wv): (Var, &Tensor),
     dy: &Tensor,
 ) -> Vec<(Var, Tensor)> {
-    let (dx, dw) = match xv.gpu() {
+    let mut grads = Vec::new();
+    match xv.gpu() {
         Some(gpu) => {
-            let mut dx = Tensor::gpu_output(gpu, &xv.shape);
             let mut dw = Tensor::gpu_output(gpu, &wv.shape);
-            gpu_kernel::backward_input(gpu, shape, dy.buffer(), wv.buffer(), dx.buffer_mut());
             gpu_kernel::backward_weight(gpu, shape, xv.buffer(), dy.buffer(), dw.buffer_mut());
-            (dx, dw)
+            grads.push((w, dw));
+            if x_wants_grad {
+                let mut dx = Tensor::gpu_output(gpu, &xv.shape);
+                gpu_kernel::backward_input(gpu, shape, dy.buffer(), wv.buffer(), dx.buffer_mut());
+                grads.push((x, dx));
+            }
         }
         None => with_dtype!(dy.dtype(), T => {
-            let mut dx = vec![T::default(); xv.numel()];
             let mut dw = vec![T::default(); wv.numel()];
-            kernel::conv2d_backward_input(shape, dy.as_slice::<T>(), wv.as_slice::<T>(), &mut dx);
             kernel::conv2d_backward_weight(shape, xv.as_slice::<T>(), dy.as_slice::<T>(), &mut dw);
-            (Tensor::from_vec(&xv.shape, dx), Tensor::from_vec(&wv.shape, dw))
+            grads.push((w, Tensor::from_vec(&wv.shape, dw)));
+            if x_wants_grad {
+                let mut dx = vec![T::default(); xv.numel()];
+                kernel::conv2d_backward_input(shape, dy.as_slice::<T>(), wv.as_slice::<T>(), &mut dx);
+                grads.push((x, Tensor::from_vec(&xv.shape, dx)));
+            }
         }),
-    };
-    vec![(x, dx), (w, dw)]
+    }
+    grads
 }

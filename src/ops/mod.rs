@@ -13,10 +13,21 @@ use crate::autograd::{Op, Var};
 use crate::tensor::Tensor;
 
 /// The gradients an op sends to its inputs, given its output's gradient `dy`.
-pub(crate) fn backward(op: &Op, values: &[Tensor], out: Var, dy: Tensor) -> Vec<(Var, Tensor)> {
+/// `wants_grad[i]` says whether value i needs its gradient (ops whose input gradient is costly
+/// skip it when not).
+pub(crate) fn backward(
+    op: &Op,
+    values: &[Tensor],
+    wants_grad: &[bool],
+    out: Var,
+    dy: Tensor,
+) -> Vec<(Var, Tensor)> {
     let v = |var: Var| &values[var.0];
     match op {
-        Op::Conv2d { x, w, shape } => conv::backward(shape, (*x, v(*x)), (*w, v(*w)), &dy),
+        Op::Conv2d { x, w, shape } => {
+            let x = (*x, v(*x), wants_grad[x.0]);
+            conv::backward(shape, x, (*w, v(*w)), &dy)
+        }
         Op::BatchNorm {
             x,
             gamma,
