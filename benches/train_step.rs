@@ -56,6 +56,7 @@ fn spec(case: &Case, variant: Variant) -> ModelSpec {
             width: 64,
             in_channels: case.channels,
             image_size: case.image,
+            sk: false,
         },
         head_layers,
         proj_dim: 128,

@@ -1,22 +1,38 @@
-// Max pooling and global average pooling on NHWC activations. Consecutive threads take
-// consecutive channels, so every load and store is coalesced.
+// Max pooling, average pooling and global average pooling on NHWC activations. Consecutive
+// threads take consecutive channels, so every load and store is coalesced.
 //
-// Max pooling keeps no argmax: the backward pass recomputes each window's winner from x. That
-// saves an index tensor the size of y, and lets the backward be a gather — each input element
-// sums the dy of the windows it won, in a fixed order — instead of a scatter that would need
-// atomics (windows overlap when stride < kernel) and would not be deterministic.
+// Both backward passes are gathers — each input element sums the dy of the windows that hold
+// it, in a fixed order — instead of scatters that would need atomics (windows overlap when
+// stride < kernel) and would not be deterministic. Max pooling keeps no argmax: the backward
+// pass recomputes each window's winner from x, which saves an index tensor the size of y.
 #include "common.cuh"
+
+// The in-image extent [*i0, *i1) along one axis of the window starting at `start`.
+DEVICE inline void window_extent(int start, int k, int size, int* i0, int* i1) {
+    *i0 = max(start, 0);
+    *i1 = min(start + k, size);
+}
+
+// The output windows along one axis that hold input position i, windows starting at
+// o·stride − pad: o·stride − pad ≤ i ≤ o·stride − pad + k − 1, so o0 ≤ o ≤ o1.
+DEVICE inline void windows_holding(int i, int k, int stride, int pad, int out, int* o0, int* o1) {
+    int lo = i + pad - k + 1;
+    *o0 = lo > 0 ? (lo + stride - 1) / stride : 0;
+    *o1 = min((i + pad) / stride, out - 1);
+}
 
 // Winner of output window (oy, ox) for one image and channel (xc = &x[image][0][0][ch]): the first
 // maximum in scan order (rows, then columns), padding never wins; a NaN wins, as in PyTorch.
 // Returns its position iy·w + ix and its value in *best.
 DEVICE inline int maxpool_window_argmax(const float* __restrict__ xc, int h, int w, int c, int k,
                                 int stride, int pad, int oy, int ox, float* best) {
-    int y0 = oy * stride - pad, x0 = ox * stride - pad;
+    int y0, y1, x0, x1;
+    window_extent(oy * stride - pad, k, h, &y0, &y1);
+    window_extent(ox * stride - pad, k, w, &x0, &x1);
     int arg = -1;
     float m = -INFINITY;
-    for (int iy = max(y0, 0); iy < min(y0 + k, h); iy++)
-        for (int ix = max(x0, 0); ix < min(x0 + k, w); ix++) {
+    for (int iy = y0; iy < y1; iy++)
+        for (int ix = x0; ix < x1; ix++) {
             float v = xc[(size_t)(iy * w + ix) * c];
             if (v > m || v != v || arg < 0) {
                 m = v;
@@ -47,10 +63,9 @@ KERNEL void maxpool_backward(const float* __restrict__ x, const float* __restric
     if (i >= n * h * w * c) return;
     int ch = i % c, ix = (i / c) % w, iy = (i / c / w) % h, b = i / c / w / h;
     const float* xc = x + (size_t)b * h * w * c + ch;
-    // Windows covering iy: oy·stride − pad ≤ iy ≤ oy·stride − pad + k − 1.
-    int ly = iy + pad - k + 1, lx = ix + pad - k + 1;
-    int oy0 = ly > 0 ? (ly + stride - 1) / stride : 0, oy1 = min((iy + pad) / stride, oh - 1);
-    int ox0 = lx > 0 ? (lx + stride - 1) / stride : 0, ox1 = min((ix + pad) / stride, ow - 1);
+    int oy0, oy1, ox0, ox1;
+    windows_holding(iy, k, stride, pad, oh, &oy0, &oy1);
+    windows_holding(ix, k, stride, pad, ow, &ox0, &ox1);
     float g = 0.0f;
     for (int oy = oy0; oy <= oy1; oy++)
         for (int ox = ox0; ox <= ox1; ox++) {
@@ -58,6 +73,50 @@ KERNEL void maxpool_backward(const float* __restrict__ x, const float* __restric
             if (maxpool_window_argmax(xc, h, w, c, k, stride, pad, oy, ox, &best) == iy * w + ix)
                 g += dy[(((size_t)b * oh + oy) * ow + ox) * c + ch];
         }
+    dx[i] = g;
+}
+
+// Average pooling with TF 'SAME' padding (cpu::pool::AvgPoolShape): windows start at
+// oy·stride − pad_top, ox·stride − pad_left, and average only their in-image elements.
+
+// One thread per output element of y [n, oh, ow, c].
+KERNEL void avg_pool_forward(const float* __restrict__ x, int n, int h, int w, int c, int k,
+                             int stride, int pad_top, int pad_left, int oh, int ow,
+                             float* __restrict__ y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * oh * ow * c) return;
+    int ch = i % c, ox = (i / c) % ow, oy = (i / c / ow) % oh, b = i / c / ow / oh;
+    const float* xc = x + (size_t)b * h * w * c + ch;
+    int y0, y1, x0, x1;
+    window_extent(oy * stride - pad_top, k, h, &y0, &y1);
+    window_extent(ox * stride - pad_left, k, w, &x0, &x1);
+    float s = 0.0f;
+    for (int iy = y0; iy < y1; iy++)
+        for (int ix = x0; ix < x1; ix++) s += xc[(size_t)(iy * w + ix) * c];
+    y[i] = s / (float)((y1 - y0) * (x1 - x0));
+}
+
+// One thread per input element of dx [n, h, w, c]: Σ dy / (window's element count) over the
+// windows that hold this element, in (oy, ox) order — the order the CPU adds them in.
+KERNEL void avg_pool_backward(const float* __restrict__ dy, int n, int h, int w, int c, int k,
+                              int stride, int pad_top, int pad_left, int oh, int ow,
+                              float* __restrict__ dx) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * h * w * c) return;
+    int ch = i % c, ix = (i / c) % w, iy = (i / c / w) % h, b = i / c / w / h;
+    int oy0, oy1, ox0, ox1;
+    windows_holding(iy, k, stride, pad_top, oh, &oy0, &oy1);
+    windows_holding(ix, k, stride, pad_left, ow, &ox0, &ox1);
+    float g = 0.0f;
+    for (int oy = oy0; oy <= oy1; oy++) {
+        int y0, y1;
+        window_extent(oy * stride - pad_top, k, h, &y0, &y1);
+        for (int ox = ox0; ox <= ox1; ox++) {
+            int x0, x1;
+            window_extent(ox * stride - pad_left, k, w, &x0, &x1);
+            g += dy[(((size_t)b * oh + oy) * ow + ox) * c + ch] / (float)((y1 - y0) * (x1 - x0));
+        }
+    }
     dx[i] = g;
 }
 
@@ -85,5 +144,7 @@ KERNEL void global_avg_pool_backward(const float* __restrict__ dy, int n, int hw
 
 REGISTER_KERNEL(maxpool_forward);
 REGISTER_KERNEL(maxpool_backward);
+REGISTER_KERNEL(avg_pool_forward);
+REGISTER_KERNEL(avg_pool_backward);
 REGISTER_KERNEL(global_avg_pool_forward);
 REGISTER_KERNEL(global_avg_pool_backward);

@@ -8,7 +8,7 @@
 //! `param_grads` hands back each leaf's gradient with the parameter's index in the store.
 
 use crate::device::cpu::conv::ConvShape;
-use crate::device::cpu::pool::PoolShape;
+use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
 use crate::nn::params::ParamStore;
 use crate::ops;
 use crate::tensor::Tensor;
@@ -41,6 +41,20 @@ pub enum Op {
     },
     GlobalAvgPool {
         x: Var,
+    },
+    /// Average pooling with TF 'SAME' padding (the ResNet-D shortcut).
+    AvgPool {
+        x: Var,
+        shape: AvgPoolShape,
+    },
+    /// A selective-kernel conv's global descriptor: its two streams summed, then averaged.
+    SkPool {
+        x: Var,
+    },
+    /// A selective-kernel conv's output: its two streams mixed by a softmax over the logits.
+    SkCombine {
+        x: Var,
+        logits: Var,
     },
     Linear {
         x: Var,

@@ -10,7 +10,7 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A dataset directory or file that cannot be read as a dataset.
+    /// A file that cannot be read as what it should hold (a dataset, a metrics log).
     #[error("{0}")]
     Data(String),
     /// A bad flag value or an inconsistent combination of flags.

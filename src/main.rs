@@ -56,6 +56,69 @@ enum Command {
         #[command(flatten)]
         opts: Opts,
     },
+    /// Parameter counts and feature width of an architecture (no data, nothing allocated).
+    Info {
+        /// resnet8, resnet18, resnet34, resnet50, resnet101 or resnet152
+        #[arg(long, default_value = "resnet50")]
+        arch: String,
+        /// 1x, 2x, 3x or channels of the first stage
+        #[arg(long, default_value = "1x", value_parser = parse_width)]
+        width: usize,
+        /// Selective kernels + ResNet-D
+        #[arg(long)]
+        sk: bool,
+        /// Input images (the stem depends on it: below 64 px, the small-image stem)
+        #[arg(long, default_value_t = 224)]
+        image_size: usize,
+        #[arg(long, default_value_t = 3)]
+        in_channels: usize,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// What a dataset directory holds: format, splits, image count and size, classes.
+    Data {
+        /// Dataset directory [default: the bundled Fashion-MNIST]
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        source: Source,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a checkpoint's encoder (+ classifier) with torchvision's ResNet names and OIHW
+    /// layout, loadable by torchvision.models.resnetN() with strict=True.
+    Export {
+        /// Checkpoint (file or run directory)
+        #[arg(long)]
+        ckpt: PathBuf,
+        /// Target naming; only "torchvision"
+        #[arg(long)]
+        to: String,
+        /// Output .safetensors file
+        out: PathBuf,
+    },
+    /// Logits and predicted class of every image of a dataset, as JSON lines.
+    Predict {
+        /// Checkpoint with a classifier (file or run directory)
+        #[arg(long)]
+        ckpt: PathBuf,
+        /// Dataset directory (its test split, or all images when it has none)
+        #[arg(long)]
+        data: PathBuf,
+        /// Output file (JSON lines, in the dataset's order)
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        format: Option<simclr::data::Format>,
+        /// auto, cpu, cuda, cuda:N or emu [default: auto]
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Loss, learning-rate, kNN and top-1 curves of a run (its metrics.jsonl files), as PNG and
+    /// SVG under <RUN_DIR>/plots.
+    Plot { run_dir: PathBuf },
 }
 
 /// Flags shared by every command. Unset flags take the preset's value.
@@ -67,6 +130,11 @@ struct Opts {
     /// Labelled subset: N per class ("10"), a fraction ("1%" or "0.01"), or "all"
     #[arg(long)]
     labels: Option<String>,
+    /// Labelled subset as a file of image file names, one per line (overrides --labels)
+    #[arg(long)]
+    labels_file: Option<PathBuf>,
+    #[command(flatten)]
+    source: Source,
     /// default (the CPU run of the README) or tiny (a smoke test under a minute)
     #[arg(long, default_value = "default")]
     preset: String,
@@ -82,12 +150,15 @@ struct Opts {
     /// NT-Xent temperature
     #[arg(long)]
     temperature: Option<f64>,
-    /// Encoder: resnet8, resnet18, resnet34 or resnet50
+    /// Encoder: resnet8 (a small CPU model), resnet18, resnet34, resnet50, resnet101, resnet152
     #[arg(long)]
     arch: Option<String>,
-    /// Channels of the encoder's first stage (64 = the paper's 1x)
-    #[arg(long)]
+    /// Width: 1x, 2x, 3x (the paper's multipliers of 64 channels) or the first stage's channels
+    #[arg(long, value_parser = parse_width)]
     width: Option<usize>,
+    /// Selective kernels in every block (ratio 1/16), with the ResNet-D stem and shortcuts
+    #[arg(long)]
+    sk: bool,
     /// Seed of every random choice: init, subsets, data order, augmentations [default: 0]
     #[arg(long)]
     seed: Option<u64>,
@@ -100,6 +171,12 @@ struct Opts {
     /// Write into an existing non-empty --out
     #[arg(long)]
     force: bool,
+    /// Continue the run in --out from its last checkpoints (same command and flags)
+    #[arg(long)]
+    resume: bool,
+    /// Also checkpoint every N steps (besides every epoch's end)
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
     /// Use a seeded subset of N training images
     #[arg(long)]
     train_images: Option<usize>,
@@ -139,8 +216,8 @@ struct Opts {
     /// Student encoder
     #[arg(long)]
     student_arch: Option<String>,
-    /// Student width
-    #[arg(long)]
+    /// Student width (1x, 2x, 3x or channels)
+    #[arg(long, value_parser = parse_width)]
     student_width: Option<usize>,
     /// Distillation temperature
     #[arg(long)]
@@ -148,6 +225,36 @@ struct Opts {
     /// Weight of the label loss mixed into distillation on labelled images
     #[arg(long)]
     distill_label_weight: Option<f64>,
+}
+
+/// `--width`: "1x", "2x", "3x" (multiples of the paper's 64 channels) or a channel count.
+fn parse_width(s: &str) -> std::result::Result<usize, String> {
+    let bad = || format!("{s}: expected 1x, 2x, 3x or a number of channels");
+    match s.strip_suffix('x') {
+        Some(m) => m.parse::<usize>().map(|m| m * 64).map_err(|_| bad()),
+        None => s.parse().map_err(|_| bad()),
+    }
+}
+
+/// How to read a dataset directory.
+#[derive(Args, Clone)]
+struct Source {
+    /// Dataset format: idx, cifar10, cifar100, stl10 or folder [default: detected]
+    #[arg(long)]
+    format: Option<simclr::data::Format>,
+    /// Resize images to N×N (image folders: 224 unless given) [default: native size]
+    #[arg(long)]
+    image_size: Option<usize>,
+}
+
+impl Source {
+    fn load_options(&self) -> simclr::data::LoadOptions {
+        simclr::data::LoadOptions {
+            format: self.format,
+            image_size: self.image_size,
+            skip_unlabelled: false,
+        }
+    }
 }
 
 /// Which stage --epochs, --batch-size, --lr and --optimizer apply to.
@@ -171,6 +278,7 @@ impl Opts {
         set(&mut c.temperature, &self.temperature);
         set(&mut c.arch, &self.arch);
         set(&mut c.width, &self.width);
+        c.sk |= self.sk;
         set(&mut c.seed, &self.seed);
         set(&mut c.device, &self.device);
         set(&mut c.pretrain.lr_scaling, &self.lr_scaling);
@@ -186,6 +294,17 @@ impl Opts {
         set(&mut c.student_width, &self.student_width);
         set(&mut c.distill_temperature, &self.distill_temperature);
         set(&mut c.distill_label_weight, &self.distill_label_weight);
+        set(&mut c.checkpoint_every, &self.checkpoint_every);
+        if self.source.format.is_some() {
+            c.format = self.source.format;
+        }
+        if self.source.image_size.is_some() {
+            c.image_size = self.source.image_size;
+        }
+        if self.labels_file.is_some() {
+            c.labels_file = self.labels_file.clone();
+        }
+        c.resume = self.resume;
         if self.train_images.is_some() {
             c.train_images = self.train_images;
         }
@@ -205,6 +324,19 @@ impl Opts {
     }
 
     fn out_dir(&self) -> Result<PathBuf> {
+        if self.resume {
+            // A resumed run writes into its own directory, which must hold a run.
+            let dir = self.out.clone().ok_or_else(|| {
+                Error::Config("--resume needs --out <the run's directory>".into())
+            })?;
+            if !dir.is_dir() {
+                return Err(Error::Config(format!(
+                    "--resume: {} is not a run directory",
+                    dir.display()
+                )));
+            }
+            return Ok(dir);
+        }
         let dir = self.out.clone().unwrap_or_else(default_out_dir);
         prepare_out_dir(&dir, self.force)?;
         Ok(dir)
@@ -257,7 +389,7 @@ fn run(cli: Cli) -> Result<()> {
                     (stages::from_pretrained(&ctx, &pretrained)?, "finetune")
                 }
                 None => {
-                    let arch = ctx.arch(&ctx.cfg.arch, ctx.cfg.width);
+                    let arch = ctx.arch(&ctx.cfg.arch, ctx.cfg.width, ctx.cfg.sk);
                     let spec = stages::classifier_spec(&ctx, arch);
                     (Model::new(&spec, ctx.cfg.seed)?, "baseline")
                 }
@@ -292,11 +424,81 @@ fn run(cli: Cli) -> Result<()> {
             let ctx = Context::new(opts.config(Target::Pretrain)?)?;
             evaluate(&ctx, &ckpt)?;
         }
+        Command::Info {
+            arch,
+            width,
+            sk,
+            image_size,
+            in_channels,
+            json,
+        } => {
+            let arch = simclr::nn::resnet::Arch {
+                name: arch,
+                width,
+                in_channels,
+                image_size,
+                sk,
+            };
+            let info = simclr::nn::info::info(&arch)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).expect("serialises")
+                );
+            } else {
+                print!("{info}");
+            }
+        }
+        Command::Data { data, source, json } => {
+            let dir = data.unwrap_or_else(|| Config::preset("default").expect("preset").data);
+            let info = simclr::data::describe(&dir, &source.load_options())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).expect("serialises")
+                );
+            } else {
+                print!("{}", simclr::data::render(&info));
+            }
+        }
+        Command::Export { ckpt, to, out } => {
+            if to != "torchvision" {
+                return Err(Error::Config(format!(
+                    "--to {to}: unknown target (expected torchvision)"
+                )));
+            }
+            let summary = simclr::train::export::export_torchvision(&ckpt, &out)?;
+            println!("{}", serde_json::to_string(&summary).expect("serialises"));
+        }
+        Command::Predict {
+            ckpt,
+            data,
+            out,
+            format,
+            device,
+        } => {
+            let (device, why) = simclr::device::Device::select(&device)?;
+            println!("{why}");
+            let n = simclr::train::export::predict(&ckpt, &data, format, &device, &out)?;
+            println!("predictions for {n} images in {}", out.display());
+        }
+        Command::Plot { run_dir } => {
+            for path in simclr::train::plot::plot(&run_dir)? {
+                println!("wrote {}", path.display());
+            }
+        }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends the program quietly, as other command-line tools do,
+    // instead of a panic on the broken pipe.
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -305,7 +507,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            eprintln!("error: missing subcommand (pipeline, pretrain, finetune, distill or eval; see --help)");
+            eprintln!("error: missing subcommand (pipeline, pretrain, finetune, distill, eval, info, data, plot, export or predict; see --help)");
             return ExitCode::from(2);
         }
         Err(e) => {

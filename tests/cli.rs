@@ -451,3 +451,110 @@ fn tiny_pipeline_on_the_emulator_matches_cpu() {
         );
     }
 }
+
+/// A pretraining run killed with SIGKILL and resumed with --resume ends with bit-identical
+/// weights to an uninterrupted run with the same seed.
+#[test]
+fn killed_run_resumes_bit_identically() {
+    let t = Tmp::new("resume");
+    let data = t.data("data");
+    let flags = [
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--checkpoint-every",
+        "1",
+        "--device",
+        "cpu",
+    ];
+    let (whole, killed) = (t.path("whole"), t.path("killed"));
+    let run = simclr(&tiny(
+        &["pretrain", "--data", &data, "--out", &whole],
+        &flags,
+    ));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // Kill the second run once it is well into its second epoch (6 steps per epoch).
+    let args = tiny(&["pretrain", "--data", &data, "--out", &killed], &flags);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simclr"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = t.0.join("killed/metrics.jsonl");
+    let steps = || {
+        std::fs::read_to_string(&metrics)
+            .map(|s| s.lines().filter(|l| l.contains("\"step\"")).count())
+            .unwrap_or(0)
+    };
+    while steps() < 8 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let resumed = simclr(&[args.as_slice(), &["--resume"]].concat());
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(stdout.contains("resuming from epoch 1"), "{stdout}");
+    let (a, _) = simclr::train::checkpoint::load(std::path::Path::new(&whole)).unwrap();
+    let (b, _) = simclr::train::checkpoint::load(std::path::Path::new(&killed)).unwrap();
+    for (p, q) in a.store.params.iter().zip(&b.store.params) {
+        assert_eq!(
+            p.value.to_f32_vec(),
+            q.value.to_f32_vec(),
+            "{} differs",
+            p.name
+        );
+    }
+    // Other settings than the run's are refused, as is --resume without --out.
+    let other = [args.as_slice(), &["--resume", "--lr", "0.5"]].concat();
+    fails_with(&other, "--resume");
+    fails_with(
+        &tiny(&["pretrain", "--data", &data], &["--resume"]),
+        "--out",
+    );
+}
+
+/// Running out of device memory (an emulated GPU of 4 MiB) stops with one line giving the
+/// request, the free memory and a smaller batch size to try.
+#[test]
+fn out_of_device_memory() {
+    let t = Tmp::new("oom");
+    let data = t.data("data");
+    let out = t.path("out");
+    let args = tiny(
+        &["pretrain", "--data", &data, "--out", &out],
+        &["--device", "emu"],
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_simclr"))
+        .args(&args)
+        .env("SIMCLR_EMU_MEMORY_MB", "4")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).trim_end().to_string();
+    assert!(!run.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for needle in [
+        "out of device memory",
+        "bytes requested",
+        "free",
+        "--batch-size",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
+    }
+}

@@ -28,6 +28,7 @@ fn cases() -> Vec<Case> {
         width,
         in_channels,
         image_size,
+        sk: false,
     };
     vec![
         // Pretraining: small-image stem, 3-layer head, NT-Xent over 3 pairs, LARS.

@@ -134,6 +134,38 @@ fn relu_add_and_pools() {
 }
 
 #[test]
+fn avg_pool_same_padding() {
+    let mut rng = Rng::new(6);
+    // Odd H and W: 'SAME' pads after the image and the edge windows hold fewer elements;
+    // 3×3 windows also pad before and overlap at stride 1.
+    for (shape, kernel, stride) in [
+        ([2, 7, 5, 3], 2, 2),
+        ([1, 5, 7, 5], 2, 2),
+        ([1, 7, 5, 3], 3, 2),
+        ([2, 5, 7, 3], 3, 1),
+        ([1, 6, 4, 3], 2, 2),
+    ] {
+        let x = random(&shape, &mut rng);
+        check("avg_pool2d", vec![x], |g, v| {
+            ops::pool::avg_pool2d(g, v[0], kernel, stride)
+        });
+    }
+}
+
+#[test]
+fn selective_kernel() {
+    let mut rng = Rng::new(7);
+    for (n, h, w, c) in [(2, 7, 5, 3), (1, 5, 7, 5), (2, 3, 3, 13)] {
+        let x = random(&[n, h, w, 2 * c], &mut rng);
+        let logits = random(&[n, 1, 1, 2 * c], &mut rng);
+        check("sk_pool", vec![x.clone()], |g, v| ops::sk::sk_pool(g, v[0]));
+        check("sk_combine", vec![x, logits], |g, v| {
+            ops::sk::sk_combine(g, v[0], v[1])
+        });
+    }
+}
+
+#[test]
 fn linear_and_l2_normalize() {
     let mut rng = Rng::new(4);
     let x = random(&[5, 7], &mut rng);

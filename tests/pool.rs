@@ -2,7 +2,7 @@
 
 mod common;
 
-use simclr::device::cpu::pool::{self as cpu, PoolShape};
+use simclr::device::cpu::pool::{self as cpu, AvgPoolShape, PoolShape};
 use simclr::device::cuda::{pool, Buffer, Gpu};
 
 /// Checks the device for errors, then compares `got` with `want`.
@@ -57,6 +57,65 @@ fn maxpool_matches_cpu() {
             expect(
                 &gpu,
                 &format!("maxpool backward, {case}"),
+                &dx,
+                &dx_want,
+                1e-7,
+            );
+        }
+    }
+}
+
+#[test]
+fn avg_pool_matches_cpu() {
+    // (n, h, w, c, kernel, stride): the ResNet-D shortcut's 2×2/2 on odd and even maps (odd
+    // sizes pad one row/column after), 3×3/2 and 3×3/1 (padding on both sides, overlapping
+    // windows), 1×1/2 (inputs in no window), a 1×1 map, and channels over 64.
+    for (name, gpu) in common::gpus() {
+        for (i, &(n, h, w, c, kernel, stride)) in [
+            (1, 7, 5, 3, 2, 2),
+            (2, 5, 7, 5, 2, 2),
+            (2, 8, 6, 13, 2, 2),
+            (1, 7, 5, 13, 3, 2),
+            (2, 5, 7, 5, 3, 1),
+            (1, 7, 7, 3, 1, 2),
+            (2, 1, 1, 3, 2, 2),
+            (2, 9, 7, 67, 2, 2),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let s = AvgPoolShape {
+                n,
+                h,
+                w,
+                c,
+                kernel,
+                stride,
+            };
+            let case = format!("{name}, {s:?}");
+            let y_len = n * s.out_h() * s.out_w() * c;
+            let (x, dy) = (
+                common::random(n * h * w * c, 30 + i as u64),
+                common::random(y_len, 40 + i as u64),
+            );
+            let (mut y_want, mut dx_want) = (vec![0.0; y_len], vec![0.0; x.len()]);
+            cpu::avg_pool2d_forward(&s, &x, &mut y_want);
+            cpu::avg_pool2d_backward(&s, &dy, &mut dx_want);
+
+            let (mut y, mut dx) = (gpu.alloc_f32(y_len), gpu.alloc_f32(x.len()));
+            pool::avg_pool_forward(&gpu, &s, &gpu.upload(&x), &mut y);
+            pool::avg_pool_backward(&gpu, &s, &gpu.upload(&dy), &mut dx);
+            expect(
+                &gpu,
+                &format!("avg pool forward, {case}"),
+                &y,
+                &y_want,
+                1e-6,
+            );
+            // Each dx sums the same quotients in the same order as the CPU.
+            expect(
+                &gpu,
+                &format!("avg pool backward, {case}"),
                 &dx,
                 &dx_want,
                 1e-7,

@@ -1,19 +1,29 @@
 //! SimCLR data augmentation on the CPU, following the official implementation
-//! (google-research/simclr, data_util.py, "simclrv2" variant): random resized crop, horizontal
-//! flip, colour jitter in random order, random grayscale, Gaussian blur. Images come in as u8
-//! HWC with 1 or 3 channels and go out as f32 HWC, scaled to [0, 1] and then standardised.
+//! (google-research/simclr, tf2/data_util.py, "simclrv2" variant): random resized crop,
+//! horizontal flip, colour jitter in random order, random grayscale, Gaussian blur. Images
+//! come in as u8 HWC with 1 or 3 channels and go out as f32 HWC, scaled to [0, 1] and then
+//! standardised. The colour jitter acts on RGB as TensorFlow's ops do: multiplicative
+//! brightness, contrast around each channel's mean, saturation scaled and hue rotated in HSV.
 //!
 //! Where this differs from the official code, on purpose:
-//! - the crop is sampled the torchvision way (10 attempts, then a centre crop) and resized
-//!   bilinearly rather than with TensorFlow's sample_distorted_bounding_box and bicubic resize;
-//! - saturation blends with the grayscale image (torchvision) instead of scaling S in HSV;
+//! - the crop is sampled the torchvision way (10 attempts, then a centre crop) rather than
+//!   with TensorFlow's sample_distorted_bounding_box;
+//! - below 64 pixels crops are resized bilinearly (bicubic from 64 up, as official), which
+//!   keeps the small bundled Fashion-MNIST runs as they were;
 //! - the blur replicates edge pixels instead of zero padding, so it does not darken borders.
 
+use rayon::prelude::*;
+
+use super::resize::{resize, Filter, Rect};
 use super::Dataset;
 use crate::rng::Rng;
 
 /// Luma weights of tf.image.rgb_to_grayscale.
 const GRAY: [f32; 3] = [0.2989, 0.587, 0.114];
+/// The evaluation centre crop keeps this much of the shorter side (official CROP_PROPORTION).
+pub const CROP_PROPORTION: f64 = 0.875;
+/// From this output size up, evaluation centre-crops and resizing is bicubic.
+pub const LARGE: usize = 64;
 
 /// Per-channel standardisation applied last: out = (x - mean[c]) / std[c], x in [0, 1].
 #[derive(Clone, Debug, PartialEq)]
@@ -23,18 +33,35 @@ pub struct Normalize {
 }
 
 impl Normalize {
-    /// Mean and standard deviation per channel of all train pixels, scaled to [0, 1].
+    /// Mean and standard deviation per channel of all train pixels, scaled to [0, 1]. Summed
+    /// over fixed blocks of images in parallel, then the blocks in order, so the result does
+    /// not depend on the number of threads.
     pub fn from_dataset(ds: &Dataset) -> Normalize {
-        let mut sum = vec![0f64; ds.c];
-        let mut sum_sq = vec![0f64; ds.c];
-        for px in ds.images.chunks_exact(ds.c) {
-            for (ch, &v) in px.iter().enumerate() {
-                let v = v as f64 / 255.0;
-                sum[ch] += v;
-                sum_sq[ch] += v * v;
+        let c = ds.c;
+        let block = (1024 * ds.h * ds.w * c).max(c);
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = ds
+            .images
+            .par_chunks(block)
+            .map(|pixels| {
+                let (mut sum, mut sum_sq) = (vec![0f64; c], vec![0f64; c]);
+                for px in pixels.chunks_exact(c) {
+                    for (ch, &v) in px.iter().enumerate() {
+                        let v = v as f64 / 255.0;
+                        sum[ch] += v;
+                        sum_sq[ch] += v * v;
+                    }
+                }
+                (sum, sum_sq)
+            })
+            .collect();
+        let (mut sum, mut sum_sq) = (vec![0f64; c], vec![0f64; c]);
+        for (s, q) in &partial {
+            for ch in 0..c {
+                sum[ch] += s[ch];
+                sum_sq[ch] += q[ch];
             }
         }
-        let count = (ds.images.len() / ds.c).max(1) as f64;
+        let count = (ds.images.len() / c).max(1) as f64;
         let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
         let std = sum_sq
             .iter()
@@ -73,20 +100,13 @@ pub struct Augment {
     pub jitter_strength: f64,
     pub grayscale_prob: f64,
     pub blur_prob: f64,
-}
-
-/// A crop rectangle: top, left, height, width.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Crop {
-    y: usize,
-    x: usize,
-    h: usize,
-    w: usize,
+    /// How the crop is resized to out_size.
+    pub filter: Filter,
 }
 
 impl Augment {
-    /// The paper's defaults; blur only for images of 64 pixels or more (the paper does not
-    /// blur CIFAR-10).
+    /// The paper's defaults; blur and bicubic resizing only for images of 64 pixels or more
+    /// (the paper does not blur CIFAR-10).
     pub fn simclr(out_size: usize, strength: f64) -> Augment {
         Augment {
             out_size,
@@ -96,7 +116,12 @@ impl Augment {
             jitter_prob: 0.8,
             jitter_strength: strength,
             grayscale_prob: 0.2,
-            blur_prob: if out_size < 64 { 0.0 } else { 0.5 },
+            blur_prob: if out_size < LARGE { 0.0 } else { 0.5 },
+            filter: if out_size < LARGE {
+                Filter::Bilinear
+            } else {
+                Filter::Bicubic
+            },
         }
     }
 
@@ -118,7 +143,7 @@ impl Augment {
         );
         let crop = self.crop_box(h, w, rng);
         let flip = self.flip && rng.bernoulli(0.5);
-        resize(img, w, c, crop, flip, self.out_size, out);
+        resize(img, w, c, crop, flip, self.out_size, self.filter, out);
         if rng.bernoulli(self.jitter_prob) {
             self.color_jitter(out, c, rng);
         }
@@ -134,7 +159,7 @@ impl Augment {
     }
 
     /// Random resized crop box (torchvision's RandomResizedCrop.get_params).
-    fn crop_box(&self, h: usize, w: usize, rng: &mut Rng) -> Crop {
+    fn crop_box(&self, h: usize, w: usize, rng: &mut Rng) -> Rect {
         let area = (h * w) as f64;
         let (log_lo, log_hi) = (self.aspect.0.ln(), self.aspect.1.ln());
         for _ in 0..10 {
@@ -145,7 +170,7 @@ impl Augment {
             if 0 < cw && cw <= w && 0 < ch && ch <= h {
                 let y = rng.below(h - ch + 1);
                 let x = rng.below(w - cw + 1);
-                return Crop { y, x, h: ch, w: cw };
+                return Rect { y, x, h: ch, w: cw };
             }
         }
         // Fallback: the largest centred crop whose aspect ratio is within range.
@@ -157,7 +182,7 @@ impl Augment {
         } else {
             (h, w)
         };
-        Crop {
+        Rect {
             y: (h - ch) / 2,
             x: (w - cw) / 2,
             h: ch,
@@ -184,8 +209,9 @@ impl Augment {
     }
 }
 
-/// Deterministic evaluation preprocessing: a plain resize to out_size × out_size if the image
-/// has another size, else a copy; then standardisation.
+/// Deterministic evaluation preprocessing, then standardisation. From 64 pixels up, the
+/// official one: the central 87.5% square, resized bicubically to out_size. Below, the whole
+/// image resized bilinearly (a plain copy when it already has that size).
 pub fn center(
     img: &[u8],
     h: usize,
@@ -195,47 +221,18 @@ pub fn center(
     norm: &Normalize,
     out: &mut [f32],
 ) {
-    if h == out_size && w == out_size {
-        for (o, &v) in out.iter_mut().zip(img) {
-            *o = v as f32 / 255.0;
-        }
+    let (rect, filter) = if out_size >= LARGE {
+        (Rect::center_square(h, w, CROP_PROPORTION), Filter::Bicubic)
     } else {
-        resize(img, w, c, Crop { y: 0, x: 0, h, w }, false, out_size, out);
-    }
+        (Rect::full(h, w), Filter::Bilinear)
+    };
+    resize(img, w, c, rect, false, out_size, filter, out);
     norm.apply(out);
 }
 
 /// A factor uniform in [1 - amount, 1 + amount], never negative.
 fn factor(rng: &mut Rng, amount: f64) -> f32 {
     rng.range((1.0 - amount).max(0.0), 1.0 + amount) as f32
-}
-
-/// Bilinear resize of the `crop` of a u8 HWC image of width `w` into `out` (size × size × c,
-/// in [0, 1]), optionally mirrored left-right. Sample positions use pixel centres
-/// (align_corners = false) and are clamped to the crop, as if it had been cut out first.
-fn resize(img: &[u8], w: usize, c: usize, crop: Crop, flip: bool, size: usize, out: &mut [f32]) {
-    assert_eq!(out.len(), size * size * c, "output buffer size");
-    // For one output coordinate: the two source coordinates and the weight of the second.
-    let taps = |o: usize, extent: usize, start: usize| {
-        let s =
-            ((o as f64 + 0.5) * extent as f64 / size as f64 - 0.5).clamp(0.0, (extent - 1) as f64);
-        let i0 = s.floor() as usize;
-        let i1 = (i0 + 1).min(extent - 1);
-        (start + i0, start + i1, (s - i0 as f64) as f32)
-    };
-    let cols: Vec<(usize, usize, f32)> = (0..size).map(|ox| taps(ox, crop.w, crop.x)).collect();
-    for oy in 0..size {
-        let (y0, y1, fy) = taps(oy, crop.h, crop.y);
-        for ox in 0..size {
-            let (x0, x1, fx) = cols[if flip { size - 1 - ox } else { ox }];
-            for ch in 0..c {
-                let p = |y: usize, x: usize| img[(y * w + x) * c + ch] as f32;
-                let top = p(y0, x0) + fx * (p(y0, x1) - p(y0, x0));
-                let bottom = p(y1, x0) + fx * (p(y1, x1) - p(y1, x0));
-                out[(oy * size + ox) * c + ch] = (top + fy * (bottom - top)) / 255.0;
-            }
-        }
-    }
 }
 
 fn brightness(x: &mut [f32], f: f32) {
@@ -258,47 +255,51 @@ fn luma(px: &[f32]) -> f32 {
     GRAY[0] * px[0] + GRAY[1] * px[1] + GRAY[2] * px[2]
 }
 
-/// Blends an RGB image with its grayscale version: 0 is gray, 1 is unchanged.
+/// Hue (in turns, [0, 1)), saturation and value of an RGB pixel (tf.image.rgb_to_hsv).
+fn rgb_to_hsv(px: &[f32]) -> [f32; 3] {
+    let (r, g, b) = (px[0], px[1], px[2]);
+    let max = r.max(g).max(b);
+    let range = max - r.min(g).min(b);
+    if range <= 0.0 {
+        return [0.0, 0.0, max]; // gray: no hue
+    }
+    let h6 = if max == r {
+        (g - b) / range
+    } else if max == g {
+        2.0 + (b - r) / range
+    } else {
+        4.0 + (r - g) / range
+    };
+    [(h6 / 6.0).rem_euclid(1.0), range / max, max]
+}
+
+/// The inverse of rgb_to_hsv (tf.image.hsv_to_rgb).
+fn hsv_to_rgb([h, s, v]: [f32; 3], px: &mut [f32]) {
+    let h6 = h * 6.0;
+    let weights = [
+        ((h6 - 3.0).abs() - 1.0).clamp(0.0, 1.0),
+        (2.0 - (h6 - 2.0).abs()).clamp(0.0, 1.0),
+        (2.0 - (h6 - 4.0).abs()).clamp(0.0, 1.0),
+    ];
+    for (p, w) in px.iter_mut().zip(weights) {
+        *p = v * (1.0 - s + s * w);
+    }
+}
+
+/// Scales the saturation of an RGB image by `f`, clamped to [0, 1]: 0 is gray (the value,
+/// i.e. the largest channel, in all three), 1 is unchanged (tf.image.adjust_saturation).
 fn saturation(x: &mut [f32], f: f32) {
     for px in x.chunks_exact_mut(3) {
-        let g = luma(px);
-        px.iter_mut().for_each(|v| *v = g + f * (*v - g));
+        let [h, s, v] = rgb_to_hsv(px);
+        hsv_to_rgb([h, (s * f).clamp(0.0, 1.0), v], px);
     }
 }
 
 /// Rotates the hue of an RGB image by `delta` turns of the colour wheel (tf.image.adjust_hue).
 fn hue(x: &mut [f32], delta: f32) {
     for px in x.chunks_exact_mut(3) {
-        let (r, g, b) = (px[0], px[1], px[2]);
-        let max = r.max(g).max(b);
-        let min = r.min(g).min(b);
-        let range = max - min;
-        if range <= 0.0 {
-            continue; // gray: no hue to rotate
-        }
-        let sat = range / max;
-        let h6 = if max == r {
-            (g - b) / range
-        } else if max == g {
-            2.0 + (b - r) / range
-        } else {
-            4.0 + (r - g) / range
-        };
-        let h6 = (h6 / 6.0 + delta).rem_euclid(1.0) * 6.0;
-        let sector = h6.floor();
-        let f = h6 - sector;
-        let (v, p) = (max, max * (1.0 - sat));
-        let q = max * (1.0 - sat * f);
-        let t = max * (1.0 - sat * (1.0 - f));
-        let rgb = match sector as usize % 6 {
-            0 => [v, t, p],
-            1 => [q, v, p],
-            2 => [p, v, t],
-            3 => [p, q, v],
-            4 => [t, p, v],
-            _ => [v, p, q],
-        };
-        px.copy_from_slice(&rgb);
+        let [h, s, v] = rgb_to_hsv(px);
+        hsv_to_rgb([(h + delta).rem_euclid(1.0), s, v], px);
     }
 }
 
@@ -441,7 +442,7 @@ mod tests {
         let b = aug.crop_box(2, 100, &mut rng);
         assert_eq!(
             b,
-            Crop {
+            Rect {
                 y: 0,
                 x: 48,
                 h: 2,
@@ -465,12 +466,19 @@ mod tests {
         grayscale(&mut red);
         assert!(close(&red, &[0.2989; 3], 1e-6));
 
-        let mut x = vec![1.0, 0.0, 0.0];
+        // Saturation scales S in HSV: 0 leaves the value (largest channel) in all three,
+        // 0.5 halves each channel's distance to it, 2 doubles it (clamped at S = 1).
+        let mut x = vec![1.0, 0.0, 0.0, 0.9, 0.3, 0.6];
         saturation(&mut x, 0.0);
-        assert!(close(&x, &[0.2989; 3], 1e-6));
-        let mut x = vec![0.9, 0.2, 0.4];
+        assert!(close(&x, &[1.0, 1.0, 1.0, 0.9, 0.9, 0.9], 1e-6), "{x:?}");
+        let mut x = vec![0.9, 0.3, 0.6];
+        saturation(&mut x, 0.5);
+        assert!(close(&x, &[0.9, 0.6, 0.75], 1e-6), "{x:?}");
         saturation(&mut x, 1.0);
-        assert!(close(&x, &[0.9, 0.2, 0.4], 1e-6));
+        assert!(close(&x, &[0.9, 0.6, 0.75], 1e-6), "{x:?}");
+        let mut x = vec![0.9, 0.6, 0.75];
+        saturation(&mut x, 4.0);
+        assert!(close(&x, &[0.9, 0.0, 0.45], 1e-6), "{x:?}");
 
         // A third of a turn takes red to green, two thirds to blue; a full turn is identity.
         let mut x = vec![1.0, 0.0, 0.0, 0.5, 0.5, 0.5];
@@ -485,6 +493,37 @@ mod tests {
         hue(&mut x, 0.25);
         hue(&mut x, -0.25);
         assert!(close(&x, &orig, 1e-5));
+    }
+
+    #[test]
+    fn colour_augmentations_act_on_rgb() {
+        // A constant red image: only a hue rotation can make green and blue differ, its
+        // saturation S = (r - min) / r moves with the saturation factor (and with clipping
+        // after a brightness gain), and grayscale makes all three channels equal.
+        let img: Vec<u8> = [200u8, 40, 40].repeat(8 * 8);
+        let mut out = vec![0f32; 8 * 8 * 3];
+        let gray = Augment {
+            grayscale_prob: 1.0,
+            ..geometric(8)
+        };
+        gray.apply(&img, 8, 8, 3, &identity(3), &mut Rng::new(0), &mut out);
+        assert!(out.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+        let jitter = Augment {
+            jitter_prob: 1.0,
+            ..geometric(8)
+        };
+        let (mut hue_moved, mut saturation_moved) = (0, 0);
+        for seed in 0..50 {
+            jitter.apply(&img, 8, 8, 3, &identity(3), &mut Rng::new(seed), &mut out);
+            let (r, g, b) = (out[0], out[1], out[2]);
+            hue_moved += ((g - b).abs() > 0.05) as usize;
+            let spread = (r - g.min(b)) / r.max(1e-6);
+            saturation_moved += ((spread - 0.8).abs() > 0.05) as usize;
+        }
+        assert!(
+            hue_moved > 25 && saturation_moved > 25,
+            "{hue_moved} {saturation_moved}"
+        );
     }
 
     #[test]
@@ -516,14 +555,51 @@ mod tests {
         for (o, &v) in out.iter().zip(&img) {
             assert!((o - (v as f32 / 255.0 - 0.5) / 0.25).abs() < 1e-6);
         }
-        // Halving a 4x4 image bilinearly averages each 2x2 block.
+        // Halving a 4x4 image with the stretched triangle weighs each 4x4 neighbourhood
+        // (1, 3, 3, 1) / 8 per axis, edges replicated.
         let mut small = vec![0f32; 4];
         center(&img, 4, 4, 1, 2, &identity(1), &mut small);
-        let expect: Vec<f32> = [25.0, 45.0, 105.0, 125.0]
+        let px = |y: usize, x: usize| img[y.min(3) * 4 + x.min(3)] as f32;
+        let w = [1.0, 3.0, 3.0, 1.0];
+        let expect: Vec<f32> = [(0, 0), (0, 2), (2, 0), (2, 2)]
             .iter()
-            .map(|v| v / 255.0)
+            .map(|&(y0, x0): &(usize, usize)| {
+                let mut acc = 0.0;
+                for (i, wy) in w.iter().enumerate() {
+                    for (j, wx) in w.iter().enumerate() {
+                        acc += wy * wx * px((y0 + i).saturating_sub(1), (x0 + j).saturating_sub(1));
+                    }
+                }
+                acc / 64.0 / 255.0
+            })
             .collect();
-        assert!(close(&small, &expect, 1e-6), "{small:?}");
+        assert!(close(&small, &expect, 1e-6), "{small:?} {expect:?}");
+    }
+
+    #[test]
+    fn center_crops_87_5_percent_from_64_pixels() {
+        // A 96x96 image with a 6-pixel frame of 255 around a constant 100: the central 84x84
+        // crop sees no frame, so the bicubic output is exactly 100 everywhere.
+        let (n, c) = (96, 3);
+        let img: Vec<u8> = (0..n * n * c)
+            .map(|i| {
+                let (y, x) = (i / c / n, i / c % n);
+                if (6..90).contains(&y) && (6..90).contains(&x) {
+                    100
+                } else {
+                    255
+                }
+            })
+            .collect();
+        let mut out = vec![0f32; 64 * 64 * c];
+        center(&img, n, n, c, 64, &identity(c), &mut out);
+        assert!(out.iter().all(|&v| (v * 255.0 - 100.0).abs() < 1e-3));
+        // Below 64 pixels the whole image is used: the frame shows.
+        let mut out = vec![0f32; 32 * 32 * c];
+        center(&img, n, n, c, 32, &identity(c), &mut out);
+        assert!(out[0] > 0.9);
+        assert_eq!(Augment::simclr(64, 1.0).filter, Filter::Bicubic);
+        assert_eq!(Augment::simclr(32, 1.0).filter, Filter::Bilinear);
     }
 
     #[test]
@@ -557,6 +633,7 @@ mod tests {
             w: 1,
             c: 3,
             num_classes: 2,
+            ..Dataset::default()
         };
         let norm = Normalize::from_dataset(&ds);
         assert!(close(&norm.mean, &[0.5, 1.0, 0.5], 1e-6));

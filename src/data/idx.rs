@@ -2,19 +2,19 @@
 //! (0x00000803 for u8 images of rank 3, 0x00000801 for u8 labels of rank 1), one big-endian
 //! u32 per dimension, then the raw bytes. Each file may be gzip-compressed (`.gz`).
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
 
-use super::Dataset;
+use super::{read_file, DataDir, Dataset};
 use crate::error::{Error, Result};
 
 pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
 pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
 pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
 pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
+const NAMES: [&str; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
@@ -22,24 +22,36 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 /// corrupt or hostile gzip stream cannot make us allocate without bound.
 const MAX_BYTES: u64 = 1 << 30;
 
-/// Loads the train and test splits from `dir`, or returns None when no IDX file is present.
-pub fn load_dir(dir: &Path) -> Result<Option<(Dataset, Dataset)>> {
-    let names = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
-    let found: Vec<Option<PathBuf>> = names.iter().map(|name| find(dir, name)).collect();
-    if found.iter().all(Option::is_none) {
-        return Ok(None);
+/// Whether any of the four IDX files is in `dir`.
+pub fn found(dir: &Path) -> bool {
+    NAMES.iter().any(|name| find(dir, name).is_some())
+}
+
+/// Loads the train and test splits from `dir`. The number of classes is taken over both
+/// splits, so that they agree.
+pub fn load(dir: &Path) -> Result<DataDir> {
+    let mut paths = Vec::new();
+    for name in NAMES {
+        paths.push(find(dir, name).ok_or_else(|| {
+            Error::Data(format!(
+                "{}: incomplete IDX dataset, {name}[.gz] is missing",
+                dir.display()
+            ))
+        })?);
     }
-    if let Some(i) = found.iter().position(Option::is_none) {
-        return Err(Error::Data(format!(
-            "{}: incomplete IDX dataset, {}[.gz] is missing",
-            dir.display(),
-            names[i]
-        )));
-    }
-    let paths: Vec<PathBuf> = found.into_iter().flatten().collect();
-    let train = load_split(&paths[0], &paths[1])?;
-    let test = load_split(&paths[2], &paths[3])?;
-    Ok(Some((train, test)))
+    let mut train = load_split(&paths[0], &paths[1])?;
+    let mut test = load_split(&paths[2], &paths[3])?;
+    let max_label = train.labels.iter().chain(&test.labels).max().copied();
+    let num_classes = max_label.map_or(0, |m| m as usize + 1);
+    train.num_classes = num_classes;
+    test.num_classes = num_classes;
+    Ok(DataDir {
+        format: "idx".to_string(),
+        train,
+        test,
+        class_names: Vec::new(),
+        skipped: Vec::new(),
+    })
 }
 
 /// The raw file if present, else the gzipped one.
@@ -49,11 +61,11 @@ fn find(dir: &Path, name: &str) -> Option<PathBuf> {
     [raw, gz].into_iter().find(|p| p.is_file())
 }
 
-/// Loads one split from an image file and a label file. num_classes is set from these labels
-/// only; `data::load_dir` makes it agree across splits.
+/// Loads one split from an image file and a label file.
 fn load_split(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
-    let (images, n, h, w) = parse_images(images_path, read_file(images_path)?)?;
-    let labels = parse_labels(labels_path, read_file(labels_path)?)?;
+    let read = |p: &Path| unpack(p, read_file(p, MAX_BYTES, "an IDX file")?);
+    let (images, n, h, w) = parse_images(images_path, read(images_path)?)?;
+    let labels = parse_labels(labels_path, read(labels_path)?)?;
     if labels.len() != n {
         return Err(Error::Data(format!(
             "{}: {} labels but {} has {} images",
@@ -63,7 +75,6 @@ fn load_split(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
             n
         )));
     }
-    let num_classes = labels.iter().max().map_or(0, |&m| m as usize + 1);
     Ok(Dataset {
         images,
         labels,
@@ -71,25 +82,22 @@ fn load_split(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
         h,
         w,
         c: 1,
-        num_classes,
+        ..Dataset::default()
     })
 }
 
-/// Reads a whole file, decompressing it if its name ends in `.gz`.
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut bytes = Vec::new();
-    if path.extension().is_some_and(|e| e == "gz") {
-        // Read at most one byte past the cap, so that exceeding it is detectable.
-        GzDecoder::new(file)
-            .take(MAX_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::Data(format!("{}: corrupt gzip data ({e})", path.display())))?;
-    } else {
-        file.take(MAX_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(path, e))?;
+/// The bytes of an IDX file as read from `path`: decompressed if its name ends in `.gz`,
+/// never more than MAX_BYTES.
+pub fn unpack(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
+    if path.extension().is_none_or(|e| e != "gz") {
+        return Ok(raw);
     }
+    let mut bytes = Vec::new();
+    // Read at most one byte past the cap, so that exceeding it is detectable.
+    GzDecoder::new(&raw[..])
+        .take(MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::Data(format!("{}: corrupt gzip data ({e})", path.display())))?;
     if bytes.len() as u64 > MAX_BYTES {
         return Err(Error::Data(format!(
             "{}: larger than {} MiB, not an IDX file of a supported dataset",
@@ -157,14 +165,14 @@ fn body(path: &Path, mut bytes: Vec<u8>, dims: &[usize]) -> Result<Vec<u8>> {
 }
 
 /// Parses an IDX image file: returns (pixels, n, h, w).
-fn parse_images(path: &Path, bytes: Vec<u8>) -> Result<(Vec<u8>, usize, usize, usize)> {
+pub fn parse_images(path: &Path, bytes: Vec<u8>) -> Result<(Vec<u8>, usize, usize, usize)> {
     let dims = header(path, &bytes, IMAGES_MAGIC, "image")?;
     let pixels = body(path, bytes, &dims)?;
     Ok((pixels, dims[0], dims[1], dims[2]))
 }
 
 /// Parses an IDX label file.
-fn parse_labels(path: &Path, bytes: Vec<u8>) -> Result<Vec<u32>> {
+pub fn parse_labels(path: &Path, bytes: Vec<u8>) -> Result<Vec<u32>> {
     let dims = header(path, &bytes, LABELS_MAGIC, "label")?;
     Ok(body(path, bytes, &dims)?
         .into_iter()
@@ -251,14 +259,14 @@ mod tests {
         let labels = idx(LABELS_MAGIC, &[3], &[0, 4, 1]);
         std::fs::write(dir.join(TRAIN_IMAGES), &images).unwrap();
         std::fs::write(dir.join(format!("{TRAIN_LABELS}.gz")), gzip(&labels)).unwrap();
-        let msg = err_of(load_dir(&dir));
+        let msg = err_of(load(&dir));
         assert!(
             msg.contains("t10k-images-idx3-ubyte[.gz] is missing"),
             "{msg}"
         );
         std::fs::write(dir.join(format!("{TEST_IMAGES}.gz")), gzip(&images)).unwrap();
         std::fs::write(dir.join(TEST_LABELS), &labels).unwrap();
-        let (train, test) = load_dir(&dir).unwrap().unwrap();
+        let DataDir { train, test, .. } = load(&dir).unwrap();
         assert_eq!(
             (train.n, train.h, train.w, train.c, train.num_classes),
             (3, 2, 2, 1, 5)
@@ -267,7 +275,7 @@ mod tests {
 
         // Label count that does not match the images.
         std::fs::write(dir.join(TEST_LABELS), idx(LABELS_MAGIC, &[2], &[0, 1])).unwrap();
-        let msg = err_of(load_dir(&dir));
+        let msg = err_of(load(&dir));
         assert!(
             msg.contains("2 labels but") && msg.contains("has 3 images"),
             "{msg}"
@@ -280,21 +288,22 @@ mod tests {
         gz[mid] ^= 0xff;
         gz[mid + 1] ^= 0xff;
         std::fs::write(&gz_path, &gz).unwrap();
-        let msg = err_of(read_file(&gz_path));
+        let read = |p: &Path| unpack(p, std::fs::read(p).unwrap());
+        let msg = err_of(read(&gz_path));
         assert!(
             msg.contains("t10k-images-idx3-ubyte.gz: corrupt gzip data"),
             "{msg}"
         );
         let gz = gzip(&images);
         std::fs::write(&gz_path, &gz[..gz.len() - 10]).unwrap();
-        assert!(err_of(read_file(&gz_path)).contains("corrupt gzip data"));
+        assert!(err_of(read(&gz_path)).contains("corrupt gzip data"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn empty_directory_is_not_idx() {
         let dir = temp_dir("empty");
-        assert!(load_dir(&dir).unwrap().is_none());
+        assert!(!found(&dir));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

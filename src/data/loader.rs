@@ -168,6 +168,7 @@ mod tests {
             w,
             c,
             num_classes: 3,
+            ..Dataset::default()
         })
     }
 

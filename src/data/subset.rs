@@ -1,8 +1,14 @@
-//! Which training labels the semi-supervised stages may use (the `--labels` flag).
+//! Which training labels the semi-supervised stages may use: the `--labels` flag (a count
+//! per class or a fraction, class-balanced and seeded) or `--labels-file` (the images named
+//! in a file, as the official 1% and 10% ImageNet subsets).
 
+use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 
+use super::{read_file, Dataset, UNLABELLED};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -72,8 +78,73 @@ impl LabelSpec {
     }
 }
 
-/// Class-balanced indices into the train set, chosen with the seed, sorted ascending.
-/// Fraction: per class round(frac * class_count), at least 1.
+/// The labelled subset of the training images `in_use` (indices into `train`, sorted): the
+/// images named in `labels_file` when there is one, else a `spec` subset chosen with `seed`.
+/// Unlabelled images are never chosen.
+pub fn labelled(
+    train: &Dataset,
+    in_use: &[usize],
+    spec: &LabelSpec,
+    labels_file: Option<&Path>,
+    seed: u64,
+) -> Result<Vec<usize>> {
+    if let Some(file) = labels_file {
+        return from_file(file, train, in_use);
+    }
+    let labels: Vec<u32> = in_use.iter().map(|&i| train.labels[i]).collect();
+    let chosen = select(&labels, train.num_classes, spec, seed)?;
+    Ok(chosen.into_iter().map(|i| in_use[i]).collect())
+}
+
+/// The images of `in_use` named in a labels file (indices into `train`, sorted): one file
+/// name per line, matched against the images' file names (a line may carry folders, as in
+/// "n01440764/n01440764_10026.JPEG"; only its last component counts). Blank lines are
+/// skipped; a name that matches no image, or two, is an error.
+pub fn from_file(file: &Path, train: &Dataset, in_use: &[usize]) -> Result<Vec<usize>> {
+    let bad = |why: String| Error::Config(format!("--labels-file {}: {why}", file.display()));
+    if train.paths.is_empty() {
+        return Err(bad(
+            "the training images have no file names (only image folders do); use --labels".into(),
+        ));
+    }
+    let bytes = read_file(file, 64 << 20, "a labels file")?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+    // File name -> image, or None when two images share the name.
+    let mut by_name: HashMap<&OsStr, Option<usize>> = HashMap::new();
+    for &i in in_use {
+        if let Some(name) = train.paths[i].file_name() {
+            by_name
+                .entry(name)
+                .and_modify(|e| *e = None)
+                .or_insert(Some(i));
+        }
+    }
+    let mut chosen = Vec::new();
+    for (line_no, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let Some(name) = Path::new(line).file_name() else {
+            continue;
+        };
+        let at = |why: &str| bad(format!("line {}: {line} {why}", line_no + 1));
+        match by_name.get(name) {
+            None => return Err(at("is not among the training images in use")),
+            Some(None) => return Err(at("names several training images")),
+            Some(Some(i)) if train.labels[*i] == UNLABELLED => {
+                return Err(at("is an unlabelled image"))
+            }
+            Some(Some(i)) => chosen.push(*i),
+        }
+    }
+    if chosen.is_empty() {
+        return Err(bad("names no images".into()));
+    }
+    chosen.sort_unstable();
+    chosen.dedup();
+    Ok(chosen)
+}
+
+/// Class-balanced indices into `labels`, chosen with the seed, sorted ascending; UNLABELLED
+/// entries are never chosen. Fraction: per class round(frac * class_count), at least 1.
 pub fn select(
     labels: &[u32],
     num_classes: usize,
@@ -82,6 +153,9 @@ pub fn select(
 ) -> Result<Vec<usize>> {
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
     for (i, &l) in labels.iter().enumerate() {
+        if l == UNLABELLED {
+            continue;
+        }
         let class = by_class.get_mut(l as usize).ok_or_else(|| {
             Error::Data(format!(
                 "label {l} of train image {i} is not below num_classes = {num_classes}"

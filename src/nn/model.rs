@@ -9,10 +9,9 @@
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::layers::{BatchNorm, Linear};
+use crate::nn::layers::{BatchNorm, Builder, Declare, Linear, Shapes};
 use crate::nn::params::ParamStore;
 use crate::nn::resnet::{Arch, ResNet};
-use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 /// Everything needed to rebuild a model's structure; stored in checkpoint.json.
@@ -56,41 +55,49 @@ impl ModelSpec {
     }
 }
 
+/// The model's layers, declared on `p` (allocating or shapes only).
+fn declare(
+    spec: &ModelSpec,
+    p: &mut impl Declare,
+) -> Result<(ResNet, Vec<HeadLayer>, Option<Linear>)> {
+    spec.validate()?;
+    let encoder = ResNet::new(&spec.arch, p)?;
+    let features = spec.arch.feature_dim();
+    let mut head = Vec::new();
+    let mut dim = features;
+    for i in 0..spec.head_layers {
+        let last = i == 2;
+        let out = if last { spec.proj_dim } else { features };
+        let name = format!("head.{i}");
+        head.push(HeadLayer {
+            // Official init: N(0, 0.01²); no dense bias since BN follows.
+            dense: Linear::new(p, &format!("{name}.dense"), dim, out, false, 0.01),
+            bn: BatchNorm::new(p, &format!("{name}.bn"), out, !last, false),
+            relu: !last,
+        });
+        dim = out;
+    }
+    let classifier = spec
+        .num_classes
+        .map(|k| Linear::new(p, "classifier", dim, k, true, 0.0));
+    Ok((encoder, head, classifier))
+}
+
+/// The names, shapes and kinds of a model's parameters in store order, without allocating
+/// them (parameter counts of any size; a checkpoint's shapes checked before loading it).
+pub fn param_shapes(spec: &ModelSpec) -> Result<Shapes> {
+    let mut shapes = Shapes::default();
+    declare(spec, &mut shapes)?;
+    Ok(shapes)
+}
+
 impl Model {
     pub fn new(spec: &ModelSpec, seed: u64) -> Result<Model> {
-        spec.validate()?;
-        let mut rng = Rng::new(seed);
-        let mut store = ParamStore::default();
-        let encoder = ResNet::new(&spec.arch, &mut store, &mut rng)?;
-        let features = spec.arch.feature_dim();
-        let mut head = Vec::new();
-        let mut dim = features;
-        for i in 0..spec.head_layers {
-            let last = i == 2;
-            let out = if last { spec.proj_dim } else { features };
-            let name = format!("head.{i}");
-            head.push(HeadLayer {
-                // Official init: N(0, 0.01²); no dense bias since BN follows.
-                dense: Linear::new(
-                    &mut store,
-                    &format!("{name}.dense"),
-                    dim,
-                    out,
-                    false,
-                    0.01,
-                    &mut rng,
-                ),
-                bn: BatchNorm::new(&mut store, &format!("{name}.bn"), out, !last, false),
-                relu: !last,
-            });
-            dim = out;
-        }
-        let classifier = spec
-            .num_classes
-            .map(|k| Linear::new(&mut store, "classifier", dim, k, true, 0.0, &mut rng));
+        let mut builder = Builder::new(seed);
+        let (encoder, head, classifier) = declare(spec, &mut builder)?;
         Ok(Model {
             spec: spec.clone(),
-            store,
+            store: builder.store,
             encoder,
             head,
             classifier,

@@ -8,6 +8,7 @@ pub mod linear;
 pub mod loss;
 pub mod normalize;
 pub mod pool;
+pub mod sk;
 
 use crate::autograd::{Op, Var};
 use crate::tensor::Tensor;
@@ -43,6 +44,12 @@ pub(crate) fn backward(
         Op::Add { a, b } => vec![(*a, dy.clone()), (*b, dy)],
         Op::MaxPool { x, shape } => vec![(*x, pool::maxpool_backward(shape, v(*x), &dy))],
         Op::GlobalAvgPool { x } => vec![(*x, pool::global_avg_pool_backward(v(*x), &dy))],
+        Op::AvgPool { x, shape } => vec![(*x, pool::avg_pool_backward(shape, &dy))],
+        Op::SkPool { x } => vec![(*x, sk::sk_pool_backward(v(*x), &dy))],
+        Op::SkCombine { x, logits } => {
+            let (dx, dlogits) = sk::sk_combine_backward(v(*x), v(*logits), &dy);
+            vec![(*x, dx), (*logits, dlogits)]
+        }
         Op::Linear { x, w, b } => linear::backward((*x, v(*x)), (*w, v(*w)), *b, &dy),
         Op::L2Normalize { x, inv_norm } => {
             vec![(*x, normalize::l2_normalize_backward(v(out), inv_norm, &dy))]

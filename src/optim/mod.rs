@@ -57,6 +57,21 @@ impl Optimizer {
         }
     }
 
+    /// The velocity of each trained parameter, by parameter index (for checkpoints).
+    pub fn velocity(&self) -> impl Iterator<Item = (usize, &Tensor)> {
+        self.velocity
+            .iter()
+            .enumerate()
+            .filter_map(|(id, v)| v.as_ref().map(|v| (id, v)))
+    }
+
+    /// Restores velocities saved by a checkpoint, onto each parameter's device.
+    pub fn restore(&mut self, store: &ParamStore, velocity: Vec<(usize, Tensor)>) {
+        for (id, v) in velocity {
+            self.velocity[id] = Some(v.to_device(&store.params[id].value.device()));
+        }
+    }
+
     /// One update of every parameter that has a gradient. Weight decay and LARS's
     /// layer-wise adaptation apply to conv/dense kernels only, never to BN parameters or
     /// biases (as the official implementation excludes them).

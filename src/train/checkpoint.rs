@@ -1,11 +1,17 @@
 //! Checkpoints: the parameters (and BN statistics) in a safetensors file whose metadata
 //! also holds the model's spec, plus a human-readable checkpoint.json beside it (stage,
-//! epoch, architecture, the full config). Both are written to a temporary file and renamed,
-//! so an interrupted write never leaves a broken checkpoint in place of a good one.
+//! position reached, architecture, the full config). Both are written to a temporary file and
+//! renamed, so an interrupted write never leaves a broken checkpoint in place of a good one.
+//!
+//! Checkpoints written during training also hold the optimiser's state (each velocity as
+//! `optimizer.velocity.<parameter>`) and the exact position (epoch, batch, the epoch's loss
+//! so far), in the same file, so that a killed run resumes where it stopped: the data order and
+//! augmentations are functions of (seed, epoch, image), so nothing else needs saving.
 
 use crate::error::{Error, Result};
-use crate::nn::model::{Model, ModelSpec};
+use crate::nn::model::{param_shapes, Model, ModelSpec};
 use crate::nn::params::ParamStore;
+use crate::optim::Optimizer;
 use crate::tensor::{DType, Tensor};
 use crate::train::config::Config;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -24,6 +30,18 @@ pub struct Meta {
     pub stage: String,
     /// Epochs completed.
     pub epoch: usize,
+    /// Batches completed of the next epoch (0 at an epoch's end).
+    #[serde(default)]
+    pub batch: usize,
+    /// Sum of those batches' losses (for the epoch's mean after a resume).
+    #[serde(default)]
+    pub loss_sum: f64,
+    /// Training seconds so far.
+    #[serde(default)]
+    pub elapsed_s: f64,
+    /// The last epoch's record (mean loss, kNN or top-1), as in metrics.jsonl.
+    #[serde(default)]
+    pub record: serde_json::Value,
     pub spec: ModelSpec,
     /// The run's full config, for the record (kept as JSON so that checkpoints stay readable
     /// when the config gains fields).
@@ -36,10 +54,24 @@ impl Meta {
             format: FORMAT.into(),
             stage: stage.into(),
             epoch,
+            batch: 0,
+            loss_sum: 0.0,
+            elapsed_s: 0.0,
+            record: serde_json::Value::Null,
             spec: spec.clone(),
             config: serde_json::to_value(config).expect("config serialises"),
         }
     }
+}
+
+const VELOCITY: &str = "optimizer.velocity.";
+
+/// What a resumed stage starts from.
+pub struct Resume {
+    pub model: Model,
+    pub meta: Meta,
+    /// Optimiser velocities by parameter index.
+    pub velocity: Vec<(usize, Tensor)>,
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
@@ -49,21 +81,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-pub fn save(dir: &Path, model: &Model, meta: &Meta) -> Result<()> {
+/// Saves the model, and the optimiser's state when training.
+pub fn save(dir: &Path, model: &Model, opt: Option<&Optimizer>, meta: &Meta) -> Result<()> {
     let meta_json = serde_json::to_string_pretty(meta).expect("config serialises");
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = model
+    let entry = |name: String, t: &Tensor| {
+        let values = t.to_f32_vec();
+        (
+            name,
+            bytemuck::cast_slice(&values).to_vec(),
+            t.shape.clone(),
+        )
+    };
+    let mut bytes: Vec<(String, Vec<u8>, Vec<usize>)> = model
         .store
         .params
         .iter()
-        .map(|p| {
-            let values = p.value.to_f32_vec();
-            (
-                p.name.clone(),
-                bytemuck::cast_slice(&values).to_vec(),
-                p.value.shape.clone(),
-            )
-        })
+        .map(|p| entry(p.name.clone(), &p.value))
         .collect();
+    if let Some(opt) = opt {
+        for (id, v) in opt.velocity() {
+            let name = &model.store.params[id].name;
+            bytes.push(entry(format!("{VELOCITY}{name}"), v));
+        }
+    }
     let views = bytes.iter().map(|(name, data, shape)| {
         let view = TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes match");
         (name.clone(), view)
@@ -86,6 +126,12 @@ fn resolve(path: &Path) -> PathBuf {
 
 /// Reads a checkpoint and rebuilds its model.
 pub fn load(path: &Path) -> Result<(Model, Meta)> {
+    load_training(path).map(|r| (r.model, r.meta))
+}
+
+/// Reads a checkpoint with the optimiser state it holds (none for a checkpoint written
+/// before training began to save it).
+pub fn load_training(path: &Path) -> Result<Resume> {
     let path = resolve(path);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let not_ours = |why: String| {
@@ -106,42 +152,56 @@ pub fn load(path: &Path) -> Result<(Model, Meta)> {
         return Err(not_ours(format!("format {}", meta.format)));
     }
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| not_ours(format!("{e}")))?;
-    // The stem's shape must agree with the spec before the spec decides what to allocate.
-    let a = &meta.spec.arch;
-    let k = if a.small_stem() { 3 } else { 7 };
-    let stem = tensors
-        .tensor("encoder.stem.conv.weight")
-        .map_err(|_| not_ours("tensor encoder.stem.conv.weight is missing".into()))?;
-    if stem.shape() != [a.width, k, k, a.in_channels] {
-        return Err(not_ours(format!(
-            "its spec says width {} but the stem is {:?}",
-            a.width,
-            stem.shape()
-        )));
+    // Every tensor the spec declares must be in the file with its shape before the spec
+    // decides what to allocate (a forged spec cannot ask for gigabytes the file lacks).
+    let shapes =
+        param_shapes(&meta.spec).map_err(|e| not_ours(format!("bad architecture: {e}")))?;
+    for p in &shapes.params {
+        let t = tensors
+            .tensor(&p.name)
+            .map_err(|_| not_ours(format!("tensor {} is missing", p.name)))?;
+        if t.dtype() != Dtype::F32 || t.shape() != p.shape.as_slice() {
+            return Err(not_ours(format!(
+                "tensor {} is {:?} {:?}, expected F32 {:?} (its spec says {} width {})",
+                p.name,
+                t.dtype(),
+                t.shape(),
+                p.shape,
+                meta.spec.arch.name,
+                meta.spec.arch.width
+            )));
+        }
     }
     let mut model =
         Model::new(&meta.spec, 0).map_err(|e| not_ours(format!("bad architecture: {e}")))?;
     for p in &mut model.store.params {
-        let t = tensors
-            .tensor(&p.name)
-            .map_err(|_| not_ours(format!("tensor {} is missing", p.name)))?;
-        if t.dtype() != Dtype::F32 || t.shape() != p.value.shape.as_slice() {
-            return Err(not_ours(format!(
-                "tensor {} is {:?} {:?}, expected F32 {:?}",
-                p.name,
-                t.dtype(),
-                t.shape(),
-                p.value.shape
-            )));
-        }
-        let values: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        p.value = Tensor::from_vec(&p.value.shape, values);
+        let t = tensors.tensor(&p.name).expect("checked above");
+        p.value = Tensor::from_vec(&p.value.shape, f32s(t.data()));
     }
-    Ok((model, meta))
+    let mut velocity = Vec::new();
+    for (id, p) in model.store.params.iter().enumerate() {
+        if let Ok(t) = tensors.tensor(&format!("{VELOCITY}{}", p.name)) {
+            if t.dtype() != Dtype::F32 || t.shape() != p.value.shape.as_slice() {
+                return Err(not_ours(format!(
+                    "the velocity of {} has the wrong shape",
+                    p.name
+                )));
+            }
+            velocity.push((id, Tensor::from_vec(&p.value.shape, f32s(t.data()))));
+        }
+    }
+    Ok(Resume {
+        model,
+        meta,
+        velocity,
+    })
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Copies every parameter of `from` whose name starts with one of `prefixes` into `to`
@@ -181,6 +241,7 @@ mod tests {
                 width: 4,
                 in_channels: 1,
                 image_size: 12,
+                sk: false,
             },
             head_layers: 1,
             proj_dim: 8,
@@ -197,7 +258,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("simclr-ckpt-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = Config::preset("tiny").unwrap();
-        save(&dir, &model, &Meta::new("finetune", 2, &spec, &config)).unwrap();
+        save(
+            &dir,
+            &model,
+            None,
+            &Meta::new("finetune", 2, &spec, &config),
+        )
+        .unwrap();
         let (loaded, meta) = load(&dir).unwrap();
         assert_eq!((meta.stage.as_str(), meta.epoch), ("finetune", 2));
         assert_eq!(loaded.spec, spec);

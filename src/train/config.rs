@@ -33,6 +33,9 @@ pub struct Config {
     /// Encoder of the pretrained / fine-tuned network (and the baseline).
     pub arch: String,
     pub width: usize,
+    /// Selective kernels (+ ResNet-D) in the pretrained / fine-tuned network.
+    #[serde(default)]
+    pub sk: bool,
     pub proj_dim: usize,
     /// Use only the first N training images (after a seeded shuffle); None = all.
     pub train_images: Option<usize>,
@@ -57,6 +60,21 @@ pub struct Config {
     pub distill_temperature: f64,
     /// Weight α of the label loss mixed into distillation on labelled examples.
     pub distill_label_weight: f64,
+    /// Dataset format (None: detected from the files present).
+    #[serde(default)]
+    pub format: Option<crate::data::Format>,
+    /// Resize images to N×N (None: native size; image folders default to 224).
+    #[serde(default)]
+    pub image_size: Option<usize>,
+    /// The labelled subset as a list of file names (overrides `labels`).
+    #[serde(default)]
+    pub labels_file: Option<PathBuf>,
+    /// Also checkpoint every N steps within an epoch (0: at epoch ends only).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    /// Continue the run in --out from the checkpoints it holds.
+    #[serde(default)]
+    pub resume: bool,
 }
 
 impl Config {
@@ -78,6 +96,7 @@ impl Config {
             device: "auto".into(),
             arch: "resnet8".into(),
             width: 16,
+            sk: false,
             proj_dim: 128,
             train_images: None,
             test_images: None,
@@ -101,6 +120,11 @@ impl Config {
             student_width: 11,
             distill_temperature: 1.0,
             distill_label_weight: 0.0,
+            format: None,
+            image_size: None,
+            labels_file: None,
+            checkpoint_every: 0,
+            resume: false,
         };
         match name {
             "default" => Ok(default),
@@ -119,8 +143,51 @@ impl Config {
                 knn_k: 20,
                 ..default
             }),
+            // The paper's ImageNet recipe, from the official code's README and the SimCLRv2
+            // paper: pretraining with LARS at batch 4096 for 800 epochs, lr 0.075·√B, weight
+            // decay 1e-4, τ = 0.1, 5% warmup; fine-tuning the whole network from head layer 1
+            // on 1% of the labels with LARS, lr 0.005·√B, batch 1024, 60 epochs, no weight
+            // decay. Distillation is not in the official README: it reuses the pretraining
+            // optimiser, unlabelled images only, τ = 1.
+            "imagenet-r50-1x"
+            | "imagenet-r50-1x-sk"
+            | "imagenet-r50-2x-sk"
+            | "imagenet-r152-3x-sk" => {
+                let (arch, width, sk) = match name {
+                    "imagenet-r50-1x" => ("resnet50", 64, false),
+                    "imagenet-r50-1x-sk" => ("resnet50", 64, true),
+                    "imagenet-r50-2x-sk" => ("resnet50", 128, true),
+                    _ => ("resnet152", 192, true),
+                };
+                let lars = |epochs, batch_size, lr, weight_decay, warmup| StageConfig {
+                    epochs,
+                    batch_size,
+                    lr,
+                    lr_scaling: LrScaling::Sqrt,
+                    warmup,
+                    weight_decay,
+                    optimizer: OptimizerKind::Lars,
+                };
+                Ok(Config {
+                    image_size: Some(224),
+                    labels: "1%".into(),
+                    arch: arch.into(),
+                    width,
+                    sk,
+                    pretrain: lars(800, 4096, 0.075, 1e-4, 0.05),
+                    finetune: lars(60, 1024, 0.005, 0.0, 0.0),
+                    distill: lars(400, 4096, 0.075, 1e-4, 0.05),
+                    color_strength: 1.0,
+                    crop_min: 0.08,
+                    student_arch: "resnet50".into(),
+                    student_width: 64,
+                    knn_bank: 50_000,
+                    ..default
+                })
+            }
             _ => Err(Error::Config(format!(
-                "--preset {name}: unknown preset (expected default or tiny)"
+                "--preset {name}: unknown preset (expected default, tiny, imagenet-r50-1x, \
+                 imagenet-r50-1x-sk, imagenet-r50-2x-sk or imagenet-r152-3x-sk)"
             ))),
         }
     }
@@ -141,6 +208,7 @@ impl Config {
                 width,
                 in_channels: 1,
                 image_size: 1,
+                sk: false,
             };
             arch.validate()
                 .map_err(|e| Error::Config(format!("{flag}: {e}")))?;

@@ -85,6 +85,10 @@ pub fn knn_top1(
     norm: &Normalize,
     k: usize,
 ) -> f64 {
+    // Nothing to vote with or nothing to classify (an unlabelled folder, no test split).
+    if bank.is_empty() || queries.is_empty() {
+        return f64::NAN;
+    }
     let d = model.spec.arch.feature_dim();
     let (mut bank_f, _) = forward_all(model, train, bank, norm);
     let (mut query_f, _) = forward_all(model, test, queries, norm);

@@ -1,6 +1,7 @@
 //! Run bookkeeping: the output directory, metrics.jsonl, and progress bars.
 
 use crate::error::{Error, Result};
+use crate::train::checkpoint::write_atomic;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
@@ -63,12 +64,24 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn create(dir: &Path) -> Result<Metrics> {
+    /// A new metrics.jsonl, or (`append`, a resumed run) the existing one continued after
+    /// its last complete line (a run killed mid-write leaves half a line; the steps after the
+    /// checkpoint are logged again, and readers keep the later record).
+    pub fn open(dir: &Path, append: bool) -> Result<Metrics> {
         let path = dir.join("metrics.jsonl");
+        if append {
+            if let Ok(text) = std::fs::read(&path) {
+                let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                if complete < text.len() {
+                    write_atomic(&path, &text[..complete])?;
+                }
+            }
+        }
         let file = OpenOptions::new()
             .create(true)
             .write(true)
-            .truncate(true)
+            .append(append)
+            .truncate(!append)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         Ok(Metrics { file, path })

@@ -4,8 +4,10 @@
 pub mod checkpoint;
 pub mod config;
 pub mod eval;
+pub mod export;
 pub mod metrics;
 pub mod pipeline;
+pub mod plot;
 pub mod stages;
 pub mod trainer;
 
@@ -39,7 +41,12 @@ impl Context {
         cfg.validate()?;
         let (device, why) = Device::select(&cfg.device)?;
         println!("{why}");
-        let data = crate::data::load_dir(&cfg.data)?;
+        let opts = crate::data::LoadOptions {
+            format: cfg.format,
+            image_size: cfg.image_size,
+            skip_unlabelled: false,
+        };
+        let data = crate::data::load(&cfg.data, &opts)?;
         let mut train_indices: Vec<usize> = (0..data.train.n).collect();
         if let Some(n) = cfg.train_images {
             Rng::derive(cfg.seed, &[0x5EED]).shuffle(&mut train_indices);
@@ -48,20 +55,19 @@ impl Context {
         }
         let test_indices: Vec<usize> =
             (0..data.test.n.min(cfg.test_images.unwrap_or(usize::MAX))).collect();
-        let labels: Vec<u32> = train_indices
-            .iter()
-            .map(|&i| data.train.labels[i])
-            .collect();
-        let labelled = subset::select(
-            &labels,
-            data.train.num_classes,
+        let labelled = subset::labelled(
+            &data.train,
+            &train_indices,
             &cfg.label_spec()?,
+            cfg.labels_file.as_deref(),
             cfg.seed,
-        )?
-        .into_iter()
-        .map(|i| train_indices[i])
-        .collect();
-        let mut knn_bank = train_indices.clone();
+        )?;
+        // The kNN monitor votes with labels: its bank holds labelled images only.
+        let mut knn_bank: Vec<usize> = train_indices
+            .iter()
+            .copied()
+            .filter(|&i| data.train.labels[i] != crate::data::UNLABELLED)
+            .collect();
         Rng::derive(cfg.seed, &[0xB4A7]).shuffle(&mut knn_bank);
         knn_bank.truncate(cfg.knn_bank);
         let norm = Normalize::from_dataset(&data.train);
@@ -90,11 +96,17 @@ impl Context {
         })
     }
 
-    /// Fraction of the training images in use that are labelled.
+    /// Fraction of the labelled training images in use that form the labelled subset (the
+    /// nominal fraction when one was asked for; the actual one for a count or a file).
     pub fn label_fraction(&self) -> f64 {
-        self.cfg
-            .label_spec()
-            .map(|s| s.fraction_of(self.train_indices.len(), self.labelled.len()))
-            .unwrap_or(0.0)
+        let labelled_in_use = self
+            .train_indices
+            .iter()
+            .filter(|&&i| self.train.labels[i] != crate::data::UNLABELLED)
+            .count();
+        match (&self.cfg.labels_file, self.cfg.label_spec()) {
+            (None, Ok(spec)) => spec.fraction_of(labelled_in_use, self.labelled.len()),
+            _ => self.labelled.len() as f64 / labelled_in_use.max(1) as f64,
+        }
     }
 }

@@ -78,7 +78,7 @@ pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
         ctx.labelled.len()
     );
     let fresh = Model::new(
-        &classifier_spec(ctx, ctx.arch(&cfg.arch, cfg.width)),
+        &classifier_spec(ctx, ctx.arch(&cfg.arch, cfg.width, cfg.sk)),
         cfg.seed,
     )?;
     let baseline = stages::supervised(ctx, fresh, "baseline", &sub_dir(out, "baseline")?)?;

@@ -8,15 +8,19 @@ use crate::error::{Error, Result};
 use crate::nn::model::{Model, ModelSpec};
 use crate::nn::resnet::Arch;
 use crate::ops;
+use crate::optim::Optimizer;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::checkpoint::{self, Meta};
+use crate::train::checkpoint::{self, Meta, Resume};
 use crate::train::config::StageConfig;
 use crate::train::eval;
 use crate::train::metrics::Metrics;
-use crate::train::trainer::{self, Outcome, Stage};
+use crate::train::trainer::{self, Outcome, Position, Stage};
+
+/// Where a resumed stage starts, and the optimiser state saved there.
+type Start = (Position, Vec<(usize, Tensor)>);
 use crate::train::Context;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::Path;
 
 /// Keys that give each stage its own random streams.
@@ -25,29 +29,32 @@ const SUPERVISED: u64 = 2;
 const DISTILL: u64 = 3;
 
 impl Context {
-    pub fn arch(&self, name: &str, width: usize) -> Arch {
+    pub fn arch(&self, name: &str, width: usize, sk: bool) -> Arch {
         Arch {
             name: name.to_string(),
             width,
             in_channels: self.train.c,
             image_size: self.train.h,
+            sk,
         }
     }
 
-    /// Loader of one epoch over `indices` in a seeded order (a new order every epoch).
+    /// Loader of one epoch over `indices` in a seeded order (a new order every epoch),
+    /// without its first `skip` batches (a resumed epoch). Augmentations are seeded by image,
+    /// so the remaining batches are exactly those of an uninterrupted epoch.
     fn epoch_loader(
         &self,
         key: u64,
         indices: &[usize],
         batch: usize,
         views: Views,
-        epoch: usize,
+        (epoch, skip): (usize, usize),
     ) -> Loader {
         let mut order = indices.to_vec();
         Rng::derive(self.cfg.seed, &[key, epoch as u64]).shuffle(&mut order);
         Loader::new(
             self.train.clone(),
-            order,
+            order.split_off((skip * batch).min(order.len())),
             batch,
             true,
             views,
@@ -78,8 +85,80 @@ impl Context {
         g.input(x.to_device(&self.device))
     }
 
-    fn save(&self, dir: &Path, stage: &str, epoch: usize, model: &Model) -> Result<()> {
-        checkpoint::save(dir, model, &Meta::new(stage, epoch, &model.spec, &self.cfg))
+    /// A training checkpoint of `stage` at `pos` in `dir`.
+    fn save(
+        &self,
+        dir: &Path,
+        stage: &str,
+        (model, opt): (&Model, &Optimizer),
+        pos: &Position,
+    ) -> Result<()> {
+        let meta = Meta {
+            batch: pos.batch,
+            loss_sum: pos.loss_sum,
+            elapsed_s: pos.elapsed_s,
+            record: pos.record.clone(),
+            ..Meta::new(stage, pos.epoch, &model.spec, &self.cfg)
+        };
+        checkpoint::save(dir, model, Some(opt), &meta)
+    }
+
+    /// With --resume, the checkpoint `stage` left in `dir` (none: the stage starts afresh).
+    /// It must be of the same stage, network and settings (the device may differ).
+    fn resume_point(&self, dir: &Path, stage: &str, spec: &ModelSpec) -> Result<Option<Resume>> {
+        if !self.cfg.resume || !dir.join(checkpoint::FILE).exists() {
+            return Ok(None);
+        }
+        let mut r = checkpoint::load_training(dir)?;
+        let mut saved = r.meta.config.clone();
+        let mut now = serde_json::to_value(&self.cfg).expect("config serialises");
+        // Settings that may change between the run and its resumption.
+        for c in [&mut saved, &mut now] {
+            for key in ["device", "resume", "checkpoint_every"] {
+                c[key] = Value::Null;
+            }
+        }
+        if r.meta.stage != stage || r.meta.spec != *spec || saved != now {
+            return Err(Error::Config(format!(
+                "--resume: {} holds a {} checkpoint of other settings; resume with the flags of that run",
+                dir.display(),
+                r.meta.stage
+            )));
+        }
+        println!(
+            "{stage}: resuming from epoch {} batch {} in {}",
+            r.meta.epoch,
+            r.meta.batch,
+            dir.display()
+        );
+        r.model.to_device(&self.device);
+        Ok(Some(r))
+    }
+
+    /// The model a stage trains and where it starts: its checkpoint's model, position and
+    /// optimiser state when resuming, else `fresh` from the beginning. On the run's device.
+    fn begin(&self, resume: Option<Resume>, fresh: Model) -> (Model, Option<Start>) {
+        let (mut model, start) = match resume {
+            Some(r) => {
+                let m = r.meta;
+                let pos = Position {
+                    epoch: m.epoch,
+                    batch: m.batch,
+                    loss_sum: m.loss_sum,
+                    elapsed_s: m.elapsed_s,
+                    record: m.record,
+                };
+                (r.model, Some((pos, r.velocity)))
+            }
+            None => (fresh, None),
+        };
+        model.to_device(&self.device);
+        (model, start)
+    }
+
+    /// metrics.jsonl of a stage: continued when resuming, else new.
+    fn metrics(&self, dir: &Path, start: &Option<Start>) -> Result<Metrics> {
+        Metrics::open(dir, start.is_some())
     }
 }
 
@@ -111,33 +190,32 @@ pub struct Pretrained {
 pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
     let cfg = &ctx.cfg;
     let spec = ModelSpec {
-        arch: ctx.arch(&cfg.arch, cfg.width),
+        arch: ctx.arch(&cfg.arch, cfg.width, cfg.sk),
         head_layers: 3,
         proj_dim: cfg.proj_dim,
         num_classes: None,
     };
-    let mut model = Model::new(&spec, cfg.seed)?;
-    model.to_device(&ctx.device);
+    let resume = ctx.resume_point(out, "pretrain", &spec)?;
+    let (mut model, start) = ctx.begin(resume, Model::new(&spec, cfg.seed)?);
     let (stage_cfg, batches) = fit_batch(&cfg.pretrain, ctx.train_indices.len(), "pretrain")?;
     let aug = Augment {
         crop_area: (cfg.crop_min, 1.0),
         ..Augment::simclr(ctx.train.h, cfg.color_strength)
     };
-    let mut metrics = Metrics::create(out)?;
-    let mut knn = f64::NAN;
+    let mut metrics = ctx.metrics(out, &start)?;
     let outcome = trainer::run(
         &mut model,
         Stage {
             name: "pretrain",
             cfg: &stage_cfg,
             batches_per_epoch: batches,
-            loader: &mut |epoch| {
+            loader: &mut |epoch, skip| {
                 ctx.epoch_loader(
                     PRETRAIN,
                     &ctx.train_indices,
                     stage_cfg.batch_size,
                     Views::Two(aug.clone()),
-                    epoch,
+                    (epoch, skip),
                 )
             },
             loss: &mut |g, model, batch| {
@@ -146,8 +224,8 @@ pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
                 let z = ops::normalize::l2_normalize(g, proj);
                 ops::loss::ntxent(g, z, cfg.temperature)
             },
-            end_epoch: &mut |model, epoch| {
-                knn = eval::knn_top1(
+            end_epoch: &mut |model, _| {
+                let knn = eval::knn_top1(
                     model,
                     &ctx.train,
                     &ctx.knn_bank,
@@ -156,16 +234,19 @@ pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
                     &ctx.norm,
                     cfg.knn_k,
                 );
-                ctx.save(out, "pretrain", epoch, model)?;
                 Ok(json!({"knn_top1": knn}))
             },
+            save: &mut |model, opt, pos| ctx.save(out, "pretrain", (model, opt), pos),
+            checkpoint_every: cfg.checkpoint_every,
+            start,
         },
         &mut metrics,
     )?;
+    let knn_top1 = outcome.record["knn_top1"].as_f64().unwrap_or(f64::NAN);
     Ok(Pretrained {
         model,
         outcome,
-        knn_top1: knn,
+        knn_top1,
     })
 }
 
@@ -173,6 +254,17 @@ pub struct Supervised {
     pub model: Model,
     pub outcome: Outcome,
     pub top1: f64,
+}
+
+impl Supervised {
+    fn new(model: Model, outcome: Outcome) -> Supervised {
+        let top1 = outcome.record["top1"].as_f64().unwrap_or(f64::NAN);
+        Supervised {
+            model,
+            outcome,
+            top1,
+        }
+    }
 }
 
 /// The network fine-tuning trains: encoder + head layer 1 + zero-initialised classifier.
@@ -204,15 +296,15 @@ pub fn from_pretrained(ctx: &Context, pretrained: &Model) -> Result<Model> {
 /// flip, then top-1 on the test set. `stage` is "finetune" or "baseline".
 pub fn supervised(
     ctx: &Context,
-    mut model: Model,
+    model: Model,
     stage: &'static str,
     out: &Path,
 ) -> Result<Supervised> {
-    model.to_device(&ctx.device);
+    let resume = ctx.resume_point(out, stage, &model.spec)?;
+    let (mut model, start) = ctx.begin(resume, model);
     let (stage_cfg, batches) = fit_batch(&ctx.cfg.finetune, ctx.labelled.len(), stage)?;
     let aug = ctx.crop_flip();
-    let mut metrics = Metrics::create(out)?;
-    let mut top1 = f64::NAN;
+    let mut metrics = ctx.metrics(out, &start)?;
     let epochs = stage_cfg.epochs;
     let outcome = trainer::run(
         &mut model,
@@ -220,13 +312,13 @@ pub fn supervised(
             name: stage,
             cfg: &stage_cfg,
             batches_per_epoch: batches,
-            loader: &mut |epoch| {
+            loader: &mut |epoch, skip| {
                 ctx.epoch_loader(
                     SUPERVISED,
                     &ctx.labelled,
                     stage_cfg.batch_size,
                     Views::One(aug.clone()),
-                    epoch,
+                    (epoch, skip),
                 )
             },
             loss: &mut |g, model, batch| {
@@ -238,40 +330,35 @@ pub fn supervised(
                 if epoch < epochs {
                     return Ok(json!({}));
                 }
-                top1 = eval::top1(model, &ctx.test, &ctx.test_indices, &ctx.norm);
-                ctx.save(out, stage, epoch, model)?;
+                let top1 = eval::top1(model, &ctx.test, &ctx.test_indices, &ctx.norm);
                 Ok(json!({"top1": top1}))
             },
+            save: &mut |model, opt, pos| ctx.save(out, stage, (model, opt), pos),
+            checkpoint_every: ctx.cfg.checkpoint_every,
+            start,
         },
         &mut metrics,
     )?;
-    Ok(Supervised {
-        model,
-        outcome,
-        top1,
-    })
+    Ok(Supervised::new(model, outcome))
 }
 
 /// Stage 3: the student learns the teacher's softened predictions on the (unlabelled)
 /// training images; optionally mixed with the label loss on the labelled ones.
 pub fn distill(ctx: &Context, teacher: &mut Model, out: &Path) -> Result<Supervised> {
     let cfg = &ctx.cfg;
-    let mut student = Model::new(
-        &ModelSpec {
-            arch: ctx.arch(&cfg.student_arch, cfg.student_width),
-            head_layers: 0,
-            proj_dim: cfg.proj_dim,
-            num_classes: teacher.spec.num_classes,
-        },
-        cfg.seed ^ DISTILL,
-    )?;
-    student.to_device(&ctx.device);
+    let spec = ModelSpec {
+        arch: ctx.arch(&cfg.student_arch, cfg.student_width, false),
+        head_layers: 0,
+        proj_dim: cfg.proj_dim,
+        num_classes: teacher.spec.num_classes,
+    };
+    let resume = ctx.resume_point(out, "distill", &spec)?;
+    let (mut student, start) = ctx.begin(resume, Model::new(&spec, cfg.seed ^ DISTILL)?);
     teacher.to_device(&ctx.device);
     let (stage_cfg, batches) = fit_batch(&cfg.distill, ctx.train_indices.len(), "distill")?;
     let aug = ctx.crop_flip();
     let labelled: std::collections::HashSet<usize> = ctx.labelled.iter().copied().collect();
-    let mut metrics = Metrics::create(out)?;
-    let mut top1 = f64::NAN;
+    let mut metrics = ctx.metrics(out, &start)?;
     let epochs = stage_cfg.epochs;
     let outcome = trainer::run(
         &mut student,
@@ -279,13 +366,13 @@ pub fn distill(ctx: &Context, teacher: &mut Model, out: &Path) -> Result<Supervi
             name: "distill",
             cfg: &stage_cfg,
             batches_per_epoch: batches,
-            loader: &mut |epoch| {
+            loader: &mut |epoch, skip| {
                 ctx.epoch_loader(
                     DISTILL,
                     &ctx.train_indices,
                     stage_cfg.batch_size,
                     Views::One(aug.clone()),
-                    epoch,
+                    (epoch, skip),
                 )
             },
             loss: &mut |g, student, batch| {
@@ -317,19 +404,17 @@ pub fn distill(ctx: &Context, teacher: &mut Model, out: &Path) -> Result<Supervi
                 )
             },
             end_epoch: &mut |model, epoch| {
-                ctx.save(out, "distill", epoch, model)?;
                 if epoch < epochs {
                     return Ok(json!({}));
                 }
-                top1 = eval::top1(model, &ctx.test, &ctx.test_indices, &ctx.norm);
+                let top1 = eval::top1(model, &ctx.test, &ctx.test_indices, &ctx.norm);
                 Ok(json!({"top1": top1}))
             },
+            save: &mut |model, opt, pos| ctx.save(out, "distill", (model, opt), pos),
+            checkpoint_every: cfg.checkpoint_every,
+            start,
         },
         &mut metrics,
     )?;
-    Ok(Supervised {
-        model: student,
-        outcome,
-        top1,
-    })
+    Ok(Supervised::new(student, outcome))
 }

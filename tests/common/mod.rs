@@ -2,7 +2,34 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use simclr::device::cuda::{Gpu, Schedule};
+use std::path::PathBuf;
 use std::sync::Once;
+
+/// A per-test temporary directory, removed when the test ends.
+pub struct Tmp(pub PathBuf);
+
+impl Tmp {
+    pub fn new(test: &str) -> Tmp {
+        let dir = std::env::temp_dir().join(format!("simclr-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Tmp(dir)
+    }
+
+    /// Writes `bytes` to `name` (creating parent directories); returns its path.
+    pub fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// The emulator under every schedule (a missing barrier shows under one order or another; the
 /// kernels' tests are small enough to run four times), plus the real GPU when one is present;

@@ -11,6 +11,7 @@ pub mod normalize;
 pub mod optim;
 pub mod pool;
 pub mod real;
+pub mod sk;
 
 /// Keeps freed buffers in the process. Every op allocates its output, and glibc serves large
 /// allocations with fresh mmap'd pages by default, so each step paid a page fault per 4 KiB

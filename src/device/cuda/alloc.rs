@@ -51,10 +51,10 @@ impl Cache {
     }
 
     pub fn give_back(&mut self, ptr: u64, size: usize) {
-        self.stats.in_use -= size;
         if ptr == 0 {
-            return; // the stand-in for an allocation that failed
+            return; // the stand-in for an allocation that failed, never booked
         }
+        self.stats.in_use -= size;
         self.stats.cached += size;
         self.free.entry(size).or_default().push(ptr);
     }

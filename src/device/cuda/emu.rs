@@ -61,19 +61,36 @@ pub struct Emu {
     schedule: Schedule,
     /// Live allocations and their sizes (needed to free them).
     sizes: Mutex<HashMap<u64, usize>>,
+    /// The emulated device's memory, from `SIMCLR_EMU_MEMORY_MB` (unlimited when unset): lets
+    /// tests run into "out of device memory" as a small GPU would.
+    capacity: Option<usize>,
 }
 
 impl Emu {
     pub fn new(schedule: Schedule) -> Emu {
+        let capacity = std::env::var("SIMCLR_EMU_MEMORY_MB")
+            .ok()
+            .and_then(|mb| mb.parse::<usize>().ok())
+            .map(|mb| mb << 20);
         Emu {
             schedule,
             sizes: Mutex::new(HashMap::new()),
+            capacity,
         }
+    }
+
+    fn allocated(&self) -> usize {
+        self.sizes.lock().unwrap().values().sum()
     }
 }
 
 impl Runtime for Emu {
     fn alloc(&self, bytes: usize) -> Result<u64, String> {
+        if let Some(capacity) = self.capacity {
+            if self.allocated() + bytes > capacity {
+                return Err(format!("the emulated device has {capacity} bytes"));
+            }
+        }
         let layout = Layout::from_size_align(bytes, ALIGN).map_err(|e| e.to_string())?;
         // SAFETY: the layout has a non-zero size (Gpu never asks for 0 bytes).
         let ptr = unsafe { std::alloc::alloc(layout) };
@@ -149,6 +166,6 @@ impl Runtime for Emu {
     }
 
     fn free_memory(&self) -> Option<usize> {
-        None
+        self.capacity.map(|c| c.saturating_sub(self.allocated()))
     }
 }

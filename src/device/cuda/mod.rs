@@ -20,6 +20,7 @@ pub mod ntxent;
 pub mod optim;
 pub mod pool;
 pub mod runtime;
+pub mod sk;
 
 /// The fatbins and ptxas reports build.rs produced.
 pub mod kernels {
@@ -51,9 +52,11 @@ pub enum GpuError {
         shared: u32,
         msg: String,
     },
-    #[error("out of device memory: {bytes} bytes requested, {} free ({msg})", free.map_or("unknown".into(), |f| format!("{f} bytes")))]
+    #[error("out of device memory: {bytes} bytes requested with {in_use} in use, {} free ({msg})", free.map_or("unknown".into(), |f| format!("{f} bytes")))]
     OutOfMemory {
         bytes: usize,
+        /// Bytes in live buffers when the request failed.
+        in_use: usize,
         free: Option<usize>,
         msg: String,
     },
@@ -276,12 +279,11 @@ impl Gpu {
             Err(msg) => {
                 self.record(GpuError::OutOfMemory {
                     bytes: size,
+                    in_use: self.memory().in_use,
                     free: runtime.free_memory(),
                     msg,
                 });
-                // A null block booked as in use keeps the cache's books balanced on drop.
-                self.0.cache.lock().unwrap().note_driver_alloc(size);
-                0
+                0 // a null buffer: launches are skipped from now on
             }
         }
     }

@@ -1,9 +1,9 @@
-//! Max pooling and global average pooling (kernels/pool.cu) on NHWC f32 buffers. Max pooling's
-//! backward recomputes each window's winner from x (the same rule as cpu::pool), so the forward
-//! keeps no argmax.
+//! Max pooling, average pooling and global average pooling (kernels/pool.cu) on NHWC f32
+//! buffers. Max pooling's backward recomputes each window's winner from x (the same rule as
+//! cpu::pool), so the forward keeps no argmax.
 
 use super::{Arg, Buffer, Gpu};
-use crate::device::cpu::pool::PoolShape;
+use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
 
 /// The shape as the kernels take it: n, h, w, c, k, stride, pad, oh, ow.
 fn shape_args(s: &PoolShape) -> [Arg; 9] {
@@ -40,6 +40,45 @@ pub fn maxpool_backward(gpu: &Gpu, s: &PoolShape, x: &Buffer, dy: &Buffer, dx: &
     args.extend(shape_args(s));
     args.push(dx.into());
     gpu.launch_1d("maxpool_backward", n, &args);
+}
+
+/// The shape as the average-pool kernels take it: n, h, w, c, k, stride, pad_top, pad_left,
+/// oh, ow.
+fn avg_shape_args(s: &AvgPoolShape) -> [Arg; 10] {
+    [
+        s.n,
+        s.h,
+        s.w,
+        s.c,
+        s.kernel,
+        s.stride,
+        s.pad_top(),
+        s.pad_left(),
+        s.out_h(),
+        s.out_w(),
+    ]
+    .map(|v| Arg::I32(v as i32))
+}
+
+/// y [n, oh, ow, c] = mean of each 'SAME'-padded window's in-image elements of x [n, h, w, c].
+pub fn avg_pool_forward(gpu: &Gpu, s: &AvgPoolShape, x: &Buffer, y: &mut Buffer) {
+    let n = s.n * s.out_h() * s.out_w() * s.c;
+    assert!(x.len_f32() == s.n * s.h * s.w * s.c && y.len_f32() == n);
+    let mut args = vec![Arg::from(x)];
+    args.extend(avg_shape_args(s));
+    args.push(y.into());
+    gpu.launch_1d("avg_pool_forward", n, &args);
+}
+
+/// dx = Σ of dy / (window element count) over the windows holding each input element.
+pub fn avg_pool_backward(gpu: &Gpu, s: &AvgPoolShape, dy: &Buffer, dx: &mut Buffer) {
+    let n = s.n * s.h * s.w * s.c;
+    assert_eq!(dx.len_f32(), n);
+    assert_eq!(dy.len_f32(), s.n * s.out_h() * s.out_w() * s.c);
+    let mut args = vec![Arg::from(dy)];
+    args.extend(avg_shape_args(s));
+    args.push(dx.into());
+    gpu.launch_1d("avg_pool_backward", n, &args);
 }
 
 /// y [n, c] = mean of x [n, hw, c] over the hw positions.
