@@ -53,6 +53,10 @@ enum Command {
     Eval {
         #[arg(long)]
         ckpt: PathBuf,
+        /// Linear evaluation of a pretrained checkpoint: a classifier trained on its frozen
+        /// encoder (Nesterov SGD, crop + flip; --epochs/--lr/--batch-size set its recipe)
+        #[arg(long)]
+        linear: bool,
         #[command(flatten)]
         opts: Opts,
     },
@@ -263,6 +267,7 @@ enum Target {
     Pretrain,
     Finetune,
     Distill,
+    Linear,
 }
 
 impl Opts {
@@ -315,6 +320,7 @@ impl Opts {
             Target::Pretrain => &mut c.pretrain,
             Target::Finetune => &mut c.finetune,
             Target::Distill => &mut c.distill,
+            Target::Linear => &mut c.linear,
         };
         set(&mut stage.epochs, &self.epochs);
         set(&mut stage.batch_size, &self.batch_size);
@@ -420,9 +426,30 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
         }
-        Command::Eval { ckpt, opts } => {
+        Command::Eval {
+            ckpt,
+            linear: false,
+            opts,
+        } => {
             let ctx = Context::new(opts.config(Target::Pretrain)?)?;
             evaluate(&ctx, &ckpt)?;
+        }
+        Command::Eval {
+            ckpt,
+            linear: true,
+            opts,
+        } => {
+            let ctx = Context::new(opts.config(Target::Linear)?)?;
+            let (pretrained, _) = checkpoint::load(&ckpt)?;
+            check_input(&ctx, &pretrained)?;
+            let model = stages::linear_classifier(&ctx, &pretrained)?;
+            let out = opts.out_dir()?;
+            let lin = stages::supervised(&ctx, model, "linear", &out)?;
+            println!(
+                "linear evaluation: test top-1 {:.4}; classifier in {}",
+                lin.top1,
+                out.display()
+            );
         }
         Command::Info {
             arch,

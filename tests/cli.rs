@@ -558,3 +558,64 @@ fn out_of_device_memory() {
         assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
     }
 }
+
+/// Linear evaluation trains a classifier on the frozen encoder: the encoder's weights and BN
+/// statistics in its checkpoint are the pretrained ones, bit for bit.
+#[test]
+fn linear_evaluation_keeps_the_encoder_frozen() {
+    let t = Tmp::new("linear");
+    let data = t.data("data");
+    let (pre, lin) = (t.path("pre"), t.path("lin"));
+    let run = simclr(&tiny(&["pretrain", "--data", &data, "--out", &pre], &[]));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let args = tiny(
+        &[
+            "eval", "--linear", "--ckpt", &pre, "--data", &data, "--out", &lin,
+        ],
+        &["--epochs", "3"],
+    );
+    let run = simclr(&args);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("linear evaluation: test top-1"), "{stdout}");
+    let load = |dir: &str| {
+        simclr::train::checkpoint::load(std::path::Path::new(dir))
+            .unwrap()
+            .0
+    };
+    let (pretrained, linear) = (load(&pre), load(&lin));
+    let mut trained = 0;
+    for p in &linear.store.params {
+        let before = pretrained
+            .store
+            .find(&p.name)
+            .map(|i| pretrained.store.value(i));
+        match before {
+            Some(before) => assert_eq!(
+                before.to_f32_vec(),
+                p.value.to_f32_vec(),
+                "{} moved",
+                p.name
+            ),
+            None => {
+                assert!(p.name.starts_with("classifier."), "{}", p.name);
+                // Zero-initialised, so any non-zero value was learned.
+                assert!(
+                    p.value.to_f32_vec().iter().any(|&v| v != 0.0),
+                    "{} untrained",
+                    p.name
+                );
+                trained += 1;
+            }
+        }
+    }
+    assert_eq!(trained, 2, "classifier weight and bias");
+}

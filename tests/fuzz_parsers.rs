@@ -198,3 +198,52 @@ fn image_with_a_huge_header_is_refused() {
         "{msg}"
     );
 }
+
+/// The checkpoint reader: random bytes, and a real checkpoint (with optimiser state)
+/// truncated or with bytes changed — including its safetensors header and the JSON metadata
+/// inside it, whose model spec decides what gets allocated.
+#[test]
+fn checkpoint_files() {
+    use simclr::nn::model::{Model, ModelSpec};
+    use simclr::nn::resnet::Arch;
+    use simclr::train::checkpoint::{self, Meta};
+    let spec = ModelSpec {
+        arch: Arch {
+            name: "resnet8".into(),
+            width: 4,
+            in_channels: 1,
+            image_size: 12,
+            sk: false,
+        },
+        head_layers: 1,
+        proj_dim: 8,
+        num_classes: Some(3),
+    };
+    let dir = std::env::temp_dir().join(format!("simclr-fuzz-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = Model::new(&spec, 1).unwrap();
+    let config = simclr::train::config::Config::preset("tiny").unwrap();
+    checkpoint::save(
+        &dir,
+        &model,
+        None,
+        &Meta::new("finetune", 1, &spec, &config),
+    )
+    .unwrap();
+    let valid = std::fs::read(dir.join(checkpoint::FILE)).unwrap();
+    let path = dir.join("fuzzed.safetensors");
+    let mut rng = Rng::new(17);
+    let mut loaded = 0;
+    for case in 0..CASES {
+        let bytes = if case % 3 == 0 {
+            noise(&mut rng, 4096)
+        } else {
+            mutate(&mut rng, &valid)
+        };
+        std::fs::write(&path, &bytes).unwrap();
+        loaded += ok_or_one_line(checkpoint::load(&path)) as usize;
+    }
+    // Changes inside tensor values still load; everything else is refused cleanly.
+    assert!(loaded < CASES as usize, "every fuzzed checkpoint loaded");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

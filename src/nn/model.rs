@@ -119,6 +119,20 @@ impl Model {
         (features, h)
     }
 
+    /// Linear evaluation's forward pass: the encoder frozen (inference mode, recorded nothing,
+    /// so no gradient reaches it), then the classifier, recorded. Images → logits.
+    pub fn forward_frozen_encoder(&mut self, g: &mut Graph, x: Var) -> Var {
+        let record = g.record;
+        g.record = false;
+        let features = self.encoder.forward(g, &mut self.store, x, false);
+        g.record = record;
+        let classifier = self
+            .classifier
+            .as_ref()
+            .expect("linear evaluation needs a classifier");
+        classifier.forward(g, &self.store, features)
+    }
+
     /// Moves every parameter and statistic to `device`.
     pub fn to_device(&mut self, device: &Device) {
         for p in &mut self.store.params {

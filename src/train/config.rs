@@ -53,6 +53,8 @@ pub struct Config {
     /// Training images (a seeded subset) whose features form the kNN monitor's memory bank.
     pub knn_bank: usize,
     pub finetune: StageConfig,
+    /// Linear evaluation: a classifier on the frozen encoder (Nesterov SGD, crop + flip).
+    pub linear: StageConfig,
     pub distill: StageConfig,
     pub student_arch: String,
     pub student_width: usize,
@@ -115,6 +117,13 @@ impl Config {
             knn_k: 200,
             knn_bank: 10_000,
             finetune: sgd(300, 25, 0.005),
+            // The official protocol's optimiser: momentum SGD, lr 0.1·B/256, weight decay 1e-6,
+            // no warmup; fewer epochs than its 90 on this small default.
+            linear: StageConfig {
+                lr_scaling: LrScaling::Linear,
+                weight_decay: 1e-6,
+                ..sgd(20, 256, 0.1)
+            },
             distill: sgd(3, 256, 0.1),
             student_arch: "resnet8".into(),
             student_width: 11,
@@ -139,6 +148,7 @@ impl Config {
                     ..default.pretrain.clone()
                 },
                 finetune: sgd(2, 32, 0.05),
+                linear: sgd(2, 32, 0.1),
                 distill: sgd(1, 64, 0.1),
                 knn_k: 20,
                 ..default
@@ -176,6 +186,11 @@ impl Config {
                     sk,
                     pretrain: lars(800, 4096, 0.075, 1e-4, 0.05),
                     finetune: lars(60, 1024, 0.005, 0.0, 0.0),
+                    linear: StageConfig {
+                        epochs: 90,
+                        batch_size: 4096,
+                        ..default.linear.clone()
+                    },
                     distill: lars(400, 4096, 0.075, 1e-4, 0.05),
                     color_strength: 1.0,
                     crop_min: 0.08,

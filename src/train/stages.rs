@@ -292,8 +292,24 @@ pub fn from_pretrained(ctx: &Context, pretrained: &Model) -> Result<Model> {
     Ok(model)
 }
 
-/// Stage 2 (and the baseline): softmax cross-entropy on the labelled subset with crop and
-/// flip, then top-1 on the test set. `stage` is "finetune" or "baseline".
+/// Linear evaluation's network: the pretrained encoder and a zero-initialised classifier on
+/// its features.
+pub fn linear_classifier(ctx: &Context, pretrained: &Model) -> Result<Model> {
+    let spec = ModelSpec {
+        arch: pretrained.spec.arch.clone(),
+        head_layers: 0,
+        proj_dim: ctx.cfg.proj_dim,
+        num_classes: Some(ctx.train.num_classes),
+    };
+    let mut model = Model::new(&spec, ctx.cfg.seed)?;
+    model.to_device(&ctx.device);
+    checkpoint::copy_params(&pretrained.store, &mut model.store, &["encoder."])?;
+    Ok(model)
+}
+
+/// Stage 2 (and the baseline, and linear evaluation): softmax cross-entropy on the labelled
+/// subset with crop and flip, then top-1 on the test set. `stage` is "finetune", "baseline"
+/// (the whole network trained) or "linear" (the encoder frozen, the classifier trained).
 pub fn supervised(
     ctx: &Context,
     model: Model,
@@ -302,7 +318,13 @@ pub fn supervised(
 ) -> Result<Supervised> {
     let resume = ctx.resume_point(out, stage, &model.spec)?;
     let (mut model, start) = ctx.begin(resume, model);
-    let (stage_cfg, batches) = fit_batch(&ctx.cfg.finetune, ctx.labelled.len(), stage)?;
+    let frozen = stage == "linear";
+    let recipe = if frozen {
+        &ctx.cfg.linear
+    } else {
+        &ctx.cfg.finetune
+    };
+    let (stage_cfg, batches) = fit_batch(recipe, ctx.labelled.len(), stage)?;
     let aug = ctx.crop_flip();
     let mut metrics = ctx.metrics(out, &start)?;
     let epochs = stage_cfg.epochs;
@@ -323,7 +345,10 @@ pub fn supervised(
             },
             loss: &mut |g, model, batch| {
                 let x = ctx.input(g, batch);
-                let (_, logits) = model.forward(g, x, true);
+                let logits = match frozen {
+                    true => model.forward_frozen_encoder(g, x),
+                    false => model.forward(g, x, true).1,
+                };
                 ops::loss::softmax_cross_entropy(g, logits, &batch.labels)
             },
             end_epoch: &mut |model, epoch| {
