@@ -49,7 +49,7 @@ enum Command {
         #[command(flatten)]
         opts: Opts,
     },
-    /// Test-set top-1 of a checkpoint with a classifier, or kNN top-1 of a pretrained one.
+    /// kNN top-1 of any checkpoint (its encoder), and test top-1 of one with a classifier.
     Eval {
         #[arg(long)]
         ckpt: PathBuf,

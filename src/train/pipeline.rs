@@ -176,34 +176,31 @@ fn print_table(r: &Report) {
     println!("total wall time {:.0} s", r.total_wall_s);
 }
 
-/// `simclr eval`: top-1 for a checkpoint with a classifier, else the kNN monitor.
+/// `simclr eval`: the kNN monitor for any checkpoint (on its encoder's features), and test
+/// top-1 too for one with a classifier.
 pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<()> {
     let (mut model, meta) = checkpoint::load(ckpt)?;
     check_input(ctx, &model)?;
     model.to_device(&ctx.device);
+    let knn = eval::knn_top1(
+        &mut model,
+        &ctx.train,
+        &ctx.knn_bank,
+        &ctx.test,
+        &ctx.test_indices,
+        &ctx.norm,
+        ctx.cfg.knn_k,
+    );
+    let mut record = serde_json::json!({
+        "stage": meta.stage,
+        "knn_top1": knn,
+        "test_images": ctx.test_indices.len(),
+    });
     if model.spec.num_classes.is_some() {
-        let top1 = eval::top1(&mut model, &ctx.test, &ctx.test_indices, &ctx.norm);
-        println!(
-            "{{\"stage\": \"{}\", \"top1\": {top1}, \"test_images\": {}}}",
-            meta.stage,
-            ctx.test_indices.len()
-        );
-    } else {
-        let knn = eval::knn_top1(
-            &mut model,
-            &ctx.train,
-            &ctx.knn_bank,
-            &ctx.test,
-            &ctx.test_indices,
-            &ctx.norm,
-            ctx.cfg.knn_k,
-        );
-        println!(
-            "{{\"stage\": \"{}\", \"knn_top1\": {knn}, \"test_images\": {}}}",
-            meta.stage,
-            ctx.test_indices.len()
-        );
+        record["top1"] = eval::top1(&mut model, &ctx.test, &ctx.test_indices, &ctx.norm).into();
     }
+    ctx.device.check()?;
+    println!("{record}");
     Ok(())
 }
 
