@@ -619,3 +619,37 @@ fn linear_evaluation_keeps_the_encoder_frozen() {
     }
     assert_eq!(trained, 2, "classifier weight and bias");
 }
+
+/// `simclr info --json` gives the paper's encoder sizes (±2% of its table) and the head and
+/// feature width, instantly (nothing is allocated).
+#[test]
+fn info_gives_the_papers_parameter_counts() {
+    for (arch, width, sk, millions) in [
+        ("resnet50", "1x", false, 24.0),
+        ("resnet50", "1x", true, 35.0),
+        ("resnet50", "2x", true, 140.0),
+        ("resnet152", "3x", true, 795.0),
+    ] {
+        let mut args = vec!["info", "--arch", arch, "--width", width, "--json"];
+        if sk {
+            args.push("--sk");
+        }
+        let run = simclr(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let info: Value = serde_json::from_slice(&run.stdout).unwrap();
+        let encoder = info["encoder_params"].as_f64().unwrap() / 1e6;
+        // The table rounds to whole millions: ±2% around it, widened by that rounding.
+        assert!(
+            (encoder - millions).abs() <= 0.02 * millions + 0.5,
+            "{arch} {width} sk={sk}: {encoder}M vs {millions}M"
+        );
+        assert!(info["head_params"].as_u64().unwrap() > 0, "{info}");
+        assert!(info["feature_dim"].as_u64().unwrap() >= 2048, "{info}");
+    }
+    fails_with(&["info", "--arch", "resnet51"], "resnet51");
+    fails_with(&["info", "--width", "2y"], "2y");
+}
