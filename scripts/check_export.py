@@ -231,9 +231,9 @@ def check(simclr, ckpt, data, images, train, work, device):
     """Exports ckpt, predicts data's test split, compares with PyTorch; returns the error."""
     name = ckpt.resolve().parent.name
     exported, predictions = work / f"{name}.safetensors", work / f"{name}.jsonl"
-    run([simclr, "export", "--ckpt", ckpt, "--to", "torchvision", exported])
+    run([simclr, "export", "--ckpt", ckpt, "--to", "torchvision", exported, "--force"])
     run([simclr, "predict", "--ckpt", ckpt, "--data", data, "--out", predictions,
-         "--device", device])
+         "--device", device, "--force"])
     with safe_open(exported, "pt") as f:
         s = json.loads(f.metadata()["simclr_export"])
     depth = int(s["arch"].removeprefix("resnet"))

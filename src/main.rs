@@ -102,6 +102,9 @@ enum Command {
         to: String,
         /// Output .safetensors file
         out: PathBuf,
+        /// Replace an existing output file
+        #[arg(long)]
+        force: bool,
     },
     /// Logits and predicted class of every image of a dataset, as JSON lines.
     Predict {
@@ -114,6 +117,9 @@ enum Command {
         /// Output file (JSON lines, in the dataset's order)
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing output file
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         format: Option<simclr::data::Format>,
         /// auto, cpu, cuda, cuda:N or emu [default: auto]
@@ -349,6 +355,17 @@ impl Opts {
     }
 }
 
+/// An output file that exists is replaced only with --force: nothing is lost by accident.
+fn keep_existing(out: &Path, force: bool) -> Result<()> {
+    if out.exists() && !force {
+        return Err(Error::Config(format!(
+            "{}: exists (pass --force to replace it)",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
 /// `--arch`/`--width` given with a checkpoint must agree with it.
 fn check_arch(opts: &Opts, ckpt: &Path, model: &Model) -> Result<()> {
     let a = &model.spec.arch;
@@ -488,7 +505,13 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", simclr::data::render(&info));
             }
         }
-        Command::Export { ckpt, to, out } => {
+        Command::Export {
+            ckpt,
+            to,
+            out,
+            force,
+        } => {
+            keep_existing(&out, force)?;
             if to != "torchvision" {
                 return Err(Error::Config(format!(
                     "--to {to}: unknown target (expected torchvision)"
@@ -503,7 +526,9 @@ fn run(cli: Cli) -> Result<()> {
             out,
             format,
             device,
+            force,
         } => {
+            keep_existing(&out, force)?;
             let (device, why) = simclr::device::Device::select(&device)?;
             println!("{why}");
             let n = simclr::train::export::predict(&ckpt, &data, format, &device, &out)?;

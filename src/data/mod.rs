@@ -203,6 +203,11 @@ pub fn detect(dir: &Path) -> Result<Format> {
 fn check_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         Ok(())
+    } else if dir.exists() {
+        Err(Error::Data(format!(
+            "data directory {} is not a directory",
+            dir.display()
+        )))
     } else {
         Err(Error::Data(format!(
             "data directory {} does not exist",
