@@ -117,7 +117,7 @@ fn loads_bundled_fashion_mnist() {
         eprintln!("skipping: no Fashion-MNIST in {}", dir.display());
         return;
     }
-    let d = data::load_dir(&dir).unwrap();
+    let d = data::load(&dir, &data::LoadOptions::default()).unwrap();
     assert_eq!(d.format, "idx");
     assert_eq!((d.train.n, d.test.n), (60000, 10000));
     assert_eq!((d.train.h, d.train.w, d.train.c), (28, 28, 1));

@@ -265,11 +265,6 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<DataDir> {
     Ok(data)
 }
 
-/// The bundled default's shorthand: `load` with the format detected and native sizes.
-pub fn load_dir(dir: &Path) -> Result<DataDir> {
-    load(dir, &LoadOptions::default())
-}
-
 /// Resizes every image of `ds` to size × size (bicubic, the central square of non-square
 /// images), unless it has that size already.
 fn resize_dataset(ds: &mut Dataset, size: usize) {

@@ -133,10 +133,6 @@ impl Buffer {
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
-
-    pub fn ptr(&self) -> u64 {
-        self.ptr
-    }
 }
 
 /// A kernel argument: a device pointer or a scalar, stored as cuLaunchKernel reads it.
