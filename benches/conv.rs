@@ -1,8 +1,10 @@
 //! Convolution kernels (kernels/conv.cu) on the convolutions of ResNet-50 (v1.5: the stride
-//! sits on the 3×3) at batch 32 and 224 px: the 7×7/2 stem, each stage's 1×1 reduce, 3×3 and
-//! 1×1 expand, and the stride-2 3×3 and 1×1 shortcut that open stages 2–4; each as forward,
-//! input gradient and weight gradient. Rate: 2·N·P·Q·K·R·S·C FLOPs, the same for all three
-//! passes. Without a GPU: the emulator and the cpu reference at batch 1 and 56 px.
+//! sits on the 3×3) as the SimCLR step runs them: 512 views (256 images) at 224 px. The 7×7/2
+//! stem, each stage's 1×1 reduce, 3×3 and 1×1 expand, and the stride-2 3×3 and 1×1 shortcut
+//! that open stages 2–4 (every distinct shape of the network); each as forward, input gradient
+//! and weight gradient. Rate: 2·N·P·Q·K·R·S·C FLOPs, the same for all three passes.
+//! `scripts/bench_pytorch.py --device cuda` times the same shapes through cuDNN. Without a GPU:
+//! the emulator and the cpu reference at batch 1 and 56 px.
 
 mod common;
 
@@ -104,8 +106,8 @@ fn run(device: &Device, pass: Pass, s: &ConvShape, a: &Tensor, b: &Tensor, out: 
 }
 
 fn main() {
-    let setup = common::setup("conv", "batch 32, 224 px", "batch 1, 56 px");
-    let (batch, image): (usize, usize) = if setup.full { (32, 224) } else { (1, 56) };
+    let setup = common::setup("conv", "batch 512, 224 px", "batch 1, 56 px");
+    let (batch, image): (usize, usize) = if setup.full { (512, 224) } else { (1, 56) };
     let mut c = common::criterion(&setup);
     let mut seed = 0;
     for device in &setup.devices {

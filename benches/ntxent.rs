@@ -3,7 +3,8 @@
 //! similarities z·zᵀ forward (2·(2N)²·d) and the two products of the backward, G·z and Gᵀ·z —
 //! counted the same for PyTorch (scripts/bench_pytorch.py), so the rates compare; the kernel's
 //! recomputation of the similarities in its gradient pass is not counted. Without a GPU: the
-//! emulator and the cpu reference (which materialises the 2N×2N matrix) at 2N = 256.
+//! emulator and the cpu reference (which materialises the 2N×2N matrix) at 2N = 256. On the GPU
+//! devices it also prints the kernel's extra device memory: `peak | ntxent | case | device | B`.
 
 mod common;
 
@@ -37,7 +38,7 @@ fn main() {
             .map(|seed| common::tensor(device, unit_rows(rows, seed)))
             .collect();
         let (mut loss, mut grad) = (common::output(device, 1), common::output(device, rows * D));
-        common::time(&mut c, "ntxent", &case, device, flops, |i| {
+        let mut run = |i: usize| {
             let z = &zs[i % zs.len()];
             match device {
                 Device::Cpu => {
@@ -53,7 +54,17 @@ fn main() {
                     grad.buffer_mut(),
                 ),
             }
-        });
+        };
+        common::time(&mut c, "ntxent", &case, device, flops, &mut run);
+        // Device memory beyond the inputs and outputs (the 2N×2N similarities would take
+        // (2N)²·4 bytes); the GPU's allocator keeps the high-water mark.
+        if let Device::Gpu(g) = device {
+            let before = g.memory().in_use;
+            g.reset_peak_memory();
+            run(0);
+            let extra = g.memory().peak - before;
+            println!("peak | ntxent | {case} | {} | {extra} B", device.name());
+        }
     }
     c.final_summary();
 }

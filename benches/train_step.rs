@@ -2,8 +2,9 @@
 //! - ResNet-18 with the small-image stem at batch 64 on 28×28×1, on the cpu: the figure
 //!   BENCHMARKS.md compares with PyTorch (scripts/bench_pytorch.py runs the same step);
 //! - the same step on the GPU device: the real GPU, or else the emulator at batch 2;
-//! - on a real GPU only, the SimCLR step of ResNet-50 at 224×224×3, batch 32
-//!   (`scripts/bench_pytorch.py --device cuda` times the same step).
+//! - on a real GPU only, the SimCLR step of ResNet-50 at 224×224×3 on 512 views (256 images,
+//!   two views each, as the paper's smallest batch; `scripts/bench_pytorch.py --device cuda`
+//!   times the same step). The case names count views: `_b512_`.
 //!
 //! Two variants, as the paper's two losses: `ntxent`, the 3-layer projection head and NT-Xent
 //! over B/2 positive pairs; `xent`, a linear classifier and softmax cross-entropy.
@@ -117,7 +118,7 @@ fn bench_step(c: &mut Criterion, device: &Device, case: &Case) {
 fn main() {
     let setup = common::setup(
         "train_step",
-        "ResNet-18 28×28×1 batch 64 on the cpu and the GPU; ResNet-50 224 px batch 32 on the GPU",
+        "ResNet-18 28×28×1 batch 64 on the cpu and the GPU; ResNet-50 224 px, 512 views, on the GPU",
         "ResNet-18 28×28×1 at batch 64 on the cpu, batch 2 on the emulator",
     );
     // The first device is the real GPU or, without one, the emulator.
@@ -139,7 +140,7 @@ fn main() {
             arch: "resnet50",
             image: 224,
             channels: 3,
-            batch: 32,
+            batch: 512,
             variants: &[Variant::Ntxent],
         };
         cases.push((gpu.clone(), resnet50));

@@ -5,18 +5,25 @@ Setup (once, from the repo root):
     python3 -m venv scripts/.venv && scripts/.venv/bin/pip install -r scripts/requirements.txt
 Run:
     scripts/.venv/bin/python scripts/bench_pytorch.py [--batch 64] [--steps 10] [--threads 2]
-    python3 scripts/bench_pytorch.py --device cuda [--batch 32] [--steps 10]
+    python3 scripts/bench_pytorch.py --device cuda [--steps 10] [--deadline SECONDS]
+    scripts/.venv/bin/python scripts/bench_pytorch.py --smoke     # the cuda mode's code, on the cpu
 
 The default (cpu) mode times the step below and prints a markdown table. The cuda mode times, with
 CUDA events after warm-up (median), what the Rust benches time on a GPU, and prints one line per case
-in their format, `rate | bench | case | device | median ms | rate`, which scripts/gpu_suite.sh
-matches with theirs:
-  train_step  the ResNet-50 SimCLR step at 224x224x3 (stem 7x7/2 + max-pool, 4 stages of
-              [3, 4, 6, 3] bottlenecks with the stride on the 3x3, projection head 2048-2048-128,
-              NT-Xent, LARS), float32 channels_last
-  ntxent      NT-Xent forward + backward on 2N = 8192 unit rows of d = 128 (6*(2N)^2*d FLOPs)
-  gemm        4096^3 products: float32 (no TF32) and bfloat16 A @ B.T (2*n^3 FLOPs)
-TF32 is off throughout, as the Rust kernels compute in float32.
+in their format, `rate | bench | case | impl | median ms | rate`, which scripts/gpu_report.py
+matches with theirs (`skip | ...` where a case did not run, `peak | ...` for memory):
+  peak        the device's ceilings: a bf16 8192^3 GEMM and a 1 GiB device-to-device copy
+  train_step  the ResNet-50 SimCLR step on 512 views (256 images) at 224x224x3 (stem 7x7/2 +
+              max-pool, 4 stages of [3, 4, 6, 3] bottlenecks with the stride on the 3x3,
+              projection head 2048-2048-128, NT-Xent, LARS in multi-tensor form), channels_last
+  ntxent      NT-Xent forward + backward on 2N = 8192 unit rows of d = 128 (6*(2N)^2*d FLOPs),
+              with the full similarity matrix, and its peak memory
+  gemm        4096^3 products (2*n^3 FLOPs)
+  conv_*      every distinct ResNet-50 convolution shape at the step's 512 views: forward, input
+              gradient and weight gradient through cuDNN
+each in two configurations: `torch-bf16` (bf16 autocast, or bf16 tensors for the single ops,
+channels_last, cudnn.benchmark: how PyTorch users train) and `torch-fp32` (fp32 storage, TF32
+math as PyTorch allows it for convolutions by default). Cases past --deadline are skipped.
 
 The cpu mode's model: ResNet-18 with the small-image stem (3x3/1 conv, 1 -> 64 channels, BN, ReLU, no
 max-pool), 4 stages x 2 basic blocks (64/128/256/512, stride 2 + 1x1 conv/BN projection
@@ -33,6 +40,8 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import gpu_report  # the shapes and FLOP counts the GPU suite compares on
 
 
 # ---------------------------------------------------------------- model
@@ -208,106 +217,248 @@ def bench(variant, channels_last, batch, steps, warmup=3):
 # that no timed run finds its inputs in the L2 cache left by the previous one.
 ROTATE_BYTES, MAX_COPIES = 256 << 20, 16
 
+# The configurations timed, in order: bf16 autocast + channels_last + cudnn.benchmark is how
+# PyTorch users train (the main comparison); fp32 storage with TF32 math, as PyTorch allows it
+# for convolutions by default, is the extra row.
+CONFIGS = ["torch-bf16", "torch-fp32"]
+
 
 def copies(nbytes):
     return max(1, min(MAX_COPIES, -(-ROTATE_BYTES // nbytes)))
 
 
-def cuda_median_ms(run, steps, warmup=3):
-    """Median time of run(i) in ms, each timed alone with CUDA events after `warmup` runs."""
-    for i in range(warmup):
-        run(i)
-    torch.cuda.synchronize()
-    times = []
-    for i in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run(warmup + i)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+class Clock:
+    """Median of timed runs: CUDA events on a GPU; perf_counter on the CPU (--smoke)."""
+
+    def __init__(self, device, steps, deadline):
+        self.device, self.steps, self.deadline = device, steps, deadline
+
+    def out_of_time(self):
+        return time.time() > self.deadline
+
+    def median_ms(self, run, warmup=3):
+        for i in range(warmup):
+            run(i)
+        cuda = self.device.type == "cuda"
+        times = []
+        for i in range(self.steps):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run(warmup + i)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                run(warmup + i)
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
 
 
-def rate_line(bench, case, ms, work, unit):
+def line(kind, bench, case, impl, value):
+    print(f"{kind} | {bench} | {case} | {impl} | {value}", flush=True)
+
+
+def rate_line(bench, case, impl, ms, work, unit):
     """One line in the format of the Rust benches (benches/common/mod.rs)."""
     per_s = work / (ms / 1e3)
     if unit == "FLOP":
         rate = f"{per_s / 1e12:.2f} TFLOP/s" if per_s >= 1e12 else f"{per_s / 1e9:.2f} GFLOP/s"
+    elif unit == "B":
+        rate = f"{per_s / 1e9:.1f} GB/s"
     else:
         rate = f"{per_s:.1f} images/s"
-    device = f"torch {torch.__version__} {torch.cuda.get_device_name()}"
-    print(f"rate | {bench} | {case} | {device} | {ms:.3f} ms | {rate}", flush=True)
+    line("rate", bench, case, impl, f"{ms:.3f} ms | {rate}")
 
 
-def cuda_train_step(batch, steps):
+def timed(clock, bench, case, impl, work, unit, run):
+    """Times run(i) as one case; a case that does not fit the deadline or fails says so in a
+    `skip` line (the suite's table shows it) and the script goes on."""
+    if clock.out_of_time():
+        return line("skip", bench, case, impl, "PyTorch part out of time")
+    try:
+        ms = clock.median_ms(run)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+        torch.cuda.empty_cache() if clock.device.type == "cuda" else None
+        return line("skip", bench, case, impl, str(e).splitlines()[0][:150].replace("|", "/"))
+    rate_line(bench, case, impl, ms, work, unit)
+
+
+def set_precision(config):
+    """TF32 on for the fp32 rows (PyTorch's default for convolutions; for matmuls too here)."""
+    tf32 = config == "torch-fp32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    return torch.bfloat16 if config == "torch-bf16" else torch.float32
+
+
+def peaks(clock, n=8192, copy_bytes=1 << 30):
+    """The device's two ceilings, measured here: a large bf16 GEMM and a device-to-device copy
+    (bytes read + written)."""
+    dev = clock.device
+    a, b = (torch.randn(n, n, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    timed(clock, "peak", f"gemm_bf16_{n}", "torch", 2 * n ** 3, "FLOP", lambda i: a @ b)
+    del a, b
+    src = torch.randn(copy_bytes // 4, device=dev)
+    dst = torch.empty_like(src)
+    timed(clock, "peak", f"copy_{copy_bytes >> 20}MiB", "torch", 2 * copy_bytes, "B", lambda i: dst.copy_(src))
+
+
+def lars(params, lr, momentum=0.9, weight_decay=1e-6, eta=0.001):
+    """LARS as class LARS above, in multi-tensor (foreach) form: a handful of launches for all
+    parameters rather than several per tensor, which is how a fast PyTorch step does it."""
+    decay = [p for p in params if p.ndim > 1]
+    other = [p for p in params if p.ndim <= 1]
+    state = {"v": [torch.zeros_like(p) for p in decay + other]}
+
+    @torch.no_grad()
+    def step():
+        gd = torch._foreach_add([p.grad for p in decay], decay, alpha=weight_decay)
+        w_norm, g_norm = torch.stack(torch._foreach_norm(decay)), torch.stack(torch._foreach_norm(gd))
+        trust = torch.where((w_norm > 0) & (g_norm > 0), eta * w_norm / g_norm, torch.ones_like(w_norm))
+        torch._foreach_mul_(gd, list((lr * trust).unbind()))
+        scaled = gd + torch._foreach_mul([p.grad for p in other], lr)
+        torch._foreach_mul_(state["v"], momentum)
+        torch._foreach_add_(state["v"], scaled)
+        torch._foreach_sub_(decay + other, state["v"])
+
+    return step
+
+
+def train_step(clock, config, views, image):
+    """The ResNet-50 SimCLR step: forward (autocast in bf16), NT-Xent, backward, LARS."""
+    dtype = set_precision(config)
     torch.manual_seed(0)
-    model = nn.Sequential(ResNet50(), projection_head(2048)).cuda().train()
+    model = nn.Sequential(ResNet50(), projection_head(2048)).to(clock.device).train()
     model = model.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
-    opt = LARS(model.parameters(), lr=0.3 * batch / 256)
+    x = torch.randn(views, 3, image, image, device=clock.device).to(memory_format=torch.channels_last)
+    params = list(model.parameters())
+    opt = lars(params, lr=0.3 * views / 256)
 
-    def step(_):
-        opt.zero_grad(set_to_none=True)
-        ntxent(model(x), 0.1).backward()
-        opt.step()
+    def run(_):
+        for p in params:
+            p.grad = None
+        with torch.autocast(clock.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = ntxent(model(x), 0.1)
+        loss.backward()
+        opt()
 
-    ms = cuda_median_ms(step, steps)
-    rate_line("train_step", f"resnet50_224x224x3_b{batch}_ntxent", ms, batch, "images")
+    timed(clock, "train_step", f"resnet50_{image}x{image}x3_b{views}_ntxent", config, views, "images", run)
+    del model, x, params
 
 
-def cuda_ntxent(steps, rows=8192, d=128):
-    zs = [F.normalize(torch.randn(rows, d, device="cuda"), dim=1).requires_grad_()
+def ntxent_case(clock, config, rows, d=128):
+    """NT-Xent forward + backward as PyTorch users write it: the full 2N x 2N similarity matrix
+    and cross-entropy, under autocast; and the memory it takes beyond its input and output."""
+    dtype = set_precision(config)
+    dev = clock.device
+    zs = [F.normalize(torch.randn(rows, d, device=dev), dim=1).requires_grad_()
           for _ in range(copies(rows * d * 4))]
 
     def run(i):
         z = zs[i % len(zs)]
-        torch.autograd.grad(ntxent_normalized(z, 0.1), z)  # loss and dL/dz, as the fused kernel
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = ntxent_normalized(z, 0.1)
+        torch.autograd.grad(loss, z)  # the loss and dL/dz, as the fused kernel computes
 
-    ms = cuda_median_ms(run, steps)
-    rate_line("ntxent", f"r{rows}_d{d}", ms, 6 * rows * rows * d, "FLOP")
+    case = f"r{rows}_d{d}"
+    timed(clock, "ntxent", case, config, 6 * rows * rows * d, "FLOP", run)
+    if dev.type == "cuda" and not clock.out_of_time():
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run(0)
+        torch.cuda.synchronize()
+        line("peak", "ntxent", case, config, f"{torch.cuda.max_memory_allocated() - before} B")
 
 
-def cuda_gemm(steps, n=4096):
-    for name, dtype in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
-        size = dtype.itemsize * n * n
-        sets = [(torch.rand(n, n, device="cuda").to(dtype), torch.rand(n, n, device="cuda").to(dtype))
-                for _ in range(copies(2 * size))]
+def gemm_case(clock, config, n):
+    """n^3 products: bf16 A @ B.T (as the Rust mma.sync GEMM); fp32 (TF32) A @ B (as its SGEMM)."""
+    dtype = set_precision(config)
+    size = dtype.itemsize * n * n
+    sets = [(torch.rand(n, n, device=clock.device).to(dtype), torch.rand(n, n, device=clock.device).to(dtype))
+            for _ in range(copies(2 * size))]
 
-        def run(i):
-            # f32: A @ B as the Rust SGEMM; bf16: A @ B.T as its mma.sync GEMM (output bf16 here).
-            a, b = sets[i % len(sets)]
-            return a @ b if a.dtype == torch.float32 else a @ b.t()
+    def run(i):
+        a, b = sets[i % len(sets)]
+        return a @ b.t() if dtype == torch.bfloat16 else a @ b
 
-        ms = cuda_median_ms(run, steps)
-        rate_line("gemm", f"{name}_{n}x{n}x{n}", ms, 2 * n ** 3, "FLOP")
+    timed(clock, "gemm", f"{n}x{n}x{n}", config, 2 * n ** 3, "FLOP", run)
+
+
+def conv_cases(clock, config, views, image):
+    """Every distinct ResNet-50 convolution shape through cuDNN: forward (F.conv2d), input
+    gradient and weight gradient (aten.convolution_backward, what autograd calls), in the
+    configuration's dtype, channels_last."""
+    dtype = set_precision(config)
+    dev = clock.device
+    for name, c, k, r, stride, hw in gpu_report.resnet50_conv_shapes(image):
+        case = gpu_report.conv_case(name, c, k, hw, views)
+        flops = gpu_report.conv_flops(c, k, r, stride, hw, views)
+        pad, out = r // 2, (hw + 2 * (r // 2) - r) // stride + 1
+
+        def tensor(*shape):
+            return torch.randn(*shape, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
+
+        if clock.out_of_time():
+            for bench in ["conv_forward", "conv_backward_input", "conv_backward_weight"]:
+                line("skip", bench, case, config, "PyTorch part out of time")
+            continue
+        nbytes = dtype.itemsize * (views * c * hw * hw + views * k * out * out + k * c * r * r)
+        sets = [(tensor(views, c, hw, hw), tensor(k, c, r, r), tensor(views, k, out, out))
+                for _ in range(copies(nbytes))]
+
+        def backward(i, mask):
+            x, w, dy = sets[i % len(sets)]
+            return torch.ops.aten.convolution_backward(dy, x, w, None, [stride] * 2, [pad] * 2, [1, 1], False,
+                                                       [0, 0], 1, mask)
+
+        timed(clock, "conv_forward", case, config, flops, "FLOP",
+              lambda i: F.conv2d(sets[i % len(sets)][0], sets[i % len(sets)][1], stride=stride, padding=pad))
+        timed(clock, "conv_backward_input", case, config, flops, "FLOP", lambda i: backward(i, [True, False, False]))
+        timed(clock, "conv_backward_weight", case, config, flops, "FLOP", lambda i: backward(i, [False, True, False]))
+        del sets
 
 
 def main_cuda(args):
-    if not torch.cuda.is_available():
+    """What the Rust benches time on a GPU, in their line format, the main configuration first
+    so that a run cut short still has it: the peaks, then per configuration the step, NT-Xent,
+    GEMM and the convolutions."""
+    smoke = args.smoke  # the same code on the CPU at toy sizes
+    if not smoke and not torch.cuda.is_available():
         raise SystemExit("bench_pytorch.py --device cuda: torch sees no CUDA device")
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True  # PyTorch at its best: cuDNN picks each conv's fastest kernel
-    batch = args.batch or 32
-    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: median of {args.steps} runs "
-          f"after 3 warm-up runs, CUDA events, float32 without TF32", flush=True)
-    cuda_train_step(batch, args.steps)
-    cuda_ntxent(args.steps)
-    cuda_gemm(args.steps)
+    dev = torch.device("cpu" if smoke else "cuda")
+    clock = Clock(dev, 2 if smoke else args.steps, time.time() + args.deadline)
+    torch.backends.cudnn.benchmark = True  # cuDNN picks each convolution's fastest algorithm
+    views, image = (4, 32) if smoke else (gpu_report.VIEWS, gpu_report.IMAGE)
+    name = "cpu (smoke test)" if smoke else torch.cuda.get_device_name()
+    cudnn = torch.backends.cudnn.version() if not smoke else None
+    print(f"torch {torch.__version__}, cuDNN {cudnn}, on {name}: median of {clock.steps} runs after 3 "
+          f"warm-up runs, CUDA events; configurations {', '.join(CONFIGS)}; deadline {args.deadline:.0f} s",
+          flush=True)
+    peaks(clock, *((256, 1 << 20) if smoke else ()))
+    for config in CONFIGS:
+        train_step(clock, config, views, image)
+        ntxent_case(clock, config, 64 if smoke else 8192)
+        gemm_case(clock, config, 64 if smoke else 4096)
+        conv_cases(clock, config, views, image)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--batch", type=int, default=None, help="default 64 on the cpu, 32 on cuda")
+    ap.add_argument("--batch", type=int, default=64, help="cpu mode: images per step")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
     ap.add_argument("--threads", type=int, default=2, help="cpu mode only")
+    ap.add_argument("--deadline", type=float, default=600,
+                    help="cuda mode: seconds from the start after which cases are skipped")
+    ap.add_argument("--smoke", action="store_true",
+                    help="run the cuda mode's code on the cpu at toy sizes (checks the script)")
     args = ap.parse_args()
-    assert args.batch is None or args.batch % 2 == 0, "batch must be even (B/2 positive pairs)"
-    if args.device == "cuda":
+    assert args.batch % 2 == 0, "batch must be even (B/2 positive pairs)"
+    if args.device == "cuda" or args.smoke:
         return main_cuda(args)
-    args.batch = args.batch or 64
     torch.set_num_threads(args.threads)
 
     print(f"batch {args.batch}, {args.steps} timed steps after 3 warm-up, torch {torch.__version__}, "

@@ -1,28 +1,24 @@
 #!/usr/bin/env bash
-# Builds every test and bench binary with the GPU kernels compiled by nvcc, and gathers them into
-# a bundle that scripts/gpu_suite.sh runs on a machine with a GPU and no Rust toolchain.
+# Builds the test and bench binaries scripts/gpu_suite.sh runs, with the GPU kernels compiled by
+# nvcc, and packs them for a machine with a GPU and no Rust toolchain:
 #
-#   NVCC=/path/to/nvcc scripts/build_gpu_bundle.sh [--no-data] [BUNDLE_DIR]    (default: bundle)
+#   NVCC=/path/to/nvcc scripts/build_gpu_bundle.sh      # writes target/gpu-bundle.tar.xz
 #
-# The bundle:
-#   MANIFEST        what was built, from which commit, with which compilers, and the build-time
-#                   repository root the binaries have compiled in (CARGO_MANIFEST_DIR)
-#   test/<name>     the test executables (simclr_lib = the library's unit tests), stripped
-#   bench/<name>    the criterion bench executables, stripped
-#   root/           the files the tests open through build-time paths, laid out as in the
-#                   repository: target/release/simclr (tests/cli.rs runs it), tests/fixtures/ and,
-#                   unless --no-data, data/ (30 MB; the test that reads it skips without it)
-#   scripts/        gpu_suite.sh and bench_pytorch.py
+# The bundle (target/gpu-bundle/, packed as target/gpu-bundle.tar.xz):
+#   MANIFEST        what was built, from which commit, with which compilers
+#   test/<name>     the test executables the suite's plan names (`gpu_suite.sh --needs`), stripped
+#   bench/<name>    the criterion bench executables it names, stripped
+#   bin/simclr      the CLI, which the pipeline test runs (through SIMCLR_BIN)
+#   scripts/        gpu_suite.sh, bench_pytorch.py and gpu_report.py
+# Nothing else: the tests the suite runs write their own data. A lent GPU machine takes the
+# repository's working tree plus what is carried, 64 MiB in all: the script prints that total
+# and fails when it is over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 
-with_data=1
-if [ "${1:-}" = "--no-data" ]; then
-    with_data=0
-    shift
-fi
-bundle=${1:-bundle}
+bundle=target/gpu-bundle
+archive=$bundle.tar.xz
+LIMIT_MIB=64
 
 : "${NVCC:?set NVCC to the path of nvcc: the bundle is for a GPU, so the kernels must be compiled}"
 # build.rs fails instead of warning if it cannot use nvcc.
@@ -65,22 +61,15 @@ executables test --release >"$list"
 # cargo bench also rebuilds the unit tests in its profile: keep only the benches from it.
 executables bench | grep '^bench ' >>"$list"
 
-rm -rf "$bundle"
-mkdir -p "$bundle/test" "$bundle/bench" "$bundle/root/target/release" "$bundle/root/tests" \
-    "$bundle/scripts"
-while read -r role name path; do
-    case $role in
-    bin) dest=$bundle/root/target/release/$name ;;
-    *) dest=$bundle/$role/$name ;;
-    esac
-    strip -o "$dest" "$path"
-done <"$list"
-
-cp -r tests/fixtures "$bundle/root/tests/"
-if [ $with_data = 1 ]; then
-    cp -rL data "$bundle/root/"
-fi
-cp scripts/gpu_suite.sh scripts/bench_pytorch.py "$bundle/scripts/"
+rm -rf "$bundle" "$archive"
+mkdir -p "$bundle/test" "$bundle/bench" "$bundle/bin" "$bundle/scripts"
+# The plan's binaries, and the CLI.
+while read -r role name; do
+    path=$(awk -v r="$role" -v n="$name" '$1 == r && $2 == n { print $3 }' "$list")
+    [ -n "$path" ] || { echo "cargo built no $role named $name" >&2 && exit 1; }
+    strip -o "$bundle/$role/$name" "$path"
+done < <(scripts/gpu_suite.sh --needs; echo "bin simclr")
+cp scripts/gpu_suite.sh scripts/bench_pytorch.py scripts/gpu_report.py "$bundle/scripts/"
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain 2>/dev/null)" ]; then
@@ -91,15 +80,27 @@ fi
     echo "commit $commit"
     echo "rustc $(rustc --version)"
     echo "nvcc $("$NVCC" --version | tail -1)"
-    echo "root $repo"
+    # The newest C library symbols the binaries need: the GPU machine's must be at least these.
+    echo "needs $(objdump -T "$bundle"/test/* "$bundle"/bench/* "$bundle"/bin/simclr |
+        grep -o 'GLIBC_[0-9.]*\|GLIBCXX_[0-9.]*' | sort -uV | awk -F_ '{ v[$1] = $0 } END { print v["GLIBC"], v["GLIBCXX"] }')"
     for role in test bench; do
         echo "$role $(cd "$bundle/$role" && echo *)"
     done
 } >"$bundle/MANIFEST"
 
-# One archive to carry: the binaries share most of their code, so it packs several times smaller.
-tar -cf - -C "$(dirname "$bundle")" "$(basename "$bundle")" | xz -T0 -6 >"$bundle.tar.xz"
+tar -cf - -C "$(dirname "$bundle")" "$(basename "$bundle")" | xz -T0 -6 >"$archive"
 
+# What a lent GPU machine receives: the working tree (tracked files and untracked ones git does
+# not ignore) plus the carried archive.
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null |
+    awk '{ s += $1 } END { print s + 0 }')
+packed=$(stat -c %s "$archive")
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 cat "$bundle/MANIFEST"
-echo "bundle: $bundle ($(du -sh "$bundle" | cut -f1)), packed as $bundle.tar.xz ($(du -sh "$bundle.tar.xz" | cut -f1))"
-echo "on the GPU machine: tar -xJf $(basename "$bundle").tar.xz && $(basename "$bundle")/scripts/gpu_suite.sh"
+echo "bundle: $bundle ($(du -sh "$bundle" | cut -f1) unpacked), packed as $archive ($(mib "$packed"))"
+echo "travels to a GPU machine: working tree $(mib "$tree") + $archive $(mib "$packed") = $(mib $((tree + packed))) (limit $LIMIT_MIB MiB)"
+if [ $((tree + packed)) -gt $((LIMIT_MIB << 20)) ]; then
+    echo "over the $LIMIT_MIB MiB a GPU machine takes: carry less" >&2
+    exit 1
+fi
+echo "on the GPU machine: tar -xJf $archive -C /tmp && /tmp/gpu-bundle/scripts/gpu_suite.sh"

@@ -62,8 +62,14 @@ impl Drop for Tmp {
     }
 }
 
+/// The binary under test: cargo's, or SIMCLR_BIN where the tests run from a bundle on another
+/// machine (scripts/gpu_suite.sh).
+fn bin() -> String {
+    std::env::var("SIMCLR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_simclr").to_string())
+}
+
 fn simclr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_simclr"))
+    Command::new(bin())
         .args(args)
         .env_remove("RUST_BACKTRACE")
         .output()
@@ -434,22 +440,37 @@ fn step_losses(t: &Tmp, out_name: &str) -> Vec<f64> {
     losses
 }
 
-/// The whole flow on the CUDA kernels (through the emulator) matches the cpu run step by step.
+/// The whole flow on the CUDA kernels matches the cpu run step by step: on the emulator, or on
+/// the real GPU under SIMCLR_TEST_DEVICES=cuda (scripts/gpu_suite.sh).
 #[test]
-fn tiny_pipeline_on_the_emulator_matches_cpu() {
-    let t = Tmp::new("pipeline_emu");
+fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
+    let gpu = match std::env::var("SIMCLR_TEST_DEVICES").as_deref() {
+        Ok("cuda") => "cuda",
+        _ => "emu",
+    };
+    let t = Tmp::new("pipeline_gpu");
     let data = t.data("data");
-    let emu = tiny_pipeline(&t, &data, "emu", "emu");
-    assert!(emu["device"].as_str().unwrap().starts_with("emu"), "{emu}");
+    let run = tiny_pipeline(&t, &data, gpu, gpu);
+    assert!(run["device"].as_str().unwrap().starts_with(gpu), "{run}");
     tiny_pipeline(&t, &data, "cpu", "cpu");
-    let (got, want) = (step_losses(&t, "emu"), step_losses(&t, "cpu"));
+    let (got, want) = (step_losses(&t, gpu), step_losses(&t, "cpu"));
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(
             (g - w).abs() <= 1e-3 * w.abs().max(1.0),
-            "step {i}: emu loss {g}, cpu loss {w}"
+            "step {i}: {gpu} loss {g}, cpu loss {w}"
         );
     }
+    // Printed for the GPU suite's log: how close the two runs came.
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
+        .fold(0.0, f64::max);
+    println!(
+        "{} steps, largest relative loss difference {gpu} vs cpu {worst:.2e}",
+        got.len()
+    );
 }
 
 /// A pretraining run killed with SIGKILL and resumed with --resume ends with bit-identical
@@ -481,7 +502,7 @@ fn killed_run_resumes_bit_identically() {
 
     // Kill the second run once it is well into its second epoch (6 steps per epoch).
     let args = tiny(&["pretrain", "--data", &data, "--out", &killed], &flags);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_simclr"))
+    let mut child = Command::new(bin())
         .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -541,7 +562,7 @@ fn out_of_device_memory() {
         &["pretrain", "--data", &data, "--out", &out],
         &["--device", "emu"],
     );
-    let run = Command::new(env!("CARGO_BIN_EXE_simclr"))
+    let run = Command::new(bin())
         .args(&args)
         .env("SIMCLR_EMU_MEMORY_MB", "4")
         .output()

@@ -125,10 +125,15 @@ fn training_step_matches_cpu() {
 
 #[test]
 fn no_driver_allocation_after_the_first_step() {
+    for (name, gpu) in common::gpus_one_schedule() {
+        driver_allocations_settle(&name, gpu);
+    }
+}
+
+fn driver_allocations_settle(name: &str, gpu: Gpu) {
     let case = &cases()[0];
     let a = &case.spec.arch;
     let x = common::random(case.batch * a.image_size * a.image_size * a.in_channels, 6);
-    let gpu = Gpu::emu(simclr::device::cuda::Schedule::Rr);
     let device = Device::Gpu(gpu.clone());
     let mut model = Model::new(&case.spec, 3).unwrap();
     model.to_device(&device);
@@ -151,7 +156,7 @@ fn no_driver_allocation_after_the_first_step() {
     // The first step fills the cache; from then on nothing new is asked of the driver.
     assert_eq!(
         driver_allocs[0], driver_allocs[2],
-        "driver allocations after each step: {driver_allocs:?}"
+        "{name}: driver allocations after each step: {driver_allocs:?}"
     );
 }
 
@@ -161,8 +166,13 @@ fn no_driver_allocation_after_the_first_step() {
 /// allocator granules). About 10 s on the emulator.
 #[test]
 fn ntxent_memory_is_linear() {
+    for (name, gpu) in common::gpus_one_schedule() {
+        ntxent_extra_memory(&name, gpu);
+    }
+}
+
+fn ntxent_extra_memory(name: &str, gpu: Gpu) {
     let (rows, d) = (8192, 128);
-    let gpu = Gpu::emu(simclr::device::cuda::Schedule::Rr);
     let mut z = common::random(rows * d, 9);
     for row in z.chunks_mut(d) {
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -179,7 +189,7 @@ fn ntxent_memory_is_linear() {
     let similarity_matrix = rows * rows * 4;
     assert!(
         extra <= 16 * rows * 4 + 4096,
-        "NT-Xent used {extra} extra bytes at 2N = {rows}, d = {d} (the similarity matrix would be {similarity_matrix})"
+        "{name}: NT-Xent used {extra} extra bytes at 2N = {rows}, d = {d} (the similarity matrix would be {similarity_matrix})"
     );
     assert!(gpu.download::<f32>(&loss)[0].is_finite());
 }

@@ -192,9 +192,8 @@ fn arch_without_sk_field_loads() {
 /// The emulator under one schedule (the kernels' own tests run all four; whole networks under
 /// each would only multiply the time), and the real GPU when present.
 fn gpu_devices() -> Vec<(String, Device)> {
-    common::gpus()
+    common::gpus_one_schedule()
         .into_iter()
-        .filter(|(name, _)| name == "emu:rr" || !name.starts_with("emu"))
         .map(|(name, gpu)| (name, Device::Gpu(gpu)))
         .collect()
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each bench uses its own subset
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use rayon::prelude::*;
 use simclr::device::cuda::{Gpu, Schedule};
 use simclr::device::Device;
 use simclr::tensor::Tensor;
@@ -83,10 +84,21 @@ fn is_real_gpu(device: &Device) -> bool {
     label(device) == "cuda"
 }
 
-/// Uniform values in [-1, 1), seeded (never zeros, as in the tests).
+/// Uniform values in [-1, 1), seeded (never zeros, as in the tests). Drawn in parallel, in
+/// chunks seeded from `seed` and the chunk's index: the full-size inputs run to gigabytes.
 pub fn random(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = simclr::rng::Rng::new(seed);
-    (0..len).map(|_| rng.range(-1.0, 1.0) as f32).collect()
+    const CHUNK: usize = 1 << 20;
+    let mut values = vec![0.0f32; len];
+    values
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut rng = simclr::rng::Rng::new(seed.wrapping_mul(1 << 32) + i as u64);
+            chunk
+                .iter_mut()
+                .for_each(|v| *v = rng.range(-1.0, 1.0) as f32);
+        });
+    values
 }
 
 /// `values` as a tensor on `device`.
@@ -169,11 +181,16 @@ fn digits(v: f64) -> String {
     }
 }
 
+/// The GPU's first error since the last check, as text.
+fn gpu_check(device: &Device) -> Result<(), String> {
+    device.check().map_err(|e| e.to_string())
+}
+
 /// Times `run` as criterion case `bench/case/<device label>` and prints its rate line:
 ///     rate | bench | case | device | median ms | rate
-/// `run(i)` performs iteration number i (use it to pick the input copy). The GPU is
-/// synchronised, with its sticky error checked, at the end of every sample inside the timed
-/// region, so the time counts all queued work; a sample is at least one iteration.
+/// `run(i)` performs iteration number i (use it to pick the input copy). On a GPU a sample is
+/// timed with CUDA events around its launches, then its sticky error is checked; a sample is
+/// at least one iteration.
 pub fn time(
     c: &mut Criterion,
     bench: &str,
@@ -192,17 +209,28 @@ pub fn time(
     let mut next = 0;
     group.bench_function(BenchmarkId::new(case, label(device)), |b| {
         b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                run(next);
-                next += 1;
-            }
-            if let Err(e) = device.check() {
-                panic!("{bench}/{case} on {}: {e}", device.name());
-            }
-            let elapsed = start.elapsed();
-            per_iteration.push(elapsed.as_secs_f64() / iters as f64);
-            elapsed
+            let mut work = || {
+                for _ in 0..iters {
+                    run(next);
+                    next += 1;
+                }
+            };
+            let seconds = match device {
+                Device::Gpu(gpu) => gpu
+                    .time_ms(&mut work)
+                    .map(|ms| ms / 1e3)
+                    .map_err(|e| e.to_string()),
+                Device::Cpu => {
+                    let start = Instant::now();
+                    work();
+                    Ok(start.elapsed().as_secs_f64())
+                }
+            };
+            let seconds = seconds.and_then(|s| gpu_check(device).map(|()| s));
+            let seconds =
+                seconds.unwrap_or_else(|e| panic!("{bench}/{case} on {}: {e}", device.name()));
+            per_iteration.push(seconds / iters as f64);
+            Duration::from_secs_f64(seconds)
         })
     });
     group.finish();

@@ -31,19 +31,34 @@ impl Drop for Tmp {
     }
 }
 
+/// SIMCLR_TEST_DEVICES=cuda (scripts/gpu_suite.sh): the real GPU alone, no emulator (CI runs
+/// that), and no GPU is then a failure rather than a skip.
+pub fn cuda_only() -> bool {
+    std::env::var("SIMCLR_TEST_DEVICES").is_ok_and(|v| v == "cuda")
+}
+
 /// The emulator under every schedule (a missing barrier shows under one order or another; the
 /// kernels' tests are small enough to run four times), plus the real GPU when one is present;
 /// without one, says so once.
 pub fn gpus() -> Vec<(String, Gpu)> {
-    // SIMCLR_TEST_DEVICES=cuda (gpu_suite.sh under compute-sanitizer): the real GPU alone.
-    let cuda_only = std::env::var("SIMCLR_TEST_DEVICES").is_ok_and(|v| v == "cuda");
-    let schedules: &[Schedule] = if cuda_only { &[] } else { &Schedule::ALL };
+    gpus_under(&Schedule::ALL)
+}
+
+/// As `gpus`, with the emulator under the round-robin schedule alone: for tests of whole
+/// networks or large sizes, whose kernels the kernel tests already run under every schedule.
+pub fn gpus_one_schedule() -> Vec<(String, Gpu)> {
+    gpus_under(&[Schedule::Rr])
+}
+
+fn gpus_under(schedules: &[Schedule]) -> Vec<(String, Gpu)> {
+    let schedules = if cuda_only() { &[] } else { schedules };
     let mut gpus: Vec<(String, Gpu)> = schedules
         .iter()
         .map(|&s| (format!("emu:{}", s.name()), Gpu::emu(s)))
         .collect();
     match Gpu::cuda(0) {
         Ok(gpu) => gpus.push((gpu.name().to_string(), gpu)),
+        Err(e) if cuda_only() => panic!("SIMCLR_TEST_DEVICES=cuda but no cuda device: {e}"),
         Err(e) => {
             static SKIP: Once = Once::new();
             SKIP.call_once(|| eprintln!("skipping the cuda device: {e}"));

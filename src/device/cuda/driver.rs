@@ -139,8 +139,51 @@ impl Runtime for Driver {
         result::ctx::synchronize().map_err(msg)
     }
 
+    fn time_ms(&self, work: &mut dyn FnMut()) -> Result<f64, String> {
+        self.make_current()?;
+        let events = Events::new()?;
+        let [start, end] = events.0;
+        // SAFETY: both events are live until `events` drops; the default stream, as launches.
+        unsafe {
+            result::event::record(start, std::ptr::null_mut()).map_err(msg)?;
+            work();
+            result::event::record(end, std::ptr::null_mut()).map_err(msg)?;
+            result::event::synchronize(end).map_err(msg)?;
+            result::event::elapsed(start, end)
+                .map(f64::from)
+                .map_err(msg)
+        }
+    }
+
     fn free_memory(&self) -> Option<usize> {
         self.make_current().ok()?;
         result::mem_get_info().ok().map(|(free, _)| free)
+    }
+}
+
+/// A start and an end event, destroyed on drop (also when timing fails half-way).
+struct Events([sys::CUevent; 2]);
+
+impl Events {
+    fn new() -> Result<Events, String> {
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = result::event::create(flags).map_err(msg)?;
+        match result::event::create(flags) {
+            Ok(end) => Ok(Events([start, end])),
+            Err(e) => {
+                // SAFETY: created above, used nowhere else.
+                let _ = unsafe { result::event::destroy(start) };
+                Err(msg(e))
+            }
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        for event in self.0 {
+            // SAFETY: created in new(), recorded only on the stream that was synchronised.
+            let _ = unsafe { result::event::destroy(event) };
+        }
     }
 }

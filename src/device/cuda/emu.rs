@@ -165,6 +165,13 @@ impl Runtime for Emu {
         Ok(()) // launches are synchronous
     }
 
+    fn time_ms(&self, work: &mut dyn FnMut()) -> Result<f64, String> {
+        // Launches are synchronous, so the host clock sees all of the work.
+        let start = std::time::Instant::now();
+        work();
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    }
+
     fn free_memory(&self) -> Option<usize> {
         self.capacity.map(|c| c.saturating_sub(self.allocated()))
     }

@@ -44,12 +44,14 @@ pub enum GpuError {
          NVCC=<path to nvcc> and rebuild"
     )]
     NoKernels,
-    #[error("kernel {kernel} (grid {grid:?}, block {block:?}, {shared} B shared): {msg}")]
+    #[error("kernel {kernel} (grid {grid:?}, block {block:?}, {shared} B shared, arguments ({args})): {msg}")]
     Launch {
         kernel: String,
         grid: [u32; 3],
         block: [u32; 3],
         shared: u32,
+        /// The scalar arguments (the problem's sizes), `*` for each pointer.
+        args: String,
         msg: String,
     },
     #[error("out of device memory: {bytes} bytes requested with {in_use} in use, {} free ({msg})", free.map_or("unknown".into(), |f| format!("{f} bytes")))]
@@ -72,7 +74,18 @@ struct Inner {
     error: Mutex<Option<GpuError>>,
     /// Fill fresh buffers with NaN (the emulator), so that reads of unwritten memory show.
     poison: bool,
+    /// Synchronise after every launch (`SIMCLR_SYNC_LAUNCHES=1`), so that a fault while a
+    /// kernel runs is reported under that kernel's name rather than a later one's.
+    sync_launches: bool,
 }
+
+/// The environment variable that turns on `Inner::sync_launches`.
+pub const SYNC_LAUNCHES_VAR: &str = "SIMCLR_SYNC_LAUNCHES";
+
+/// Added to errors a real GPU reports asynchronously, when launches are not synchronised.
+const ASYNC_HINT: &str = "a fault while a kernel runs surfaces at a later launch or \
+     synchronisation, so this may be an earlier kernel's: rerun with SIMCLR_SYNC_LAUNCHES=1 to \
+     name it";
 
 /// A GPU (real or emulated); a cheap handle, cloned into every buffer it allocates.
 #[derive(Clone)]
@@ -172,12 +185,14 @@ impl From<f32> for Arg {
 
 impl Gpu {
     fn new(name: String, runtime: Box<dyn Runtime>, poison: bool) -> Gpu {
+        let sync_launches = std::env::var(SYNC_LAUNCHES_VAR).is_ok_and(|v| v == "1");
         Gpu(Arc::new(Inner {
             name,
             runtime,
             cache: Mutex::new(Cache::default()),
             error: Mutex::new(None),
             poison,
+            sync_launches,
         }))
     }
 
@@ -214,11 +229,39 @@ impl Gpu {
     /// Returns (and clears) the first error since the last check, after waiting for the
     /// device to finish its queued work.
     pub fn check(&self) -> Result<(), GpuError> {
-        self.runtime_call("synchronize", || self.0.runtime.synchronize());
+        self.runtime_call("synchronize", || {
+            self.0
+                .runtime
+                .synchronize()
+                .map_err(|msg| self.with_hint(msg))
+        });
         match self.0.error.lock().unwrap().take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// `msg` with ASYNC_HINT where an error may belong to an earlier launch: on a real GPU
+    /// whose launches are not synchronised (the emulator runs each launch to completion).
+    fn with_hint(&self, msg: String) -> String {
+        if self.0.poison || self.0.sync_launches {
+            msg
+        } else {
+            format!("{msg} ({ASYNC_HINT})")
+        }
+    }
+
+    /// Runs `work`, which queues launches, and returns how long the device took for it in ms
+    /// (CUDA events on a real GPU; the host clock on the emulator, whose launches are
+    /// synchronous). Benches time with this.
+    pub fn time_ms(&self, mut work: impl FnMut()) -> Result<f64, GpuError> {
+        self.0
+            .runtime
+            .time_ms(&mut work)
+            .map_err(|msg| GpuError::Runtime {
+                op: "event timing",
+                msg: self.with_hint(msg),
+            })
     }
 
     fn failed(&self) -> bool {
@@ -328,7 +371,15 @@ impl Gpu {
         if self.failed() {
             return;
         }
-        if let Err(e) = self.try_launch(kernel, grid, block, shared, args) {
+        let launched = self.try_launch(kernel, grid, block, shared, args);
+        let result = launched.and_then(|()| match self.0.sync_launches {
+            true => self.0.runtime.synchronize().map_err(|msg| {
+                let msg = format!("failed while running: {msg}");
+                launch_error(kernel, grid, block, shared, args, msg)
+            }),
+            false => Ok(()),
+        });
+        if let Err(e) = result {
             self.record(e);
         }
     }
@@ -364,13 +415,7 @@ impl Gpu {
                 .runtime
                 .launch(kernel, grid, block, shared, &mut params)
         }
-        .map_err(|msg| GpuError::Launch {
-            kernel: kernel.to_string(),
-            grid,
-            block,
-            shared,
-            msg,
-        })
+        .map_err(|msg| launch_error(kernel, grid, block, shared, args, self.with_hint(msg)))
     }
 
     /// One thread per element of an `n`-element output, in blocks of 256.
@@ -407,6 +452,33 @@ impl Drop for Inner {
     }
 }
 
+fn launch_error(
+    kernel: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared: u32,
+    args: &[Arg],
+    msg: String,
+) -> GpuError {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| match *a {
+            Arg::Ptr(_) => "*".to_string(),
+            Arg::I32(v) => v.to_string(),
+            Arg::U32(v) => v.to_string(),
+            Arg::F32(v) => v.to_string(),
+        })
+        .collect();
+    GpuError::Launch {
+        kernel: kernel.to_string(),
+        grid,
+        block,
+        shared,
+        args: args.join(", "),
+        msg,
+    }
+}
+
 /// The most elements a kernel indexes with `int`: below 2³¹ with room for the last block's
 /// threads and the widest grid-stride step (2²⁰), so no index computation can wrap.
 pub const MAX_ELEMENTS: usize = (1 << 31) - (1 << 21);
@@ -414,4 +486,106 @@ pub const MAX_ELEMENTS: usize = (1 << 31) - (1 << 21);
 /// Blocks of `threads` covering `n` items, for one-dimensional launches.
 pub fn blocks_for(n: usize, threads: u32) -> u32 {
     (n.div_ceil(threads as usize)).max(1) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runtime that faults as a real GPU does: launching `faulty` succeeds, the fault shows
+    /// at the next launch or synchronisation, and it stays (a sticky context error).
+    #[derive(Default)]
+    struct LateFaults {
+        faulted: Mutex<bool>,
+    }
+
+    impl LateFaults {
+        fn sticky(&self) -> Result<(), String> {
+            match *self.faulted.lock().unwrap() {
+                true => Err("CUDA_ERROR_ILLEGAL_ADDRESS".into()),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl Runtime for LateFaults {
+        fn alloc(&self, _: usize) -> Result<u64, String> {
+            Ok(256)
+        }
+        unsafe fn free(&self, _: u64) {}
+        unsafe fn upload(&self, _: u64, _: &[u8]) -> Result<(), String> {
+            self.sticky()
+        }
+        unsafe fn download(&self, _: u64, _: &mut [u8]) -> Result<(), String> {
+            self.sticky()
+        }
+        unsafe fn copy(&self, _: u64, _: u64, _: usize) -> Result<(), String> {
+            self.sticky()
+        }
+        unsafe fn fill_bytes(&self, _: u64, _: u8, _: usize) -> Result<(), String> {
+            self.sticky()
+        }
+        unsafe fn launch(
+            &self,
+            kernel: &str,
+            _: [u32; 3],
+            _: [u32; 3],
+            _: u32,
+            _: &mut [*mut c_void],
+        ) -> Result<(), String> {
+            self.sticky()?;
+            if kernel == "faulty" {
+                *self.faulted.lock().unwrap() = true;
+            }
+            Ok(())
+        }
+        fn synchronize(&self) -> Result<(), String> {
+            self.sticky()
+        }
+        fn time_ms(&self, work: &mut dyn FnMut()) -> Result<f64, String> {
+            work();
+            self.sticky().map(|()| 0.0)
+        }
+        fn free_memory(&self) -> Option<usize> {
+            None
+        }
+    }
+
+    /// The error `faulty` then `fine` leave, with launches synchronised or not.
+    fn error_after_fault(sync_launches: bool) -> String {
+        let mut gpu = Gpu::new("late".into(), Box::new(LateFaults::default()), false);
+        Arc::get_mut(&mut gpu.0).unwrap().sync_launches = sync_launches;
+        let out = gpu.alloc_f32(8);
+        gpu.launch(
+            "faulty",
+            [3, 1, 1],
+            [64, 1, 1],
+            0,
+            &[(&out).into(), 7i32.into()],
+        );
+        gpu.launch("fine", [1, 1, 1], [32, 1, 1], 0, &[(&out).into()]);
+        gpu.check().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unsynchronised_faults_name_a_later_kernel_and_say_how_to_find_it() {
+        let e = error_after_fault(false);
+        assert!(e.starts_with("kernel fine "), "{e}");
+        assert!(e.contains("SIMCLR_SYNC_LAUNCHES=1"), "{e}");
+    }
+
+    #[test]
+    fn synchronised_launches_name_the_faulting_kernel_and_its_shape() {
+        let e = error_after_fault(true);
+        assert!(
+            e.starts_with("kernel faulty (grid [3, 1, 1], block [64, 1, 1]"),
+            "{e}"
+        );
+        assert!(e.contains("arguments (*, 7)"), "{e}");
+        assert!(
+            e.contains("failed while running: CUDA_ERROR_ILLEGAL_ADDRESS"),
+            "{e}"
+        );
+        assert!(!e.contains("SIMCLR_SYNC_LAUNCHES"), "{e}");
+    }
 }

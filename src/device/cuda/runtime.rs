@@ -36,6 +36,9 @@ pub trait Runtime: Send + Sync {
         params: &mut [*mut c_void],
     ) -> Result<(), String>;
     fn synchronize(&self) -> Result<(), String>;
+    /// Runs `work` (which queues launches) and returns the device time it took in ms, measured
+    /// as the GPU sees it: CUDA events recorded before and after on the launch stream.
+    fn time_ms(&self, work: &mut dyn FnMut()) -> Result<f64, String>;
     /// Free device memory in bytes, where the runtime knows it.
     fn free_memory(&self) -> Option<usize>;
 }
