@@ -9,7 +9,7 @@
 mod common;
 
 use common::Work;
-use simclr::device::cpu::loss as cpu;
+use simclr::device::cpu::ntxent as cpu;
 use simclr::device::cuda::ntxent as gpu;
 use simclr::device::Device;
 

@@ -74,7 +74,7 @@ fn step(model: &mut Model, opt: &mut Optimizer, x: &Tensor, labels: Option<&[u32
         Some(labels) => ops::loss::softmax_cross_entropy(&mut g, out, labels),
         None => {
             let z = ops::normalize::l2_normalize(&mut g, out);
-            ops::loss::ntxent(&mut g, z, 0.1)
+            ops::ntxent::ntxent(&mut g, z, 0.1)
         }
     };
     g.backward(loss);

@@ -26,9 +26,12 @@ KERNEL void ew_add_assign(float* __restrict__ acc, const float* __restrict__ x, 
     if (i < n) acc[i] += x[i];
 }
 
-KERNEL void ew_scale(const float* __restrict__ x, float s, int n, float* __restrict__ y) {
+// y = s[0]·x, the factor read from device memory (a loss's gradient times the upstream
+// gradient, which lives on the device: no host round trip).
+KERNEL void ew_scale_by(const float* __restrict__ x, const float* __restrict__ s, int n,
+                        float* __restrict__ y) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = x[i] * s;
+    if (i < n) y[i] = x[i] * s[0];
 }
 
 // y[r, :] += b for a row-major [rows, cols] y.
@@ -60,6 +63,6 @@ REGISTER_KERNEL(ew_relu_forward);
 REGISTER_KERNEL(ew_relu_backward);
 REGISTER_KERNEL(ew_add);
 REGISTER_KERNEL(ew_add_assign);
-REGISTER_KERNEL(ew_scale);
+REGISTER_KERNEL(ew_scale_by);
 REGISTER_KERNEL(ew_bias_add);
 REGISTER_KERNEL(ew_sum_rows);

@@ -1,84 +1,53 @@
-//! The autograd tape, in the spirit of micrograd and llm.c: every op appends a node (what
-//! it was, which values it read, what it saved) to a flat list in creation order, and
-//! `backward` walks that list in reverse, each node handing its output's gradient to its op's
-//! hand-written backward function and accumulating the results into its inputs' gradients
-//! (accumulate, never overwrite: residual connections read one value twice).
+//! The autograd tape, in the spirit of micrograd and llm.c: every op appends a node (its
+//! backward pass, holding which values it read and what it saved) to a flat list in creation
+//! order, and `backward` walks that list in reverse, each node turning its output's gradient
+//! into its inputs' gradients, which are accumulated (accumulate, never overwrite: residual
+//! connections read one value twice).
 //!
-//! Parameters enter the graph as leaves copied from the `ParamStore`; after `backward`,
-//! `param_grads` hands back each leaf's gradient with the parameter's index in the store.
+//! The tape knows nothing of the ops: each op family in `src/ops/` implements `Backward` for
+//! the node it records. Values are shared, not copied: a parameter enters the graph as another
+//! reference to the store's tensor, and a gradient that fans out to two inputs is one tensor
+//! until one of them accumulates into it. After `backward`, `param_grads` hands back each
+//! parameter's gradient with its index in the store.
 
-use crate::device::cpu::conv::ConvShape;
-use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
-use crate::nn::params::ParamStore;
-use crate::ops;
+use crate::backend;
 use crate::tensor::Tensor;
 
 /// A value in the graph: an index into its list of tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Var(pub(crate) usize);
 
-/// One recorded op with what its backward pass needs.
-pub enum Op {
-    Conv2d {
-        x: Var,
-        w: Var,
-        shape: ConvShape,
-    },
-    /// Batch norm, with the ReLU after it fused when `relu`.
-    BatchNorm {
-        x: Var,
-        gamma: Var,
-        beta: Option<Var>,
-        relu: bool,
-        saved: ops::batchnorm::Saved,
-    },
-    Relu {
-        x: Var,
-    },
-    MaxPool {
-        x: Var,
-        shape: PoolShape,
-    },
-    GlobalAvgPool {
-        x: Var,
-    },
-    /// Average pooling with TF 'SAME' padding (the ResNet-D shortcut).
-    AvgPool {
-        x: Var,
-        shape: AvgPoolShape,
-    },
-    /// A selective-kernel conv's global descriptor: its two streams summed, then averaged.
-    SkPool {
-        x: Var,
-    },
-    /// A selective-kernel conv's output: its two streams mixed by a softmax over the logits.
-    SkCombine {
-        x: Var,
-        logits: Var,
-    },
-    Linear {
-        x: Var,
-        w: Var,
-        b: Option<Var>,
-    },
-    Add {
-        a: Var,
-        b: Var,
-    },
-    L2Normalize {
-        x: Var,
-        inv_norm: Tensor,
-    },
-    /// A loss whose kernel computed dloss/dx together with the loss (NT-Xent, softmax
-    /// cross-entropy, distillation): backward only scales the saved gradient.
-    Loss {
-        x: Var,
-        grad: Tensor,
-    },
+/// An op's backward pass, recorded by its forward.
+pub trait Backward {
+    /// The gradients the op sends to its inputs, given its output's gradient `dy`.
+    fn backward(&self, values: &Values, dy: Tensor) -> Vec<(Var, Tensor)>;
+}
+
+/// What a backward pass reads: the graph's values, and the output of the op being run.
+pub struct Values<'a> {
+    values: &'a [Tensor],
+    wants_grad: &'a [bool],
+    out: Var,
+}
+
+impl Values<'_> {
+    pub fn get(&self, v: Var) -> &Tensor {
+        &self.values[v.0]
+    }
+
+    /// Whether `v` needs its gradient (ops whose input gradient is costly skip it when not).
+    pub fn wants_grad(&self, v: Var) -> bool {
+        self.wants_grad[v.0]
+    }
+
+    /// The op's output.
+    pub fn out(&self) -> &Tensor {
+        &self.values[self.out.0]
+    }
 }
 
 struct Node {
-    op: Op,
+    op: Box<dyn Backward>,
     out: Var,
 }
 
@@ -86,6 +55,7 @@ pub struct Graph {
     values: Vec<Tensor>,
     nodes: Vec<Node>,
     grads: Vec<Option<Tensor>>,
+    /// (index in the parameter store, value) of every parameter read.
     leaves: Vec<(usize, Var)>,
     /// Whether backward computes each value's gradient: not for input batches, so the first
     /// convolution never computes the gradient of the images.
@@ -122,20 +92,24 @@ impl Graph {
         self.add(t, true)
     }
 
-    /// A parameter of the store, as a leaf whose gradient `param_grads` returns.
-    pub fn param(&mut self, store: &ParamStore, id: usize) -> Var {
-        let v = self.add(store.params[id].value.clone(), true);
+    /// Parameter number `id` of its store, whose value is `value`: a leaf whose gradient
+    /// `param_grads` returns. The graph shares the value; nothing is copied.
+    pub fn param(&mut self, id: usize, value: &Tensor) -> Var {
+        let v = self.add(value.clone(), true);
         if self.record {
             self.leaves.push((id, v));
         }
         v
     }
 
-    /// Adds an op's output; the op is kept only when recording.
-    pub(crate) fn push(&mut self, t: Tensor, op: Op) -> Var {
+    /// Adds an op's output; its backward is kept only when recording.
+    pub fn push(&mut self, t: Tensor, op: impl Backward + 'static) -> Var {
         let out = self.add(t, true);
         if self.record {
-            self.nodes.push(Node { op, out });
+            self.nodes.push(Node {
+                op: Box::new(op),
+                out,
+            });
         }
         out
     }
@@ -148,10 +122,11 @@ impl Graph {
         self.grads.get(v.0).and_then(|g| g.as_ref())
     }
 
-    /// Backpropagates from a scalar `loss` (seeded with dloss/dloss = 1).
+    /// Backpropagates from a scalar `loss` (seeded with dloss/dloss = 1, on its device).
     pub fn backward(&mut self, loss: Var) {
-        assert_eq!(self.value(loss).numel(), 1, "backward from a non-scalar");
-        let seed = Tensor::full(&[1], self.value(loss).dtype(), 1.0);
+        let value = self.value(loss);
+        assert_eq!(value.numel(), 1, "backward from a non-scalar");
+        let seed = Tensor::full(&[1], value.dtype(), 1.0).to_device(&value.device());
         self.backward_from(loss, seed);
     }
 
@@ -162,35 +137,46 @@ impl Graph {
         assert_eq!(self.value(out).shape, dy.shape, "seed gradient shape");
         self.grads = vec![None; self.values.len()];
         self.grads[out.0] = Some(dy);
-        let nodes = std::mem::take(&mut self.nodes);
-        for node in nodes.iter().rev() {
+        for node in self.nodes.iter().rev() {
+            // An op's output gradient is consumed here: only inputs and leaves keep theirs.
             let Some(dy) = self.grads[node.out.0].take() else {
                 continue;
             };
-            // An op's output gradient is consumed here: only inputs and leaves keep theirs.
-            for (v, g) in ops::backward(&node.op, &self.values, &self.wants_grad, node.out, dy) {
-                if !self.wants_grad[v.0] {
-                    continue;
-                }
-                match &mut self.grads[v.0] {
-                    Some(acc) => acc.add_assign(&g),
-                    slot => *slot = Some(g),
+            let values = Values {
+                values: &self.values,
+                wants_grad: &self.wants_grad,
+                out: node.out,
+            };
+            for (v, g) in node.op.backward(&values, dy) {
+                if self.wants_grad[v.0] {
+                    accumulate(&mut self.grads[v.0], g);
                 }
             }
         }
-        self.nodes = nodes;
     }
 
     /// Gradients of the parameter leaves, by parameter index (zeros for unused parameters).
+    /// This ends the graph's use of the parameters: it lets go of their values, so that the
+    /// optimiser can update them in place.
     pub fn param_grads(&mut self) -> Vec<(usize, Tensor)> {
         let leaves = std::mem::take(&mut self.leaves);
         leaves
             .into_iter()
             .map(|(id, v)| {
+                let value = std::mem::replace(&mut self.values[v.0], Tensor::empty());
                 let g = self.grads.get_mut(v.0).and_then(|g| g.take());
-                let value = &self.values[v.0];
                 (id, g.unwrap_or_else(|| value.zeros_like()))
             })
             .collect()
+    }
+}
+
+/// Adds `g` into a value's gradient: in place when nothing else holds it, else into a fresh
+/// tensor (a gradient shared by a fan-out is never written through).
+fn accumulate(slot: &mut Option<Tensor>, g: Tensor) {
+    match slot {
+        None => *slot = Some(g),
+        Some(acc) if acc.is_unique() => backend::of(&g).add_assign(acc, &g),
+        Some(acc) => *acc = backend::of(&g).add(acc, &g),
     }
 }

@@ -3,6 +3,7 @@
 //! NT-Xent, LARS, fine-tuning and distillation, with no ML framework.
 
 pub mod autograd;
+pub mod backend;
 pub mod data;
 pub mod device;
 pub mod error;

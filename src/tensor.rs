@@ -3,10 +3,17 @@
 //! the finite-difference gradient checks) so that bf16 can be added later without a rewrite.
 //! On the `cpu` device the storage is a plain `Vec`; on a GPU it is an f32 device buffer,
 //! read back only through the explicit, rare `to_f32_vec`/`to_f64_vec`/`to_device`.
+//!
+//! Storage is shared: cloning a tensor hands out another reference to the same values (the
+//! tape holds parameters this way, and a gradient that fans out to two inputs is one tensor).
+//! Writing needs the only reference (`as_mut_slice`, `buffer_mut` panic otherwise), so a
+//! write never lands in a value something else holds, and nothing is copied behind the
+//! caller's back: `deep_copy` is the one explicit copy.
 
 use crate::device::cpu::real::Real;
-use crate::device::cuda::{elementwise, Buffer, Gpu};
+use crate::device::cuda::{Buffer, Gpu};
 use crate::device::Device;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
@@ -14,7 +21,7 @@ pub enum DType {
     F64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Storage {
     CpuF32(Vec<f32>),
     CpuF64(Vec<f64>),
@@ -24,7 +31,7 @@ pub enum Storage {
 #[derive(Clone, Debug)]
 pub struct Tensor {
     pub shape: Vec<usize>,
-    pub storage: Storage,
+    storage: Arc<Storage>,
 }
 
 /// An element type that a tensor can hold; lets ops be written once, generically, and
@@ -39,13 +46,13 @@ pub trait Element: Real {
 impl Element for f32 {
     const DTYPE: DType = DType::F32;
     fn slice(t: &Tensor) -> &[f32] {
-        match &t.storage {
+        match t.storage() {
             Storage::CpuF32(v) => v,
-            _ => panic!("expected an f32 cpu tensor, got {:?}", t.storage),
+            other => panic!("expected an f32 cpu tensor, got {other:?}"),
         }
     }
     fn slice_mut(t: &mut Tensor) -> &mut [f32] {
-        match &mut t.storage {
+        match t.storage_mut() {
             Storage::CpuF32(v) => v,
             other => panic!("expected an f32 cpu tensor, got {other:?}"),
         }
@@ -58,13 +65,13 @@ impl Element for f32 {
 impl Element for f64 {
     const DTYPE: DType = DType::F64;
     fn slice(t: &Tensor) -> &[f64] {
-        match &t.storage {
+        match t.storage() {
             Storage::CpuF64(v) => v,
-            _ => panic!("expected an f64 cpu tensor, got {:?}", t.storage),
+            other => panic!("expected an f64 cpu tensor, got {other:?}"),
         }
     }
     fn slice_mut(t: &mut Tensor) -> &mut [f64] {
-        match &mut t.storage {
+        match t.storage_mut() {
             Storage::CpuF64(v) => v,
             other => panic!("expected an f64 cpu tensor, got {other:?}"),
         }
@@ -92,6 +99,39 @@ macro_rules! with_dtype {
 }
 
 impl Tensor {
+    fn new(shape: &[usize], storage: Storage) -> Tensor {
+        Tensor {
+            shape: shape.to_vec(),
+            storage: Arc::new(storage),
+        }
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The storage to write, which must not be shared (see the module comment).
+    fn storage_mut(&mut self) -> &mut Storage {
+        Arc::get_mut(&mut self.storage).expect(
+            "writing a tensor whose storage is shared (a value the tape or another tensor holds)",
+        )
+    }
+
+    /// Whether no other tensor shares this one's storage (it can be written in place).
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.storage) == 1
+    }
+
+    /// A copy of the values in new storage on the same device (the one explicit copy).
+    pub fn deep_copy(&self) -> Tensor {
+        let storage = match self.storage() {
+            Storage::CpuF32(v) => Storage::CpuF32(v.clone()),
+            Storage::CpuF64(v) => Storage::CpuF64(v.clone()),
+            Storage::Gpu(buf) => Storage::Gpu(buf.clone()),
+        };
+        Tensor::new(&self.shape, storage)
+    }
+
     pub fn from_vec<T: Element>(shape: &[usize], data: Vec<T>) -> Tensor {
         assert_eq!(
             shape.iter().product::<usize>(),
@@ -99,10 +139,12 @@ impl Tensor {
             "shape {shape:?} does not match {} elements",
             data.len()
         );
-        Tensor {
-            shape: shape.to_vec(),
-            storage: T::wrap(data),
-        }
+        Tensor::new(shape, T::wrap(data))
+    }
+
+    /// A tensor of no elements (a placeholder for a value given up).
+    pub fn empty() -> Tensor {
+        Tensor::from_vec::<f32>(&[0], Vec::new())
     }
 
     pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
@@ -122,10 +164,7 @@ impl Tensor {
             buf.len_f32(),
             "shape {shape:?} does not match the buffer"
         );
-        Tensor {
-            shape: shape.to_vec(),
-            storage: Storage::Gpu(buf),
-        }
+        Tensor::new(shape, Storage::Gpu(buf))
     }
 
     /// A fresh (uninitialised) f32 tensor on `gpu`, for a kernel to write.
@@ -134,7 +173,7 @@ impl Tensor {
     }
 
     pub fn dtype(&self) -> DType {
-        match self.storage {
+        match self.storage() {
             Storage::CpuF32(_) | Storage::Gpu(_) => DType::F32,
             Storage::CpuF64(_) => DType::F64,
         }
@@ -142,7 +181,7 @@ impl Tensor {
 
     /// The GPU holding this tensor, if any.
     pub fn gpu(&self) -> Option<&Gpu> {
-        match &self.storage {
+        match self.storage() {
             Storage::Gpu(buf) => Some(buf.gpu()),
             _ => None,
         }
@@ -154,20 +193,21 @@ impl Tensor {
     }
 
     pub fn buffer(&self) -> &Buffer {
-        match &self.storage {
+        match self.storage() {
             Storage::Gpu(buf) => buf,
             other => panic!("expected a gpu tensor, got {other:?}"),
         }
     }
 
     pub fn buffer_mut(&mut self) -> &mut Buffer {
-        match &mut self.storage {
+        match self.storage_mut() {
             Storage::Gpu(buf) => buf,
             other => panic!("expected a gpu tensor, got {other:?}"),
         }
     }
 
-    /// The same values on `device` (a copy; f64 becomes f32 on a GPU).
+    /// The same values on `device`: shared when already there, else copied (f64 becomes f32
+    /// on a GPU).
     pub fn to_device(&self, device: &Device) -> Tensor {
         match (device, self.gpu()) {
             (Device::Cpu, None) => self.clone(),
@@ -206,7 +246,7 @@ impl Tensor {
     }
 
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        if let Storage::Gpu(buf) = &self.storage {
+        if let Storage::Gpu(buf) = self.storage() {
             return buf.gpu().download(buf);
         }
         with_dtype!(self.dtype(), T => self.as_slice::<T>().iter().map(|&v| v.to_f64() as f32).collect())
@@ -233,20 +273,5 @@ impl Tensor {
             return self.clone();
         }
         Tensor::from_f64(&self.shape, dtype, &self.to_f64_vec())
-    }
-
-    /// Adds `other` into `self` elementwise (gradient accumulation).
-    pub fn add_assign(&mut self, other: &Tensor) {
-        assert_eq!(self.shape, other.shape);
-        if let Storage::Gpu(acc) = &mut self.storage {
-            let gpu = acc.gpu().clone();
-            return elementwise::add_assign(&gpu, acc, other.buffer());
-        }
-        with_dtype!(self.dtype(), T => {
-            let b = other.as_slice::<T>();
-            for (a, &b) in self.as_mut_slice::<T>().iter_mut().zip(b) {
-                *a += b;
-            }
-        })
     }
 }

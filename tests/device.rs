@@ -72,7 +72,7 @@ fn step(case: &Case, device: &Device, x: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<Vec
         Some(labels) => ops::loss::softmax_cross_entropy(&mut g, out, labels),
         None => {
             let z = ops::normalize::l2_normalize(&mut g, out);
-            ops::loss::ntxent(&mut g, z, 0.1)
+            ops::ntxent::ntxent(&mut g, z, 0.1)
         }
     };
     g.backward(loss);
@@ -145,7 +145,7 @@ fn driver_allocations_settle(name: &str, gpu: Gpu) {
         let input = g.input(Tensor::from_vec(&shape, x.clone()).to_device(&device));
         let (_, out) = model.forward(&mut g, input, true);
         let z = ops::normalize::l2_normalize(&mut g, out);
-        let loss = ops::loss::ntxent(&mut g, z, 0.1);
+        let loss = ops::ntxent::ntxent(&mut g, z, 0.1);
         g.backward(loss);
         let grads = g.param_grads();
         opt.step(&mut model.store, &grads, 0.1);

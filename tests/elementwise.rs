@@ -49,10 +49,11 @@ fn unary_and_binary_ops_match_cpu() {
             elementwise::add_assign(&gpu, &mut acc, &b_dev);
             expect(&gpu, &format!("add_assign, {case}"), &acc, &want, 1e-5);
 
-            let want: Vec<f32> = a.iter().map(|&v| v * -0.37).collect();
+            let mut want = vec![0.0; n];
+            cpu::scale(&a, -0.37, &mut want);
             let mut got = gpu.alloc_f32(n);
-            elementwise::scale(&gpu, &a_dev, -0.37, &mut got);
-            expect(&gpu, &format!("scale, {case}"), &got, &want, 1e-5);
+            elementwise::scale_by(&gpu, &a_dev, &gpu.upload(&[-0.37f32]), &mut got);
+            expect(&gpu, &format!("scale_by, {case}"), &got, &want, 1e-5);
         }
     }
 }

@@ -189,7 +189,7 @@ fn losses() {
         let z = random(&[rows, d], &mut rng);
         check("ntxent∘l2_normalize", vec![z], |g, v| {
             let z = ops::normalize::l2_normalize(g, v[0]);
-            ops::loss::ntxent(g, z, t)
+            ops::ntxent::ntxent(g, z, t)
         });
     }
     let logits = random(&[6, 4], &mut rng);

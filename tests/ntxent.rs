@@ -1,9 +1,9 @@
-//! The fused NT-Xent kernel against the CPU reference (`cpu::loss::ntxent`, in f64), on every
+//! The fused NT-Xent kernel against the CPU reference (`cpu::ntxent::ntxent`, in f64), on every
 //! device under test, and its extra memory through the caching allocator's high-water mark.
 
 mod common;
 
-use simclr::device::cpu::loss;
+use simclr::device::cpu::ntxent as cpu;
 use simclr::device::cuda::{alloc, ntxent};
 
 /// `rows` random rows of width d, each scaled to unit L2 norm (NT-Xent's input).
@@ -29,7 +29,7 @@ fn ntxent_matches_cpu() {
             let temperature = [0.1f32, 0.5, 1.0][case % 3];
             let z = normalised(rows, d, 300 + case as u64);
             let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
-            let (want_loss, want_grad) = loss::ntxent(&z64, d, temperature as f64);
+            let (want_loss, want_grad) = cpu::ntxent(&z64, d, temperature as f64);
             let want_grad: Vec<f32> = want_grad.iter().map(|&v| v as f32).collect();
 
             let z_dev = gpu.upload(&z);

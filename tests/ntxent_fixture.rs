@@ -43,7 +43,7 @@ fn ntxent_matches_pytorch() {
             let mut g = Graph::new(true);
             let h = g.variable(Tensor::from_f64(&[2 * n, d], dtype, &floats(&case["h"])));
             let z = ops::normalize::l2_normalize(&mut g, h);
-            let loss = ops::loss::ntxent(&mut g, z, t);
+            let loss = ops::ntxent::ntxent(&mut g, z, t);
             let got = g.value(loss).item();
             assert!(
                 (got - want_loss).abs() <= tol * want_loss.abs().max(1.0),
@@ -59,7 +59,7 @@ fn ntxent_matches_pytorch() {
             // From the normalised z directly.
             let mut g = Graph::new(true);
             let z = g.variable(Tensor::from_f64(&[2 * n, d], dtype, &floats(&case["z"])));
-            let loss = ops::loss::ntxent(&mut g, z, t);
+            let loss = ops::ntxent::ntxent(&mut g, z, t);
             g.backward(loss);
             let grad = g.grad(z).unwrap().to_f64_vec();
             let want = floats(&case["grad_z"]);

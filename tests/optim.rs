@@ -1,10 +1,11 @@
-//! The optimiser kernels against cpu::optim (and the trust ratio of optim::Optimizer), on every
-//! device under test.
+//! The multi-tensor optimiser kernels against cpu::optim (and the trust ratio of the CPU
+//! backend), on every device under test: every tensor of a step updated in one call.
 
 mod common;
 
 use simclr::device::cpu::optim as cpu;
-use simclr::device::cuda::{optim, Buffer, Gpu};
+use simclr::device::cuda::optim::{self, Param};
+use simclr::device::cuda::{Buffer, Gpu};
 
 /// Checks the device for errors, then compares `got` with `want`.
 fn expect(gpu: &Gpu, what: &str, got: &Buffer, want: &[f32], tolerance: f64) {
@@ -13,89 +14,112 @@ fn expect(gpu: &Gpu, what: &str, got: &Buffer, want: &[f32], tolerance: f64) {
     assert!(err < tolerance, "{what}: rel L2 error {err}");
 }
 
-/// Tensor lengths: a scalar, a BN vector, a conv kernel under one block of the first stage, and
-/// one long enough for the capped first-stage grid (256 blocks, several values per thread).
+/// Tensor lengths: a scalar, a BN vector, a conv kernel under one chunk, and one of many chunks
+/// (4096 values each) with a ragged last one.
 const LENS: [usize; 4] = [1, 67, 3 * 3 * 13 * 5, 300_001];
 
-#[test]
-fn sum_sq_matches_cpu() {
-    for (name, gpu) in common::gpus() {
-        for (i, &n) in LENS.iter().enumerate() {
-            let x = common::random(n, i as u64);
-            let mut out = gpu.alloc_f32(1);
-            optim::sum_sq(&gpu, &gpu.upload(&x), &mut out);
-            expect(
-                &gpu,
-                &format!("sum_sq, {name}, n {n}"),
-                &out,
-                &[cpu::sum_sq(&x) as f32],
-                1e-5,
-            );
-            // A fixed tree: the same bits on a second run.
-            let mut again = gpu.alloc_f32(1);
-            optim::sum_sq(&gpu, &gpu.upload(&x), &mut again);
-            assert_eq!(
-                gpu.download::<u32>(&out),
-                gpu.download::<u32>(&again),
-                "sum_sq, {name}, n {n}: not reproducible"
-            );
+/// One tensor of a step, on the host: value, gradient, velocity and its settings.
+#[derive(Clone)]
+struct Host {
+    w: Vec<f32>,
+    g: Vec<f32>,
+    v: Vec<f32>,
+    wd: f64,
+    adapt: bool,
+}
+
+/// For every length: adapted with weight decay, adapted with zero weights (trust 1), and not
+/// adapted (BN parameters, biases: no weight decay either).
+fn tensors(seed: u64, wd: f64) -> Vec<Host> {
+    let mut out = Vec::new();
+    for (i, &n) in LENS.iter().enumerate() {
+        for (adapt, zero_w) in [(true, false), (true, true), (false, false)] {
+            let s = seed + 10 * i as u64 + 3 * zero_w as u64 + adapt as u64;
+            let mut w = common::random(n, s);
+            if zero_w {
+                w.fill(0.0);
+            }
+            let (g, v) = (common::random(n, s + 100), common::random(n, s + 200));
+            let wd = if adapt { wd } else { 0.0 };
+            out.push(Host { w, g, v, wd, adapt });
         }
     }
+    out
+}
+
+/// Runs `step` twice on `host`'s tensors uploaded to `gpu`; returns the (w, v) buffers.
+fn on_gpu(gpu: &Gpu, host: &[Host], step: impl Fn(&mut [Param])) -> Vec<(Buffer, Buffer)> {
+    let mut bufs: Vec<(Buffer, Buffer, Buffer)> = host
+        .iter()
+        .map(|t| (gpu.upload(&t.w), gpu.upload(&t.g), gpu.upload(&t.v)))
+        .collect();
+    for _ in 0..2 {
+        let mut params: Vec<Param> = bufs
+            .iter_mut()
+            .zip(host)
+            .map(|((w, g, v), t)| Param {
+                w,
+                g,
+                v,
+                weight_decay: t.wd as f32,
+                adapt: t.adapt,
+            })
+            .collect();
+        step(&mut params);
+    }
+    bufs.into_iter().map(|(w, _, v)| (w, v)).collect()
 }
 
 #[test]
 fn lars_matches_cpu() {
     let (lr, momentum, wd, eta) = (0.7, 0.9, 1e-4, 0.001);
+    let host = tensors(0, wd);
+    // Two steps on the CPU, so that the velocity carries over.
+    let mut want = host.clone();
+    for _ in 0..2 {
+        for t in &mut want {
+            // The trust ratio as the CPU backend computes it.
+            let trust = if t.adapt {
+                let w_norm = cpu::sum_sq(&t.w).sqrt();
+                let g_norm = (t.g.iter().zip(&t.w))
+                    .map(|(&g, &w)| (g as f64 + t.wd * w as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                if w_norm > 0.0 && g_norm > 0.0 {
+                    eta * w_norm / g_norm
+                } else {
+                    1.0
+                }
+            } else {
+                1.0
+            };
+            cpu::lars_update(&mut t.w, &t.g, &mut t.v, lr * trust, momentum, t.wd);
+        }
+    }
     for (name, gpu) in common::gpus() {
-        for (i, &n) in LENS.iter().enumerate() {
-            // adapt with weight decay, adapt with zero weights (trust 1), no adaptation (BN, bias).
-            for (adapt, zero_w) in [(true, false), (true, true), (false, false)] {
-                let case = format!("{name}, n {n}, adapt {adapt}, zero w {zero_w}");
-                let seed = 10 * i as u64;
-                let mut w = common::random(n, seed);
-                if zero_w {
-                    w.fill(0.0);
-                }
-                let (g, mut v) = (common::random(n, seed + 1), common::random(n, seed + 2));
-                // Two steps, so that the velocity carries over.
-                let (mut w_dev, g_dev, mut v_dev) =
-                    (gpu.upload(&w), gpu.upload(&g), gpu.upload(&v));
-                let mut norms = gpu.alloc_f32(2);
-                for _ in 0..2 {
-                    // The trust ratio as optim::Optimizer::step computes it.
-                    let trust = if adapt {
-                        let w_norm = cpu::sum_sq(&w).sqrt();
-                        let g_norm = g
-                            .iter()
-                            .zip(&w)
-                            .map(|(&g, &w)| (g as f64 + wd * w as f64).powi(2))
-                            .sum::<f64>()
-                            .sqrt();
-                        if w_norm > 0.0 && g_norm > 0.0 {
-                            eta * w_norm / g_norm
-                        } else {
-                            1.0
-                        }
-                    } else {
-                        1.0
-                    };
-                    cpu::lars_update(&mut w, &g, &mut v, lr * trust, momentum, wd);
-                    optim::lars_update(
-                        &gpu,
-                        &mut w_dev,
-                        &g_dev,
-                        &mut v_dev,
-                        lr as f32,
-                        momentum as f32,
-                        wd as f32,
-                        eta as f32,
-                        adapt,
-                        &mut norms,
-                    );
-                }
-                expect(&gpu, &format!("lars w, {case}"), &w_dev, &w, 1e-5);
-                expect(&gpu, &format!("lars v, {case}"), &v_dev, &v, 1e-5);
-            }
+        let lars =
+            |p: &mut [Param]| optim::lars_step(&gpu, p, lr as f32, momentum as f32, eta as f32);
+        let before = gpu.launches();
+        let got = on_gpu(&gpu, &host, lars);
+        // Every tensor of a step in three launches, however many tensors there are.
+        assert_eq!(
+            gpu.launches() - before,
+            2 * 3,
+            "{name}: launches for two LARS steps"
+        );
+        for (i, ((w, v), t)) in got.iter().zip(&want).enumerate() {
+            let case = format!("{name}, tensor {i} (n {}, adapt {})", t.w.len(), t.adapt);
+            expect(&gpu, &format!("lars w, {case}"), w, &t.w, 1e-5);
+            expect(&gpu, &format!("lars v, {case}"), v, &t.v, 1e-5);
+        }
+        // The norms are fixed trees: the same bits on a second run.
+        let again = on_gpu(&gpu, &host, lars);
+        for (i, ((w, _), (w2, _))) in got.iter().zip(&again).enumerate() {
+            assert_eq!(
+                gpu.download::<u32>(w),
+                gpu.download::<u32>(w2),
+                "lars, {name}, tensor {i}: not reproducible"
+            );
         }
     }
 }
@@ -103,33 +127,28 @@ fn lars_matches_cpu() {
 #[test]
 fn sgd_matches_cpu() {
     let (lr, momentum, wd) = (0.05, 0.9, 1e-3);
-    for (name, gpu) in common::gpus() {
-        for (i, &n) in LENS[..3].iter().enumerate() {
-            for nesterov in [true, false] {
-                let case = format!("{name}, n {n}, nesterov {nesterov}");
-                let seed = 10 * i as u64 + 100;
-                let (mut w, g, mut v) = (
-                    common::random(n, seed),
-                    common::random(n, seed + 1),
-                    common::random(n, seed + 2),
-                );
-                let (mut w_dev, g_dev, mut v_dev) =
-                    (gpu.upload(&w), gpu.upload(&g), gpu.upload(&v));
-                for _ in 0..2 {
-                    cpu::sgd_update(&mut w, &g, &mut v, lr, momentum, wd, nesterov);
-                    optim::sgd_update(
-                        &gpu,
-                        &mut w_dev,
-                        &g_dev,
-                        &mut v_dev,
-                        lr as f32,
-                        momentum as f32,
-                        wd as f32,
-                        nesterov,
-                    );
-                }
-                expect(&gpu, &format!("sgd w, {case}"), &w_dev, &w, 1e-5);
-                expect(&gpu, &format!("sgd v, {case}"), &v_dev, &v, 1e-5);
+    for nesterov in [true, false] {
+        let host = tensors(100, wd);
+        let mut want = host.clone();
+        for _ in 0..2 {
+            for t in &mut want {
+                cpu::sgd_update(&mut t.w, &t.g, &mut t.v, lr, momentum, t.wd, nesterov);
+            }
+        }
+        for (name, gpu) in common::gpus() {
+            let sgd =
+                |p: &mut [Param]| optim::sgd_step(&gpu, p, lr as f32, momentum as f32, nesterov);
+            let before = gpu.launches();
+            let got = on_gpu(&gpu, &host, sgd);
+            assert_eq!(
+                gpu.launches() - before,
+                2,
+                "{name}: launches for two SGD steps"
+            );
+            for (i, ((w, v), t)) in got.iter().zip(&want).enumerate() {
+                let case = format!("{name}, tensor {i} (n {}), nesterov {nesterov}", t.w.len());
+                expect(&gpu, &format!("sgd w, {case}"), w, &t.w, 1e-5);
+                expect(&gpu, &format!("sgd v, {case}"), v, &t.v, 1e-5);
             }
         }
     }

@@ -375,7 +375,7 @@ fn sk_training_step_matches_cpu() {
         let input = g.input(batch.to_device(device));
         let (_, out) = model.forward(&mut g, input, true);
         let z = ops::normalize::l2_normalize(&mut g, out);
-        let loss = ops::loss::ntxent(&mut g, z, 0.1);
+        let loss = ops::ntxent::ntxent(&mut g, z, 0.1);
         g.backward(loss);
         let loss = g.value(loss).item();
         let grads = g.param_grads();

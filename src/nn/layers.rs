@@ -123,7 +123,7 @@ impl Conv {
     }
 
     pub fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var) -> Var {
-        let w = g.param(store, self.w);
+        let w = g.param(self.w, store.value(self.w));
         ops::conv::conv2d(g, x, w, self.stride, self.pad)
     }
 }
@@ -171,32 +171,14 @@ impl BatchNorm {
         train: bool,
         relu: bool,
     ) -> Var {
-        let gamma = g.param(store, self.gamma);
-        let beta = self.beta.map(|b| g.param(store, b));
+        let gamma = g.param(self.gamma, store.value(self.gamma));
+        let beta = self.beta.map(|b| g.param(b, store.value(b)));
         if train {
-            // Take the two statistics out of the store to update them in place.
-            let mut mean = std::mem::replace(
-                &mut store.params[self.mean].value,
-                Tensor::zeros(&[0], DType::F32),
-            );
-            let mut var = std::mem::replace(
-                &mut store.params[self.var].value,
-                Tensor::zeros(&[0], DType::F32),
-            );
-            let y = ops::batchnorm::batch_norm_train(g, x, gamma, beta, relu, &mut mean, &mut var);
-            store.params[self.mean].value = mean;
-            store.params[self.var].value = var;
-            y
+            let (mean, var) = store.values_mut(self.mean, self.var);
+            ops::batchnorm::batch_norm_train(g, x, gamma, beta, relu, mean, var)
         } else {
-            ops::batchnorm::batch_norm_eval(
-                g,
-                x,
-                gamma,
-                beta,
-                relu,
-                store.value(self.mean),
-                store.value(self.var),
-            )
+            let (mean, var) = (store.value(self.mean), store.value(self.var));
+            ops::batchnorm::batch_norm_eval(g, x, gamma, beta, relu, mean, var)
         }
     }
 }
@@ -229,8 +211,8 @@ impl Linear {
     }
 
     pub fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var) -> Var {
-        let w = g.param(store, self.w);
-        let b = self.b.map(|b| g.param(store, b));
+        let w = g.param(self.w, store.value(self.w));
+        let b = self.b.map(|b| g.param(b, store.value(b)));
         ops::linear::linear(g, x, w, b)
     }
 }

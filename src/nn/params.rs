@@ -45,6 +45,16 @@ impl ParamStore {
         &self.params[id].value
     }
 
+    /// The values of two different parameters, to write both (batch norm's running mean and
+    /// variance).
+    pub fn values_mut(&mut self, a: usize, b: usize) -> (&mut Tensor, &mut Tensor) {
+        let [pa, pb] = self
+            .params
+            .get_disjoint_mut([a, b])
+            .expect("two different parameters");
+        (&mut pa.value, &mut pb.value)
+    }
+
     /// Number of trained scalars (BN statistics excluded), optionally under a name prefix.
     pub fn count(&self, prefix: &str) -> usize {
         self.params

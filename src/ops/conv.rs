@@ -1,10 +1,9 @@
 //! 2-D convolution without bias (batch norm always follows): x NHWC, w KRSC, y NHWC.
 
-use crate::autograd::{Graph, Op, Var};
-use crate::device::cpu::conv::{self as kernel, ConvShape};
-use crate::device::cuda::conv as gpu_kernel;
+use crate::autograd::{Backward, Graph, Values, Var};
+use crate::backend;
+use crate::device::cpu::conv::ConvShape;
 use crate::tensor::Tensor;
-use crate::with_dtype;
 
 pub fn conv2d(g: &mut Graph, x: Var, w: Var, stride: usize, pad: usize) -> Var {
     let (xv, wv) = (g.value(x), g.value(w));
@@ -25,51 +24,25 @@ pub fn conv2d(g: &mut Graph, x: Var, w: Var, stride: usize, pad: usize) -> Var {
         stride,
         pad,
     };
-    let out_shape = [shape.n, shape.out_h(), shape.out_w(), shape.k];
-    let y = match xv.gpu() {
-        Some(gpu) => {
-            let mut y = Tensor::gpu_output(gpu, &out_shape);
-            gpu_kernel::forward(gpu, &shape, xv.buffer(), wv.buffer(), y.buffer_mut());
-            y
-        }
-        None => with_dtype!(xv.dtype(), T => {
-            let mut y = vec![T::default(); out_shape.iter().product()];
-            kernel::conv2d_forward(&shape, xv.as_slice::<T>(), wv.as_slice::<T>(), &mut y);
-            Tensor::from_vec(&out_shape, y)
-        }),
-    };
-    g.push(y, Op::Conv2d { x, w, shape })
+    let y = backend::of(xv).conv_forward(&shape, xv, wv);
+    g.push(y, Conv { x, w, shape })
 }
 
-/// The weight gradient, and the input gradient when `x_wants_grad` (not for the images).
-pub(crate) fn backward(
-    shape: &ConvShape,
-    (x, xv, x_wants_grad): (Var, &Tensor, bool),
-    (w, wv): (Var, &Tensor),
-    dy: &Tensor,
-) -> Vec<(Var, Tensor)> {
-    let mut grads = Vec::new();
-    match xv.gpu() {
-        Some(gpu) => {
-            let mut dw = Tensor::gpu_output(gpu, &wv.shape);
-            gpu_kernel::backward_weight(gpu, shape, xv.buffer(), dy.buffer(), dw.buffer_mut());
-            grads.push((w, dw));
-            if x_wants_grad {
-                let mut dx = Tensor::gpu_output(gpu, &xv.shape);
-                gpu_kernel::backward_input(gpu, shape, dy.buffer(), wv.buffer(), dx.buffer_mut());
-                grads.push((x, dx));
-            }
+struct Conv {
+    x: Var,
+    w: Var,
+    shape: ConvShape,
+}
+
+impl Backward for Conv {
+    /// The weight gradient, and the input gradient unless x needs none (the images).
+    fn backward(&self, v: &Values, dy: Tensor) -> Vec<(Var, Tensor)> {
+        let (x, w) = (v.get(self.x), v.get(self.w));
+        let b = backend::of(&dy);
+        let mut grads = vec![(self.w, b.conv_backward_weight(&self.shape, x, &dy))];
+        if v.wants_grad(self.x) {
+            grads.push((self.x, b.conv_backward_input(&self.shape, &dy, w)));
         }
-        None => with_dtype!(dy.dtype(), T => {
-            let mut dw = vec![T::default(); wv.numel()];
-            kernel::conv2d_backward_weight(shape, xv.as_slice::<T>(), dy.as_slice::<T>(), &mut dw);
-            grads.push((w, Tensor::from_vec(&wv.shape, dw)));
-            if x_wants_grad {
-                let mut dx = vec![T::default(); xv.numel()];
-                kernel::conv2d_backward_input(shape, dy.as_slice::<T>(), wv.as_slice::<T>(), &mut dx);
-                grads.push((x, Tensor::from_vec(&xv.shape, dx)));
-            }
-        }),
+        grads
     }
-    grads
 }

@@ -1,62 +1,43 @@
-//! The three losses of SimCLRv2. Each kernel returns the loss and its gradient together;
-//! the node keeps the gradient and backward scales it by the upstream gradient.
+//! The supervised losses of SimCLRv2 (NT-Xent is in ntxent.rs): softmax cross-entropy for
+//! fine-tuning and distillation from a teacher's softened predictions. Each backend computes a
+//! loss and its gradient together; the node keeps the gradient and backward scales it by the
+//! upstream gradient.
 
-use crate::autograd::{Graph, Op, Var};
-use crate::device::cpu::loss as kernel;
-use crate::device::cuda::{loss as gpu_kernel, ntxent as gpu_ntxent, Buffer, Gpu};
+use crate::autograd::{Backward, Graph, Values, Var};
+use crate::backend;
 use crate::tensor::Tensor;
-use crate::with_dtype;
 
-pub use kernel::UNLABELLED;
+pub use crate::device::cpu::loss::UNLABELLED;
 
-/// The loss node: its value and its saved gradient, on the device of the logits.
-fn push_loss(g: &mut Graph, x: Var, loss: Tensor, grad: Tensor) -> Var {
-    g.push(loss, Op::Loss { x, grad })
+/// The node of a loss whose kernel computed d(loss)/dx with the loss.
+pub(crate) struct Loss {
+    pub x: Var,
+    pub grad: Tensor,
 }
 
-fn cpu_loss(loss: f64, grad: Tensor) -> (Tensor, Tensor) {
-    (Tensor::from_f64(&[1], grad.dtype(), &[loss]), grad)
+impl Backward for Loss {
+    fn backward(&self, _: &Values, dy: Tensor) -> Vec<(Var, Tensor)> {
+        vec![(self.x, backend::of(&dy).scale_by(&self.grad, &dy))]
+    }
 }
 
-/// Runs a GPU loss kernel that writes a 1-float loss and a gradient shaped like `x`.
-fn gpu_loss(gpu: &Gpu, x: &Tensor, run: impl FnOnce(&mut Buffer, &mut Buffer)) -> (Tensor, Tensor) {
-    let mut loss = Tensor::gpu_output(gpu, &[1]);
-    let mut grad = Tensor::gpu_output(gpu, &x.shape);
-    run(loss.buffer_mut(), grad.buffer_mut());
-    (loss, grad)
-}
-
-/// NT-Xent over L2-normalised rows [2N, d] (rows i and i+N are a positive pair).
-pub fn ntxent(g: &mut Graph, z: Var, temperature: f64) -> Var {
-    let zv = g.value(z);
-    let (rows, d) = (zv.shape[0], zv.shape[1]);
-    let (loss, grad) = match zv.gpu() {
-        Some(gpu) => gpu_loss(gpu, zv, |loss, grad| {
-            gpu_ntxent::ntxent(gpu, rows, d, zv.buffer(), temperature as f32, loss, grad)
-        }),
-        None => with_dtype!(zv.dtype(), T => {
-            let (loss, grad) = kernel::ntxent(zv.as_slice::<T>(), d, temperature);
-            cpu_loss(loss, Tensor::from_vec(&zv.shape, grad))
-        }),
-    };
-    push_loss(g, z, loss, grad)
+/// logits [B, K] as (rows, classes), checked against `labels`.
+fn rows_classes(op: &str, logits: &Tensor, labels: &[u32]) -> (usize, usize) {
+    let s = &logits.shape;
+    assert!(
+        s.len() == 2 && s[0] == labels.len(),
+        "{op}: logits {s:?} do not fit {} labels",
+        labels.len()
+    );
+    (s[0], s[1])
 }
 
 /// Mean softmax cross-entropy of logits [B, K] against labels.
 pub fn softmax_cross_entropy(g: &mut Graph, logits: Var, labels: &[u32]) -> Var {
     let lv = g.value(logits);
-    let (rows, classes) = (lv.shape[0], lv.shape[1]);
-    let (loss, grad) = match lv.gpu() {
-        Some(gpu) => gpu_loss(gpu, lv, |loss, grad| {
-            let labels = gpu.upload(labels);
-            gpu_kernel::softmax_cross_entropy(gpu, rows, classes, lv.buffer(), &labels, loss, grad)
-        }),
-        None => with_dtype!(lv.dtype(), T => {
-            let (loss, grad) = kernel::softmax_cross_entropy(lv.as_slice::<T>(), classes, labels);
-            cpu_loss(loss, Tensor::from_vec(&lv.shape, grad))
-        }),
-    };
-    push_loss(g, logits, loss, grad)
+    rows_classes("softmax_cross_entropy", lv, labels);
+    let (loss, grad) = backend::of(lv).softmax_cross_entropy(lv, labels);
+    g.push(loss, Loss { x: logits, grad })
 }
 
 /// Distillation: cross-entropy of the student's softened predictions against the teacher's
@@ -71,49 +52,16 @@ pub fn distillation(
     alpha: f64,
 ) -> Var {
     let lv = g.value(logits);
-    let (rows, classes) = (lv.shape[0], lv.shape[1]);
-    let (loss, grad) = match lv.gpu() {
-        Some(gpu) => gpu_loss(gpu, lv, |loss, grad| {
-            let labels = gpu.upload(labels);
-            gpu_kernel::distillation(
-                gpu,
-                rows,
-                classes,
-                lv.buffer(),
-                teacher_probs.buffer(),
-                temperature as f32,
-                &labels,
-                alpha as f32,
-                loss,
-                grad,
-            )
-        }),
-        None => with_dtype!(lv.dtype(), T => {
-            let (loss, grad) = kernel::distillation(lv.as_slice::<T>(), teacher_probs.as_slice::<T>(), classes, temperature, labels, alpha);
-            cpu_loss(loss, Tensor::from_vec(&lv.shape, grad))
-        }),
-    };
-    push_loss(g, logits, loss, grad)
+    rows_classes("distillation", lv, labels);
+    assert_eq!(
+        lv.shape, teacher_probs.shape,
+        "distillation: teacher's shape"
+    );
+    let (loss, grad) = backend::of(lv).distillation(lv, teacher_probs, temperature, labels, alpha);
+    g.push(loss, Loss { x: logits, grad })
 }
 
 /// Softmax of logits / τ (the teacher's soft labels; predictions).
 pub fn softmax(logits: &Tensor, temperature: f64) -> Tensor {
-    let (rows, classes) = (logits.shape[0], logits.shape[1]);
-    match logits.gpu() {
-        Some(gpu) => {
-            let mut probs = Tensor::gpu_output(gpu, &logits.shape);
-            gpu_kernel::softmax(
-                gpu,
-                rows,
-                classes,
-                logits.buffer(),
-                temperature as f32,
-                probs.buffer_mut(),
-            );
-            probs
-        }
-        None => {
-            with_dtype!(logits.dtype(), T => Tensor::from_vec(&logits.shape, kernel::softmax(logits.as_slice::<T>(), classes, temperature)))
-        }
-    }
+    backend::of(logits).softmax(logits, temperature)
 }

@@ -3,12 +3,9 @@
 
 pub mod schedule;
 
-use crate::device::cpu::optim as kernel;
-use crate::device::cpu::real::Real;
-use crate::device::cuda::optim as gpu_kernel;
+use crate::backend::{self, StepParams, Update};
 use crate::nn::params::{Kind, ParamStore};
 use crate::tensor::Tensor;
-use crate::with_dtype;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,61 +69,48 @@ impl Optimizer {
         }
     }
 
-    /// One update of every parameter that has a gradient. Weight decay and LARS's
-    /// layer-wise adaptation apply to conv/dense kernels only, never to BN parameters or
-    /// biases (as the official implementation excludes them).
+    /// One update of every parameter that has a gradient, in one backend call (a few
+    /// launches on a GPU). Weight decay and LARS's layer-wise adaptation apply to conv/dense
+    /// kernels only, never to BN parameters or biases (as the official implementation excludes
+    /// them).
     pub fn step(&mut self, store: &mut ParamStore, grads: &[(usize, Tensor)], lr: f64) {
-        for (id, grad) in grads {
-            let param = &mut store.params[*id];
-            debug_assert_ne!(param.kind, Kind::Stat);
-            let is_weight = param.kind == Kind::Weight;
-            let wd = if is_weight { self.weight_decay } else { 0.0 };
-            let v = self.velocity[*id]
-                .as_mut()
-                .expect("a gradient for a parameter the optimiser does not train");
-            if let Some(gpu) = param.value.gpu().cloned() {
-                let (w, g, v) = (param.value.buffer_mut(), grad.buffer(), v.buffer_mut());
-                let (lr, m, wd) = (lr as f32, self.momentum as f32, wd as f32);
-                match self.kind {
-                    OptimizerKind::Lars => {
-                        // Both norms and the trust ratio stay on the device: no host round trip.
-                        let mut norms = gpu.alloc_f32(2);
-                        gpu_kernel::lars_update(
-                            &gpu,
-                            w,
-                            g,
-                            v,
-                            lr,
-                            m,
-                            wd,
-                            self.eta as f32,
-                            is_weight,
-                            &mut norms,
-                        );
-                    }
-                    OptimizerKind::Sgd => gpu_kernel::sgd_update(&gpu, w, g, v, lr, m, wd, true),
-                }
-                continue;
-            }
-            with_dtype!(param.value.dtype(), T => {
-                let (w, g, v) = (param.value.as_mut_slice::<T>(), grad.as_slice::<T>(), v.as_mut_slice::<T>());
-                match self.kind {
-                    OptimizerKind::Lars => {
-                        let trust = if is_weight {
-                            let w_norm = kernel::sum_sq(w).sqrt();
-                            // The trust ratio uses the gradient with weight decay added.
-                            let g_norm = g.iter().zip(w.iter())
-                                .map(|(&g, &w)| { let d = g.to_f64() + wd * w.to_f64(); d * d })
-                                .sum::<f64>().sqrt();
-                            if w_norm > 0.0 && g_norm > 0.0 { self.eta * w_norm / g_norm } else { 1.0 }
-                        } else {
-                            1.0
-                        };
-                        kernel::lars_update(w, g, v, lr * trust, self.momentum, wd);
-                    }
-                    OptimizerKind::Sgd => kernel::sgd_update(w, g, v, lr, self.momentum, wd, true),
-                }
-            });
+        let Some((_, first)) = grads.first() else {
+            return;
+        };
+        let backend = backend::of(first);
+        let mut grad_of: Vec<Option<&Tensor>> = vec![None; store.params.len()];
+        for (id, g) in grads {
+            grad_of[*id] = Some(g);
+        }
+        let mut updates: Vec<Update> = store
+            .params
+            .iter_mut()
+            .zip(&mut self.velocity)
+            .zip(grad_of)
+            .filter_map(|((param, v), g)| {
+                let g = g?;
+                debug_assert_ne!(param.kind, Kind::Stat);
+                let v = v
+                    .as_mut()
+                    .expect("a gradient for a parameter the optimiser does not train");
+                let adapt = param.kind == Kind::Weight;
+                Some(Update {
+                    w: &mut param.value,
+                    g,
+                    v,
+                    weight_decay: if adapt { self.weight_decay } else { 0.0 },
+                    adapt,
+                })
+            })
+            .collect();
+        let p = StepParams {
+            lr,
+            momentum: self.momentum,
+            eta: self.eta,
+        };
+        match self.kind {
+            OptimizerKind::Lars => backend.lars_step(&mut updates, p),
+            OptimizerKind::Sgd => backend.sgd_step(&mut updates, p),
         }
     }
 }

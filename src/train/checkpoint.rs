@@ -222,8 +222,13 @@ pub fn copy_params(from: &ParamStore, to: &mut ParamStore, prefixes: &[&str]) ->
                 p.name, src.shape, p.value.shape
             )));
         }
-        // On the receiving model's device.
-        p.value = src.to_dtype(DType::F32).to_device(&p.value.device());
+        // On the receiving model's device, and its own: the two models train apart.
+        let value = src.to_dtype(DType::F32).to_device(&p.value.device());
+        p.value = if value.is_unique() {
+            value
+        } else {
+            value.deep_copy()
+        };
     }
     Ok(())
 }

@@ -222,7 +222,7 @@ pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
                 let x = ctx.input(g, batch);
                 let (_, proj) = model.forward(g, x, true);
                 let z = ops::normalize::l2_normalize(g, proj);
-                ops::loss::ntxent(g, z, cfg.temperature)
+                ops::ntxent::ntxent(g, z, cfg.temperature)
             },
             end_epoch: &mut |model, _| {
                 let knn = eval::knn_top1(

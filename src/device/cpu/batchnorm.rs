@@ -5,6 +5,11 @@
 use super::real::Real;
 use rayon::prelude::*;
 
+/// ε added to the variance, and the running statistics' momentum (TF's convention: the old
+/// value's weight).
+pub const EPS: f64 = 1e-5;
+pub const MOMENTUM: f64 = 0.9;
+
 const CHUNK_ROWS: usize = 256;
 
 /// Σ over rows of f(row, out) where `f` adds one row's contribution into `out` (C values).

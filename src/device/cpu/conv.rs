@@ -33,6 +33,15 @@ impl ConvShape {
     pub fn out_w(&self) -> usize {
         (self.w + 2 * self.pad - self.s) / self.stride + 1
     }
+    pub fn in_shape(&self) -> [usize; 4] {
+        [self.n, self.h, self.w, self.c]
+    }
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.k, self.r, self.s, self.c]
+    }
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.out_h(), self.out_w(), self.k]
+    }
     /// Output pixels over the whole batch: the row count of every gemm here.
     fn pixels(&self) -> usize {
         self.n * self.out_h() * self.out_w()

@@ -1,4 +1,4 @@
-//! Elementwise ops on the CPU: ReLU and addition.
+//! Elementwise ops on the CPU: ReLU, addition and scaling.
 
 use super::real::Real;
 use rayon::prelude::*;
@@ -34,4 +34,18 @@ pub fn add<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
                 *y = a + b;
             }
         });
+}
+
+/// acc += x (gradient accumulation).
+pub fn add_assign<T: Real>(acc: &mut [T], x: &[T]) {
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// y = s·x.
+pub fn scale<T: Real>(x: &[T], s: T, y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = x * s;
+    }
 }

@@ -8,6 +8,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod loss;
 pub mod normalize;
+pub mod ntxent;
 pub mod optim;
 pub mod pool;
 pub mod real;

@@ -36,6 +36,10 @@ impl PoolShape {
         pool_out(self.w, self.kernel, self.stride, self.pad)
     }
 
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.out_h(), self.out_w(), self.c]
+    }
+
     /// Flat indices into x of the winners of output pixel (b, oy, ox), one per channel, in
     /// `win`. The first maximum in scan order (row, then column) wins ties; a NaN wins like in
     /// PyTorch; padding is skipped (it counts as −inf). Backward recomputes this from x
@@ -126,6 +130,14 @@ impl AvgPoolShape {
 
     pub fn out_w(&self) -> usize {
         self.w.div_ceil(self.stride)
+    }
+
+    pub fn in_shape(&self) -> [usize; 4] {
+        [self.n, self.h, self.w, self.c]
+    }
+
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.out_h(), self.out_w(), self.c]
     }
 
     pub fn pad_top(&self) -> usize {

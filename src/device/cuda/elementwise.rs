@@ -44,12 +44,12 @@ pub fn add_assign(gpu: &Gpu, acc: &mut Buffer, x: &Buffer) {
     );
 }
 
-/// y = s·x.
-pub fn scale(gpu: &Gpu, x: &Buffer, s: f32, y: &mut Buffer) {
+/// y = s[0]·x, with `s` in device memory.
+pub fn scale_by(gpu: &Gpu, x: &Buffer, s: &Buffer, y: &mut Buffer) {
     let n = x.len_f32();
-    assert_eq!(y.len_f32(), n);
+    assert!(y.len_f32() == n && s.len_f32() >= 1);
     gpu.launch_1d(
-        "ew_scale",
+        "ew_scale_by",
         n,
         &[x.into(), s.into(), (n as i32).into(), y.into()],
     );

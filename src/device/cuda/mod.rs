@@ -31,6 +31,7 @@ use alloc::{Cache, MemStats};
 pub use emu::Schedule;
 use runtime::Runtime;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -77,6 +78,8 @@ struct Inner {
     /// Synchronise after every launch (`SIMCLR_SYNC_LAUNCHES=1`), so that a fault while a
     /// kernel runs is reported under that kernel's name rather than a later one's.
     sync_launches: bool,
+    /// Kernel launches so far.
+    launches: AtomicUsize,
 }
 
 /// The environment variable that turns on `Inner::sync_launches`.
@@ -193,6 +196,7 @@ impl Gpu {
             error: Mutex::new(None),
             poison,
             sync_launches,
+            launches: AtomicUsize::new(0),
         }))
     }
 
@@ -393,6 +397,7 @@ impl Gpu {
         shared: u32,
         args: &[Arg],
     ) -> Result<(), GpuError> {
+        self.0.launches.fetch_add(1, Ordering::Relaxed);
         // Each argument's bytes sit in a u64 slot; params[i] points at slot i, as
         // cuLaunchKernel expects (it copies sizeof(parameter) bytes from each pointer).
         let mut slots: Vec<u64> = args
@@ -432,6 +437,11 @@ impl Gpu {
             0,
             args,
         );
+    }
+
+    /// Kernel launches since this GPU was opened.
+    pub fn launches(&self) -> usize {
+        self.0.launches.load(Ordering::Relaxed)
     }
 
     pub fn memory(&self) -> MemStats {

@@ -10,7 +10,7 @@ const TILE: usize = 64;
 const COLS: usize = 128;
 
 /// NT-Xent over `rows` = 2N L2-normalised rows z [rows, d] (row i's positive is (i + N) mod 2N):
-/// loss[0] = the mean loss over the 2N anchors, grad [rows, d] = dL/dz — `cpu::loss::ntxent`.
+/// loss[0] = the mean loss over the 2N anchors, grad [rows, d] = dL/dz — `cpu::ntxent::ntxent`.
 pub fn ntxent(
     gpu: &Gpu,
     rows: usize,

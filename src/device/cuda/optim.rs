@@ -1,141 +1,109 @@
-//! Optimiser updates (kernels/optim.cu), one parameter tensor at a time, with the formulas of
-//! cpu::optim. Sums of squares are two-stage trees over a grid that depends on the length only,
-//! so they are deterministic; LARS's trust ratio is computed on the device.
+//! Optimiser updates (kernels/optim.cu) of every parameter tensor of a step in a few launches,
+//! with the formulas of cpu::optim: LARS in three (chunk norms, per-tensor norms, update), SGD
+//! in one. The tensors are described to the kernels by a table uploaded once per step (the
+//! gradients are fresh buffers every step). See the kernel file for the table and the order of
+//! the sums, which depends on the tensors' lengths only.
 
-use super::{blocks_for, Buffer, Gpu};
+use super::{Buffer, Gpu};
 
 const THREADS: u32 = 256;
-/// At most this many first-stage blocks (partials for the second stage's single block).
-const MAX_PARTIALS: u32 = 256;
+/// Values per chunk, one block each (OPT_CHUNK in the kernel).
+const CHUNK: usize = 4096;
 
-/// First-stage blocks for `n` values: about 4 values per thread, at most MAX_PARTIALS blocks.
-fn partial_blocks(n: usize) -> u32 {
-    assert!(
-        n <= super::MAX_ELEMENTS,
-        "optimiser: {n} values exceed int indexing"
-    );
-    blocks_for(n, THREADS * 4).min(MAX_PARTIALS)
+/// One parameter tensor's buffers and constants.
+pub struct Param<'a> {
+    pub w: &'a mut Buffer,
+    pub g: &'a Buffer,
+    pub v: &'a mut Buffer,
+    pub weight_decay: f32,
+    /// LARS adapts the tensor's rate (conv and dense kernels).
+    pub adapt: bool,
 }
 
-/// out[0] = Σ x².
-pub fn sum_sq(gpu: &Gpu, x: &Buffer, out: &mut Buffer) {
-    let n = x.len_f32();
-    let blocks = partial_blocks(n);
-    let mut partial = gpu.alloc_f32(blocks as usize);
-    gpu.launch(
-        "optim_sum_sq_partial",
-        [blocks, 1, 1],
-        [THREADS, 1, 1],
-        0,
-        &[x.into(), (n as i32).into(), (&mut partial).into()],
-    );
-    gpu.launch(
-        "optim_sum_partials",
-        [1, 1, 1],
-        [THREADS, 1, 1],
-        0,
-        &[(&partial).into(), (blocks as i32).into(), out.into()],
-    );
+/// The kernels' table (TABLE_WORDS = 6 words per tensor) and the number of chunks.
+fn table(params: &[Param]) -> (Vec<u64>, usize) {
+    let mut words = Vec::with_capacity(6 * params.len());
+    let mut chunks = 0;
+    for p in params {
+        let n = p.w.len_f32();
+        assert!(p.g.len_f32() == n && p.v.len_f32() == n && n > 0);
+        assert!(
+            n <= super::MAX_ELEMENTS,
+            "optimiser: {n} values exceed int indexing"
+        );
+        let flags = p.weight_decay.to_bits() as u64 | (p.adapt as u64) << 32;
+        words.extend([p.w.ptr, p.g.ptr, p.v.ptr, n as u64, chunks as u64, flags]);
+        chunks += n.div_ceil(CHUNK);
+    }
+    assert!(chunks < i32::MAX as usize, "optimiser: too many chunks");
+    (words, chunks)
 }
 
 /// LARS (TF convention): g ← g + wd·w; v ← m·v + lr·trust·g; w ← w − v, with
-/// trust = η‖w‖/‖g + wd·w‖ when `adapt` (1 when either norm is 0), else 1. The norms are summed
-/// into `norms` (2 floats: Σw², Σ(g + wd·w)²) and read there by the update kernel.
-#[allow(clippy::too_many_arguments)]
-pub fn lars_update(
-    gpu: &Gpu,
-    w: &mut Buffer,
-    g: &Buffer,
-    v: &mut Buffer,
-    lr: f32,
-    momentum: f32,
-    weight_decay: f32,
-    eta: f32,
-    adapt: bool,
-    norms: &mut Buffer,
-) {
-    let n = w.len_f32();
-    assert!(g.len_f32() == n && v.len_f32() == n && norms.len_f32() >= 2);
-    if adapt {
-        let blocks = partial_blocks(n);
-        let mut partial = gpu.alloc_f32(2 * blocks as usize);
-        gpu.launch(
-            "optim_lars_partial",
-            [blocks, 1, 1],
-            [THREADS, 1, 1],
-            0,
-            &[
-                (&*w).into(),
-                g.into(),
-                weight_decay.into(),
-                (n as i32).into(),
-                (&mut partial).into(),
-            ],
-        );
-        gpu.launch(
-            "optim_sum_partials",
-            [2, 1, 1],
-            [THREADS, 1, 1],
-            0,
-            &[
-                (&partial).into(),
-                (blocks as i32).into(),
-                (&mut *norms).into(),
-            ],
-        );
+/// trust = η‖w‖/‖g + wd·w‖ for adapted tensors (1 when either norm is 0), else 1.
+pub fn lars_step(gpu: &Gpu, params: &mut [Param], lr: f32, momentum: f32, eta: f32) {
+    if params.is_empty() {
+        return;
     }
+    let (words, chunks) = table(params);
+    let (table, tensors) = (gpu.upload(&words), params.len() as i32);
+    let mut partial = gpu.alloc_f32(2 * chunks);
+    let mut norms = gpu.alloc_f32(2 * params.len());
+    let grid = [chunks as u32, 1, 1];
     gpu.launch(
-        "optim_lars_update",
-        [blocks_for(n, THREADS), 1, 1],
+        "optim_lars_partials",
+        grid,
+        [THREADS, 1, 1],
+        0,
+        &[(&table).into(), tensors.into(), (&mut partial).into()],
+    );
+    gpu.launch(
+        "optim_lars_norms",
+        [params.len() as u32, 1, 1],
         [THREADS, 1, 1],
         0,
         &[
-            w.into(),
-            g.into(),
-            v.into(),
-            (n as i32).into(),
+            (&table).into(),
+            tensors.into(),
+            (chunks as i32).into(),
+            (&partial).into(),
+            (&mut norms).into(),
+        ],
+    );
+    gpu.launch(
+        "optim_lars_apply",
+        grid,
+        [THREADS, 1, 1],
+        0,
+        &[
+            (&table).into(),
+            tensors.into(),
             lr.into(),
             momentum.into(),
-            weight_decay.into(),
             eta.into(),
-            (adapt as i32).into(),
-            norms.into(),
+            (&norms).into(),
         ],
     );
 }
 
 /// SGD with momentum (PyTorch convention), optionally Nesterov:
 /// g ← g + wd·w; v ← m·v + g; w ← w − lr·(g + m·v) if Nesterov else w − lr·v.
-#[allow(clippy::too_many_arguments)]
-pub fn sgd_update(
-    gpu: &Gpu,
-    w: &mut Buffer,
-    g: &Buffer,
-    v: &mut Buffer,
-    lr: f32,
-    momentum: f32,
-    weight_decay: f32,
-    nesterov: bool,
-) {
-    let n = w.len_f32();
-    assert!(g.len_f32() == n && v.len_f32() == n);
-    assert!(
-        n <= super::MAX_ELEMENTS,
-        "sgd: {n} values exceed int indexing"
-    );
+pub fn sgd_step(gpu: &Gpu, params: &mut [Param], lr: f32, momentum: f32, nesterov: bool) {
+    if params.is_empty() {
+        return;
+    }
+    let (words, chunks) = table(params);
+    let table = gpu.upload(&words);
     gpu.launch(
-        "optim_sgd_update",
-        [blocks_for(n, THREADS), 1, 1],
+        "optim_sgd_apply",
+        [chunks as u32, 1, 1],
         [THREADS, 1, 1],
         0,
         &[
-            w.into(),
-            g.into(),
-            v.into(),
-            (n as i32).into(),
+            (&table).into(),
+            (params.len() as i32).into(),
             lr.into(),
             momentum.into(),
-            weight_decay.into(),
             (nesterov as i32).into(),
         ],
     );
