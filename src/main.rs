@@ -403,12 +403,13 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Finetune { from, opts } => {
-            let ctx = Context::new(opts.config(Target::Finetune)?)?;
+            let mut ctx = Context::new(opts.config(Target::Finetune)?)?;
             let (model, stage) = match &from {
                 Some(from) => {
-                    let (pretrained, _) = checkpoint::load(from)?;
+                    let (pretrained, meta) = checkpoint::load(from)?;
                     check_arch(&opts, from, &pretrained)?;
                     check_input(&ctx, &pretrained)?;
+                    ctx.normalize_as(&meta);
                     (stages::from_pretrained(&ctx, &pretrained)?, "finetune")
                 }
                 None => {
@@ -426,9 +427,10 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Distill { teacher, opts } => {
-            let ctx = Context::new(opts.config(Target::Distill)?)?;
-            let (mut model, _) = checkpoint::load(&teacher)?;
+            let mut ctx = Context::new(opts.config(Target::Distill)?)?;
+            let (mut model, meta) = checkpoint::load(&teacher)?;
             check_input(&ctx, &model)?;
+            ctx.normalize_as(&meta);
             if model.spec.num_classes.is_none() {
                 return Err(Error::Checkpoint(format!(
                     "{}: has no classifier; distill from a fine-tuned checkpoint",
@@ -456,9 +458,10 @@ fn run(cli: Cli) -> Result<()> {
             linear: true,
             opts,
         } => {
-            let ctx = Context::new(opts.config(Target::Linear)?)?;
-            let (pretrained, _) = checkpoint::load(&ckpt)?;
+            let mut ctx = Context::new(opts.config(Target::Linear)?)?;
+            let (pretrained, meta) = checkpoint::load(&ckpt)?;
             check_input(&ctx, &pretrained)?;
+            ctx.normalize_as(&meta);
             let model = stages::linear_classifier(&ctx, &pretrained)?;
             let out = opts.out_dir()?;
             let lin = stages::supervised(&ctx, model, "linear", &out)?;

@@ -196,11 +196,55 @@ fn image_label_count_mismatch() {
 fn bad_labels() {
     let t = Tmp::new("bad_labels");
     let data = t.data("data");
-    // The last: more labels per class than the 10 images of each class.
-    for labels in ["0", "150%", "1.5", "abc", "", "11"] {
+    for labels in ["0", "150%", "1.5", "abc", ""] {
         let args = tiny(&["pretrain", "--data", &data], &["--labels", labels]);
         t.fails(&args, &format!("--labels {labels}"));
     }
+    // More labels per class than the 10 images of each class: refused by the stages that
+    // train on labels (pretraining uses none: `pretraining_ignores_the_labelled_subset`).
+    let args = tiny(&["finetune", "--data", &data], &["--labels", "11"]);
+    t.fails(&args, "--labels 11");
+}
+
+/// `eval --linear` refuses the settings every other command refuses.
+#[test]
+fn linear_evaluation_checks_its_settings() {
+    let t = Tmp::new("linear_settings");
+    let data = t.data("data");
+    let pre = t.path("pre");
+    let run = simclr(&tiny(&["pretrain", "--data", &data, "--out", &pre], &[]));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for (flag, value, needle) in [
+        ("--lr", "0", "learning rate must be positive"),
+        ("--batch-size", "1", "batch size 1"),
+        ("--epochs", "0", "epochs"),
+    ] {
+        let args = [
+            "eval", "--linear", "--ckpt", &pre, "--data", &data, flag, value,
+        ];
+        t.fails(&tiny(&args, &[]), needle);
+    }
+}
+
+/// Pretraining uses no labels: a labelled subset that cannot be drawn (a class with fewer
+/// images than --labels asks for) does not stop it, nor its kNN monitor.
+#[test]
+fn pretraining_ignores_the_labelled_subset() {
+    let t = Tmp::new("pretrain_labels");
+    let data = t.data("data");
+    let out = t.path("out");
+    let args = tiny(
+        &["pretrain", "--data", &data, "--out", &out],
+        &["--labels", "11"],
+    );
+    let run = simclr(&args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "pretrain failed:\n{stderr}");
+    assert!(t.0.join("out/checkpoint.safetensors").is_file());
 }
 
 #[test]

@@ -10,6 +10,7 @@ use common::Tmp;
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde_json::{json, Value};
+use simclr::data::augment::Normalize;
 use simclr::device::Device;
 use simclr::nn::model::{Model, ModelSpec};
 use simclr::rng::Rng;
@@ -61,8 +62,16 @@ fn random_model(spec: &ModelSpec) -> Model {
 
 /// Saves `model` as a finetune checkpoint in `dir`; returns the checkpoint file.
 fn save(dir: &Path, model: &Model) -> PathBuf {
+    save_normalized(dir, model, None)
+}
+
+/// `save`, with the input standardisation the checkpoint records.
+fn save_normalized(dir: &Path, model: &Model, normalize: Option<Normalize>) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    let meta = Meta::new("finetune", 1, &model.spec, &Config::preset("tiny").unwrap());
+    let meta = Meta {
+        normalize,
+        ..Meta::new("finetune", 1, &model.spec, &Config::preset("tiny").unwrap())
+    };
     checkpoint::save(dir, model, None, &meta).unwrap();
     dir.join(checkpoint::FILE)
 }
@@ -390,6 +399,67 @@ fn predict_writes_a_line_per_image() {
         assert!(err < 1e-4, "cpu and emu logits differ by {err}");
         assert_eq!(*ca, cb);
     }
+}
+
+/// An IDX dataset of `n` 12×12 gray images per split, pixels drawn with `seed` from [lo, 256),
+/// except the first test image, the same for every seed and lo.
+fn dataset_around_one_image(dir: &Path, n: u32, seed: u64, lo: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut rng = Rng::new(seed);
+    for prefix in ["train", "t10k"] {
+        let mut pixels: Vec<u8> = (0..n * 144)
+            .map(|_| (lo + rng.below(256 - lo)) as u8)
+            .collect();
+        if prefix == "t10k" {
+            let mut first = Rng::new(77);
+            pixels[..144]
+                .iter_mut()
+                .for_each(|p| *p = first.below(256) as u8);
+        }
+        let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+        let images = idx(0x0803, &[n, 12, 12], &pixels);
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        let labels = idx(0x0801, &[n], &labels);
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+}
+
+/// predict standardises with the statistics stored in the checkpoint (those of the model's
+/// training data), not with those of the data it is given: the same image gets the same
+/// logits whatever other images sit beside it. The export carries them for torchvision users.
+#[test]
+fn predict_and_export_use_the_stored_normalisation() {
+    let t = Tmp::new("predict_norm");
+    let stored = |c| Normalize {
+        mean: vec![0.3; c],
+        std: vec![0.2; c],
+    };
+    let model = random_model(&spec("resnet8", 4, 1, 12, 1, Some(3)));
+    let ckpt = save_normalized(&t.0.join("run"), &model, Some(stored(1)));
+    // Two datasets whose statistics differ (dark and bright images) around one shared image.
+    let mut first_logits = Vec::new();
+    for (name, seed, lo) in [("dark", 1, 0), ("bright", 2, 200)] {
+        let data = t.0.join(name);
+        dataset_around_one_image(&data, 9, seed, lo);
+        let out = t.0.join(format!("{name}.jsonl"));
+        assert_eq!(predict(&ckpt, &data, None, &Device::Cpu, &out).unwrap(), 9);
+        first_logits.push(read_predictions(&out)[0].1.clone());
+    }
+    assert_eq!(
+        first_logits[0], first_logits[1],
+        "the same image, other logits"
+    );
+
+    let model = random_model(&spec("resnet18", 4, 3, 64, 1, Some(5)));
+    let ckpt = save_normalized(&t.0.join("rgb"), &model, Some(stored(3)));
+    let out = t.0.join("export.safetensors");
+    export_torchvision(&ckpt, &out).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let summary: Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["simclr_export"]).unwrap();
+    let want = json!({"mean": [0.3, 0.3, 0.3], "std": [0.2, 0.2, 0.2]});
+    assert_eq!(summary["normalize"], want, "{summary}");
 }
 
 #[test]

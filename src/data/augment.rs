@@ -13,6 +13,7 @@
 //! - the blur replicates edge pixels instead of zero padding, so it does not darken borders.
 
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::resize::{resize, Filter, Rect};
 use super::Dataset;
@@ -25,8 +26,10 @@ pub const CROP_PROPORTION: f64 = 0.875;
 /// From this output size up, evaluation centre-crops and resizing is bicubic.
 pub const LARGE: usize = 64;
 
-/// Per-channel standardisation applied last: out = (x - mean[c]) / std[c], x in [0, 1].
-#[derive(Clone, Debug, PartialEq)]
+/// Per-channel standardisation applied last: out = (x - mean[c]) / std[c], x in [0, 1]. Stored
+/// in every checkpoint and export: a model sees the pixels it was trained on whatever data it
+/// is later given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Normalize {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,

@@ -8,6 +8,7 @@
 //! so far), in the same file, so that a killed run resumes where it stopped: the data order and
 //! augmentations are functions of (seed, epoch, image), so nothing else needs saving.
 
+use crate::data::augment::Normalize;
 use crate::error::{Error, Result};
 use crate::nn::model::{param_shapes, Model, ModelSpec};
 use crate::nn::params::ParamStore;
@@ -43,6 +44,11 @@ pub struct Meta {
     #[serde(default)]
     pub record: serde_json::Value,
     pub spec: ModelSpec,
+    /// How the model's images were standardised (the training data's statistics). Absent in
+    /// checkpoints written before it was stored: those are read with the statistics of the
+    /// data they are given (`normalize_or`).
+    #[serde(default)]
+    pub normalize: Option<Normalize>,
     /// The run's full config, for the record (kept as JSON so that checkpoints stay readable
     /// when the config gains fields).
     pub config: serde_json::Value,
@@ -59,8 +65,14 @@ impl Meta {
             elapsed_s: 0.0,
             record: serde_json::Value::Null,
             spec: spec.clone(),
+            normalize: None,
             config: serde_json::to_value(config).expect("config serialises"),
         }
+    }
+
+    /// The standardisation the model was trained with, else `fallback` (an older checkpoint).
+    pub fn normalize_or(&self, fallback: &Normalize) -> Normalize {
+        self.normalize.clone().unwrap_or_else(|| fallback.clone())
     }
 }
 

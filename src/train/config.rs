@@ -232,6 +232,7 @@ impl Config {
             ("pretrain", &self.pretrain),
             ("finetune", &self.finetune),
             ("distill", &self.distill),
+            ("linear evaluation", &self.linear),
         ] {
             if s.batch_size < 2 {
                 return Err(Error::Config(format!(

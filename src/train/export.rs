@@ -78,6 +78,9 @@ pub struct ExportSummary {
     pub tensors: usize,
     /// Scalars written (BN statistics and counters included).
     pub values: usize,
+    /// The input standardisation the model expects: x = (pixel / 255 − mean[c]) / std[c], per
+    /// channel (None for a checkpoint written before it was stored).
+    pub normalize: Option<Normalize>,
 }
 
 /// One tensor of the exported file: its torchvision name, dtype and shape.
@@ -286,7 +289,7 @@ pub fn torchvision_keys(spec: &ModelSpec) -> Result<Vec<Key>> {
 /// Writes the checkpoint `ckpt` (file or run directory) as a torchvision ResNet state dict
 /// to `out` (safetensors, through a temporary file and a rename).
 pub fn export_torchvision(ckpt: &Path, out: &Path) -> Result<ExportSummary> {
-    let (model, _) = checkpoint::load(ckpt)?;
+    let (model, meta) = checkpoint::load(ckpt)?;
     let params = &model.store.params;
     let (fc, entries) =
         plan(&model.spec, params.iter().map(|p| p.name.as_str())).map_err(|why| {
@@ -325,6 +328,7 @@ pub fn export_torchvision(ckpt: &Path, out: &Path) -> Result<ExportSummary> {
             .iter()
             .map(|(_, _, shape, _)| shape.iter().product::<usize>())
             .sum(),
+        normalize: meta.normalize,
     };
     let views = data.iter().map(|(name, dtype, shape, bytes)| {
         let view = TensorView::new(*dtype, shape.clone(), bytes).expect("sizes match");
@@ -361,8 +365,9 @@ struct Prediction<'a> {
 /// detected unless given; images resized to the checkpoint's size where they differ) and
 /// writes one JSON line per image, in the dataset's order, to `out`: the test split when the
 /// directory has one, else every training image (e.g. a folder of unlabelled images).
-/// Images are preprocessed as evaluation does (centre view, standardised with the training
-/// split's statistics). Returns the number of lines.
+/// Images are preprocessed as evaluation does: the centre view, standardised with the
+/// statistics stored in the checkpoint (those of the model's training data). Returns the
+/// number of lines.
 pub fn predict(
     ckpt: &Path,
     data: &Path,
@@ -370,7 +375,7 @@ pub fn predict(
     device: &Device,
     out: &Path,
 ) -> Result<usize> {
-    let (mut model, _) = checkpoint::load(ckpt)?;
+    let (mut model, meta) = checkpoint::load(ckpt)?;
     let Some(classes) = model.spec.num_classes else {
         return Err(Error::Checkpoint(format!(
             "{}: has no classifier; predict needs a fine-tuned or distilled checkpoint",
@@ -393,7 +398,9 @@ pub fn predict(
             dir.train.c
         )));
     }
-    let norm = Normalize::from_dataset(&dir.train);
+    // As the model's training data was standardised, so that an image gets the same logits
+    // whatever other images sit beside it (older checkpoints: this data's statistics).
+    let norm = meta.normalize_or(&Normalize::from_dataset(&dir.train));
     let images = Arc::new(if dir.test.n > 0 { dir.test } else { dir.train });
     let indices: Vec<usize> = (0..images.n).collect();
     model.to_device(device);

@@ -75,7 +75,7 @@ pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
     let cfg = &ctx.cfg;
     println!(
         "[1/4] supervised baseline on {} labelled images",
-        ctx.labelled.len()
+        ctx.labelled()?.len()
     );
     let fresh = Model::new(
         &classifier_spec(ctx, ctx.arch(&cfg.arch, cfg.width, cfg.sk)),
@@ -86,7 +86,7 @@ pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
     let pre = stages::pretrain(ctx, &sub_dir(out, "pretrain")?)?;
     println!(
         "[3/4] fine-tuning on {} labelled images",
-        ctx.labelled.len()
+        ctx.labelled()?.len()
     );
     let start_ft = stages::from_pretrained(ctx, &pre.model)?;
     let mut ft = stages::supervised(ctx, start_ft, "finetune", &sub_dir(out, "finetune")?)?;
@@ -98,8 +98,8 @@ pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
     let report = Report {
         dataset: cfg.data.display().to_string(),
         device: ctx.device.name(),
-        label_fraction: ctx.label_fraction(),
-        labelled_examples: ctx.labelled.len(),
+        label_fraction: ctx.label_fraction()?,
+        labelled_examples: ctx.labelled()?.len(),
         seed: cfg.seed,
         baseline: BaselineReport {
             arch: describe(&baseline.model),
@@ -182,13 +182,15 @@ pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<()> {
     let (mut model, meta) = checkpoint::load(ckpt)?;
     check_input(ctx, &model)?;
     model.to_device(&ctx.device);
+    // The images standardised as the model's training data was.
+    let norm = meta.normalize_or(&ctx.norm);
     let knn = eval::knn_top1(
         &mut model,
         &ctx.train,
         &ctx.knn_bank,
         &ctx.test,
         &ctx.test_indices,
-        &ctx.norm,
+        &norm,
         ctx.cfg.knn_k,
     );
     let mut record = serde_json::json!({
@@ -197,7 +199,7 @@ pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<()> {
         "test_images": ctx.test_indices.len(),
     });
     if model.spec.num_classes.is_some() {
-        record["top1"] = eval::top1(&mut model, &ctx.test, &ctx.test_indices, &ctx.norm).into();
+        record["top1"] = eval::top1(&mut model, &ctx.test, &ctx.test_indices, &norm).into();
     }
     ctx.device.check()?;
     println!("{record}");

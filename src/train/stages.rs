@@ -1,26 +1,17 @@
-//! The stages: contrastive pretraining, supervised training (the baseline from scratch and
-//! fine-tuning from the pretrained head), and distillation into a student.
+//! The stages: contrastive pretraining, supervised training (the baseline from scratch,
+//! fine-tuning from the pretrained head, linear evaluation), and distillation into a student.
+//! Each builds its network and its `Stage` (what differs: images, views, objective, monitor)
+//! and runs the one training loop, `trainer::train`.
 
-use crate::autograd::{Graph, Var};
 use crate::data::augment::Augment;
-use crate::data::loader::{Batch, Loader, Views};
+use crate::data::loader::Views;
 use crate::error::{Error, Result};
 use crate::nn::model::{Model, ModelSpec};
 use crate::nn::resnet::Arch;
-use crate::ops;
-use crate::optim::Optimizer;
-use crate::rng::Rng;
-use crate::tensor::Tensor;
-use crate::train::checkpoint::{self, Meta, Resume};
+use crate::train::checkpoint;
 use crate::train::config::StageConfig;
-use crate::train::eval;
-use crate::train::metrics::Metrics;
-use crate::train::trainer::{self, Outcome, Position, Stage};
-
-/// Where a resumed stage starts, and the optimiser state saved there.
-type Start = (Position, Vec<(usize, Tensor)>);
+use crate::train::trainer::{self, Monitor, Objective, Outcome, Stage};
 use crate::train::Context;
-use serde_json::{json, Value};
 use std::path::Path;
 
 /// Keys that give each stage its own random streams.
@@ -28,155 +19,18 @@ const PRETRAIN: u64 = 1;
 const SUPERVISED: u64 = 2;
 const DISTILL: u64 = 3;
 
-impl Context {
-    pub fn arch(&self, name: &str, width: usize, sk: bool) -> Arch {
-        Arch {
-            name: name.to_string(),
-            width,
-            in_channels: self.train.c,
-            image_size: self.train.h,
-            sk,
-        }
-    }
-
-    /// Loader of one epoch over `indices` in a seeded order (a new order every epoch),
-    /// without its first `skip` batches (a resumed epoch). Augmentations are seeded by image,
-    /// so the remaining batches are exactly those of an uninterrupted epoch.
-    fn epoch_loader(
-        &self,
-        key: u64,
-        indices: &[usize],
-        batch: usize,
-        views: Views,
-        (epoch, skip): (usize, usize),
-    ) -> Loader {
-        let mut order = indices.to_vec();
-        Rng::derive(self.cfg.seed, &[key, epoch as u64]).shuffle(&mut order);
-        Loader::new(
-            self.train.clone(),
-            order.split_off((skip * batch).min(order.len())),
-            batch,
-            true,
-            views,
-            self.norm.clone(),
-            self.train.h,
-            self.cfg.seed ^ key,
-            epoch as u64,
-            2,
-        )
-    }
-
-    /// Crop and flip only: the augmentation of the supervised stages.
-    fn crop_flip(&self) -> Augment {
-        Augment {
-            crop_area: (self.cfg.crop_min, 1.0),
-            jitter_prob: 0.0,
-            grayscale_prob: 0.0,
-            blur_prob: 0.0,
-            ..Augment::simclr(self.train.h, 0.0)
-        }
-    }
-
-    fn input(&self, g: &mut Graph, batch: &Batch) -> Var {
-        let x = Tensor::from_vec(
-            &[batch.rows, self.train.h, self.train.w, self.train.c],
-            batch.x.clone(),
-        );
-        g.input(x.to_device(&self.device))
-    }
-
-    /// A training checkpoint of `stage` at `pos` in `dir`.
-    fn save(
-        &self,
-        dir: &Path,
-        stage: &str,
-        (model, opt): (&Model, &Optimizer),
-        pos: &Position,
-    ) -> Result<()> {
-        let meta = Meta {
-            batch: pos.batch,
-            loss_sum: pos.loss_sum,
-            elapsed_s: pos.elapsed_s,
-            record: pos.record.clone(),
-            ..Meta::new(stage, pos.epoch, &model.spec, &self.cfg)
-        };
-        checkpoint::save(dir, model, Some(opt), &meta)
-    }
-
-    /// With --resume, the checkpoint `stage` left in `dir` (none: the stage starts afresh).
-    /// It must be of the same stage, network and settings (the device may differ).
-    fn resume_point(&self, dir: &Path, stage: &str, spec: &ModelSpec) -> Result<Option<Resume>> {
-        if !self.cfg.resume || !dir.join(checkpoint::FILE).exists() {
-            return Ok(None);
-        }
-        let mut r = checkpoint::load_training(dir)?;
-        let mut saved = r.meta.config.clone();
-        let mut now = serde_json::to_value(&self.cfg).expect("config serialises");
-        // Settings that may change between the run and its resumption.
-        for c in [&mut saved, &mut now] {
-            for key in ["device", "resume", "checkpoint_every"] {
-                c[key] = Value::Null;
-            }
-        }
-        if r.meta.stage != stage || r.meta.spec != *spec || saved != now {
-            return Err(Error::Config(format!(
-                "--resume: {} holds a {} checkpoint of other settings; resume with the flags of that run",
-                dir.display(),
-                r.meta.stage
-            )));
-        }
-        println!(
-            "{stage}: resuming from epoch {} batch {} in {}",
-            r.meta.epoch,
-            r.meta.batch,
-            dir.display()
-        );
-        r.model.to_device(&self.device);
-        Ok(Some(r))
-    }
-
-    /// The model a stage trains and where it starts: its checkpoint's model, position and
-    /// optimiser state when resuming, else `fresh` from the beginning. On the run's device.
-    fn begin(&self, resume: Option<Resume>, fresh: Model) -> (Model, Option<Start>) {
-        let (mut model, start) = match resume {
-            Some(r) => {
-                let m = r.meta;
-                let pos = Position {
-                    epoch: m.epoch,
-                    batch: m.batch,
-                    loss_sum: m.loss_sum,
-                    elapsed_s: m.elapsed_s,
-                    record: m.record,
-                };
-                (r.model, Some((pos, r.velocity)))
-            }
-            None => (fresh, None),
-        };
-        model.to_device(&self.device);
-        (model, start)
-    }
-
-    /// metrics.jsonl of a stage: continued when resuming, else new.
-    fn metrics(&self, dir: &Path, start: &Option<Start>) -> Result<Metrics> {
-        Metrics::open(dir, start.is_some())
-    }
-}
-
-/// The batch size a stage can use on `n` images, and the stage config with it.
-fn fit_batch(cfg: &StageConfig, n: usize, stage: &str) -> Result<(StageConfig, usize)> {
+/// The stage config with a batch size that fits `n` images.
+fn fit_batch(cfg: &StageConfig, n: usize, stage: &str) -> Result<StageConfig> {
     let batch = cfg.batch_size.min(n);
     if batch < 2 {
         return Err(Error::Config(format!(
             "{stage}: needs at least 2 images, has {n}"
         )));
     }
-    Ok((
-        StageConfig {
-            batch_size: batch,
-            ..cfg.clone()
-        },
-        n / batch,
-    ))
+    Ok(StageConfig {
+        batch_size: batch,
+        ..cfg.clone()
+    })
 }
 
 pub struct Pretrained {
@@ -197,51 +51,22 @@ pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
     };
     let resume = ctx.resume_point(out, "pretrain", &spec)?;
     let (mut model, start) = ctx.begin(resume, Model::new(&spec, cfg.seed)?);
-    let (stage_cfg, batches) = fit_batch(&cfg.pretrain, ctx.train_indices.len(), "pretrain")?;
     let aug = Augment {
         crop_area: (cfg.crop_min, 1.0),
         ..Augment::simclr(ctx.train.h, cfg.color_strength)
     };
-    let mut metrics = ctx.metrics(out, &start)?;
-    let outcome = trainer::run(
-        &mut model,
-        Stage {
-            name: "pretrain",
-            cfg: &stage_cfg,
-            batches_per_epoch: batches,
-            loader: &mut |epoch, skip| {
-                ctx.epoch_loader(
-                    PRETRAIN,
-                    &ctx.train_indices,
-                    stage_cfg.batch_size,
-                    Views::Two(aug.clone()),
-                    (epoch, skip),
-                )
-            },
-            loss: &mut |g, model, batch| {
-                let x = ctx.input(g, batch);
-                let (_, proj) = model.forward(g, x, true);
-                let z = ops::normalize::l2_normalize(g, proj);
-                ops::ntxent::ntxent(g, z, cfg.temperature)
-            },
-            end_epoch: &mut |model, _| {
-                let knn = eval::knn_top1(
-                    model,
-                    &ctx.train,
-                    &ctx.knn_bank,
-                    &ctx.test,
-                    &ctx.test_indices,
-                    &ctx.norm,
-                    cfg.knn_k,
-                );
-                Ok(json!({"knn_top1": knn}))
-            },
-            save: &mut |model, opt, pos| ctx.save(out, "pretrain", (model, opt), pos),
-            checkpoint_every: cfg.checkpoint_every,
-            start,
+    let stage = Stage {
+        name: "pretrain",
+        cfg: fit_batch(&cfg.pretrain, ctx.train_indices.len(), "pretrain")?,
+        images: &ctx.train_indices,
+        views: Views::Two(aug),
+        key: PRETRAIN,
+        objective: Objective::Contrastive {
+            temperature: cfg.temperature,
         },
-        &mut metrics,
-    )?;
+        monitor: Monitor::Knn,
+    };
+    let outcome = trainer::train(ctx, &mut model, stage, out, start)?;
     let knn_top1 = outcome.record["knn_top1"].as_f64().unwrap_or(f64::NAN);
     Ok(Pretrained {
         model,
@@ -316,6 +141,7 @@ pub fn supervised(
     stage: &'static str,
     out: &Path,
 ) -> Result<Supervised> {
+    let labelled = ctx.labelled()?;
     let resume = ctx.resume_point(out, stage, &model.spec)?;
     let (mut model, start) = ctx.begin(resume, model);
     let frozen = stage == "linear";
@@ -324,46 +150,18 @@ pub fn supervised(
     } else {
         &ctx.cfg.finetune
     };
-    let (stage_cfg, batches) = fit_batch(recipe, ctx.labelled.len(), stage)?;
-    let aug = ctx.crop_flip();
-    let mut metrics = ctx.metrics(out, &start)?;
-    let epochs = stage_cfg.epochs;
-    let outcome = trainer::run(
-        &mut model,
-        Stage {
-            name: stage,
-            cfg: &stage_cfg,
-            batches_per_epoch: batches,
-            loader: &mut |epoch, skip| {
-                ctx.epoch_loader(
-                    SUPERVISED,
-                    &ctx.labelled,
-                    stage_cfg.batch_size,
-                    Views::One(aug.clone()),
-                    (epoch, skip),
-                )
-            },
-            loss: &mut |g, model, batch| {
-                let x = ctx.input(g, batch);
-                let logits = match frozen {
-                    true => model.forward_frozen_encoder(g, x),
-                    false => model.forward(g, x, true).1,
-                };
-                ops::loss::softmax_cross_entropy(g, logits, &batch.labels)
-            },
-            end_epoch: &mut |model, epoch| {
-                if epoch < epochs {
-                    return Ok(json!({}));
-                }
-                let top1 = eval::top1(model, &ctx.test, &ctx.test_indices, &ctx.norm);
-                Ok(json!({"top1": top1}))
-            },
-            save: &mut |model, opt, pos| ctx.save(out, stage, (model, opt), pos),
-            checkpoint_every: ctx.cfg.checkpoint_every,
-            start,
+    let stage = Stage {
+        name: stage,
+        cfg: fit_batch(recipe, labelled.len(), stage)?,
+        images: labelled,
+        views: Views::One(ctx.crop_flip()),
+        key: SUPERVISED,
+        objective: Objective::Supervised {
+            frozen_encoder: frozen,
         },
-        &mut metrics,
-    )?;
+        monitor: Monitor::Top1,
+    };
+    let outcome = trainer::train(ctx, &mut model, stage, out, start)?;
     Ok(Supervised::new(model, outcome))
 }
 
@@ -377,69 +175,24 @@ pub fn distill(ctx: &Context, teacher: &mut Model, out: &Path) -> Result<Supervi
         proj_dim: cfg.proj_dim,
         num_classes: teacher.spec.num_classes,
     };
+    let labelled = ctx.labelled()?.iter().copied().collect();
     let resume = ctx.resume_point(out, "distill", &spec)?;
     let (mut student, start) = ctx.begin(resume, Model::new(&spec, cfg.seed ^ DISTILL)?);
     teacher.to_device(&ctx.device);
-    let (stage_cfg, batches) = fit_batch(&cfg.distill, ctx.train_indices.len(), "distill")?;
-    let aug = ctx.crop_flip();
-    let labelled: std::collections::HashSet<usize> = ctx.labelled.iter().copied().collect();
-    let mut metrics = ctx.metrics(out, &start)?;
-    let epochs = stage_cfg.epochs;
-    let outcome = trainer::run(
-        &mut student,
-        Stage {
-            name: "distill",
-            cfg: &stage_cfg,
-            batches_per_epoch: batches,
-            loader: &mut |epoch, skip| {
-                ctx.epoch_loader(
-                    DISTILL,
-                    &ctx.train_indices,
-                    stage_cfg.batch_size,
-                    Views::One(aug.clone()),
-                    (epoch, skip),
-                )
-            },
-            loss: &mut |g, student, batch| {
-                let mut tg = Graph::new(false);
-                let tx = ctx.input(&mut tg, batch);
-                let (_, teacher_logits) = teacher.forward(&mut tg, tx, false);
-                let probs = ops::loss::softmax(tg.value(teacher_logits), cfg.distill_temperature);
-                let labels: Vec<u32> = batch
-                    .indices
-                    .iter()
-                    .zip(&batch.labels)
-                    .map(|(i, &y)| {
-                        if labelled.contains(i) {
-                            y
-                        } else {
-                            ops::loss::UNLABELLED
-                        }
-                    })
-                    .collect();
-                let x = ctx.input(g, batch);
-                let (_, logits) = student.forward(g, x, true);
-                ops::loss::distillation(
-                    g,
-                    logits,
-                    &probs,
-                    cfg.distill_temperature,
-                    &labels,
-                    cfg.distill_label_weight,
-                )
-            },
-            end_epoch: &mut |model, epoch| {
-                if epoch < epochs {
-                    return Ok(json!({}));
-                }
-                let top1 = eval::top1(model, &ctx.test, &ctx.test_indices, &ctx.norm);
-                Ok(json!({"top1": top1}))
-            },
-            save: &mut |model, opt, pos| ctx.save(out, "distill", (model, opt), pos),
-            checkpoint_every: cfg.checkpoint_every,
-            start,
+    let stage = Stage {
+        name: "distill",
+        cfg: fit_batch(&cfg.distill, ctx.train_indices.len(), "distill")?,
+        images: &ctx.train_indices,
+        views: Views::One(ctx.crop_flip()),
+        key: DISTILL,
+        objective: Objective::Distill {
+            teacher,
+            temperature: cfg.distill_temperature,
+            label_weight: cfg.distill_label_weight,
+            labelled,
         },
-        &mut metrics,
-    )?;
+        monitor: Monitor::Top1,
+    };
+    let outcome = trainer::train(ctx, &mut student, stage, out, start)?;
     Ok(Supervised::new(student, outcome))
 }

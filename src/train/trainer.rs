@@ -1,20 +1,68 @@
-//! The one training loop every stage uses: epochs of batches from a background loader, a
-//! graph per step (forward, loss, backward), an optimiser step with the warmup+cosine rate,
-//! a metrics line per step, a progress bar, and an epoch-end hook (evaluation, checkpoint).
+//! The training loop of every stage, in one function that reads top to bottom: epochs of
+//! batches from a background loader; per batch a graph (forward, loss, backward), an optimiser
+//! step at the warmup+cosine rate, a metrics line and the progress bar; per epoch the stage's
+//! monitor and a checkpoint. What differs between stages comes in as data (`Stage`): which
+//! images, how many views, which objective, which monitor.
 
 use crate::autograd::{Graph, Var};
-use crate::data::loader::{Batch, Loader};
+use crate::data::loader::{Batch, Views};
 use crate::device::cuda::GpuError;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::model::Model;
+use crate::ops;
 use crate::optim::schedule::{lr_at, scaled_lr};
 use crate::optim::Optimizer;
 use crate::tensor::Tensor;
 use crate::train::config::StageConfig;
+use crate::train::eval;
 use crate::train::metrics::{progress, Metrics};
+use crate::train::Context;
 use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::path::Path;
 use std::time::Instant;
+
+/// What a stage trains.
+pub struct Stage<'a> {
+    /// pretrain, baseline, finetune, linear or distill: the checkpoint's and the metrics' name.
+    pub name: &'static str,
+    /// Its recipe, with a batch size that fits its images.
+    pub cfg: StageConfig,
+    /// The training images it reads (indices into the training set).
+    pub images: &'a [usize],
+    /// One or two augmented views of each image.
+    pub views: Views,
+    /// The key of its random stream (each epoch's order, the augmentations).
+    pub key: u64,
+    pub objective: Objective<'a>,
+    pub monitor: Monitor,
+}
+
+/// The loss a stage minimises.
+pub enum Objective<'a> {
+    /// NT-Xent between the projections of the two views of each image (pretraining).
+    Contrastive { temperature: f64 },
+    /// Softmax cross-entropy against the labels. `frozen_encoder`: only the classifier
+    /// learns, on features of the encoder in inference mode (linear evaluation).
+    Supervised { frozen_encoder: bool },
+    /// The teacher's softened predictions, mixed with weight `label_weight` with the label
+    /// loss on the images in `labelled` (distillation).
+    Distill {
+        teacher: &'a mut Model,
+        temperature: f64,
+        label_weight: f64,
+        labelled: HashSet<usize>,
+    },
+}
+
+/// What a stage measures at the end of an epoch.
+pub enum Monitor {
+    /// kNN top-1 of the encoder's features, every epoch (pretraining).
+    Knn,
+    /// Test top-1 of the classifier, after the last epoch.
+    Top1,
+}
 
 pub struct Outcome {
     /// Mean loss over the last epoch.
@@ -39,34 +87,27 @@ pub struct Position {
     pub record: Value,
 }
 
-/// What a stage plugs into the loop.
-pub struct Stage<'a> {
-    pub name: &'static str,
-    pub cfg: &'a StageConfig,
-    pub batches_per_epoch: usize,
-    /// The loader of an epoch (0-based), without its first `skip` batches.
-    pub loader: &'a mut dyn FnMut(usize, usize) -> Loader,
-    /// Builds the loss of one batch on the graph.
-    pub loss: &'a mut dyn FnMut(&mut Graph, &mut Model, &Batch) -> Var,
-    /// Runs after each epoch (1-based count); returns extra metrics to log and print.
-    pub end_epoch: &'a mut dyn FnMut(&mut Model, usize) -> Result<Value>,
-    /// Writes a checkpoint (model, optimiser, position): every `checkpoint_every` steps
-    /// (0 = never) and at the end of every epoch.
-    pub save: &'a mut dyn FnMut(&Model, &Optimizer, &Position) -> Result<()>,
-    pub checkpoint_every: usize,
-    /// Where to start, with the optimiser state saved there (a resumed run).
-    pub start: Option<(Position, Vec<(usize, Tensor)>)>,
-}
+/// Where a resumed stage starts, and the optimiser state saved there.
+pub type Start = (Position, Vec<(usize, Tensor)>);
 
-pub fn run(model: &mut Model, stage: Stage, metrics: &mut Metrics) -> Result<Outcome> {
-    let start = Instant::now();
-    let cfg = stage.cfg;
-    let per_epoch = stage.batches_per_epoch;
+/// Trains `model` through `stage`, from `start` when resuming, writing checkpoints and
+/// metrics.jsonl into `out`.
+pub fn train(
+    ctx: &Context,
+    model: &mut Model,
+    mut stage: Stage,
+    out: &Path,
+    start: Option<Start>,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let cfg = &stage.cfg;
+    let per_epoch = stage.images.len() / cfg.batch_size;
     let total = cfg.epochs * per_epoch;
     let warmup = (cfg.warmup * total as f64).round() as usize;
     let base_lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling);
+    let mut metrics = Metrics::open(out, start.is_some())?;
     let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, &model.store);
-    let mut pos = match stage.start {
+    let mut pos = match start {
         Some((pos, velocity)) => {
             opt.restore(&model.store, velocity);
             pos
@@ -80,13 +121,23 @@ pub fn run(model: &mut Model, stage: Stage, metrics: &mut Metrics) -> Result<Out
     let mut final_loss = pos.record["mean_loss"].as_f64().unwrap_or(f64::NAN);
     while pos.epoch < cfg.epochs {
         let epoch = pos.epoch;
-        for batch in (stage.loader)(epoch, pos.batch) {
+        let loader = ctx.epoch_loader(
+            stage.key,
+            stage.images,
+            cfg.batch_size,
+            stage.views.clone(),
+            (epoch, pos.batch),
+        );
+        for batch in loader {
             let t0 = Instant::now();
+            let rows = batch.rows;
             let lr = lr_at(base_lr, step, warmup, total);
+
+            // Forward pass and loss.
             let mut g = Graph::new(true);
-            let loss_var = (stage.loss)(&mut g, model, &batch);
+            let loss_var = loss(ctx, &mut g, model, &mut stage.objective, batch);
             // A failed launch or allocation on a GPU surfaces here, with its kernel and shape.
-            check_device(model, batch.rows)?;
+            check_device(model, rows)?;
             let loss = g.value(loss_var).item();
             if !loss.is_finite() {
                 bar.abandon();
@@ -96,11 +147,14 @@ pub fn run(model: &mut Model, stage: Stage, metrics: &mut Metrics) -> Result<Out
                     epoch + 1
                 )));
             }
+
+            // Backward pass and update.
             g.backward(loss_var);
             let grads = g.param_grads();
             opt.step(&mut model.store, &grads, lr);
+
             // Images per second of the engine alone: the loader works in the background.
-            let ips = batch.rows as f64 / t0.elapsed().as_secs_f64();
+            let ips = rows as f64 / t0.elapsed().as_secs_f64();
             metrics.log(
                 json!({"stage": stage.name, "epoch": epoch + 1, "step": step,
                 "loss": loss, "lr": lr, "images_per_s": ips}),
@@ -110,20 +164,27 @@ pub fn run(model: &mut Model, stage: Stage, metrics: &mut Metrics) -> Result<Out
             pos.loss_sum += loss;
             pos.batch += 1;
             step += 1;
-            if stage.checkpoint_every > 0
-                && step.is_multiple_of(stage.checkpoint_every)
-                && pos.batch < per_epoch
-            {
-                pos.elapsed_s = elapsed_before + start.elapsed().as_secs_f64();
-                (stage.save)(model, &opt, &pos)?;
+            let every = ctx.cfg.checkpoint_every;
+            if every > 0 && step.is_multiple_of(every) && pos.batch < per_epoch {
+                pos.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+                ctx.save(out, stage.name, (model, &opt), &pos)?;
             }
         }
+
+        // End of the epoch: the monitor, the record, a checkpoint.
         final_loss = pos.loss_sum / pos.batch.max(1) as f64;
-        let mut record = (stage.end_epoch)(model, epoch + 1)?;
+        let mut record = match stage.monitor {
+            Monitor::Knn => json!({"knn_top1": eval::knn_top1(model, &ctx.train, &ctx.knn_bank,
+                &ctx.test, &ctx.test_indices, &ctx.norm, ctx.cfg.knn_k)}),
+            Monitor::Top1 if epoch + 1 == cfg.epochs => {
+                json!({"top1": eval::top1(model, &ctx.test, &ctx.test_indices, &ctx.norm)})
+            }
+            Monitor::Top1 => json!({}),
+        };
         check_device(model, cfg.batch_size)?;
         // Print the epochs that measured something (kNN, top-1); log them all.
         let measured = record.as_object().is_some_and(|o| !o.is_empty());
-        pos.elapsed_s = elapsed_before + start.elapsed().as_secs_f64();
+        pos.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         record["stage"] = json!(stage.name);
         record["epoch"] = json!(epoch + 1);
         record["mean_loss"] = json!(final_loss);
@@ -139,14 +200,60 @@ pub fn run(model: &mut Model, stage: Stage, metrics: &mut Metrics) -> Result<Out
             elapsed_s: pos.elapsed_s,
             record,
         };
-        (stage.save)(model, &opt, &pos)?;
+        ctx.save(out, stage.name, (model, &opt), &pos)?;
     }
     bar.finish_and_clear();
     Ok(Outcome {
         final_loss,
-        wall_s: elapsed_before + start.elapsed().as_secs_f64(),
+        wall_s: elapsed_before + started.elapsed().as_secs_f64(),
         record: pos.record,
     })
+}
+
+/// The loss of one batch under `objective`, recorded on `g`.
+fn loss(
+    ctx: &Context,
+    g: &mut Graph,
+    model: &mut Model,
+    objective: &mut Objective,
+    batch: Batch,
+) -> Var {
+    let images = ctx.images(batch.x, batch.rows);
+    let x = g.input(images.clone());
+    match objective {
+        Objective::Contrastive { temperature } => {
+            let (_, projection) = model.forward(g, x, true);
+            let z = ops::normalize::l2_normalize(g, projection);
+            ops::ntxent::ntxent(g, z, *temperature)
+        }
+        Objective::Supervised { frozen_encoder } => {
+            let logits = match frozen_encoder {
+                true => model.forward_frozen_encoder(g, x),
+                false => model.forward(g, x, true).1,
+            };
+            ops::loss::softmax_cross_entropy(g, logits, &batch.labels)
+        }
+        Objective::Distill {
+            teacher,
+            temperature,
+            label_weight,
+            labelled,
+        } => {
+            // The teacher sees the same images (shared, not copied), in inference mode.
+            let mut tg = Graph::new(false);
+            let tx = tg.input(images);
+            let (_, teacher_logits) = teacher.forward(&mut tg, tx, false);
+            let probs = ops::loss::softmax(tg.value(teacher_logits), *temperature);
+            let labels: Vec<u32> = (batch.indices.iter().zip(&batch.labels))
+                .map(|(i, &y)| match labelled.contains(i) {
+                    true => y,
+                    false => ops::loss::UNLABELLED,
+                })
+                .collect();
+            let (_, logits) = model.forward(g, x, true);
+            ops::loss::distillation(g, logits, &probs, *temperature, &labels, *label_weight)
+        }
+    }
 }
 
 /// The GPU's first error since the last check. Running out of memory gets a suggested batch

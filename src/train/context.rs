@@ -1,0 +1,262 @@
+//! The context every stage runs in: the resolved config, the device, the loaded data, the
+//! labelled subset and the normalisation, and what stages do with it (their data loaders,
+//! checkpoints, resumption).
+
+use crate::data::augment::{Augment, Normalize};
+use crate::data::loader::{Loader, Views};
+use crate::data::subset;
+use crate::data::Dataset;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::nn::model::{Model, ModelSpec};
+use crate::nn::resnet::Arch;
+use crate::optim::Optimizer;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::checkpoint::{self, Meta, Resume};
+use crate::train::config::Config;
+use crate::train::trainer::{Position, Start};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+
+pub struct Context {
+    pub cfg: Config,
+    pub device: Device,
+    pub format: String,
+    pub train: Arc<Dataset>,
+    pub test: Arc<Dataset>,
+    /// Training images in use (all, or a seeded subset with --train-images).
+    pub train_indices: Vec<usize>,
+    pub test_indices: Vec<usize>,
+    /// The labelled subset (indices into the training set), or why it cannot be drawn: only
+    /// the stages that train on labels ask for it (`labelled`), so pretraining and its kNN
+    /// monitor run on any dataset.
+    labelled: std::result::Result<Vec<usize>, String>,
+    /// The kNN monitor's memory bank (indices into the training set).
+    pub knn_bank: Vec<usize>,
+    pub norm: Normalize,
+}
+
+impl Context {
+    pub fn new(cfg: Config) -> Result<Context> {
+        cfg.validate()?;
+        let (device, why) = Device::select(&cfg.device)?;
+        println!("{why}");
+        let opts = crate::data::LoadOptions {
+            format: cfg.format,
+            image_size: cfg.image_size,
+            skip_unlabelled: false,
+        };
+        let data = crate::data::load(&cfg.data, &opts)?;
+        let mut train_indices: Vec<usize> = (0..data.train.n).collect();
+        if let Some(n) = cfg.train_images {
+            Rng::derive(cfg.seed, &[0x5EED]).shuffle(&mut train_indices);
+            train_indices.truncate(n);
+            train_indices.sort_unstable();
+        }
+        let test_indices: Vec<usize> =
+            (0..data.test.n.min(cfg.test_images.unwrap_or(usize::MAX))).collect();
+        let labelled = subset::labelled(
+            &data.train,
+            &train_indices,
+            &cfg.label_spec()?,
+            cfg.labels_file.as_deref(),
+            cfg.seed,
+        )
+        .map_err(|e| e.to_string());
+        // The kNN monitor votes with labels: its bank holds labelled images only.
+        let mut knn_bank: Vec<usize> = train_indices
+            .iter()
+            .copied()
+            .filter(|&i| data.train.labels[i] != crate::data::UNLABELLED)
+            .collect();
+        Rng::derive(cfg.seed, &[0xB4A7]).shuffle(&mut knn_bank);
+        knn_bank.truncate(cfg.knn_bank);
+        let norm = Normalize::from_dataset(&data.train);
+        println!(
+            "data: {} ({}), {} train / {} test images of {}x{}x{}, {} classes",
+            cfg.data.display(),
+            data.format,
+            train_indices.len(),
+            test_indices.len(),
+            data.train.h,
+            data.train.w,
+            data.train.c,
+            data.train.num_classes
+        );
+        Ok(Context {
+            cfg,
+            device,
+            format: data.format,
+            train: Arc::new(data.train),
+            test: Arc::new(data.test),
+            train_indices,
+            test_indices,
+            labelled,
+            knn_bank,
+            norm,
+        })
+    }
+
+    /// Standardises images from now on as the model of checkpoint `meta` was trained: a stage
+    /// or an evaluation that starts from a checkpoint sees the pixels its model saw, whatever
+    /// data it is given.
+    pub fn normalize_as(&mut self, meta: &Meta) {
+        self.norm = meta.normalize_or(&self.norm);
+    }
+
+    /// The labelled subset, for the stages that train on labels.
+    pub fn labelled(&self) -> Result<&[usize]> {
+        match &self.labelled {
+            Ok(labelled) => Ok(labelled),
+            Err(why) => Err(Error::Config(why.clone())),
+        }
+    }
+
+    /// Fraction of the labelled training images in use that form the labelled subset (the
+    /// nominal fraction when one was asked for; the actual one for a count or a file).
+    pub fn label_fraction(&self) -> Result<f64> {
+        let labelled = self.labelled()?.len();
+        let labelled_in_use = self
+            .train_indices
+            .iter()
+            .filter(|&&i| self.train.labels[i] != crate::data::UNLABELLED)
+            .count();
+        Ok(match (&self.cfg.labels_file, self.cfg.label_spec()) {
+            (None, Ok(spec)) => spec.fraction_of(labelled_in_use, labelled),
+            _ => labelled as f64 / labelled_in_use.max(1) as f64,
+        })
+    }
+
+    pub fn arch(&self, name: &str, width: usize, sk: bool) -> Arch {
+        Arch {
+            name: name.to_string(),
+            width,
+            in_channels: self.train.c,
+            image_size: self.train.h,
+            sk,
+        }
+    }
+
+    /// Loader of one epoch over `indices` in a seeded order (a new order every epoch),
+    /// without its first `skip` batches (a resumed epoch). Augmentations are seeded by image,
+    /// so the remaining batches are exactly those of an uninterrupted epoch.
+    pub fn epoch_loader(
+        &self,
+        key: u64,
+        indices: &[usize],
+        batch: usize,
+        views: Views,
+        (epoch, skip): (usize, usize),
+    ) -> Loader {
+        let mut order = indices.to_vec();
+        Rng::derive(self.cfg.seed, &[key, epoch as u64]).shuffle(&mut order);
+        Loader::new(
+            self.train.clone(),
+            order.split_off((skip * batch).min(order.len())),
+            batch,
+            true,
+            views,
+            self.norm.clone(),
+            self.train.h,
+            self.cfg.seed ^ key,
+            epoch as u64,
+            2,
+        )
+    }
+
+    /// Crop and flip only: the augmentation of the supervised stages.
+    pub fn crop_flip(&self) -> Augment {
+        Augment {
+            crop_area: (self.cfg.crop_min, 1.0),
+            jitter_prob: 0.0,
+            grayscale_prob: 0.0,
+            blur_prob: 0.0,
+            ..Augment::simclr(self.train.h, 0.0)
+        }
+    }
+
+    /// A batch's images, standardised by the loader, as a tensor on the run's device.
+    pub fn images(&self, x: Vec<f32>, rows: usize) -> Tensor {
+        let shape = [rows, self.train.h, self.train.w, self.train.c];
+        Tensor::from_vec(&shape, x).to_device(&self.device)
+    }
+
+    /// A training checkpoint of `stage` at `pos` in `dir`.
+    pub fn save(
+        &self,
+        dir: &Path,
+        stage: &str,
+        (model, opt): (&Model, &Optimizer),
+        pos: &Position,
+    ) -> Result<()> {
+        let meta = Meta {
+            normalize: Some(self.norm.clone()),
+            batch: pos.batch,
+            loss_sum: pos.loss_sum,
+            elapsed_s: pos.elapsed_s,
+            record: pos.record.clone(),
+            ..Meta::new(stage, pos.epoch, &model.spec, &self.cfg)
+        };
+        checkpoint::save(dir, model, Some(opt), &meta)
+    }
+
+    /// With --resume, the checkpoint `stage` left in `dir` (none: the stage starts afresh).
+    /// It must be of the same stage, network and settings (the device may differ).
+    pub fn resume_point(
+        &self,
+        dir: &Path,
+        stage: &str,
+        spec: &ModelSpec,
+    ) -> Result<Option<Resume>> {
+        if !self.cfg.resume || !dir.join(checkpoint::FILE).exists() {
+            return Ok(None);
+        }
+        let mut r = checkpoint::load_training(dir)?;
+        let mut saved = r.meta.config.clone();
+        let mut now = serde_json::to_value(&self.cfg).expect("config serialises");
+        // Settings that may change between the run and its resumption.
+        for c in [&mut saved, &mut now] {
+            for key in ["device", "resume", "checkpoint_every"] {
+                c[key] = Value::Null;
+            }
+        }
+        if r.meta.stage != stage || r.meta.spec != *spec || saved != now {
+            return Err(Error::Config(format!(
+                "--resume: {} holds a {} checkpoint of other settings; resume with the flags of that run",
+                dir.display(),
+                r.meta.stage
+            )));
+        }
+        println!(
+            "{stage}: resuming from epoch {} batch {} in {}",
+            r.meta.epoch,
+            r.meta.batch,
+            dir.display()
+        );
+        r.model.to_device(&self.device);
+        Ok(Some(r))
+    }
+
+    /// The model a stage trains and where it starts: its checkpoint's model, position and
+    /// optimiser state when resuming, else `fresh` from the beginning. On the run's device.
+    pub fn begin(&self, resume: Option<Resume>, fresh: Model) -> (Model, Option<Start>) {
+        let (mut model, start) = match resume {
+            Some(r) => {
+                let m = r.meta;
+                let pos = Position {
+                    epoch: m.epoch,
+                    batch: m.batch,
+                    loss_sum: m.loss_sum,
+                    elapsed_s: m.elapsed_s,
+                    record: m.record,
+                };
+                (r.model, Some((pos, r.velocity)))
+            }
+            None => (fresh, None),
+        };
+        model.to_device(&self.device);
+        (model, start)
+    }
+}
