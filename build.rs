@@ -1,4 +1,5 @@
-//! Compiles every kernel family in `kernels/*.cu` twice (DESIGN.md, "Kernels and build.rs"):
+//! Compiles every kernel family in `kernels/*.cu` twice (docs/ARCHITECTURE.md, "Kernels and
+//! build.rs"):
 //!
 //! 1. nvcc → one fatbin per file (SASS for sm_80 and sm_90 plus compute_80 PTX for newer GPUs),
 //!    embedded in the binary through `$OUT_DIR/kernels.rs`, with ptxas's `-v` resource report kept

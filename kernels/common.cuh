@@ -1,6 +1,6 @@
 // The kernels' portability header: every kernels/*.cu includes this file and nothing else.
 //
-// The same kernel source is compiled twice (DESIGN.md, "Kernels and build.rs"):
+// The same kernel source is compiled twice (docs/ARCHITECTURE.md, "Kernels and build.rs"):
 //   - by nvcc for the GPU (__CUDACC__ defined): the names below map onto CUDA's own;
 //   - by the host C++ compiler for the emulator (SIMCLR_EMU defined by build.rs): the names map
 //     onto kernels/emu/, which runs each CUDA thread as a fiber (see emu.h).

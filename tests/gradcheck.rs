@@ -172,10 +172,10 @@ fn linear_and_l2_normalize() {
     let w = random(&[3, 7], &mut rng);
     let b = random(&[3], &mut rng);
     check("linear+bias", vec![x.clone(), w.clone(), b], |g, v| {
-        ops::linear::linear(g, v[0], v[1], Some(v[2]))
+        ops::gemm::linear(g, v[0], v[1], Some(v[2]))
     });
     check("linear", vec![x.clone(), w], |g, v| {
-        ops::linear::linear(g, v[0], v[1], None)
+        ops::gemm::linear(g, v[0], v[1], None)
     });
     check("l2_normalize", vec![x], |g, v| {
         ops::normalize::l2_normalize(g, v[0])

@@ -1,9 +1,9 @@
 // The CUDA execution-model emulator: declarations shared by the runtime (emu.cpp), the kernels
 // (through common.cuh) and the Rust side (the C entry point only).
 //
-// Model (DESIGN.md, "The emulator"): a launch's blocks are spread over a pool of OS threads; a
-// block runs entirely on one OS thread, each of its CUDA threads as a fiber with its own small
-// stack. Fibers are switched cooperatively: a thread runs until it reaches a barrier or a warp
+// Model (docs/ARCHITECTURE.md, "The emulator"): a launch's blocks are spread over a pool of OS
+// threads; a block runs entirely on one OS thread, each of its CUDA threads as a fiber with its
+// own small stack. Fibers are switched cooperatively: a thread runs until it reaches a barrier or a warp
 // operation, then the block's scheduler picks the next one. Barriers and warp exchanges are
 // therefore plain bookkeeping, and `__shared__` variables can be `static thread_local`.
 #pragma once

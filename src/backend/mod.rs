@@ -96,7 +96,7 @@ pub trait Backend {
     /// x times the single value of `s` (read on the device: no host round trip).
     fn scale_by(&self, x: &Tensor, s: &Tensor) -> Tensor;
 
-    // linear: y = x·Wᵀ (+ b), x [B, in], W [out, in]
+    // gemm: the dense layer y = x·Wᵀ (+ b), x [B, in], W [out, in]
     fn linear_forward(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor;
     /// (dx, dW, db when `with_bias`).
     fn linear_backward(

@@ -213,6 +213,6 @@ impl Linear {
     pub fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var) -> Var {
         let w = g.param(self.w, store.value(self.w));
         let b = self.b.map(|b| g.param(b, store.value(b)));
-        ops::linear::linear(g, x, w, b)
+        ops::gemm::linear(g, x, w, b)
     }
 }

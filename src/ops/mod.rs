@@ -6,7 +6,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
-pub mod linear;
+pub mod gemm;
 pub mod loss;
 pub mod normalize;
 pub mod ntxent;

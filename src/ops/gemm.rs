@@ -1,5 +1,6 @@
-//! Dense layer y = x·Wᵀ + b with x [B, in], W [out, in] (PyTorch's layout), b [out]. All three
-//! products go through the backends' one GEMM; transposes are only strides.
+//! The GEMM family's op: the dense layer y = x·Wᵀ + b with x [B, in], W [out, in] (PyTorch's
+//! layout), b [out]. All three products go through the backends' one GEMM (device/cpu/gemm.rs,
+//! kernels/gemm.cu); transposes are only strides.
 
 use crate::autograd::{Backward, Graph, Values, Var};
 use crate::backend;
