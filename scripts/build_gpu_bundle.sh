@@ -92,8 +92,9 @@ tar -cf - -C "$(dirname "$bundle")" "$(basename "$bundle")" | xz -T0 -6 >"$archi
 
 # What a lent GPU machine receives: the working tree (tracked files and untracked ones git does
 # not ignore) plus the carried archive.
+# (A tracked file deleted from the working tree does not travel: stat skips it.)
 tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null |
-    awk '{ s += $1 } END { print s + 0 }')
+    awk '{ s += $1 } END { print s + 0 }') || true
 packed=$(stat -c %s "$archive")
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 cat "$bundle/MANIFEST"

@@ -90,9 +90,10 @@ if [ $mode = dry ]; then
     for t in $TESTS $PIPELINE; do
         bin=$bundle/test/${t%%:*} filter=${t#*:}
         [ "$filter" = "$t" ] && filter=""
+        # The whole list first: grep -q closing the pipe early would fail it under pipefail.
         if [ ! -x "$bin" ]; then
             problem "test binary ${t%%:*} missing"
-        elif ! "$bin" --list $filter 2>/dev/null | grep -q ': test$'; then
+        elif ! grep -q ': test$' <<<"$("$bin" --list $filter 2>/dev/null)"; then
             problem "no test in ${t%%:*} matches '$filter'"
         fi
     done
