@@ -32,9 +32,18 @@ fn main() {
     let version = match find_nvcc() {
         Some(nvcc) => {
             let version = nvcc_version(&nvcc);
+            // The emulator's self-test kernels too: they use every wrapper of the portability
+            // header, so ptxas checks the wrappers' inline PTX (mma, ldmatrix, cp.async) on
+            // every build.
+            let selftest = (
+                "selftest".to_string(),
+                PathBuf::from("kernels/emu/selftest.cu"),
+            );
+            let sources: Vec<(String, PathBuf)> =
+                families.iter().cloned().chain([selftest]).collect();
             // One nvcc per family, in parallel: each is single-threaded and slow.
             let results: Vec<(String, PathBuf, String)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = families
+                let handles: Vec<_> = sources
                     .iter()
                     .map(|(stem, src)| {
                         let (nvcc, out) = (&nvcc, &out);

@@ -14,7 +14,10 @@
 //   partial last warp), atomicAdd (float, int, unsigned), expf logf sqrtf rsqrtf fmaxf fminf
 //   fabsf fmaf __expf __logf (and the rest of <math.h>), min/max (int, unsigned, float),
 //   INFINITY, FLT_MAX, uint32_t, uint16_t, size_t, bf16 with float_to_bf16 / bf16_to_float /
-//   pack_bf16x2, and mma_bf16_m16n8k16 (tensor cores).
+//   pack_bf16x2, mma_bf16_m16n8k16 (tensor cores), load_16B / store_16B (uint4; the address
+//   16-byte aligned), ldmatrix_x1/x2/x4 and their _trans forms (from shared memory),
+//   cp_async_4/8/16 with cp_async_commit and cp_async_wait<N> (global to shared, zero-fill).
+// Dynamic shared memory above 48 KiB needs the kernel's opt-in (Gpu::allow_dynamic_shared).
 // Kernels must not use thread_local, recursion, exceptions or large local arrays (emulated
 // threads run on 64 KiB stacks).
 #pragma once
@@ -67,6 +70,66 @@ DEVICE inline void mma_bf16_m16n8k16(float d[4], const uint32_t a[4], const uint
         : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
           "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+// 16-byte vector load and store: the address must be a multiple of 16 (a GPU faults).
+DEVICE inline uint4 load_16B(const void* p) { return *reinterpret_cast<const uint4*>(p); }
+DEVICE inline void store_16B(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
+
+DEVICE inline uint32_t shared_address(const void* p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16, a warp operation: lanes 8i..8i+7
+// pass the (16-byte aligned) shared-memory addresses of the eight rows of 8×8 b16 matrix i;
+// lane l receives in r[i] the b16 pair at row l/4, columns 2·(l%4) and 2·(l%4)+1 of matrix i
+// (of its transpose with _trans): the A/B fragment order of mma_bf16_m16n8k16.
+DEVICE inline void ldmatrix_x1(uint32_t r[1], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n"
+                 : "=r"(r[0]) : "r"(shared_address(row)));
+}
+DEVICE inline void ldmatrix_x2(uint32_t r[2], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(shared_address(row)));
+}
+DEVICE inline void ldmatrix_x4(uint32_t r[4], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address(row)));
+}
+DEVICE inline void ldmatrix_x1_trans(uint32_t r[1], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
+                 : "=r"(r[0]) : "r"(shared_address(row)));
+}
+DEVICE inline void ldmatrix_x2_trans(uint32_t r[2], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(shared_address(row)));
+}
+DEVICE inline void ldmatrix_x4_trans(uint32_t r[4], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address(row)));
+}
+
+// cp.async from global to shared memory, `src_bytes` of the copy's bytes read and the rest
+// zero-filled (0: all zeros, for the halo and rows out of bounds); both addresses aligned to
+// the copy's size. The data is there only after cp_async_wait completes its group.
+DEVICE inline void cp_async_4(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+                 :: "r"(shared_address(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
+DEVICE inline void cp_async_8(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n"
+                 :: "r"(shared_address(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
+DEVICE inline void cp_async_16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(shared_address(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
+// Closes this thread's group of the copies issued since the last commit.
+DEVICE inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's most recent groups are in flight.
+template <int N>
+DEVICE inline void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
 }
 
 #elif defined(SIMCLR_EMU)
@@ -207,6 +270,28 @@ inline uint32_t pack_bf16x2(bf16 lo, bf16 hi) { return (uint32_t)lo.bits | ((uin
 // meet in the warp's exchange buffer and each lane computes its own four outputs.
 inline void mma_bf16_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
     ::simclr_emu::mma_bf16_m16n8k16(SIMCLR_EMU_SITE("mma_bf16_m16n8k16"), d, a, b, c);
+}
+
+// The emulated twins of the nvcc versions above: misaligned addresses fail the launch, and a
+// cp.async destination reads as NaN until the wait that completes it.
+#define load_16B(p) ::simclr_emu::load_16B(SIMCLR_EMU_SITE("load_16B"), (p))
+#define store_16B(p, v) ::simclr_emu::store_16B(SIMCLR_EMU_SITE("store_16B"), (p), (v))
+#define ldmatrix_x1(r, row) ::simclr_emu::ldmatrix(SIMCLR_EMU_SITE("ldmatrix_x1"), 1, false, (r), (row))
+#define ldmatrix_x2(r, row) ::simclr_emu::ldmatrix(SIMCLR_EMU_SITE("ldmatrix_x2"), 2, false, (r), (row))
+#define ldmatrix_x4(r, row) ::simclr_emu::ldmatrix(SIMCLR_EMU_SITE("ldmatrix_x4"), 4, false, (r), (row))
+#define ldmatrix_x1_trans(r, row) \
+    ::simclr_emu::ldmatrix(SIMCLR_EMU_SITE("ldmatrix_x1_trans"), 1, true, (r), (row))
+#define ldmatrix_x2_trans(r, row) \
+    ::simclr_emu::ldmatrix(SIMCLR_EMU_SITE("ldmatrix_x2_trans"), 2, true, (r), (row))
+#define ldmatrix_x4_trans(r, row) \
+    ::simclr_emu::ldmatrix(SIMCLR_EMU_SITE("ldmatrix_x4_trans"), 4, true, (r), (row))
+#define cp_async_4(dst, src, n) ::simclr_emu::cp_async(SIMCLR_EMU_SITE("cp_async_4"), (dst), (src), 4, (n))
+#define cp_async_8(dst, src, n) ::simclr_emu::cp_async(SIMCLR_EMU_SITE("cp_async_8"), (dst), (src), 8, (n))
+#define cp_async_16(dst, src, n) ::simclr_emu::cp_async(SIMCLR_EMU_SITE("cp_async_16"), (dst), (src), 16, (n))
+inline void cp_async_commit() { ::simclr_emu::cp_async_commit(); }
+template <int N>
+inline void cp_async_wait() {
+    ::simclr_emu::cp_async_wait(N);
 }
 
 #else

@@ -324,3 +324,164 @@ fn unknown_kernel_is_an_error() {
     let e = launch_error("selftest_no_such_kernel", [32, 1, 1]);
     assert!(e.contains("unknown kernel"), "{e}");
 }
+
+#[test]
+fn vector_accesses_copy_16_bytes_and_refuse_misaligned_addresses() {
+    let x = common::random(4 * 64 + 4, 20);
+    for schedule in Schedule::ALL {
+        let gpu = Gpu::emu(schedule);
+        let (xb, y) = (gpu.upload(&x), gpu.alloc_f32(4 * 64));
+        let args = |offset: i32| [Arg::from(&xb), offset.into(), Arg::from(&y)];
+        gpu.try_launch("selftest_copy_16B", [2, 1, 1], [32, 1, 1], 0, &args(4))
+            .unwrap();
+        assert_eq!(gpu.download::<f32>(&y), x[4..]);
+        // A float offset of 1: the 16-byte load's address is 4 bytes past a multiple of 16.
+        let e = gpu
+            .try_launch("selftest_copy_16B", [2, 1, 1], [32, 1, 1], 0, &args(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("misaligned 16-byte load"), "{e}");
+    }
+}
+
+/// ldmatrix gives each lane the b16 pair the PTX ISA's layout names: of matrix i, row lane/4
+/// and columns 2·(lane%4), +1, or the same of the transpose; x1, x2 and x4.
+#[test]
+fn ldmatrix_follows_the_ptx_fragment_layout() {
+    let m: Vec<u16> = (0..4 * 64).map(|e| 0x1000 + e as u16).collect();
+    for schedule in [Schedule::Rr, Schedule::WarpReverse] {
+        let gpu = Gpu::emu(schedule);
+        let mb = gpu.upload(&m);
+        for count in [1usize, 2, 4] {
+            for trans in [false, true] {
+                let out = gpu.alloc_f32(32 * 4);
+                let args = [
+                    Arg::from(&mb),
+                    (count as i32).into(),
+                    (trans as i32).into(),
+                    8i32.into(),
+                    Arg::from(&out),
+                ];
+                gpu.try_launch("selftest_ldmatrix", [1, 1, 1], [32, 1, 1], 0, &args)
+                    .unwrap();
+                let got = gpu.download::<u32>(&out);
+                for lane in 0..32 {
+                    for i in 0..count {
+                        let (r, c) = (lane / 4, 2 * (lane % 4));
+                        let at = |row: usize, col: usize| m[64 * i + 8 * row + col] as u32;
+                        let want = match trans {
+                            false => at(r, c) | at(r, c + 1) << 16,
+                            true => at(c, r) | at(c + 1, r) << 16,
+                        };
+                        assert_eq!(
+                            got[4 * lane + i],
+                            want,
+                            "x{count}, trans {trans}, lane {lane}, matrix {i}"
+                        );
+                    }
+                }
+            }
+        }
+        // Rows 9 b16 apart: row addresses are not 16-byte aligned.
+        let out = gpu.alloc_f32(32 * 4);
+        let args = [
+            Arg::from(&mb),
+            4i32.into(),
+            0i32.into(),
+            9i32.into(),
+            Arg::from(&out),
+        ];
+        let e = gpu
+            .try_launch("selftest_ldmatrix", [1, 1, 1], [32, 1, 1], 0, &args)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("misaligned ldmatrix row"), "{e}");
+    }
+}
+
+/// cp.async: the copied and the zero-filled bytes arrive at the wait; a thread that reads
+/// before its neighbour has waited reads NaN, under every schedule.
+#[test]
+fn cp_async_lands_at_the_wait_and_a_missing_wait_shows() {
+    let n = 64;
+    let x = common::random(4 * n, 21);
+    for schedule in Schedule::ALL {
+        let gpu = Gpu::emu(schedule);
+        let xb = gpu.upload(&x);
+        for src_bytes in [16, 8, 0] {
+            let y = gpu.alloc_f32(4 * n);
+            let args = [Arg::from(&xb), src_bytes.into(), 1i32.into(), Arg::from(&y)];
+            gpu.try_launch("selftest_cp_async", [1, 1, 1], [n as u32, 1, 1], 0, &args)
+                .unwrap();
+            let got = gpu.download::<f32>(&y);
+            for t in 0..n {
+                let u = (t + 1) % n;
+                for k in 0..4 {
+                    let want = if 4 * k < src_bytes as usize {
+                        x[4 * u + k]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(got[4 * t + k], want, "src_bytes {src_bytes}, thread {t}");
+                }
+            }
+        }
+        // Without the wait, every thread reads its neighbour's copy still in flight.
+        let y = gpu.alloc_f32(4 * n);
+        let args = [Arg::from(&xb), 16i32.into(), 0i32.into(), Arg::from(&y)];
+        gpu.try_launch("selftest_cp_async", [1, 1, 1], [n as u32, 1, 1], 0, &args)
+            .unwrap();
+        assert!(gpu.download::<f32>(&y).iter().all(|v| v.is_nan()));
+    }
+}
+
+/// cp_async_wait<1> completes all but the most recent group: a double-buffered pipeline's
+/// next stage is still in flight while the current one is read.
+#[test]
+fn cp_async_wait_leaves_the_most_recent_groups_in_flight() {
+    let n = 96;
+    let (x, z) = (common::random(n, 22), common::random(n, 23));
+    let gpu = Gpu::emu(Schedule::Warp);
+    let (xb, zb, y) = (gpu.upload(&x), gpu.upload(&z), gpu.alloc_f32(3 * n));
+    let args = [Arg::from(&xb), Arg::from(&zb), Arg::from(&y)];
+    gpu.try_launch(
+        "selftest_cp_async_groups",
+        [1, 1, 1],
+        [n as u32, 1, 1],
+        0,
+        &args,
+    )
+    .unwrap();
+    let got = gpu.download::<f32>(&y);
+    assert_eq!(got[..n], x[..]);
+    assert!(got[n..2 * n].iter().all(|v| v.is_nan()));
+    assert_eq!(got[2 * n..], z[..]);
+}
+
+/// Above 48 KiB of dynamic shared memory a kernel must opt in, as on a GPU; up to the 163 KiB
+/// an sm_80 GPU allows.
+#[test]
+fn dynamic_shared_memory_above_48_kib_needs_the_opt_in() {
+    let n = 20_000; // 80 KB
+    let x = common::random(n, 24);
+    let gpu = Gpu::emu(Schedule::Rr);
+    let (xb, y) = (gpu.upload(&x), gpu.alloc_f32(n));
+    let args = [Arg::from(&xb), (n as i32).into(), Arg::from(&y)];
+    let launch = || {
+        let shared = 4 * n as u32;
+        gpu.try_launch("selftest_big_shared", [1, 1, 1], [128, 1, 1], shared, &args)
+            .map_err(|e| e.to_string())
+    };
+    let e = launch().unwrap_err();
+    assert!(e.contains("48 KiB") && e.contains("opt-in"), "{e}");
+    let e = gpu
+        .allow_dynamic_shared("selftest_big_shared", 200 * 1024)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sm_80"), "{e}");
+    gpu.allow_dynamic_shared("selftest_big_shared", 4 * n as u32)
+        .unwrap();
+    launch().unwrap();
+    let want: Vec<f32> = x.iter().rev().map(|v| 2.0 * v).collect();
+    assert_eq!(gpu.download::<f32>(&y), want);
+}

@@ -144,6 +144,14 @@ enum class State : uint8_t {
     Failed,          // broke a rule; the block is abandoned
 };
 
+// A cp.async in flight: its bytes, read at issue, land in dst when its group is waited for.
+struct PendingCopy {
+    void* dst;
+    int size;
+    int group;  // -1 until committed
+    unsigned char bytes[16];
+};
+
 struct Fiber {
     ThreadView view;  // what threadIdx & co. read while this fiber runs
     unsigned tid;     // linear index in the block: x + y·bx + z·bx·by (lane = tid % 32)
@@ -151,6 +159,8 @@ struct Fiber {
     Site site;        // the barrier / warp operation it waits at
     Context context;
     char* stack;      // lowest usable byte; the stack is stack_bytes() long
+    std::vector<PendingCopy> copies;  // cp.async not yet waited for
+    int groups;                       // cp.async groups committed
 };
 
 // The exchange through which a warp's lanes see each other's values. Lane l writes its words
@@ -357,6 +367,8 @@ static bool run_block(Worker& w) {
         f.view.grid_dim = launch.grid;
         f.tid = t;
         f.state = State::Runnable;
+        f.copies.clear();
+        f.groups = 0;
         make_context(&f.context, f.stack, stack_bytes(), fiber_main);
     }
     for (unsigned wi = 0; wi < nwarps; wi++) w.warps[wi].generation = 0;
@@ -511,6 +523,82 @@ void* dynamic_shared() {
     return w.launch->dynamic_shared_bytes ? w.dynamic_shared : nullptr;
 }
 
+static void check_aligned(Site site, const void* p, unsigned align, const char* what) {
+    if (reinterpret_cast<uintptr_t>(p) % align != 0)
+        fail("%s (%s:%d): misaligned %s address %p: it must be a multiple of %u (a GPU faults)",
+             site.what, basename_of(site.file), site.line, what, p, align);
+}
+
+uint4 load_16B(Site site, const void* p) {
+    check_aligned(site, p, 16, "16-byte load");
+    uint4 v;
+    memcpy(&v, p, 16);
+    return v;
+}
+
+void store_16B(Site site, void* p, uint4 v) {
+    check_aligned(site, p, 16, "16-byte store");
+    memcpy(p, &v, 16);
+}
+
+// Element (row, col) of the 8×8 b16 matrix whose rows start at rows[0..7].
+static uint16_t matrix_element(void* const* rows, unsigned row, unsigned col) {
+    uint16_t v;
+    memcpy(&v, static_cast<const unsigned char*>(rows[row]) + 2 * col, 2);
+    return v;
+}
+
+void ldmatrix(Site site, int count, bool trans, uint32_t* r, const void* row) {
+    unsigned lane;
+    Warp& warp = enter_warp_op(site, 0xffffffffu, &lane);
+    if (lane < 8u * (unsigned)count) check_aligned(site, row, 16, "ldmatrix row");
+    const unsigned half = warp.generation % 2;
+    memcpy(warp.exchange[half][lane], &row, sizeof row);
+    wait_at(State::AtWarpOp, site);
+
+    const unsigned r0 = lane / 4, c0 = 2 * (lane % 4);
+    for (int i = 0; i < count; i++) {
+        void* rows[8];
+        for (unsigned k = 0; k < 8; k++) memcpy(&rows[k], warp.exchange[half][8 * i + k], sizeof rows[k]);
+        uint16_t lo = trans ? matrix_element(rows, c0, r0) : matrix_element(rows, r0, c0);
+        uint16_t hi = trans ? matrix_element(rows, c0 + 1, r0) : matrix_element(rows, r0, c0 + 1);
+        r[i] = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+}
+
+void cp_async(Site site, void* dst, const void* src, int size, int src_bytes) {
+    if (size != 4 && size != 8 && size != 16)
+        fail("%s (%s:%d): copies of %d bytes; cp.async copies 4, 8 or 16", site.what,
+             basename_of(site.file), site.line, size);
+    if (src_bytes < 0 || src_bytes > size)
+        fail("%s (%s:%d): %d source bytes for a %d-byte copy", site.what, basename_of(site.file),
+             site.line, src_bytes, size);
+    check_aligned(site, dst, (unsigned)size, "cp.async destination");
+    check_aligned(site, src, (unsigned)size, "cp.async source");
+    PendingCopy copy{dst, size, -1, {}};
+    memcpy(copy.bytes, src, (size_t)src_bytes);  // the rest stays zero: the zero-fill
+    current_worker->running->copies.push_back(copy);
+    memset(dst, 0xFF, (size_t)size);  // poison until waited for
+}
+
+void cp_async_commit() {
+    Fiber& f = *current_worker->running;
+    for (PendingCopy& c : f.copies)
+        if (c.group < 0) c.group = f.groups;
+    f.groups++;
+}
+
+void cp_async_wait(int pending) {
+    Fiber& f = *current_worker->running;
+    const int complete_below = f.groups - pending;  // groups [0, complete_below) are done
+    size_t kept = 0;
+    for (PendingCopy& c : f.copies) {
+        if (c.group >= 0 && c.group < complete_below) memcpy(c.dst, c.bytes, (size_t)c.size);
+        else f.copies[kept++] = c;
+    }
+    f.copies.resize(kept);
+}
+
 // ============================================================================================
 // 4. Registry, worker pool, launch
 // ============================================================================================
@@ -619,17 +707,38 @@ static Pool& pool() {
     return *instance;
 }
 
+// Dynamic shared memory a block may use without opting in, and the most it may opt in to.
+static constexpr unsigned DEFAULT_DYNAMIC_SHARED = 48 * 1024, MAX_DYNAMIC_SHARED = 163 * 1024;
+
+// The kernels that opted in to more dynamic shared memory, and how much.
+static std::mutex opt_in_mutex;
+static std::map<std::string, unsigned>& opt_ins() {
+    static std::map<std::string, unsigned> kernels;
+    return kernels;
+}
+
+static unsigned dynamic_shared_limit(const char* kernel) {
+    std::lock_guard<std::mutex> lock(opt_in_mutex);
+    auto it = opt_ins().find(kernel);
+    return it == opt_ins().end() ? DEFAULT_DYNAMIC_SHARED : it->second;
+}
+
 // The launch-shape limits of the GPUs we target (sm_80 / sm_90): a shape the GPU would refuse
 // fails here too. Returns nullptr when fine.
-static const char* check_shape(const unsigned grid[3], const unsigned block[3], unsigned shared_bytes) {
+static const char* check_shape(const unsigned grid[3], const unsigned block[3], unsigned shared_bytes,
+                               unsigned shared_limit) {
     if (!grid[0] || !grid[1] || !grid[2] || !block[0] || !block[1] || !block[2])
         return "a zero grid or block dimension";
     if (grid[0] > 0x7fffffffu || grid[1] > 65535 || grid[2] > 65535)
         return "grid dimensions above (2^31-1, 65535, 65535)";
     if (block[0] > 1024 || block[1] > 1024 || block[2] > 64) return "block dimensions above (1024, 1024, 64)";
     if ((uint64_t)block[0] * block[1] * block[2] > 1024) return "more than 1024 threads per block";
-    // Above 48 KiB a real GPU needs cuFuncSetAttribute, which the driver runtime never sets.
-    if (shared_bytes > 48 * 1024) return "more than 48 KiB of dynamic shared memory";
+    // Above 48 KiB a real GPU needs the kernel's opt-in (cuFuncSetAttribute).
+    if (shared_bytes > shared_limit)
+        return shared_limit == DEFAULT_DYNAMIC_SHARED
+                   ? "more than 48 KiB of dynamic shared memory without the kernel's opt-in "
+                     "(Gpu::allow_dynamic_shared)"
+                   : "more dynamic shared memory than the kernel opted in to";
     return nullptr;
 }
 
@@ -651,7 +760,7 @@ extern "C" int simclr_emu_launch(const char* kernel, const unsigned grid[3], con
     if (found == registry().end())
         return failure("unknown kernel '" + std::string(kernel) +
                        "': not registered with the emulator (REGISTER_KERNEL missing?)");
-    if (const char* problem = check_shape(grid, block, dynamic_shared_bytes))
+    if (const char* problem = check_shape(grid, block, dynamic_shared_bytes, dynamic_shared_limit(kernel)))
         return failure("kernel '" + std::string(kernel) + "' launched with " + problem + " (grid " +
                        dims(grid) + ", block " + dims(block) + ", " + std::to_string(dynamic_shared_bytes) +
                        " bytes of dynamic shared memory)");
@@ -685,6 +794,25 @@ extern "C" int simclr_emu_launch(const char* kernel, const unsigned grid[3], con
         p.done.wait(lock, [&] { return p.busy == 0; });
     }
     if (launch.failed.load()) return failure(launch.error);
+    if (err_len) err[0] = 0;
+    return 0;
+}
+
+extern "C" int simclr_emu_set_max_dynamic_shared(const char* kernel, unsigned bytes, char* err,
+                                                 size_t err_len) {
+    using namespace simclr_emu;
+    auto failure = [&](const std::string& message) {
+        if (err_len) snprintf(err, err_len, "%s", message.c_str());
+        return 1;
+    };
+    if (registry().find(kernel) == registry().end())
+        return failure("unknown kernel '" + std::string(kernel) + "'");
+    if (bytes > MAX_DYNAMIC_SHARED)
+        return failure("kernel '" + std::string(kernel) + "': " + std::to_string(bytes) +
+                       " bytes of dynamic shared memory, above the " +
+                       std::to_string(MAX_DYNAMIC_SHARED) + " an sm_80 GPU allows");
+    std::lock_guard<std::mutex> lock(opt_in_mutex);
+    opt_ins()[kernel] = bytes < DEFAULT_DYNAMIC_SHARED ? DEFAULT_DYNAMIC_SHARED : bytes;
     if (err_len) err[0] = 0;
     return 0;
 }

@@ -22,9 +22,20 @@ extern "C" int simclr_emu_launch(const char* kernel, const unsigned grid[3], con
                                  unsigned dynamic_shared_bytes, void** params, int schedule,
                                  char* err, size_t err_len);
 
-// CUDA's index type (threadIdx and friends).
+// Kernels may use up to this much dynamic shared memory per block after opting in (the GPU's
+// cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)); without it, 48 KiB. 163 KiB is the
+// smaller of the limits of the GPUs we build for (sm_80; sm_90 allows 227 KiB).
+// Returns 0, or nonzero with a message in err when `bytes` is above the limit or the kernel is
+// unknown.
+extern "C" int simclr_emu_set_max_dynamic_shared(const char* kernel, unsigned bytes, char* err,
+                                                 size_t err_len);
+
+// CUDA's index and vector types (threadIdx and friends; 16-byte accesses).
 struct uint3 {
     unsigned x, y, z;
+};
+struct __attribute__((aligned(16))) uint4 {
+    unsigned x, y, z, w;
 };
 
 namespace simclr_emu {
@@ -54,6 +65,22 @@ unsigned ballot(Site site, unsigned mask, int predicate);
 void mma_bf16_m16n8k16(Site site, float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
 // The current block's dynamic shared memory (nullptr when the launch asked for none).
 void* dynamic_shared();
+
+// A 16-byte load or store; a misaligned address fails the launch (a GPU faults).
+uint4 load_16B(Site site, const void* p);
+void store_16B(Site site, void* p, uint4 v);
+// ldmatrix.sync.aligned.m8n8.x{count}{.trans}.shared.b16 (a warp operation): lanes 8i..8i+7
+// give the 16-byte aligned addresses of the eight rows of matrix i; each lane receives in r[i]
+// two b16 of matrix i: row lane/4, columns 2·(lane%4) and +1 (with .trans: of the transpose).
+void ldmatrix(Site site, int count, bool trans, uint32_t* r, const void* row);
+// cp.async of `size` bytes (4, 8, 16; both addresses aligned to it) from global to shared
+// memory, the bytes from src_bytes on zero-filled. The destination reads as 0xFF (NaN) until
+// a cp_async_wait completes the copy's group: a missing wait shows.
+void cp_async(Site site, void* dst, const void* src, int size, int src_bytes);
+// Closes the thread's group of copies issued since the last commit.
+void cp_async_commit();
+// Completes the thread's committed groups but the `pending` most recent ones.
+void cp_async_wait(int pending);
 
 // Shuffles move 32 bits; float, int and unsigned all go through the same exchange.
 template <typename T>

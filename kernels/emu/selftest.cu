@@ -141,6 +141,79 @@ KERNEL void selftest_atomics(const float* x, int n, float* sum, unsigned* count)
     }
 }
 
+// y = x through 16-byte loads and stores, starting `offset` floats into x: an offset that is
+// not a multiple of 4 is a misaligned access (the launch must fail).
+KERNEL void selftest_copy_16B(const float* x, int offset, float* y) {
+    int i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+    store_16B(y + i, load_16B(x + offset + i));
+}
+
+// One warp loads `count` (1, 2 or 4) 8×8 b16 matrices, stored row-major in global memory, into
+// shared memory with rows `stride` b16 apart (8: packed; 9: rows not 16-byte aligned, which
+// must fail), then reads them back with ldmatrix (transposed when `trans`):
+// out[lane·4 + i] = the lane's register of matrix i.
+KERNEL void selftest_ldmatrix(const uint16_t* m, int count, int trans, int stride, uint32_t* out) {
+    __shared__ __align__(16) uint16_t tile[4 * 8 * 9];
+    unsigned lane = threadIdx.x;
+    for (int e = lane; e < count * 64; e += 32) tile[(e / 8) * stride + e % 8] = m[e];
+    __syncthreads();
+    // Lanes 8i..8i+7 give the rows of matrix i; the others repeat matrix 0's (ignored).
+    const uint16_t* row = tile + ((lane / 8) % count * 8 + lane % 8) * stride;
+    uint32_t r[4] = {0, 0, 0, 0};
+    if (count == 1) {
+        if (trans) ldmatrix_x1_trans(r, row);
+        else ldmatrix_x1(r, row);
+    } else if (count == 2) {
+        if (trans) ldmatrix_x2_trans(r, row);
+        else ldmatrix_x2(r, row);
+    } else {
+        if (trans) ldmatrix_x4_trans(r, row);
+        else ldmatrix_x4(r, row);
+    }
+    for (int i = 0; i < 4; i++) out[lane * 4 + i] = r[i];
+}
+
+// Each thread copies its 4 floats of x into shared memory with one 16-byte cp.async, of which
+// only the first `src_bytes` are read (the rest zero-filled); waits for its group when `wait`,
+// then, after a barrier, writes out the 4 floats its neighbour copied. Without the wait the
+// neighbour's floats are still in flight (NaN on the emulator).
+KERNEL void selftest_cp_async(const float* x, int src_bytes, int wait, float* y) {
+    __shared__ __align__(16) float tile[4 * 256];
+    unsigned t = threadIdx.x, n = blockDim.x;
+    cp_async_16(tile + 4 * t, x + 4 * t, src_bytes);
+    cp_async_commit();
+    if (wait) cp_async_wait<0>();
+    __syncthreads();
+    unsigned u = (t + 1) % n;
+    for (int k = 0; k < 4; k++) y[4 * t + k] = tile[4 * u + k];
+}
+
+// Two groups in flight, as a double-buffered pipeline has: after cp_async_wait<1> the first
+// group's data (x) is there and the second's (z, 4-byte copies) is not; after
+// cp_async_wait<0> both are. y[t] = the first read of x, y[n + t] = the early read of z,
+// y[2n + t] = the late read of z.
+KERNEL void selftest_cp_async_groups(const float* x, const float* z, float* y) {
+    __shared__ __align__(16) float first[256], second[256];
+    unsigned t = threadIdx.x, n = blockDim.x;
+    cp_async_4(first + t, x + t, 4);
+    cp_async_commit();
+    cp_async_4(second + t, z + t, 4);
+    cp_async_commit();
+    cp_async_wait<1>();
+    y[t] = first[t];
+    y[n + t] = second[t];
+    cp_async_wait<0>();
+    y[2 * n + t] = second[t];
+}
+
+// y = 2·x through `n` floats of dynamic shared memory (above 48 KiB it needs the opt-in).
+KERNEL void selftest_big_shared(const float* x, int n, float* y) {
+    DYNAMIC_SHARED(float, s);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = 2.0f * x[i];
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) y[i] = s[n - 1 - i];
+}
+
 REGISTER_KERNEL(selftest_block_sum);
 REGISTER_KERNEL(selftest_block_sum_missing_barrier);
 REGISTER_KERNEL(selftest_warp_sum);
@@ -153,3 +226,8 @@ REGISTER_KERNEL(selftest_dynamic_shared);
 REGISTER_KERNEL(selftest_mma);
 REGISTER_KERNEL(selftest_indices);
 REGISTER_KERNEL(selftest_atomics);
+REGISTER_KERNEL(selftest_copy_16B);
+REGISTER_KERNEL(selftest_ldmatrix);
+REGISTER_KERNEL(selftest_cp_async);
+REGISTER_KERNEL(selftest_cp_async_groups);
+REGISTER_KERNEL(selftest_big_shared);

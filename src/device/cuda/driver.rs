@@ -134,6 +134,14 @@ impl Runtime for Driver {
         .map_err(msg)
     }
 
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<(), String> {
+        self.make_current()?;
+        let f = self.function(kernel)?;
+        let attribute = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        // SAFETY: f is a function of a loaded module.
+        unsafe { result::function::set_function_attribute(f, attribute, bytes as i32) }.map_err(msg)
+    }
+
     fn synchronize(&self) -> Result<(), String> {
         self.make_current()?;
         result::ctx::synchronize().map_err(msg)

@@ -8,6 +8,12 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 use std::sync::Mutex;
 
 extern "C" {
+    fn simclr_emu_set_max_dynamic_shared(
+        kernel: *const c_char,
+        bytes: c_uint,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
     fn simclr_emu_launch(
         kernel: *const c_char,
         grid: *const c_uint,
@@ -157,8 +163,25 @@ impl Runtime for Emu {
         if rc == 0 {
             return Ok(());
         }
-        let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
-        Err(String::from_utf8_lossy(&err[..end]).into_owned())
+        Err(message(&err))
+    }
+
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<(), String> {
+        let name = CString::new(kernel).map_err(|e| e.to_string())?;
+        let mut err = vec![0u8; 512];
+        // SAFETY: NUL-terminated name, err of err.len() bytes.
+        let rc = unsafe {
+            simclr_emu_set_max_dynamic_shared(
+                name.as_ptr(),
+                bytes,
+                err.as_mut_ptr() as *mut c_char,
+                err.len(),
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            _ => Err(message(&err)),
+        }
     }
 
     fn synchronize(&self) -> Result<(), String> {
@@ -175,4 +198,10 @@ impl Runtime for Emu {
     fn free_memory(&self) -> Option<usize> {
         self.capacity.map(|c| c.saturating_sub(self.allocated()))
     }
+}
+
+/// The NUL-terminated message the emulator wrote into `err`.
+fn message(err: &[u8]) -> String {
+    let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+    String::from_utf8_lossy(&err[..end]).into_owned()
 }

@@ -423,6 +423,18 @@ impl Gpu {
         .map_err(|msg| launch_error(kernel, grid, block, shared, args, self.with_hint(msg)))
     }
 
+    /// Lets `kernel` use up to `bytes` of dynamic shared memory per block: above 48 KiB a GPU
+    /// refuses the launch without this opt-in (and so does the emulator).
+    pub fn allow_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<(), GpuError> {
+        self.0
+            .runtime
+            .set_max_dynamic_shared(kernel, bytes)
+            .map_err(|msg| GpuError::Runtime {
+                op: "dynamic shared memory opt-in",
+                msg,
+            })
+    }
+
     /// One thread per element of an `n`-element output, in blocks of 256.
     pub fn launch_1d(&self, kernel: &'static str, n: usize, args: &[Arg]) {
         assert!(
@@ -547,6 +559,9 @@ mod tests {
             if kernel == "faulty" {
                 *self.faulted.lock().unwrap() = true;
             }
+            Ok(())
+        }
+        fn set_max_dynamic_shared(&self, _: &str, _: u32) -> Result<(), String> {
             Ok(())
         }
         fn synchronize(&self) -> Result<(), String> {

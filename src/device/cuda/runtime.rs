@@ -35,6 +35,9 @@ pub trait Runtime: Send + Sync {
         shared_bytes: u32,
         params: &mut [*mut c_void],
     ) -> Result<(), String>;
+    /// Lets `kernel` use up to `bytes` of dynamic shared memory per block (above 48 KiB a GPU
+    /// needs this opt-in).
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<(), String>;
     fn synchronize(&self) -> Result<(), String>;
     /// Runs `work` (which queues launches) and returns the device time it took in ms, measured
     /// as the GPU sees it: CUDA events recorded before and after on the launch stream.
