@@ -112,14 +112,14 @@ DEVICE inline void ldmatrix_x4_trans(uint32_t r[4], const void* row) {
 // cp.async from global to shared memory, `src_bytes` of the copy's bytes read and the rest
 // zero-filled (0: all zeros, for the halo and rows out of bounds); both addresses aligned to
 // the copy's size. The data is there only after cp_async_wait completes its group.
-DEVICE inline void cp_async_4(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
-                 :: "r"(shared_address(dst)), "l"(src), "r"(src_bytes) : "memory");
+// 4 and 8 bytes go through L1 (.ca); 16 bytes bypass it (.cg), as tiles streamed once should.
+template <int BYTES>
+DEVICE inline void cp_async_ca(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n"
+                 :: "r"(shared_address(dst)), "l"(src), "n"(BYTES), "r"(src_bytes) : "memory");
 }
-DEVICE inline void cp_async_8(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n"
-                 :: "r"(shared_address(dst)), "l"(src), "r"(src_bytes) : "memory");
-}
+DEVICE inline void cp_async_4(void* dst, const void* src, int n) { cp_async_ca<4>(dst, src, n); }
+DEVICE inline void cp_async_8(void* dst, const void* src, int n) { cp_async_ca<8>(dst, src, n); }
 DEVICE inline void cp_async_16(void* dst, const void* src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                  :: "r"(shared_address(dst)), "l"(src), "r"(src_bytes) : "memory");
