@@ -119,12 +119,15 @@ def load(out):
     """Rates, peaks and skips keyed by (bench, case, impl)."""
     rates, peaks, skips = {}, {}, {}
     for f in read_lines(os.path.join(out, "rates.txt")):
-        if f[0] == "rate" and len(f) == 6:
-            rates[(f[1], f[2], f[3])] = (float(f[4].split()[0]), parse_rate(f[5]))
-        elif f[0] == "peak" and len(f) == 5:
-            peaks[(f[1], f[2], f[3])] = int(f[4].split()[0])
-        elif f[0] == "skip" and len(f) == 5:
-            skips[(f[1], f[2], f[3])] = f[4]
+        try:
+            if f[0] == "rate" and len(f) == 6:
+                rates[(f[1], f[2], f[3])] = (float(f[4].split()[0]), parse_rate(f[5]))
+            elif f[0] == "peak" and len(f) == 5:
+                peaks[(f[1], f[2], f[3])] = int(f[4].split()[0])
+            elif f[0] == "skip" and len(f) == 5:
+                skips[(f[1], f[2], f[3])] = f[4]
+        except (ValueError, KeyError, IndexError):
+            pass  # a line cut short or of an unknown unit: the rest of the table still counts
     return rates, peaks, skips
 
 
@@ -253,7 +256,8 @@ def self_test():
                     "skip | gemm | 4096x4096x4096 | torch-bf16 | out of time\n"
                     "rate | ntxent | r8192_d128 | torch-bf16 | 3.000 ms | 268 TFLOP/s\n"
                     "peak | ntxent | r8192_d128 | torch-bf16 | 268435456 B\n"
-                    "rate | conv_forward | half a line\n")
+                    "rate | conv_forward | half a line\n"
+                    "rate | gemm | odd | cuda:0 (GPU) | 1.0 ms | 3 furlongs/s\n")
         with open(os.path.join(out, "checks.txt"), "w") as f:
             f.write("tests | conv | 3 passed, 0 failed\n")
         summary(out)

@@ -42,7 +42,7 @@ STEP="device:training_step_matches_cpu"
 TESTS="$KERNELS device zoo:matches_cpu"
 PIPELINE="cli:tiny_pipeline_on_the_gpu_device_matches_cpu"
 MEMCHECK="$KERNELS $STEP"
-RACECHECK="conv batchnorm ntxent gemm loss pool sk normalize"
+RACECHECK="conv batchnorm ntxent gemm loss pool sk normalize optim"
 BENCHES="train_step conv ntxent gemm"
 # Criterion's times per case: short, as a case is timed with CUDA events over many runs.
 BENCH_ARGS=${BENCH_ARGS:---warm-up-time 0.2 --measurement-time 0.5}
@@ -136,7 +136,7 @@ say() { echo "[gpu_suite $((SECONDS - start)) s] $*"; }
 check() { echo "$1 | $2 | $3" >>"$out/checks.txt"; }
 report() { python3 "$bundle/scripts/gpu_report.py" "$out" || true; }
 
-gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
+gpu=$(timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 if [ -z "$gpu" ]; then
     echo "no GPU (nvidia-smi finds none): nothing to run here; --dry-run checks the plan and the bundle" >&2
     exit 2
@@ -273,10 +273,11 @@ for part in $(parts); do
         done
         ;;
     pytorch)
-        if why=$(python3 -c 'import torch; assert torch.cuda.is_available(), "torch sees no GPU"' 2>&1); then
-            # The script skips what would end past its deadline, a few seconds inside the bound.
+        if why=$(timeout 30 python3 -c 'import torch; assert torch.cuda.is_available(), "torch sees no GPU"' 2>&1); then
+            # The script starts no case past its own deadline: what is left of the bound, less
+            # a margin for importing torch and for the last case it starts.
             stream bench.log $deadline env PYTHONUNBUFFERED=1 python3 "$bundle/scripts/bench_pytorch.py" \
-                --device cuda --deadline $((budget - 10)) || status="exit $?"
+                --device cuda --deadline $((deadline - SECONDS - 20)) || status="exit $?"
         else
             status="skipped: $(echo "$why" | tail -1 | tr '|' '/')"
         fi

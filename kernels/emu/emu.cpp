@@ -170,6 +170,7 @@ struct Fiber {
 struct Warp {
     unsigned generation;           // completed warp operations
     uint32_t exchange[2][32][10];  // 10 words per lane: mma's a[4], b[2], c[4]
+    unsigned loaded;               // the generation whose ldmatrix has read shared memory
 };
 
 struct Launch;
@@ -371,7 +372,7 @@ static bool run_block(Worker& w) {
         f.groups = 0;
         make_context(&f.context, f.stack, stack_bytes(), fiber_main);
     }
-    for (unsigned wi = 0; wi < nwarps; wi++) w.warps[wi].generation = 0;
+    for (unsigned wi = 0; wi < nwarps; wi++) w.warps[wi].generation = w.warps[wi].loaded = 0;
     // Stale reads of dynamic shared memory then show as NaN (and as -1 for integers).
     if (launch.dynamic_shared_bytes) memset(w.dynamic_shared, 0xFF, launch.dynamic_shared_bytes);
     w.error[0] = 0;
@@ -548,22 +549,33 @@ static uint16_t matrix_element(void* const* rows, unsigned row, unsigned col) {
     return v;
 }
 
+// The warp reads shared memory once, at the instruction, as the hardware does: the first lane
+// to resume computes every lane's registers (words 2.. of its exchange slot, after the row
+// address in words 0-1) before any lane can run on and write to the rows.
 void ldmatrix(Site site, int count, bool trans, uint32_t* r, const void* row) {
     unsigned lane;
     Warp& warp = enter_warp_op(site, 0xffffffffu, &lane);
     if (lane < 8u * (unsigned)count) check_aligned(site, row, 16, "ldmatrix row");
-    const unsigned half = warp.generation % 2;
+    const unsigned generation = warp.generation, half = generation % 2;
     memcpy(warp.exchange[half][lane], &row, sizeof row);
     wait_at(State::AtWarpOp, site);
 
-    const unsigned r0 = lane / 4, c0 = 2 * (lane % 4);
-    for (int i = 0; i < count; i++) {
-        void* rows[8];
-        for (unsigned k = 0; k < 8; k++) memcpy(&rows[k], warp.exchange[half][8 * i + k], sizeof rows[k]);
-        uint16_t lo = trans ? matrix_element(rows, c0, r0) : matrix_element(rows, r0, c0);
-        uint16_t hi = trans ? matrix_element(rows, c0 + 1, r0) : matrix_element(rows, r0, c0 + 1);
-        r[i] = (uint32_t)lo | ((uint32_t)hi << 16);
+    uint32_t(*x)[10] = warp.exchange[half];
+    if (warp.loaded != generation + 1) {
+        warp.loaded = generation + 1;
+        void* rows[4][8];
+        for (int i = 0; i < count; i++)
+            for (unsigned k = 0; k < 8; k++) memcpy(&rows[i][k], x[8 * i + k], sizeof rows[i][k]);
+        for (unsigned l = 0; l < 32; l++) {
+            const unsigned r0 = l / 4, c0 = 2 * (l % 4);
+            for (int i = 0; i < count; i++) {
+                uint16_t lo = trans ? matrix_element(rows[i], c0, r0) : matrix_element(rows[i], r0, c0);
+                uint16_t hi = trans ? matrix_element(rows[i], c0 + 1, r0) : matrix_element(rows[i], r0, c0 + 1);
+                x[l][2 + i] = (uint32_t)lo | ((uint32_t)hi << 16);
+            }
+        }
     }
+    for (int i = 0; i < count; i++) r[i] = x[lane][2 + i];
 }
 
 void cp_async(Site site, void* dst, const void* src, int size, int src_bytes) {

@@ -1,4 +1,5 @@
-// Tiny kernels that test the emulator itself (tests/emu.rs). Compiled for the emulator only.
+// Tiny kernels that test the emulator itself (tests/emu.rs). Also compiled by nvcc, so that
+// ptxas checks the portability header's inline PTX, but run on the emulator only.
 // The correct ones must give exact results under every schedule; the deliberately broken ones
 // (marked BUG) must be caught: a wrong answer under schedule rr or warp, or a launch error.
 #include "common.cuh"
@@ -170,6 +171,8 @@ KERNEL void selftest_ldmatrix(const uint16_t* m, int count, int trans, int strid
         if (trans) ldmatrix_x4_trans(r, row);
         else ldmatrix_x4(r, row);
     }
+    // The warp read the tile at the instruction: writing it now changes no lane's registers.
+    tile[lane] = 0;
     for (int i = 0; i < 4; i++) out[lane * 4 + i] = r[i];
 }
 

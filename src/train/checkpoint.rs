@@ -163,6 +163,16 @@ pub fn load_training(path: &Path) -> Result<Resume> {
     if meta.format != FORMAT {
         return Err(not_ours(format!("format {}", meta.format)));
     }
+    if let Some(n) = &meta.normalize {
+        let c = meta.spec.arch.in_channels;
+        let finite = n.mean.iter().all(|m| m.is_finite());
+        let positive = n.std.iter().all(|s| s.is_finite() && *s > 0.0);
+        if n.mean.len() != c || n.std.len() != c || !finite || !positive {
+            return Err(not_ours(format!(
+                "its normalisation {n:?} does not fit {c}-channel images"
+            )));
+        }
+    }
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| not_ours(format!("{e}")))?;
     // Every tensor the spec declares must be in the file with its shape before the spec
     // decides what to allocate (a forged spec cannot ask for gigabytes the file lacks).
@@ -250,9 +260,8 @@ mod tests {
     use super::*;
     use crate::nn::resnet::Arch;
 
-    #[test]
-    fn save_load_round_trip() {
-        let spec = ModelSpec {
+    fn small_spec() -> ModelSpec {
+        ModelSpec {
             arch: Arch {
                 name: "resnet8".into(),
                 width: 4,
@@ -263,7 +272,12 @@ mod tests {
             head_layers: 1,
             proj_dim: 8,
             num_classes: Some(3),
-        };
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let spec = small_spec();
         let mut model = Model::new(&spec, 7).unwrap();
         // Make every tensor distinctive (the classifier starts at zero).
         for (i, p) in model.store.params.iter_mut().enumerate() {
@@ -292,6 +306,40 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join(META_FILE)).unwrap()).unwrap();
         assert_eq!(json["spec"]["arch"]["name"], "resnet8");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The input normalisation survives the round trip; one that does not fit the model's
+    /// images (a forged or corrupt file) is refused in one line instead of failing later.
+    #[test]
+    fn stored_normalisation_round_trips_and_bad_ones_are_refused() {
+        let spec = small_spec();
+        let model = Model::new(&spec, 7).unwrap();
+        let dir = std::env::temp_dir().join(format!("simclr-ckpt-norm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = Config::preset("tiny").unwrap();
+        let with = |mean: Vec<f32>, std: Vec<f32>| Meta {
+            normalize: Some(Normalize { mean, std }),
+            ..Meta::new("finetune", 1, &spec, &config)
+        };
+        save(&dir, &model, None, &with(vec![0.3], vec![0.2])).unwrap();
+        let (_, meta) = load(&dir).unwrap();
+        assert_eq!(meta.normalize, with(vec![0.3], vec![0.2]).normalize);
+        for (mean, std) in [
+            (vec![], vec![]),
+            (vec![0.3, 0.3], vec![0.2, 0.2]),
+            (vec![0.3], vec![0.0]),
+        ] {
+            save(&dir, &model, None, &with(mean, std)).unwrap();
+            let e = load(&dir)
+                .err()
+                .expect("a bad normalisation loaded")
+                .to_string();
+            assert!(
+                e.contains("normalisation") && e.contains("1-channel"),
+                "{e}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

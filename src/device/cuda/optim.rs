@@ -2,7 +2,9 @@
 //! with the formulas of cpu::optim: LARS in three (chunk norms, per-tensor norms, update), SGD
 //! in one. The tensors are described to the kernels by a table uploaded once per step (the
 //! gradients are fresh buffers every step). See the kernel file for the table and the order of
-//! the sums, which depends on the tensors' lengths only.
+//! the sums, which depends on the tensors' lengths only. The upload is a small synchronous copy
+//! from pageable memory, so it waits for the backward pass; an asynchronous copy stream would
+//! let the host run ahead.
 
 use super::{Buffer, Gpu};
 
