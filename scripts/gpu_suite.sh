@@ -39,10 +39,12 @@ pytorch     110  PyTorch: peaks (bf16 GEMM, copy), then bf16 autocast + channels
 # What each part runs: test items are BINARY or BINARY:FILTER (a libtest name filter).
 KERNELS="conv batchnorm ntxent gemm loss pool sk normalize elementwise optim"
 STEP="device:training_step_matches_cpu"
-TESTS="$KERNELS device zoo:matches_cpu"
+# emu: its tests of documented semantics (shuffles, mma, ldmatrix, cp.async, ...) run on the
+# GPU too, which checks the emulator's reading of the PTX ISA against the hardware.
+TESTS="$KERNELS device zoo:matches_cpu emu"
 PIPELINE="cli:tiny_pipeline_on_the_gpu_device_matches_cpu"
 MEMCHECK="$KERNELS $STEP"
-RACECHECK="conv batchnorm ntxent gemm loss pool sk normalize optim"
+RACECHECK="conv batchnorm ntxent gemm loss pool sk normalize optim emu"
 BENCHES="train_step conv ntxent gemm"
 # Criterion's times per case: short, as a case is timed with CUDA events over many runs.
 BENCH_ARGS=${BENCH_ARGS:---warm-up-time 0.2 --measurement-time 0.5}
