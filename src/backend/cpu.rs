@@ -1,7 +1,7 @@
 //! The CPU backend: each method runs the reference kernels of `device/cpu/` on the tensors'
 //! slices, in the tensors' element type (f32 for training, f64 for the gradient checks).
 
-use super::{Backend, BnSaved, StepParams, Update};
+use super::{nhwc, Backend, BnSaved, StepParams, Update};
 use crate::device::cpu::batchnorm::{EPS, MOMENTUM};
 use crate::device::cpu::conv::ConvShape;
 use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
@@ -31,11 +31,6 @@ fn loss_pair<T: Element>(x: &Tensor, (loss, grad): (f64, Vec<T>)) -> (Tensor, Te
 
 fn channels(x: &Tensor) -> usize {
     *x.shape.last().unwrap()
-}
-
-/// (n, h·w, c) of an [N, H, W, C] tensor.
-fn nhwc(shape: &[usize]) -> (usize, usize, usize) {
-    (shape[0], shape[1] * shape[2], shape[3])
 }
 
 impl Backend for Cpu {

@@ -2,7 +2,7 @@
 //! the caching allocator and launches the kernels of `kernels/*.cu` through `device/cuda/`.
 //! Tensors on a GPU hold f32 buffers.
 
-use super::{Backend, BnSaved, StepParams, Update};
+use super::{nhwc, Backend, BnSaved, StepParams, Update};
 use crate::device::cpu::batchnorm::{EPS, MOMENTUM};
 use crate::device::cpu::conv::ConvShape;
 use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
@@ -31,11 +31,6 @@ impl Gpu {
 fn rows_channels(x: &Tensor) -> (usize, usize) {
     let c = *x.shape.last().unwrap();
     (x.numel() / c, c)
-}
-
-/// (n, h·w, c) of an [N, H, W, C] shape.
-fn nhwc(shape: &[usize]) -> (usize, usize, usize) {
-    (shape[0], shape[1] * shape[2], shape[3])
 }
 
 impl Backend for Gpu {

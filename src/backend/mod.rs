@@ -148,6 +148,11 @@ pub trait Backend {
     fn sgd_step(&self, updates: &mut [Update], p: StepParams);
 }
 
+/// (n, h·w, c) of an [N, H, W, C] shape.
+fn nhwc(shape: &[usize]) -> (usize, usize, usize) {
+    (shape[0], shape[1] * shape[2], shape[3])
+}
+
 /// The backend of the device `t` lives on.
 pub fn of(t: &Tensor) -> &dyn Backend {
     match t.storage() {

@@ -21,21 +21,20 @@ impl Backward for Loss {
     }
 }
 
-/// logits [B, K] as (rows, classes), checked against `labels`.
-fn rows_classes(op: &str, logits: &Tensor, labels: &[u32]) -> (usize, usize) {
+/// Checks that logits are [B, K] with one label per row.
+fn check_rows(op: &str, logits: &Tensor, labels: &[u32]) {
     let s = &logits.shape;
     assert!(
         s.len() == 2 && s[0] == labels.len(),
         "{op}: logits {s:?} do not fit {} labels",
         labels.len()
     );
-    (s[0], s[1])
 }
 
 /// Mean softmax cross-entropy of logits [B, K] against labels.
 pub fn softmax_cross_entropy(g: &mut Graph, logits: Var, labels: &[u32]) -> Var {
     let lv = g.value(logits);
-    rows_classes("softmax_cross_entropy", lv, labels);
+    check_rows("softmax_cross_entropy", lv, labels);
     let (loss, grad) = backend::of(lv).softmax_cross_entropy(lv, labels);
     g.push(loss, Loss { x: logits, grad })
 }
@@ -52,7 +51,7 @@ pub fn distillation(
     alpha: f64,
 ) -> Var {
     let lv = g.value(logits);
-    rows_classes("distillation", lv, labels);
+    check_rows("distillation", lv, labels);
     assert_eq!(
         lv.shape, teacher_probs.shape,
         "distillation: teacher's shape"
