@@ -297,3 +297,18 @@ inline void cp_async_wait() {
 #else
 #error "common.cuh: compile with nvcc, or with SIMCLR_EMU defined for the emulator"
 #endif
+
+// ============================================================================================
+// Both targets: element access for kernels instantiated for f32 and bf16 storage. Storage may
+// be bf16 (activations and their gradients under --precision bf16); the arithmetic is f32.
+// A kernel that handles activations is a DEVICE template over T plus two KERNEL wrappers,
+// `name` (T = float) and `name_bf16` (T = bf16), which the host picks by the buffer's type.
+// ============================================================================================
+DEVICE inline float to_f32(float v) { return v; }
+DEVICE inline float to_f32(bf16 v) { return bf16_to_float(v); }
+template <typename T>
+DEVICE inline T from_f32(float v);
+template <>
+DEVICE inline float from_f32<float>(float v) { return v; }
+template <>
+DEVICE inline bf16 from_f32<bf16>(float v) { return float_to_bf16(v); }

@@ -1,7 +1,7 @@
 //! A tensor is a shape plus storage. Activations are NHWC, conv weights KRSC, dense
 //! weights [out, in]. The element type lives in the tensor (f32 for training, f64 for
-//! the finite-difference gradient checks) so that bf16 can be added later without a rewrite.
-//! On the `cpu` device the storage is a plain `Vec`; on a GPU it is an f32 device buffer,
+//! the finite-difference gradient checks, bf16 for activations on a GPU under `--precision bf16`).
+//! On the `cpu` device the storage is a plain `Vec`; on a GPU it is a device buffer of f32 or bf16,
 //! read back only through the explicit, rare `to_f32_vec`/`to_f64_vec`/`to_device`.
 //!
 //! Storage is shared: cloning a tensor hands out another reference to the same values (the
@@ -11,7 +11,7 @@
 //! caller's back: `deep_copy` is the one explicit copy.
 
 use crate::device::cpu::real::Real;
-use crate::device::cuda::{Buffer, Gpu};
+use crate::device::cuda::{Buffer, Elem, Gpu};
 use crate::device::Device;
 use std::sync::Arc;
 
@@ -19,6 +19,8 @@ use std::sync::Arc;
 pub enum DType {
     F32,
     F64,
+    /// Only on a GPU: activations under `--precision bf16`.
+    BF16,
 }
 
 #[derive(Debug)]
@@ -94,6 +96,7 @@ macro_rules! with_dtype {
                 type $T = f64;
                 $body
             }
+            $crate::tensor::DType::BF16 => panic!("bf16 tensors live only on a GPU"),
         }
     };
 }
@@ -157,11 +160,11 @@ impl Tensor {
         with_dtype!(dtype, T => Tensor::from_vec::<T>(shape, vec![T::from_f64(value); n]))
     }
 
-    /// An f32 tensor in a device buffer of exactly `shape`'s size.
+    /// A tensor in a device buffer of exactly `shape`'s size (its dtype is the buffer's).
     pub fn from_gpu(shape: &[usize], buf: Buffer) -> Tensor {
         assert_eq!(
             shape.iter().product::<usize>(),
-            buf.len_f32(),
+            buf.len(),
             "shape {shape:?} does not match the buffer"
         );
         Tensor::new(shape, Storage::Gpu(buf))
@@ -169,13 +172,22 @@ impl Tensor {
 
     /// A fresh (uninitialised) f32 tensor on `gpu`, for a kernel to write.
     pub fn gpu_output(gpu: &Gpu, shape: &[usize]) -> Tensor {
-        Tensor::from_gpu(shape, gpu.alloc_f32(shape.iter().product()))
+        Tensor::gpu_output_as(gpu, shape, Elem::F32)
+    }
+
+    /// A fresh (uninitialised) tensor of element type `elem` on `gpu`.
+    pub fn gpu_output_as(gpu: &Gpu, shape: &[usize], elem: Elem) -> Tensor {
+        Tensor::from_gpu(shape, gpu.alloc(shape.iter().product(), elem))
     }
 
     pub fn dtype(&self) -> DType {
         match self.storage() {
-            Storage::CpuF32(_) | Storage::Gpu(_) => DType::F32,
+            Storage::CpuF32(_) => DType::F32,
             Storage::CpuF64(_) => DType::F64,
+            Storage::Gpu(buf) => match buf.elem() {
+                Elem::F32 => DType::F32,
+                Elem::Bf16 => DType::BF16,
+            },
         }
     }
 
@@ -220,7 +232,9 @@ impl Tensor {
     /// Zeros of the same shape, dtype and device.
     pub fn zeros_like(&self) -> Tensor {
         match self.gpu() {
-            Some(gpu) => Tensor::from_gpu(&self.shape, gpu.zeros_f32(self.numel())),
+            Some(gpu) => {
+                Tensor::from_gpu(&self.shape, gpu.zeros(self.numel(), self.buffer().elem()))
+            }
             None => Tensor::zeros(&self.shape, self.dtype()),
         }
     }
@@ -247,7 +261,7 @@ impl Tensor {
 
     pub fn to_f32_vec(&self) -> Vec<f32> {
         if let Storage::Gpu(buf) = self.storage() {
-            return buf.gpu().download(buf);
+            return buf.gpu().download_f32(buf);
         }
         with_dtype!(self.dtype(), T => self.as_slice::<T>().iter().map(|&v| v.to_f64() as f32).collect())
     }

@@ -87,3 +87,12 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
         (diff / norm).sqrt()
     }
 }
+
+/// The values rounded to bf16 (nearest even) and back: the inputs a bf16 kernel really sees,
+/// from which its f32 reference is computed.
+pub fn round_bf16(values: &[f32]) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| half::bf16::from_f32(v).to_f32())
+        .collect()
+}

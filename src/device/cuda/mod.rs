@@ -106,10 +106,37 @@ impl PartialEq for Gpu {
     }
 }
 
+/// The element type of a device buffer: f32, or bf16 (activations and their gradients under
+/// `--precision bf16`; see docs/ARCHITECTURE.md, "Precision").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    Bf16,
+}
+
+impl Elem {
+    pub fn size(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+            Elem::Bf16 => 2,
+        }
+    }
+
+    /// A kernel's name for this element type: each kernel that handles activations exists as
+    /// `name` (f32) and `name_bf16`, two instantiations of one template.
+    pub fn pick(self, f32_kernel: &'static str, bf16_kernel: &'static str) -> &'static str {
+        match self {
+            Elem::F32 => f32_kernel,
+            Elem::Bf16 => bf16_kernel,
+        }
+    }
+}
+
 /// Device memory, returned to its GPU's cache when dropped.
 pub struct Buffer {
     ptr: u64,
     bytes: usize,
+    elem: Elem,
     gpu: Gpu,
 }
 
@@ -129,7 +156,8 @@ impl Drop for Buffer {
 impl Clone for Buffer {
     /// A device-to-device copy.
     fn clone(&self) -> Buffer {
-        let out = self.gpu.alloc_bytes(self.bytes);
+        let mut out = self.gpu.alloc_bytes(self.bytes);
+        out.elem = self.elem;
         self.gpu.runtime_call("copy", || unsafe {
             self.gpu.0.runtime.copy(out.ptr, self.ptr, self.bytes)
         });
@@ -144,6 +172,19 @@ impl Buffer {
 
     pub fn len_f32(&self) -> usize {
         self.bytes / 4
+    }
+
+    /// The number of elements of the buffer's type.
+    pub fn len(&self) -> usize {
+        self.bytes / self.elem.size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    pub fn elem(&self) -> Elem {
+        self.elem
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -295,6 +336,7 @@ impl Gpu {
         let buf = Buffer {
             ptr,
             bytes,
+            elem: Elem::F32,
             gpu: self.clone(),
         };
         if self.0.poison && ptr != 0 {
@@ -336,10 +378,22 @@ impl Gpu {
         self.alloc_bytes(len * 4)
     }
 
+    /// `len` values of type `elem`, contents undefined (NaN on the emulator).
+    pub fn alloc(&self, len: usize, elem: Elem) -> Buffer {
+        let mut buf = self.alloc_bytes(len * elem.size());
+        buf.elem = elem;
+        buf
+    }
+
     pub fn zeros_f32(&self, len: usize) -> Buffer {
-        let buf = self.alloc_bytes(len * 4);
+        self.zeros(len, Elem::F32)
+    }
+
+    /// `len` zeros of type `elem` (all-zero bits are 0.0 in f32 and bf16 alike).
+    pub fn zeros(&self, len: usize, elem: Elem) -> Buffer {
+        let buf = self.alloc(len, elem);
         self.runtime_call("memset", || unsafe {
-            self.0.runtime.fill_bytes(buf.ptr, 0, len * 4)
+            self.0.runtime.fill_bytes(buf.ptr, 0, buf.bytes)
         });
         buf
     }
@@ -351,6 +405,35 @@ impl Gpu {
             self.0.runtime.upload(buf.ptr, bytes)
         });
         buf
+    }
+
+    /// f32 values stored as `elem` (rounded to nearest even for bf16).
+    pub fn upload_as(&self, data: &[f32], elem: Elem) -> Buffer {
+        match elem {
+            Elem::F32 => self.upload(data),
+            Elem::Bf16 => {
+                let bits: Vec<u16> = data
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect();
+                let mut buf = self.upload(&bits);
+                buf.elem = Elem::Bf16;
+                buf
+            }
+        }
+    }
+
+    /// The buffer's values as f32, whatever its element type.
+    pub fn download_f32(&self, buf: &Buffer) -> Vec<f32> {
+        match buf.elem {
+            Elem::F32 => self.download(buf),
+            Elem::Bf16 => {
+                let bits: Vec<u16> = self.download(buf);
+                bits.into_iter()
+                    .map(|b| half::bf16::from_bits(b).to_f32())
+                    .collect()
+            }
+        }
     }
 
     /// The whole buffer as host values (zeros after an error).
