@@ -7,7 +7,7 @@ mod common;
 
 use common::Work;
 use simclr::device::cpu::gemm as cpu;
-use simclr::device::cuda::{gemm as gpu, Buffer};
+use simclr::device::cuda::{elementwise, gemm as gpu, Buffer, Elem};
 use simclr::device::Device;
 
 fn main() {
@@ -51,8 +51,8 @@ fn main() {
         // bf16: A [n,n] · Bᵀ with B stored [n,n], both converted once.
         let Device::Gpu(g) = device else { continue };
         let bf16 = |t: &simclr::tensor::Tensor| -> Buffer {
-            let mut y = g.alloc_f32(n * n / 2);
-            gpu::to_bf16(g, t.buffer(), &mut y);
+            let mut y = g.alloc(n * n, Elem::Bf16);
+            elementwise::cast(g, t.buffer(), &mut y);
             y
         };
         let sets: Vec<[Buffer; 2]> = common::input_sets(device, &[n * n, n * n], 2)

@@ -11,6 +11,10 @@
 // Backward: bn_backward_partial (per chunk: Σdy, Σdy·(x−μ)) → bn_backward_finalize (dγ, dβ and
 // the folded per-channel map of dx) → bn_backward_dx. ReLU fuses into bn_affine (y = max(·, 0))
 // and into the backward (dy masked where y ≤ 0), so the ReLU that follows a BN costs no pass.
+//
+// The kernels that touch activations (x, y, dy, dx) are templates over their storage type T (f32
+// or bf16, common.cuh's last section) with two kernels each, `name` and `name_bf16`; the
+// statistics, partials, coefficients and parameter gradients are f32, as is all arithmetic.
 #include "common.cuh"
 
 #define BN_CH 32      // channels per block = one warp's lanes
@@ -34,20 +38,21 @@ DEVICE inline int bn_chunk_rows(int i, int rows) { return min(BN_CHUNK, rows - i
 // grid (chunks, ceil(c/32)), block (32, 8). Per chunk and channel: its mean and
 // M2 = Σ(x − chunk mean)². The second sweep re-reads the chunk (32 KiB) from L1/L2, so DRAM sees x
 // once, and deviations from a local mean do not cancel the way E[x²] − E[x]² does.
-KERNEL void bn_stats_partial(const float* __restrict__ x, int rows, int c,
-                             float* __restrict__ part_mean, float* __restrict__ part_m2) {
+template <typename T>
+DEVICE void bn_stats_partial_impl(const T* __restrict__ x, int rows, int c,
+                                  float* __restrict__ part_mean, float* __restrict__ part_m2) {
     __shared__ float red[BN_RL][BN_CH];
     int ch = blockIdx.y * BN_CH + threadIdx.x;
     int r0 = blockIdx.x * BN_CHUNK, r1 = min(r0 + BN_CHUNK, rows);
     bool active = ch < c;
     float s = 0.0f;
     if (active)
-        for (int r = r0 + threadIdx.y; r < r1; r += BN_RL) s += x[(size_t)r * c + ch];
+        for (int r = r0 + threadIdx.y; r < r1; r += BN_RL) s += to_f32(x[(size_t)r * c + ch]);
     float mean = bn_sum_row_lanes(s, red) / (float)(r1 - r0);
     float q = 0.0f;
     if (active)
         for (int r = r0 + threadIdx.y; r < r1; r += BN_RL) {
-            float d = x[(size_t)r * c + ch] - mean;
+            float d = to_f32(x[(size_t)r * c + ch]) - mean;
             q += d * d;
         }
     q = bn_sum_row_lanes(q, red);
@@ -55,6 +60,14 @@ KERNEL void bn_stats_partial(const float* __restrict__ x, int rows, int c,
         part_mean[(size_t)blockIdx.x * c + ch] = mean;
         part_m2[(size_t)blockIdx.x * c + ch] = q;
     }
+}
+KERNEL void bn_stats_partial(const float* __restrict__ x, int rows, int c,
+                             float* __restrict__ part_mean, float* __restrict__ part_m2) {
+    bn_stats_partial_impl(x, rows, c, part_mean, part_m2);
+}
+KERNEL void bn_stats_partial_bf16(const bf16* __restrict__ x, int rows, int c,
+                                  float* __restrict__ part_mean, float* __restrict__ part_m2) {
+    bn_stats_partial_impl(x, rows, c, part_mean, part_m2);
 }
 
 // grid ceil(c/32), block (32, 8). Combines the chunks per channel (Chan et al.):
@@ -104,13 +117,22 @@ KERNEL void bn_eval_coef(const float* __restrict__ gamma, const float* __restric
 }
 
 // y = x·coef[ch] + coef[c + ch], then max(y, 0) when relu. One thread per element.
-KERNEL void bn_affine(const float* __restrict__ x, const float* __restrict__ coef, int n, int c,
-                      int relu, float* __restrict__ y) {
+template <typename T>
+DEVICE void bn_affine_impl(const T* __restrict__ x, const float* __restrict__ coef, int n, int c,
+                           int relu, T* __restrict__ y) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     int ch = i % c;
-    float v = x[i] * coef[ch] + coef[c + ch];
-    y[i] = relu ? fmaxf(v, 0.0f) : v;
+    float v = to_f32(x[i]) * coef[ch] + coef[c + ch];
+    y[i] = from_f32<T>(relu ? fmaxf(v, 0.0f) : v);
+}
+KERNEL void bn_affine(const float* __restrict__ x, const float* __restrict__ coef, int n, int c,
+                      int relu, float* __restrict__ y) {
+    bn_affine_impl(x, coef, n, c, relu, y);
+}
+KERNEL void bn_affine_bf16(const bf16* __restrict__ x, const float* __restrict__ coef, int n,
+                           int c, int relu, bf16* __restrict__ y) {
+    bn_affine_impl(x, coef, n, c, relu, y);
 }
 
 // r ← m·r + (1−m)·batch per channel; the batch variance is recovered from invstd and made
@@ -127,15 +149,17 @@ KERNEL void bn_update_running(const float* __restrict__ mean, const float* __res
 }
 
 // The gradient reaching BN: dy, or dy masked by y > 0 when a ReLU was fused (y non-null).
-DEVICE inline float bn_grad(const float* dy, const float* y, size_t i) {
-    return (y && !(y[i] > 0.0f)) ? 0.0f : dy[i];
+template <typename T>
+DEVICE inline float bn_grad(const T* dy, const T* y, size_t i) {
+    return (y && !(to_f32(y[i]) > 0.0f)) ? 0.0f : to_f32(dy[i]);
 }
 
 // grid (chunks, ceil(c/32)), block (32, 8). Per chunk and channel: Σg and Σg·(x − μ).
-KERNEL void bn_backward_partial(const float* __restrict__ x, const float* __restrict__ y,
-                                const float* __restrict__ dy, const float* __restrict__ mean,
-                                int rows, int c, float* __restrict__ part_dbeta,
-                                float* __restrict__ part_dgx) {
+template <typename T>
+DEVICE void bn_backward_partial_impl(const T* __restrict__ x, const T* __restrict__ y,
+                                     const T* __restrict__ dy, const float* __restrict__ mean,
+                                     int rows, int c, float* __restrict__ part_dbeta,
+                                     float* __restrict__ part_dgx) {
     __shared__ float red[BN_RL][BN_CH];
     int ch = blockIdx.y * BN_CH + threadIdx.x;
     int r0 = blockIdx.x * BN_CHUNK, r1 = min(r0 + BN_CHUNK, rows);
@@ -147,7 +171,7 @@ KERNEL void bn_backward_partial(const float* __restrict__ x, const float* __rest
             size_t i = (size_t)r * c + ch;
             float g = bn_grad(dy, y, i);
             sg += g;
-            sgx += g * (x[i] - m);
+            sgx += g * (to_f32(x[i]) - m);
         }
     }
     sg = bn_sum_row_lanes(sg, red);
@@ -156,6 +180,18 @@ KERNEL void bn_backward_partial(const float* __restrict__ x, const float* __rest
         part_dbeta[(size_t)blockIdx.x * c + ch] = sg;
         part_dgx[(size_t)blockIdx.x * c + ch] = sgx;
     }
+}
+KERNEL void bn_backward_partial(const float* __restrict__ x, const float* __restrict__ y,
+                                const float* __restrict__ dy, const float* __restrict__ mean,
+                                int rows, int c, float* __restrict__ part_dbeta,
+                                float* __restrict__ part_dgx) {
+    bn_backward_partial_impl(x, y, dy, mean, rows, c, part_dbeta, part_dgx);
+}
+KERNEL void bn_backward_partial_bf16(const bf16* __restrict__ x, const bf16* __restrict__ y,
+                                     const bf16* __restrict__ dy, const float* __restrict__ mean,
+                                     int rows, int c, float* __restrict__ part_dbeta,
+                                     float* __restrict__ part_dgx) {
+    bn_backward_partial_impl(x, y, dy, mean, rows, c, part_dbeta, part_dgx);
 }
 
 // grid ceil(c/32), block (32, 8). dβ = Σg, dγ = invstd·Σg·(x − μ), and dx as one affine map per
@@ -193,20 +229,36 @@ KERNEL void bn_backward_finalize(const float* __restrict__ part_dbeta,
 }
 
 // dx = a·g + b·x + s per element, g = dy masked by y > 0 when a ReLU was fused (y non-null).
-KERNEL void bn_backward_dx(const float* __restrict__ x, const float* __restrict__ y,
-                           const float* __restrict__ dy, const float* __restrict__ coef, int n,
-                           int c, float* __restrict__ dx) {
+template <typename T>
+DEVICE void bn_backward_dx_impl(const T* __restrict__ x, const T* __restrict__ y,
+                                const T* __restrict__ dy, const float* __restrict__ coef, int n,
+                                int c, T* __restrict__ dx) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     int ch = i % c;
-    dx[i] = coef[ch] * bn_grad(dy, y, i) + coef[c + ch] * x[i] + coef[2 * c + ch];
+    dx[i] = from_f32<T>(coef[ch] * bn_grad(dy, y, i) + coef[c + ch] * to_f32(x[i]) +
+                        coef[2 * c + ch]);
+}
+KERNEL void bn_backward_dx(const float* __restrict__ x, const float* __restrict__ y,
+                           const float* __restrict__ dy, const float* __restrict__ coef, int n,
+                           int c, float* __restrict__ dx) {
+    bn_backward_dx_impl(x, y, dy, coef, n, c, dx);
+}
+KERNEL void bn_backward_dx_bf16(const bf16* __restrict__ x, const bf16* __restrict__ y,
+                                const bf16* __restrict__ dy, const float* __restrict__ coef,
+                                int n, int c, bf16* __restrict__ dx) {
+    bn_backward_dx_impl(x, y, dy, coef, n, c, dx);
 }
 
 REGISTER_KERNEL(bn_stats_partial);
+REGISTER_KERNEL(bn_stats_partial_bf16);
 REGISTER_KERNEL(bn_stats_finalize);
 REGISTER_KERNEL(bn_eval_coef);
 REGISTER_KERNEL(bn_affine);
+REGISTER_KERNEL(bn_affine_bf16);
 REGISTER_KERNEL(bn_update_running);
 REGISTER_KERNEL(bn_backward_partial);
+REGISTER_KERNEL(bn_backward_partial_bf16);
 REGISTER_KERNEL(bn_backward_finalize);
 REGISTER_KERNEL(bn_backward_dx);
+REGISTER_KERNEL(bn_backward_dx_bf16);

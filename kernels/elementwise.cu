@@ -1,29 +1,77 @@
-// Elementwise ops (one thread per element; memory bound, so nothing to tile) and the column sum
-// that gives a dense layer's bias gradient.
+// Elementwise ops (one thread per element; memory bound, so nothing to tile), the f32 <-> bf16
+// conversions, and the column sum that gives a dense layer's bias gradient.
+//
+// The activation ops are templates over the storage type T (f32 or bf16, common.cuh's last
+// section), each with two kernels: `name` (f32) and `name_bf16`. The arithmetic is f32.
 #include "common.cuh"
 
-KERNEL void ew_relu_forward(const float* __restrict__ x, int n, float* __restrict__ y) {
+template <typename T>
+DEVICE void ew_relu_forward_impl(const T* __restrict__ x, int n, T* __restrict__ y) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = fmaxf(x[i], 0.0f);
+    if (i < n) y[i] = from_f32<T>(fmaxf(to_f32(x[i]), 0.0f));
+}
+KERNEL void ew_relu_forward(const float* __restrict__ x, int n, float* __restrict__ y) {
+    ew_relu_forward_impl(x, n, y);
+}
+KERNEL void ew_relu_forward_bf16(const bf16* __restrict__ x, int n, bf16* __restrict__ y) {
+    ew_relu_forward_impl(x, n, y);
 }
 
 // dx = dy where the output was positive (the output, not the input, is kept for this).
-KERNEL void ew_relu_backward(const float* __restrict__ y, const float* __restrict__ dy, int n,
-                          float* __restrict__ dx) {
+template <typename T>
+DEVICE void ew_relu_backward_impl(const T* __restrict__ y, const T* __restrict__ dy, int n,
+                                  T* __restrict__ dx) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    if (i < n) dx[i] = from_f32<T>(to_f32(y[i]) > 0.0f ? to_f32(dy[i]) : 0.0f);
+}
+KERNEL void ew_relu_backward(const float* __restrict__ y, const float* __restrict__ dy, int n,
+                             float* __restrict__ dx) {
+    ew_relu_backward_impl(y, dy, n, dx);
+}
+KERNEL void ew_relu_backward_bf16(const bf16* __restrict__ y, const bf16* __restrict__ dy, int n,
+                                  bf16* __restrict__ dx) {
+    ew_relu_backward_impl(y, dy, n, dx);
 }
 
-KERNEL void ew_add(const float* __restrict__ a, const float* __restrict__ b, int n,
-                float* __restrict__ y) {
+template <typename T>
+DEVICE void ew_add_impl(const T* __restrict__ a, const T* __restrict__ b, int n,
+                        T* __restrict__ y) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = a[i] + b[i];
+    if (i < n) y[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
+}
+KERNEL void ew_add(const float* __restrict__ a, const float* __restrict__ b, int n,
+                   float* __restrict__ y) {
+    ew_add_impl(a, b, n, y);
+}
+KERNEL void ew_add_bf16(const bf16* __restrict__ a, const bf16* __restrict__ b, int n,
+                        bf16* __restrict__ y) {
+    ew_add_impl(a, b, n, y);
 }
 
 // acc += x (gradient accumulation without a temporary).
-KERNEL void ew_add_assign(float* __restrict__ acc, const float* __restrict__ x, int n) {
+template <typename T>
+DEVICE void ew_add_assign_impl(T* __restrict__ acc, const T* __restrict__ x, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) acc[i] += x[i];
+    if (i < n) acc[i] = from_f32<T>(to_f32(acc[i]) + to_f32(x[i]));
+}
+KERNEL void ew_add_assign(float* __restrict__ acc, const float* __restrict__ x, int n) {
+    ew_add_assign_impl(acc, x, n);
+}
+KERNEL void ew_add_assign_bf16(bf16* __restrict__ acc, const bf16* __restrict__ x, int n) {
+    ew_add_assign_impl(acc, x, n);
+}
+
+// y = x converted from S to D storage: f32 -> bf16 rounds to nearest even, bf16 -> f32 is exact.
+template <typename S, typename D>
+DEVICE void ew_convert_impl(const S* __restrict__ x, int n, D* __restrict__ y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = from_f32<D>(to_f32(x[i]));
+}
+KERNEL void ew_to_bf16(const float* __restrict__ x, int n, bf16* __restrict__ y) {
+    ew_convert_impl(x, n, y);
+}
+KERNEL void ew_to_f32(const bf16* __restrict__ x, int n, float* __restrict__ y) {
+    ew_convert_impl(x, n, y);
 }
 
 // y = s[0]·x, the factor read from device memory (a loss's gradient times the upstream
@@ -60,9 +108,15 @@ KERNEL void ew_sum_rows(const float* __restrict__ x, int rows, int cols, float* 
 }
 
 REGISTER_KERNEL(ew_relu_forward);
+REGISTER_KERNEL(ew_relu_forward_bf16);
 REGISTER_KERNEL(ew_relu_backward);
+REGISTER_KERNEL(ew_relu_backward_bf16);
 REGISTER_KERNEL(ew_add);
+REGISTER_KERNEL(ew_add_bf16);
 REGISTER_KERNEL(ew_add_assign);
+REGISTER_KERNEL(ew_add_assign_bf16);
+REGISTER_KERNEL(ew_to_bf16);
+REGISTER_KERNEL(ew_to_f32);
 REGISTER_KERNEL(ew_scale_by);
 REGISTER_KERNEL(ew_bias_add);
 REGISTER_KERNEL(ew_sum_rows);

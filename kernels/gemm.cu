@@ -1,6 +1,6 @@
-// GEMMs for the dense layers: a tiled f32 SGEMM with transposes, an f32 -> bf16 conversion, and
-// a bf16 tensor-core GEMM on mma.sync m16n8k16 (the fragment-layout machinery the performance
-// work builds on). All matrices are row-major.
+// GEMMs for the dense layers: a tiled f32 SGEMM with transposes, and a bf16 tensor-core GEMM on
+// mma.sync m16n8k16 (the fragment-layout machinery the performance work builds on; its bf16
+// operands come from elementwise.cu's ew_to_bf16). All matrices are row-major.
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------
@@ -78,13 +78,6 @@ KERNEL void gemm_f32(const float* __restrict__ a, const float* __restrict__ b,
             }
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// y[i] = bf16(x[i]), round to nearest even.
-KERNEL void to_bf16(const float* __restrict__ x, bf16* __restrict__ y, int n) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-        y[i] = float_to_bf16(x[i]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,5 +163,4 @@ KERNEL void gemm_bf16(const bf16* __restrict__ a, const bf16* __restrict__ b,
 }
 
 REGISTER_KERNEL(gemm_f32);
-REGISTER_KERNEL(to_bf16);
 REGISTER_KERNEL(gemm_bf16);

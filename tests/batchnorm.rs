@@ -1,10 +1,10 @@
 //! The batch-norm kernels against cpu::batchnorm (then cpu ReLU where one is fused), on every
-//! device under test.
+//! device under test, with activations stored as f32 and as bf16.
 
 mod common;
 
 use simclr::device::cpu::batchnorm as cpu;
-use simclr::device::cuda::{batchnorm, Buffer, Gpu};
+use simclr::device::cuda::{batchnorm, Buffer, Elem, Gpu};
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.9;
@@ -29,23 +29,23 @@ fn f32s(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
 
-/// Checks the device for errors, then compares `got` with `want`.
+/// Checks the device for errors, then compares `got` (f32 or bf16) with `want`.
 fn expect(gpu: &Gpu, what: &str, got: &Buffer, want: &[f32], tolerance: f64) {
     gpu.check().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let err = common::rel_l2(&gpu.download(got), want);
+    let err = common::rel_l2(&gpu.download_f32(got), want);
     assert!(err < tolerance, "{what}: rel L2 error {err}");
 }
 
-#[test]
-fn forward_train_and_running_update_match_cpu() {
+fn check_forward_train_and_running_update(elem: Elem) {
     for (name, gpu) in common::gpus() {
         for (i, &(rows, c)) in SHAPES.iter().enumerate() {
             for (relu_fused, with_beta) in VARIANTS {
-                let case =
-                    format!("{name}, rows {rows}, c {c}, relu {relu_fused}, beta {with_beta}");
+                let case = format!(
+                    "{name}, {elem:?}, rows {rows}, c {c}, relu {relu_fused}, beta {with_beta}"
+                );
                 let seed = 10 * i as u64;
                 let (x, gamma, beta) = (
-                    input(rows * c, seed),
+                    common::as_stored(elem, input(rows * c, seed)),
                     common::random(c, seed + 1),
                     common::random(c, seed + 2),
                 );
@@ -70,14 +70,17 @@ fn forward_train_and_running_update_match_cpu() {
                 }
 
                 let beta_dev = gpu.upload(&beta);
-                let (mut y, mut mean, mut invstd) =
-                    (gpu.alloc_f32(rows * c), gpu.alloc_f32(c), gpu.alloc_f32(c));
+                let (mut y, mut mean, mut invstd) = (
+                    gpu.alloc(rows * c, elem),
+                    gpu.alloc_f32(c),
+                    gpu.alloc_f32(c),
+                );
                 let (mut rmean, mut rvar) = (gpu.upload(&running[..c]), gpu.upload(&running[c..]));
                 batchnorm::forward_train(
                     &gpu,
                     rows,
                     c,
-                    &gpu.upload(&x),
+                    &gpu.upload_as(&x, elem),
                     &gpu.upload(&gamma),
                     with_beta.then_some(&beta_dev),
                     EPS as f32,
@@ -97,7 +100,13 @@ fn forward_train_and_running_update_match_cpu() {
                     &mut rmean,
                     &mut rvar,
                 );
-                expect(&gpu, &format!("y, {case}"), &y, &want, 1e-5);
+                expect(
+                    &gpu,
+                    &format!("y, {case}"),
+                    &y,
+                    &want,
+                    common::tolerance(elem, 1e-5),
+                );
                 expect(
                     &gpu,
                     &format!("mean, {case}"),
@@ -132,15 +141,25 @@ fn forward_train_and_running_update_match_cpu() {
 }
 
 #[test]
-fn forward_eval_matches_cpu() {
+fn forward_train_and_running_update_match_cpu() {
+    check_forward_train_and_running_update(Elem::F32);
+}
+
+#[test]
+fn forward_train_and_running_update_match_cpu_in_bf16() {
+    check_forward_train_and_running_update(Elem::Bf16);
+}
+
+fn check_forward_eval(elem: Elem) {
     for (name, gpu) in common::gpus() {
         for (i, &(rows, c)) in SHAPES.iter().enumerate() {
             for (relu_fused, with_beta) in VARIANTS {
-                let case =
-                    format!("{name}, rows {rows}, c {c}, relu {relu_fused}, beta {with_beta}");
+                let case = format!(
+                    "{name}, {elem:?}, rows {rows}, c {c}, relu {relu_fused}, beta {with_beta}"
+                );
                 let seed = 10 * i as u64 + 100;
                 let (x, gamma, beta) = (
-                    input(rows * c, seed),
+                    common::as_stored(elem, input(rows * c, seed)),
                     common::random(c, seed + 1),
                     common::random(c, seed + 2),
                 );
@@ -165,12 +184,12 @@ fn forward_eval_matches_cpu() {
                 }
 
                 let beta_dev = gpu.upload(&beta);
-                let mut y = gpu.alloc_f32(rows * c);
+                let mut y = gpu.alloc(rows * c, elem);
                 batchnorm::forward_eval(
                     &gpu,
                     rows,
                     c,
-                    &gpu.upload(&x),
+                    &gpu.upload_as(&x, elem),
                     &gpu.upload(&gamma),
                     with_beta.then_some(&beta_dev),
                     &gpu.upload(&rmean),
@@ -179,31 +198,47 @@ fn forward_eval_matches_cpu() {
                     relu_fused,
                     &mut y,
                 );
-                expect(&gpu, &format!("y, {case}"), &y, &want, 1e-5);
+                expect(
+                    &gpu,
+                    &format!("y, {case}"),
+                    &y,
+                    &want,
+                    common::tolerance(elem, 1e-5),
+                );
             }
         }
     }
 }
 
+#[test]
+fn forward_eval_matches_cpu() {
+    check_forward_eval(Elem::F32);
+}
+
+#[test]
+fn forward_eval_matches_cpu_in_bf16() {
+    check_forward_eval(Elem::Bf16);
+}
+
 /// The backward pass from the CPU forward's statistics: dy masked by y > 0 where a ReLU is fused,
 /// then cpu::batchnorm::backward.
-#[test]
-fn backward_matches_cpu() {
+fn check_backward(elem: Elem) {
     for (name, gpu) in common::gpus() {
         for (i, &(rows, c)) in SHAPES.iter().enumerate() {
             for (relu_fused, with_beta) in VARIANTS {
-                let case =
-                    format!("{name}, rows {rows}, c {c}, relu {relu_fused}, dbeta {with_beta}");
+                let case = format!(
+                    "{name}, {elem:?}, rows {rows}, c {c}, relu {relu_fused}, dbeta {with_beta}"
+                );
                 let seed = 10 * i as u64 + 200;
                 let (x, gamma, beta) = (
-                    input(rows * c, seed),
+                    common::as_stored(elem, input(rows * c, seed)),
                     common::random(c, seed + 1),
                     common::random(c, seed + 2),
                 );
-                let dy = common::random(rows * c, seed + 3);
+                let dy = common::as_stored(elem, common::random(rows * c, seed + 3));
                 let mut y = vec![0.0; rows * c];
                 let stats = cpu::forward_train(&x, c, &gamma, Some(&beta), EPS, &mut y);
-                let y = relu(&y);
+                let y = common::as_stored(elem, relu(&y));
                 let dy_masked: Vec<f32> = if relu_fused {
                     dy.iter()
                         .zip(&y)
@@ -216,16 +251,19 @@ fn backward_matches_cpu() {
                 let (dgamma_want, dbeta_want) =
                     cpu::backward(&x, &dy_masked, c, &gamma, &stats, &mut dx_want);
 
-                let y_dev = gpu.upload(&y);
-                let (mut dx, mut dgamma, mut dbeta) =
-                    (gpu.alloc_f32(rows * c), gpu.alloc_f32(c), gpu.alloc_f32(c));
+                let y_dev = gpu.upload_as(&y, elem);
+                let (mut dx, mut dgamma, mut dbeta) = (
+                    gpu.alloc(rows * c, elem),
+                    gpu.alloc_f32(c),
+                    gpu.alloc_f32(c),
+                );
                 batchnorm::backward(
                     &gpu,
                     rows,
                     c,
-                    &gpu.upload(&x),
+                    &gpu.upload_as(&x, elem),
                     relu_fused.then_some(&y_dev),
-                    &gpu.upload(&dy),
+                    &gpu.upload_as(&dy, elem),
                     &gpu.upload(&gamma),
                     &gpu.upload(&f32s(&stats.mean)),
                     &gpu.upload(&f32s(&stats.invstd)),
@@ -233,7 +271,13 @@ fn backward_matches_cpu() {
                     &mut dgamma,
                     with_beta.then_some(&mut dbeta),
                 );
-                expect(&gpu, &format!("dx, {case}"), &dx, &dx_want, 1e-5);
+                expect(
+                    &gpu,
+                    &format!("dx, {case}"),
+                    &dx,
+                    &dx_want,
+                    common::tolerance(elem, 1e-5),
+                );
                 expect(
                     &gpu,
                     &format!("dgamma, {case}"),
@@ -253,6 +297,16 @@ fn backward_matches_cpu() {
             }
         }
     }
+}
+
+#[test]
+fn backward_matches_cpu() {
+    check_backward(Elem::F32);
+}
+
+#[test]
+fn backward_matches_cpu_in_bf16() {
+    check_backward(Elem::Bf16);
 }
 
 /// Reductions in a fixed order: the same inputs give the same bits on a second run.

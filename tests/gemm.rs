@@ -1,11 +1,10 @@
 //! The GEMM kernels against the CPU reference, on every device under test: the f32 SGEMM with
-//! all four transpose combinations and accumulate on/off, the bf16 conversion, and the bf16
-//! tensor-core GEMM.
+//! all four transpose combinations and accumulate on/off, and the bf16 tensor-core GEMM.
 
 mod common;
 
 use simclr::device::cpu::gemm::gemm as cpu_gemm;
-use simclr::device::cuda::gemm;
+use simclr::device::cuda::{gemm, Elem};
 
 /// Sizes of m, n and k: a single element, below, at and over one 64-wide tile, none a
 /// multiple of the 16-deep slab.
@@ -72,38 +71,6 @@ fn gemm_f32_matches_cpu() {
     }
 }
 
-/// Round to nearest even, as the kernel's float_to_bf16 (no NaNs here).
-fn bf16_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
-
-fn bf16_value(bits: u16) -> f32 {
-    f32::from_bits((bits as u32) << 16)
-}
-
-#[test]
-fn to_bf16_rounds_to_nearest_even() {
-    for (name, gpu) in common::gpus() {
-        for (i, n) in [1usize, 7, 1000, 4099].into_iter().enumerate() {
-            // Spread the exponents too, and include exact ties (…8000 in the low half).
-            let mut x: Vec<f32> = common::random(n, 50 + i as u64)
-                .iter()
-                .enumerate()
-                .map(|(j, v)| v * (1 << (j % 20)) as f32)
-                .collect();
-            x[0] = f32::from_bits(0x3f80_8000); // halfway between two bf16s: to the even one
-            let mut y = gpu.alloc_f32(n.div_ceil(2));
-            gemm::to_bf16(&gpu, &gpu.upload(&x), &mut y);
-            gpu.check()
-                .unwrap_or_else(|e| panic!("to_bf16 on {name}, n={n}: {e}"));
-            let got: Vec<u16> = gpu.download(&y);
-            let want: Vec<u16> = x.iter().map(|&v| bf16_bits(v)).collect();
-            assert_eq!(&got[..n], &want[..], "to_bf16 on {name}, n={n}");
-        }
-    }
-}
-
 #[test]
 fn gemm_bf16_matches_cpu() {
     let shapes = [
@@ -118,27 +85,20 @@ fn gemm_bf16_matches_cpu() {
         for (case, &(m, n, k)) in shapes.iter().enumerate() {
             let a = common::random(m * k, 200 + 2 * case as u64);
             let b = common::random(n * k, 201 + 2 * case as u64);
-            let round =
-                |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| bf16_value(bf16_bits(v))).collect() };
             // C = A·Bᵀ with B stored [n,k]: the trans_b product.
             let zeros = vec![0.0; m * n];
             let exact = reference((m, n, k), &a, false, &b, true, &zeros, false);
             let rounded = reference(
                 (m, n, k),
-                &round(&a),
+                &common::round_bf16(&a),
                 false,
-                &round(&b),
+                &common::round_bf16(&b),
                 true,
                 &zeros,
                 false,
             );
 
-            let (mut a16, mut b16) = (
-                gpu.alloc_f32((m * k).div_ceil(2)),
-                gpu.alloc_f32((n * k).div_ceil(2)),
-            );
-            gemm::to_bf16(&gpu, &gpu.upload(&a), &mut a16);
-            gemm::to_bf16(&gpu, &gpu.upload(&b), &mut b16);
+            let (a16, b16) = (gpu.upload_as(&a, Elem::Bf16), gpu.upload_as(&b, Elem::Bf16));
             let mut c = gpu.alloc_f32(m * n);
             gemm::gemm_bf16(&gpu, m, n, k, &a16, &b16, &mut c);
             let what = format!("gemm_bf16 on {name}, m={m} n={n} k={k}");

@@ -1,7 +1,7 @@
 //! Shared by the kernel tests: the devices under test, random inputs, and the error measure.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use simclr::device::cuda::{Gpu, Schedule};
+use simclr::device::cuda::{Elem, Gpu, Schedule};
 use std::path::PathBuf;
 use std::sync::Once;
 
@@ -95,4 +95,23 @@ pub fn round_bf16(values: &[f32]) -> Vec<f32> {
         .iter()
         .map(|&v| half::bf16::from_f32(v).to_f32())
         .collect()
+}
+
+/// The values a buffer of `elem` holds after uploading `values`: the values themselves, or
+/// rounded to bf16.
+pub fn as_stored(elem: Elem, values: Vec<f32>) -> Vec<f32> {
+    match elem {
+        Elem::F32 => values,
+        Elem::Bf16 => round_bf16(&values),
+    }
+}
+
+/// The tolerance for an activation output stored as `elem`: f32's own, or 1e-2 for bf16, whose
+/// outputs are rounded to bf16 (~4e-3 relative) against an f32 reference on the same
+/// bf16-rounded inputs.
+pub fn tolerance(elem: Elem, f32_tolerance: f64) -> f64 {
+    match elem {
+        Elem::F32 => f32_tolerance,
+        Elem::Bf16 => 1e-2,
+    }
 }

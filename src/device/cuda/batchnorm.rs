@@ -1,8 +1,9 @@
-//! Batch norm (kernels/batchnorm.cu) on activations viewed as [rows, c], rows = N·H·W; the
-//! statistics are f32 [c]. Per-channel sums go through per-chunk partials combined in a fixed
+//! Batch norm (kernels/batchnorm.cu) on activations viewed as [rows, c], rows = N·H·W, stored
+//! as f32 or bf16 (x, y, dy, dx all the same type); the statistics, parameters and their
+//! gradients are f32 [c]. Per-channel sums go through per-chunk partials combined in a fixed
 //! order, so every result is deterministic.
 
-use super::{blocks_for, Arg, Buffer, Gpu};
+use super::{blocks_for, Arg, Buffer, Elem, Gpu};
 
 /// Rows per block of the reduction passes: BN_CHUNK in the kernel file.
 const CHUNK: usize = 256;
@@ -53,12 +54,18 @@ pub fn forward_train(
     invstd: &mut Buffer,
 ) {
     let (r, ci) = check_sizes(rows, c);
+    let elem = Elem::common("batch norm forward", &[x, y]);
+    assert!(x.len() == rows * c && y.len() == rows * c);
+    Elem::assert_f32(
+        "batch norm forward",
+        [gamma, &*mean, &*invstd].into_iter().chain(beta),
+    );
     let chunks = rows.div_ceil(CHUNK);
     let mut part_mean = gpu.alloc_f32(chunks * c);
     let mut part_m2 = gpu.alloc_f32(chunks * c);
     let mut coef = gpu.alloc_f32(2 * c);
     gpu.launch(
-        "bn_stats_partial",
+        elem.pick("bn_stats_partial", "bn_stats_partial_bf16"),
         chunk_grid(rows, c),
         TILE,
         0,
@@ -106,6 +113,10 @@ pub fn update_running(
     running_var: &mut Buffer,
 ) {
     let (r, ci) = check_sizes(rows, c);
+    Elem::assert_f32(
+        "batch norm running update",
+        [mean, invstd, &*running_mean, &*running_var],
+    );
     gpu.launch(
         "bn_update_running",
         [blocks_for(c, THREADS), 1, 1],
@@ -140,6 +151,12 @@ pub fn forward_eval(
     y: &mut Buffer,
 ) {
     let (_, ci) = check_sizes(rows, c);
+    Elem::common("batch norm eval", &[x, y]);
+    assert!(x.len() == rows * c && y.len() == rows * c);
+    Elem::assert_f32(
+        "batch norm eval",
+        [gamma, running_mean, running_var].into_iter().chain(beta),
+    );
     let mut coef = gpu.alloc_f32(2 * c);
     gpu.launch(
         "bn_eval_coef",
@@ -159,11 +176,11 @@ pub fn forward_eval(
     affine(gpu, rows, c, x, &coef, relu, y);
 }
 
-/// y = x·coef[ch] + coef[c + ch] per element, optionally followed by ReLU.
+/// y = x·coef[ch] + coef[c + ch] per element, optionally followed by ReLU; x and y of one type.
 fn affine(gpu: &Gpu, rows: usize, c: usize, x: &Buffer, coef: &Buffer, relu: bool, y: &mut Buffer) {
     let n = rows * c;
     gpu.launch(
-        "bn_affine",
+        x.elem().pick("bn_affine", "bn_affine_bf16"),
         [blocks_for(n, THREADS), 1, 1],
         [THREADS, 1, 1],
         0,
@@ -196,12 +213,21 @@ pub fn backward(
     dbeta: Option<&mut Buffer>,
 ) {
     let (r, ci) = check_sizes(rows, c);
+    let activations: Vec<&Buffer> = [x, dy, &*dx].into_iter().chain(y).collect();
+    let elem = Elem::common("batch norm backward", &activations);
+    assert!(activations.iter().all(|b| b.len() == rows * c));
+    Elem::assert_f32(
+        "batch norm backward",
+        [gamma, mean, invstd, &*dgamma]
+            .into_iter()
+            .chain(dbeta.as_deref()),
+    );
     let chunks = rows.div_ceil(CHUNK);
     let mut part_dbeta = gpu.alloc_f32(chunks * c);
     let mut part_dgx = gpu.alloc_f32(chunks * c);
     let mut coef = gpu.alloc_f32(3 * c);
     gpu.launch(
-        "bn_backward_partial",
+        elem.pick("bn_backward_partial", "bn_backward_partial_bf16"),
         chunk_grid(rows, c),
         TILE,
         0,
@@ -236,7 +262,7 @@ pub fn backward(
     );
     let n = rows * c;
     gpu.launch(
-        "bn_backward_dx",
+        elem.pick("bn_backward_dx", "bn_backward_dx_bf16"),
         [blocks_for(n, THREADS), 1, 1],
         [THREADS, 1, 1],
         0,

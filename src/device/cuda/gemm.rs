@@ -1,8 +1,7 @@
-//! Host side of `kernels/gemm.cu`: the f32 SGEMM, the bf16 conversion and the bf16
-//! tensor-core GEMM. All matrices are row-major f32 buffers (bf16 ones hold two values per
-//! f32 slot).
+//! Host side of `kernels/gemm.cu`: the f32 SGEMM and the bf16 tensor-core GEMM. All matrices
+//! are row-major; the bf16 GEMM's operands are bf16 buffers (`elementwise::cast` makes them).
 
-use super::{blocks_for, Buffer, Gpu};
+use super::{Buffer, Elem, Gpu};
 
 /// Tile of C one block of `gemm_f32` computes (GEMM_BM × GEMM_BN in the kernel), 256 threads.
 const F32_TILE: usize = 64;
@@ -52,29 +51,15 @@ pub fn gemm(
     );
 }
 
-/// y = bf16(x) (round to nearest even), all of x's values; y holds them two per f32 slot, so
-/// it needs `(n + 1) / 2` f32s of room.
-pub fn to_bf16(gpu: &Gpu, x: &Buffer, y: &mut Buffer) {
-    let n = x.len_f32();
-    assert!(y.len_f32() >= n.div_ceil(2) && n <= super::MAX_ELEMENTS);
-    if n == 0 {
-        return;
-    }
-    let blocks = blocks_for(n, 256).min(4096);
-    gpu.launch(
-        "to_bf16",
-        [blocks, 1, 1],
-        [256, 1, 1],
-        0,
-        &[x.into(), y.into(), (n as i32).into()],
-    );
-}
-
 /// C[m,n] = A·Bᵀ on the tensor cores (mma.sync m16n8k16, f32 accumulation): A is bf16 [m,k],
-/// B bf16 [n,k] (both row-major, as `to_bf16` writes them), C f32 [m,n].
+/// B bf16 [n,k] (both row-major), C f32 [m,n].
 pub fn gemm_bf16(gpu: &Gpu, m: usize, n: usize, k: usize, a: &Buffer, b: &Buffer, c: &mut Buffer) {
     assert!(
-        a.bytes() >= m * k * 2 && b.bytes() >= n * k * 2 && c.len_f32() >= m * n,
+        a.elem() == Elem::Bf16 && b.elem() == Elem::Bf16 && c.elem() == Elem::F32,
+        "gemm_bf16: A and B must be bf16, C f32"
+    );
+    assert!(
+        a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
         "gemm_bf16: buffers too small"
     );
     if m == 0 || n == 0 {

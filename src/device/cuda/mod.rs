@@ -122,6 +122,23 @@ impl Elem {
         }
     }
 
+    /// The element type all of an op's activation `buffers` share (asserted).
+    pub fn common(op: &str, buffers: &[&Buffer]) -> Elem {
+        let elem = buffers[0].elem;
+        for b in buffers {
+            assert_eq!(b.elem, elem, "{op}: activation buffers mix element types");
+        }
+        elem
+    }
+
+    /// Asserts that `buffers` are f32: statistics, parameters and their gradients stay f32 under
+    /// bf16 storage, and the kernels read them as f32.
+    pub fn assert_f32<'a>(op: &str, buffers: impl IntoIterator<Item = &'a Buffer>) {
+        for b in buffers {
+            assert_eq!(b.elem, Elem::F32, "{op}: an f32-only buffer");
+        }
+    }
+
     /// A kernel's name for this element type: each kernel that handles activations exists as
     /// `name` (f32) and `name_bf16`, two instantiations of one template.
     pub fn pick(self, f32_kernel: &'static str, bf16_kernel: &'static str) -> &'static str {
