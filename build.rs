@@ -29,6 +29,7 @@ fn main() {
 
     let mut fatbins = String::new();
     let mut reports = String::new();
+    let mut ptx = String::new();
     let version = match find_nvcc() {
         Some(nvcc) => {
             let version = nvcc_version(&nvcc);
@@ -50,6 +51,9 @@ fn main() {
                         scope.spawn(move || {
                             let fatbin = out.join(format!("{stem}.fatbin"));
                             let report = compile_fatbin(nvcc, src, &fatbin);
+                            if PTX_FAMILIES.contains(&stem.as_str()) {
+                                compile_ptx(nvcc, src, &out.join(format!("{stem}.ptx")));
+                            }
                             (stem.clone(), fatbin, report)
                         })
                     })
@@ -67,6 +71,12 @@ fn main() {
                     "    (\"{stem}\", include_str!({:?})),\n",
                     report_path.display()
                 ));
+                if PTX_FAMILIES.contains(&stem.as_str()) {
+                    ptx.push_str(&format!(
+                        "    (\"{stem}\", include_str!({:?})),\n",
+                        out.join(format!("{stem}.ptx")).display()
+                    ));
+                }
             }
             format!("Some({version:?})")
         }
@@ -87,7 +97,9 @@ fn main() {
          /// One fatbin per kernel family (kernels/<family>.cu).\n\
          pub const FATBINS: &[(&str, &[u8])] = &[\n{fatbins}];\n\
          /// ptxas -v resource reports (registers, spills), one per family.\n\
-         pub const PTXAS_REPORTS: &[(&str, &str)] = &[\n{reports}];\n"
+         pub const PTXAS_REPORTS: &[(&str, &str)] = &[\n{reports}];\n\
+         /// The sm_90 PTX of the tensor-core families, for tests of the instructions they use.\n\
+         pub const PTX: &[(&str, &str)] = &[\n{ptx}];\n"
     );
     std::fs::write(out.join("kernels.rs"), generated).unwrap();
 }
@@ -161,6 +173,33 @@ fn nvcc_version(nvcc: &Path) -> String {
         .unwrap_or("unknown")
         .trim()
         .to_string()
+}
+
+/// Families whose PTX the build keeps (tests/ptxas.rs checks their instructions).
+const PTX_FAMILIES: &[&str] = &["conv_tc"];
+
+/// Writes one family's sm_90 PTX.
+fn compile_ptx(nvcc: &Path, src: &Path, ptx: &Path) {
+    let out = Command::new(nvcc)
+        .args([
+            "-ptx",
+            "-O3",
+            "-std=c++17",
+            "-Ikernels",
+            "-arch=sm_90",
+            "-o",
+        ])
+        .arg(ptx)
+        .arg(src)
+        .output()
+        .expect("running nvcc");
+    if !out.status.success() {
+        panic!(
+            "nvcc -ptx failed on {}:\n{}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Runs nvcc on one family; returns ptxas's `-v` report. A kernel that does not compile fails

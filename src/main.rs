@@ -175,6 +175,10 @@ struct Opts {
     /// auto, cpu, cuda, cuda:N or emu (the CUDA kernels on the CPU emulator) [default: auto]
     #[arg(long)]
     device: Option<String>,
+    /// Activations on a GPU: bf16 (tensor cores; f32 weights, statistics and losses) or f32;
+    /// auto = bf16 on cuda, f32 on cpu and emu [default: auto]
+    #[arg(long)]
+    precision: Option<String>,
     /// Output directory [default: runs/<timestamp>]
     #[arg(long)]
     out: Option<PathBuf>,
@@ -292,6 +296,7 @@ impl Opts {
         c.sk |= self.sk;
         set(&mut c.seed, &self.seed);
         set(&mut c.device, &self.device);
+        set(&mut c.precision, &self.precision);
         set(&mut c.pretrain.lr_scaling, &self.lr_scaling);
         set(&mut c.color_strength, &self.color_strength);
         set(&mut c.crop_min, &self.crop_min);

@@ -9,7 +9,7 @@ use crate::device::cpu::real::Real;
 use crate::device::cpu::{
     batchnorm, conv, elementwise, gemm, loss, normalize, ntxent, optim, pool, sk,
 };
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{DType, Element, Tensor};
 use crate::with_dtype;
 
 pub struct Cpu;
@@ -124,6 +124,14 @@ impl Backend for Cpu {
             let dbeta = with_beta.then(|| Tensor::from_f64(&[c], T::DTYPE, &db));
             (dx, Tensor::from_f64(&[c], T::DTYPE, &dg), dbeta)
         })
+    }
+
+    fn cast(&self, x: &Tensor, dtype: DType) -> Tensor {
+        assert!(
+            dtype != DType::BF16,
+            "cast: bf16 tensors live only on a GPU (cuda or emu)"
+        );
+        x.to_dtype(dtype)
     }
 
     fn relu(&self, x: &Tensor) -> Tensor {

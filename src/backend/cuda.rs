@@ -1,30 +1,51 @@
 //! The GPU backend (the real driver or the emulator): each method allocates its outputs from
 //! the caching allocator and launches the kernels of `kernels/*.cu` through `device/cuda/`.
-//! Tensors on a GPU hold f32 buffers.
+//!
+//! Tensors on a GPU hold f32 or bf16 buffers, and this file is where the mixed-precision rules
+//! live (docs/ARCHITECTURE.md, "Precision"): an activation's output (and an activation
+//! gradient) has the element type of its input; parameters, their gradients, BN statistics and
+//! losses are f32. A conv on bf16 activations reads a bf16 copy of its f32 weights, made here.
 
 use super::{nhwc, Backend, BnSaved, StepParams, Update};
 use crate::device::cpu::batchnorm::{EPS, MOMENTUM};
 use crate::device::cpu::conv::ConvShape;
 use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
 use crate::device::cuda::{
-    batchnorm, conv, elementwise, gemm, loss, normalize, ntxent, optim, pool, sk, Buffer, Gpu,
+    batchnorm, conv, elementwise, gemm, loss, normalize, ntxent, optim, pool, sk, Buffer, Elem, Gpu,
 };
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
+use std::borrow::Cow;
 
 impl Gpu {
-    /// A fresh tensor of `shape` written by `f`.
-    fn out(&self, shape: &[usize], f: impl FnOnce(&mut Buffer)) -> Tensor {
-        let mut y = Tensor::gpu_output(self, shape);
+    /// A fresh tensor of `shape` and element type `elem` written by `f`.
+    fn out(&self, shape: &[usize], elem: Elem, f: impl FnOnce(&mut Buffer)) -> Tensor {
+        let mut y = Tensor::gpu_output_as(self, shape, elem);
         f(y.buffer_mut());
         y
+    }
+
+    /// The f32 weights `w` as the activations' element type: themselves, or a bf16 copy.
+    fn weights_as<'a>(&self, w: &'a Tensor, elem: Elem) -> Cow<'a, Buffer> {
+        let wb = w.buffer();
+        if wb.elem() == elem {
+            return Cow::Borrowed(wb);
+        }
+        let mut copy = self.alloc(wb.len(), elem);
+        elementwise::cast(self, wb, &mut copy);
+        Cow::Owned(copy)
     }
 
     /// A loss kernel's outputs: the 1-float loss and a gradient shaped like `x`.
     fn loss_pair(&self, x: &Tensor, f: impl FnOnce(&mut Buffer, &mut Buffer)) -> (Tensor, Tensor) {
         let mut grad = Tensor::gpu_output(self, &x.shape);
-        let loss = self.out(&[1], |loss| f(loss, grad.buffer_mut()));
+        let loss = self.out(&[1], Elem::F32, |loss| f(loss, grad.buffer_mut()));
         (loss, grad)
     }
+}
+
+/// The element type of a GPU tensor's buffer.
+fn elem(t: &Tensor) -> Elem {
+    t.buffer().elem()
 }
 
 /// (rows, channels) of a tensor normalised over its last dimension.
@@ -35,19 +56,23 @@ fn rows_channels(x: &Tensor) -> (usize, usize) {
 
 impl Backend for Gpu {
     fn conv_forward(&self, s: &ConvShape, x: &Tensor, w: &Tensor) -> Tensor {
-        self.out(&s.out_shape(), |y| {
-            conv::forward(self, s, x.buffer(), w.buffer(), y)
+        let elem = x.buffer().elem();
+        let w = self.weights_as(w, elem);
+        self.out(&s.out_shape(), elem, |y| {
+            conv::forward(self, s, x.buffer(), &w, y)
         })
     }
 
     fn conv_backward_input(&self, s: &ConvShape, dy: &Tensor, w: &Tensor) -> Tensor {
-        self.out(&s.in_shape(), |dx| {
-            conv::backward_input(self, s, dy.buffer(), w.buffer(), dx)
+        let elem = dy.buffer().elem();
+        let w = self.weights_as(w, elem);
+        self.out(&s.in_shape(), elem, |dx| {
+            conv::backward_input(self, s, dy.buffer(), &w, dx)
         })
     }
 
     fn conv_backward_weight(&self, s: &ConvShape, x: &Tensor, dy: &Tensor) -> Tensor {
-        self.out(&s.weight_shape(), |dw| {
+        self.out(&s.weight_shape(), Elem::F32, |dw| {
             conv::backward_weight(self, s, x.buffer(), dy.buffer(), dw)
         })
     }
@@ -64,7 +89,7 @@ impl Backend for Gpu {
         let (rows, c) = rows_channels(x);
         let (mut mean, mut invstd) = (self.alloc_f32(c), self.alloc_f32(c));
         let beta = beta.map(Tensor::buffer);
-        let y = self.out(&x.shape, |y| {
+        let y = self.out(&x.shape, elem(x), |y| {
             let (x, gamma, eps) = (x.buffer(), gamma.buffer(), EPS as f32);
             batchnorm::forward_train(
                 self,
@@ -106,7 +131,7 @@ impl Backend for Gpu {
     ) -> Tensor {
         let (rows, c) = rows_channels(x);
         let beta = beta.map(Tensor::buffer);
-        self.out(&x.shape, |y| {
+        self.out(&x.shape, elem(x), |y| {
             let (rm, rv) = (running_mean.buffer(), running_var.buffer());
             let (x, gamma, eps) = (x.buffer(), gamma.buffer(), EPS as f32);
             batchnorm::forward_eval(self, rows, c, x, gamma, beta, rm, rv, eps, relu, y)
@@ -126,7 +151,7 @@ impl Backend for Gpu {
             panic!("batch norm: cpu statistics for a GPU tensor")
         };
         let (rows, c) = rows_channels(x);
-        let mut dx = Tensor::gpu_output(self, &x.shape);
+        let mut dx = Tensor::gpu_output_as(self, &x.shape, elem(x));
         let mut dgamma = Tensor::gpu_output(self, &[c]);
         let mut dbeta = with_beta.then(|| Tensor::gpu_output(self, &[c]));
         batchnorm::backward(
@@ -146,18 +171,32 @@ impl Backend for Gpu {
         (dx, dgamma, dbeta)
     }
 
+    fn cast(&self, x: &Tensor, dtype: DType) -> Tensor {
+        let to = match dtype {
+            DType::F32 => Elem::F32,
+            DType::BF16 => Elem::Bf16,
+            DType::F64 => panic!("cast: f64 tensors live only on the cpu"),
+        };
+        if elem(x) == to {
+            return x.clone();
+        }
+        self.out(&x.shape, to, |y| elementwise::cast(self, x.buffer(), y))
+    }
+
     fn relu(&self, x: &Tensor) -> Tensor {
-        self.out(&x.shape, |y| elementwise::relu_forward(self, x.buffer(), y))
+        self.out(&x.shape, elem(x), |y| {
+            elementwise::relu_forward(self, x.buffer(), y)
+        })
     }
 
     fn relu_backward(&self, y: &Tensor, dy: &Tensor) -> Tensor {
-        self.out(&dy.shape, |dx| {
+        self.out(&dy.shape, elem(dy), |dx| {
             elementwise::relu_backward(self, y.buffer(), dy.buffer(), dx)
         })
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Tensor {
-        self.out(&a.shape, |y| {
+        self.out(&a.shape, elem(a), |y| {
             elementwise::add(self, a.buffer(), b.buffer(), y)
         })
     }
@@ -167,14 +206,14 @@ impl Backend for Gpu {
     }
 
     fn scale_by(&self, x: &Tensor, s: &Tensor) -> Tensor {
-        self.out(&x.shape, |y| {
+        self.out(&x.shape, Elem::F32, |y| {
             elementwise::scale_by(self, x.buffer(), s.buffer(), y)
         })
     }
 
     fn linear_forward(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
         let (rows, inp, outs) = (x.shape[0], x.shape[1], w.shape[0]);
-        self.out(&[rows, outs], |y| {
+        self.out(&[rows, outs], Elem::F32, |y| {
             gemm::gemm(
                 self,
                 rows,
@@ -202,14 +241,14 @@ impl Backend for Gpu {
     ) -> (Tensor, Tensor, Option<Tensor>) {
         let (rows, inp, outs) = (x.shape[0], x.shape[1], w.shape[0]);
         let (xb, wb, dyb) = (x.buffer(), w.buffer(), dy.buffer());
-        let dx = self.out(&x.shape, |dx| {
+        let dx = self.out(&x.shape, Elem::F32, |dx| {
             gemm::gemm(self, rows, inp, outs, dyb, false, wb, false, dx, false)
         });
-        let dw = self.out(&w.shape, |dw| {
+        let dw = self.out(&w.shape, Elem::F32, |dw| {
             gemm::gemm(self, outs, inp, rows, dyb, true, xb, false, dw, false)
         });
         let db = with_bias.then(|| {
-            self.out(&[outs], |db| {
+            self.out(&[outs], Elem::F32, |db| {
                 elementwise::sum_rows(self, rows, outs, dyb, db)
             })
         });
@@ -217,53 +256,53 @@ impl Backend for Gpu {
     }
 
     fn maxpool_forward(&self, s: &PoolShape, x: &Tensor) -> Tensor {
-        self.out(&s.out_shape(), |y| {
+        self.out(&s.out_shape(), elem(x), |y| {
             pool::maxpool_forward(self, s, x.buffer(), y)
         })
     }
 
     fn maxpool_backward(&self, s: &PoolShape, x: &Tensor, dy: &Tensor) -> Tensor {
-        self.out(&x.shape, |dx| {
+        self.out(&x.shape, elem(x), |dx| {
             pool::maxpool_backward(self, s, x.buffer(), dy.buffer(), dx)
         })
     }
 
     fn avg_pool_forward(&self, s: &AvgPoolShape, x: &Tensor) -> Tensor {
-        self.out(&s.out_shape(), |y| {
+        self.out(&s.out_shape(), elem(x), |y| {
             pool::avg_pool_forward(self, s, x.buffer(), y)
         })
     }
 
     fn avg_pool_backward(&self, s: &AvgPoolShape, dy: &Tensor) -> Tensor {
-        self.out(&s.in_shape(), |dx| {
+        self.out(&s.in_shape(), elem(dy), |dx| {
             pool::avg_pool_backward(self, s, dy.buffer(), dx)
         })
     }
 
     fn global_avg_pool_forward(&self, x: &Tensor) -> Tensor {
         let (n, hw, c) = nhwc(&x.shape);
-        self.out(&[n, c], |y| {
+        self.out(&[n, c], elem(x), |y| {
             pool::global_avg_pool_forward(self, n, hw, c, x.buffer(), y)
         })
     }
 
     fn global_avg_pool_backward(&self, x_shape: &[usize], dy: &Tensor) -> Tensor {
         let (n, hw, c) = nhwc(x_shape);
-        self.out(x_shape, |dx| {
+        self.out(x_shape, elem(dy), |dx| {
             pool::global_avg_pool_backward(self, n, hw, c, dy.buffer(), dx)
         })
     }
 
     fn sk_pool_forward(&self, x: &Tensor) -> Tensor {
         let (n, hw, c2) = nhwc(&x.shape);
-        self.out(&[n, 1, 1, c2 / 2], |y| {
+        self.out(&[n, 1, 1, c2 / 2], elem(x), |y| {
             sk::sk_pool_forward(self, n, hw, c2 / 2, x.buffer(), y)
         })
     }
 
     fn sk_pool_backward(&self, x_shape: &[usize], dy: &Tensor) -> Tensor {
         let (n, hw, c2) = nhwc(x_shape);
-        self.out(x_shape, |dx| {
+        self.out(x_shape, elem(dy), |dx| {
             sk::sk_pool_backward(self, n, hw, c2 / 2, dy.buffer(), dx)
         })
     }
@@ -271,15 +310,15 @@ impl Backend for Gpu {
     fn sk_combine_forward(&self, x: &Tensor, logits: &Tensor) -> Tensor {
         let (n, hw, c2) = nhwc(&x.shape);
         let shape = [n, x.shape[1], x.shape[2], c2 / 2];
-        self.out(&shape, |y| {
+        self.out(&shape, elem(x), |y| {
             sk::sk_combine_forward(self, n, hw, c2 / 2, x.buffer(), logits.buffer(), y)
         })
     }
 
     fn sk_combine_backward(&self, x: &Tensor, logits: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
         let (n, hw, c2) = nhwc(&x.shape);
-        let mut dlogits = Tensor::gpu_output(self, &logits.shape);
-        let dx = self.out(&x.shape, |dx| {
+        let mut dlogits = Tensor::gpu_output_as(self, &logits.shape, elem(logits));
+        let dx = self.out(&x.shape, elem(x), |dx| {
             let (xb, lb, dyb) = (x.buffer(), logits.buffer(), dy.buffer());
             sk::sk_combine_backward(self, n, hw, c2 / 2, xb, lb, dyb, dx, dlogits.buffer_mut())
         });
@@ -289,7 +328,7 @@ impl Backend for Gpu {
     fn l2_normalize_forward(&self, x: &Tensor) -> (Tensor, Tensor) {
         let (rows, d) = (x.shape[0], x.shape[1]);
         let mut inv = Tensor::gpu_output(self, &[rows]);
-        let z = self.out(&x.shape, |z| {
+        let z = self.out(&x.shape, Elem::F32, |z| {
             normalize::l2_normalize_forward(self, rows, d, x.buffer(), z, inv.buffer_mut())
         });
         (z, inv)
@@ -297,7 +336,7 @@ impl Backend for Gpu {
 
     fn l2_normalize_backward(&self, z: &Tensor, inv_norm: &Tensor, dz: &Tensor) -> Tensor {
         let (rows, d) = (z.shape[0], z.shape[1]);
-        self.out(&dz.shape, |dx| {
+        self.out(&dz.shape, Elem::F32, |dx| {
             let (zb, dzb, inv) = (z.buffer(), dz.buffer(), inv_norm.buffer());
             normalize::l2_normalize_backward(self, rows, d, zb, dzb, inv, dx)
         })
@@ -312,7 +351,7 @@ impl Backend for Gpu {
 
     fn softmax(&self, logits: &Tensor, temperature: f64) -> Tensor {
         let (rows, classes) = (logits.shape[0], logits.shape[1]);
-        self.out(&logits.shape, |probs| {
+        self.out(&logits.shape, Elem::F32, |probs| {
             loss::softmax(
                 self,
                 rows,

@@ -6,7 +6,8 @@
 //! records itself on the tape; it never asks where a tensor lives or what its element type is.
 //! Inputs live on the backend's device; outputs are fresh tensors there. Each backend handles
 //! the element types it supports in its own file (the CPU: f32 and f64 through `with_dtype!`;
-//! the GPU: f32 buffers), so a new dtype is added in one place per backend.
+//! the GPU: f32 and bf16 buffers, with the mixed-precision rules in `cuda.rs`), so a new dtype
+//! is added in one place per backend.
 //!
 //! A trait rather than an enum with a match per method: each backend's methods sit together in
 //! one file, a new op adds one method here and one entry per backend, and `of` is the only place
@@ -19,7 +20,7 @@ use crate::device::cpu::batchnorm::BnStats;
 use crate::device::cpu::conv::ConvShape;
 use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
 use crate::device::cuda::Buffer;
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::{DType, Storage, Tensor};
 
 /// What training-mode batch norm keeps for its backward pass, on the device that computed it.
 pub enum BnSaved {
@@ -85,6 +86,10 @@ pub trait Backend {
         saved: &BnSaved,
         with_beta: bool,
     ) -> (Tensor, Tensor, Option<Tensor>);
+
+    /// The same values as another element type (mixed precision: f32 ↔ bf16 on a GPU; f32 ↔ f64
+    /// on the CPU). A tensor already of that type comes back shared.
+    fn cast(&self, x: &Tensor, dtype: DType) -> Tensor;
 
     // elementwise
     fn relu(&self, x: &Tensor) -> Tensor;

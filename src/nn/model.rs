@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 use crate::nn::layers::{BatchNorm, Builder, Declare, Linear, Shapes};
 use crate::nn::params::ParamStore;
 use crate::nn::resnet::{Arch, ResNet};
+use crate::ops;
+use crate::tensor::DType;
 use serde::{Deserialize, Serialize};
 
 /// Everything needed to rebuild a model's structure; stored in checkpoint.json.
@@ -108,6 +110,8 @@ impl Model {
     /// there is no classifier, else the logits.
     pub fn forward(&mut self, g: &mut Graph, x: Var, train: bool) -> (Var, Var) {
         let features = self.encoder.forward(g, &mut self.store, x, train);
+        // The head and the losses run in f32 whatever the encoder's precision.
+        let features = ops::cast::cast(g, features, DType::F32);
         let mut h = features;
         for layer in &self.head {
             h = layer.dense.forward(g, &self.store, h);
@@ -125,6 +129,7 @@ impl Model {
         let record = g.record;
         g.record = false;
         let features = self.encoder.forward(g, &mut self.store, x, false);
+        let features = ops::cast::cast(g, features, DType::F32);
         g.record = record;
         let classifier = self
             .classifier

@@ -4,6 +4,7 @@
 //! backend call per gradient. No op asks where a tensor lives or what its element type is.
 
 pub mod batchnorm;
+pub mod cast;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;

@@ -30,6 +30,9 @@ pub struct Config {
     pub labels: String,
     pub seed: u64,
     pub device: String,
+    /// Activations' storage on a GPU: auto (bf16 on cuda, f32 elsewhere), bf16 or f32.
+    #[serde(default = "auto")]
+    pub precision: String,
     /// Encoder of the pretrained / fine-tuned network (and the baseline).
     pub arch: String,
     pub width: usize,
@@ -79,6 +82,10 @@ pub struct Config {
     pub resume: bool,
 }
 
+fn auto() -> String {
+    "auto".into()
+}
+
 impl Config {
     pub fn preset(name: &str) -> Result<Config> {
         let sgd = |epochs, batch_size, lr| StageConfig {
@@ -96,6 +103,7 @@ impl Config {
             labels: "10".into(),
             seed: 0,
             device: "auto".into(),
+            precision: "auto".into(),
             arch: "resnet8".into(),
             width: 16,
             sk: false,

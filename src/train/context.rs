@@ -2,6 +2,7 @@
 //! labelled subset and the normalisation, and what stages do with it (their data loaders,
 //! checkpoints, resumption).
 
+use crate::backend;
 use crate::data::augment::{Augment, Normalize};
 use crate::data::loader::{Loader, Views};
 use crate::data::subset;
@@ -12,7 +13,7 @@ use crate::nn::model::{Model, ModelSpec};
 use crate::nn::resnet::Arch;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use crate::train::checkpoint::{self, Meta, Resume};
 use crate::train::config::Config;
 use crate::train::trainer::{Position, Start};
@@ -23,6 +24,8 @@ use std::sync::Arc;
 pub struct Context {
     pub cfg: Config,
     pub device: Device,
+    /// The activations' element type: f32, or bf16 on a GPU (`--precision`).
+    pub precision: DType,
     pub format: String,
     pub train: Arc<Dataset>,
     pub test: Arc<Dataset>,
@@ -38,11 +41,42 @@ pub struct Context {
     pub norm: Normalize,
 }
 
+/// `--precision` on `device`: bf16 needs a GPU; auto is bf16 on a real GPU and f32 on the CPU
+/// and the emulator (where f32 keeps results comparable with the CPU's).
+fn precision(flag: &str, device: &Device) -> Result<DType> {
+    let gpu = match device {
+        Device::Gpu(gpu) => Some(gpu),
+        Device::Cpu => None,
+    };
+    match flag {
+        "f32" => Ok(DType::F32),
+        "bf16" if gpu.is_some() => Ok(DType::BF16),
+        "bf16" => Err(Error::Config(
+            "--precision bf16 needs a GPU device (--device cuda or emu)".into(),
+        )),
+        "auto" => Ok(match gpu {
+            Some(gpu) if !gpu.is_emulated() => DType::BF16,
+            _ => DType::F32,
+        }),
+        other => Err(Error::Config(format!(
+            "--precision {other}: expected auto, bf16 or f32"
+        ))),
+    }
+}
+
+fn precision_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
 impl Context {
     pub fn new(cfg: Config) -> Result<Context> {
         cfg.validate()?;
         let (device, why) = Device::select(&cfg.device)?;
-        println!("{why}");
+        let precision = precision(&cfg.precision, &device)?;
+        println!("{why}, {} activations", precision_name(precision));
         let opts = crate::data::LoadOptions {
             format: cfg.format,
             image_size: cfg.image_size,
@@ -88,6 +122,7 @@ impl Context {
         Ok(Context {
             cfg,
             device,
+            precision,
             format: data.format,
             train: Arc::new(data.train),
             test: Arc::new(data.test),
@@ -177,10 +212,13 @@ impl Context {
         }
     }
 
-    /// A batch's images, standardised by the loader, as a tensor on the run's device.
+    /// A batch's images, standardised by the loader, as a tensor on the run's device in the
+    /// run's precision: bf16 images make the encoder run in bf16 (every op's output takes its
+    /// input's type) up to the cast before the head.
     pub fn images(&self, x: Vec<f32>, rows: usize) -> Tensor {
         let shape = [rows, self.train.h, self.train.w, self.train.c];
-        Tensor::from_vec(&shape, x).to_device(&self.device)
+        let x = Tensor::from_vec(&shape, x).to_device(&self.device);
+        backend::of(&x).cast(&x, self.precision)
     }
 
     /// A training checkpoint of `stage` at `pos` in `dir`.
@@ -218,7 +256,7 @@ impl Context {
         let mut now = serde_json::to_value(&self.cfg).expect("config serialises");
         // Settings that may change between the run and its resumption.
         for c in [&mut saved, &mut now] {
-            for key in ["device", "resume", "checkpoint_every"] {
+            for key in ["device", "precision", "resume", "checkpoint_every"] {
                 c[key] = Value::Null;
             }
         }

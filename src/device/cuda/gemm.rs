@@ -24,6 +24,7 @@ pub fn gemm(
     c: &mut Buffer,
     accumulate: bool,
 ) {
+    Elem::assert_f32("gemm", [a, b, &*c]);
     assert!(a.len_f32() >= m * k && b.len_f32() >= k * n && c.len_f32() >= m * n);
     assert!([m * k, k * n, m * n]
         .iter()

@@ -3,7 +3,7 @@
 //! then sums in a fixed order into the 1-float `loss` buffer (deterministic, no atomics).
 //! Labels are u32 buffers; `cpu::loss::UNLABELLED` marks rows without one.
 
-use super::{Arg, Buffer, Gpu};
+use super::{Arg, Buffer, Elem, Gpu};
 
 const THREADS: u32 = 256;
 /// One warp per row.
@@ -33,6 +33,7 @@ pub fn softmax(
     temperature: f32,
     probs: &mut Buffer,
 ) {
+    Elem::assert_f32("softmax", [logits, &*probs]);
     assert!(logits.len_f32() >= rows * classes && probs.len_f32() >= rows * classes);
     if rows == 0 {
         return;
@@ -63,6 +64,7 @@ pub fn softmax_cross_entropy(
     loss: &mut Buffer,
     grad: &mut Buffer,
 ) {
+    Elem::assert_f32("softmax_cross_entropy", [logits, &*loss, &*grad]);
     assert!(logits.len_f32() >= rows * classes && grad.len_f32() >= rows * classes);
     assert!(labels.len_f32() >= rows && loss.len_f32() >= 1 && rows > 0);
     let terms = gpu.alloc_f32(rows);
@@ -100,6 +102,7 @@ pub fn distillation(
     loss: &mut Buffer,
     grad: &mut Buffer,
 ) {
+    Elem::assert_f32("distillation", [logits, teacher_probs, &*loss, &*grad]);
     let len = rows * classes;
     assert!(logits.len_f32() >= len && teacher_probs.len_f32() >= len && grad.len_f32() >= len);
     assert!(labels.len_f32() >= rows && loss.len_f32() >= 1 && rows > 0);

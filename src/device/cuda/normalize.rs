@@ -1,6 +1,6 @@
 //! Row-wise L2 normalisation (kernels/normalize.cu): one warp per row, 8 rows per block.
 
-use super::{blocks_for, Buffer, Gpu};
+use super::{blocks_for, Buffer, Elem, Gpu};
 
 /// ROWS_PER_BLOCK in the kernel file: 8 warps of 32 lanes.
 const ROWS_PER_BLOCK: u32 = 8;
@@ -22,6 +22,7 @@ pub fn l2_normalize_forward(
     z: &mut Buffer,
     inv_norm: &mut Buffer,
 ) {
+    Elem::assert_f32("l2_normalize_forward", [x, &*z, &*inv_norm]);
     assert!(x.len_f32() == rows * d && z.len_f32() == rows * d && inv_norm.len_f32() == rows);
     gpu.launch(
         "l2norm_forward",
@@ -49,6 +50,7 @@ pub fn l2_normalize_backward(
     inv_norm: &Buffer,
     dx: &mut Buffer,
 ) {
+    Elem::assert_f32("l2_normalize_backward", [z, dz, inv_norm, &*dx]);
     assert!(z.len_f32() == rows * d && dz.len_f32() == rows * d && dx.len_f32() == rows * d);
     assert_eq!(inv_norm.len_f32(), rows);
     gpu.launch(

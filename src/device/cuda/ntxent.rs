@@ -2,7 +2,7 @@
 //! top comment for the algorithm and why its extra memory is O(N): the only workspace here is
 //! the 2N log-sum-exps.
 
-use super::{Buffer, Gpu};
+use super::{Buffer, Elem, Gpu};
 
 /// Rows (of i, and of j per step) one block handles (NT_TILE in the kernel), 256 threads.
 const TILE: usize = 64;
@@ -20,6 +20,7 @@ pub fn ntxent(
     loss: &mut Buffer,
     grad: &mut Buffer,
 ) {
+    Elem::assert_f32("ntxent", [z, &*loss, &*grad]);
     assert!(
         rows >= 2 && rows.is_multiple_of(2) && d > 0,
         "NT-Xent needs 2N rows of width d > 0"
