@@ -259,6 +259,7 @@ fn bad_config_values() {
         ("--device", "tpu", "tpu"),
         ("--device", "cuda:x", "cuda:x"),
         ("--device", "emu:fast", "schedule"),
+        ("--precision", "fp8", "--precision fp8"),
     ] {
         t.fails(
             &tiny(&["pretrain", "--data", &data], &[flag, value]),
@@ -267,6 +268,16 @@ fn bad_config_values() {
     }
     let args = ["pretrain", "--data", &data, "--preset", "huge"];
     t.fails(&args, "--preset huge");
+    let args = [
+        "pretrain",
+        "--data",
+        &data,
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+    ];
+    t.fails(&args, "--precision bf16 needs a GPU");
 }
 
 /// `--device cuda` where there is no usable GPU (no nvcc at build time, or no driver) says why
@@ -392,12 +403,20 @@ fn checkpoint_of_the_wrong_kind() {
     assert_eq!(std::fs::read(&ckpt).unwrap(), before, "checkpoint changed");
 }
 
-/// Runs the tiny pipeline on `device`, checks the run directory and returns report.json.
-fn tiny_pipeline(t: &Tmp, data: &str, out_name: &str, device: &str) -> Value {
+/// Runs the tiny pipeline on `device` in `precision` (f32 or bf16), checks the run directory
+/// and returns report.json.
+fn tiny_pipeline(t: &Tmp, data: &str, out_name: &str, device: &str, precision: &str) -> Value {
     let out = t.path(out_name);
     let args = tiny(
         &["pipeline", "--data", data, "--out", &out],
-        &["--labels", "2", "--device", device],
+        &[
+            "--labels",
+            "2",
+            "--device",
+            device,
+            "--precision",
+            precision,
+        ],
     );
     let run = simclr(&args);
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -417,7 +436,7 @@ fn tiny_pipeline(t: &Tmp, data: &str, out_name: &str, device: &str) -> Value {
 fn tiny_pipeline_runs_and_is_reproducible() {
     let t = Tmp::new("pipeline");
     let data = t.data("data");
-    let r = tiny_pipeline(&t, &data, "a", "cpu");
+    let r = tiny_pipeline(&t, &data, "a", "cpu", "f32");
     let fields: &[(&str, &[&str])] = &[
         (
             "",
@@ -465,7 +484,7 @@ fn tiny_pipeline_runs_and_is_reproducible() {
         assert!((0.0..=1.0).contains(top1), "top-1 {top1} in {r}");
     }
     assert!(first[4].is_finite(), "final loss in {r}");
-    let again = tiny_pipeline(&t, &data, "b", "cpu");
+    let again = tiny_pipeline(&t, &data, "b", "cpu", "f32");
     assert_eq!(first, results(&again), "same seed, different results");
 }
 
@@ -484,19 +503,24 @@ fn step_losses(t: &Tmp, out_name: &str) -> Vec<f64> {
     losses
 }
 
-/// The whole flow on the CUDA kernels matches the cpu run step by step: on the emulator, or on
-/// the real GPU under SIMCLR_TEST_DEVICES=cuda (scripts/gpu_suite.sh).
-#[test]
-fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
-    let gpu = match std::env::var("SIMCLR_TEST_DEVICES").as_deref() {
+/// The GPU device under test: the emulator, or the real GPU under SIMCLR_TEST_DEVICES=cuda
+/// (scripts/gpu_suite.sh).
+fn gpu_device() -> &'static str {
+    match std::env::var("SIMCLR_TEST_DEVICES").as_deref() {
         Ok("cuda") => "cuda",
         _ => "emu",
-    };
+    }
+}
+
+/// The whole flow on the CUDA kernels in f32 matches the cpu run step by step.
+#[test]
+fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
+    let gpu = gpu_device();
     let t = Tmp::new("pipeline_gpu");
     let data = t.data("data");
-    let run = tiny_pipeline(&t, &data, gpu, gpu);
+    let run = tiny_pipeline(&t, &data, gpu, gpu, "f32");
     assert!(run["device"].as_str().unwrap().starts_with(gpu), "{run}");
-    tiny_pipeline(&t, &data, "cpu", "cpu");
+    tiny_pipeline(&t, &data, "cpu", "cpu", "f32");
     let (got, want) = (step_losses(&t, gpu), step_losses(&t, "cpu"));
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -515,6 +539,31 @@ fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
         "{} steps, largest relative loss difference {gpu} vs cpu {worst:.2e}",
         got.len()
     );
+}
+
+/// The whole flow in bf16 mixed precision on the GPU device ends pretraining within 2% of the
+/// same run in f32 (the final loss of report.json), and every stage's result is a valid top-1.
+#[test]
+fn tiny_pipeline_in_bf16_ends_within_2_percent_of_f32() {
+    let gpu = gpu_device();
+    let t = Tmp::new("pipeline_bf16");
+    let data = t.data("data");
+    let bf16 = tiny_pipeline(&t, &data, "bf16", gpu, "bf16");
+    let f32 = tiny_pipeline(&t, &data, "f32", gpu, "f32");
+    let loss = |r: &Value| r["pretrain"]["final_loss"].as_f64().unwrap();
+    let (got, want) = (loss(&bf16), loss(&f32));
+    println!("tiny pipeline on {gpu}: final pretraining loss bf16 {got}, f32 {want}");
+    assert!(
+        (got - want).abs() <= 0.02 * want.abs(),
+        "bf16 final loss {got} vs f32 {want}"
+    );
+    for stage in ["baseline", "finetune", "distill"] {
+        let top1 = bf16[stage]["top1"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&top1),
+            "{stage} top-1 {top1} in {bf16}"
+        );
+    }
 }
 
 /// A pretraining run killed with SIGKILL and resumed with --resume ends with bit-identical
