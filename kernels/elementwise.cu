@@ -82,22 +82,31 @@ KERNEL void ew_scale_by(const float* __restrict__ x, const float* __restrict__ s
     if (i < n) y[i] = x[i] * s[0];
 }
 
-// y[r, :] += b for a row-major [rows, cols] y.
-KERNEL void ew_bias_add(float* __restrict__ y, const float* __restrict__ b, int n, int cols) {
+// y[r, :] += b for a row-major [rows, cols] y (activations, T); b is an f32 parameter.
+template <typename T>
+DEVICE void ew_bias_add_impl(T* __restrict__ y, const float* __restrict__ b, int n, int cols) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] += b[i % cols];
+    if (i < n) y[i] = from_f32<T>(to_f32(y[i]) + b[i % cols]);
+}
+KERNEL void ew_bias_add(float* __restrict__ y, const float* __restrict__ b, int n, int cols) {
+    ew_bias_add_impl(y, b, n, cols);
+}
+KERNEL void ew_bias_add_bf16(bf16* __restrict__ y, const float* __restrict__ b, int n, int cols) {
+    ew_bias_add_impl(y, b, n, cols);
 }
 
 // out[col] = Σ_r x[r, col]. grid ceil(cols/32), block (32, 8): the 32 lanes of a warp read 32
 // consecutive columns of a row (coalesced), the 8 warps stride over the rows, and the warps'
 // sums meet in shared memory in a fixed order — deterministic, no atomics. One block per 32 columns
-// covers all rows: the rows here are a batch (hundreds), not N·H·W.
-KERNEL void ew_sum_rows(const float* __restrict__ x, int rows, int cols, float* __restrict__ out) {
+// covers all rows: the rows here are a batch (hundreds), not N·H·W. x may be bf16 (a bias's
+// gradient from bf16 activation gradients); the sums and out are f32.
+template <typename T>
+DEVICE void ew_sum_rows_impl(const T* __restrict__ x, int rows, int cols, float* __restrict__ out) {
     __shared__ float red[8][32];
     int col = blockIdx.x * 32 + threadIdx.x;
     float s = 0.0f;
     if (col < cols)
-        for (int r = threadIdx.y; r < rows; r += 8) s += x[(size_t)r * cols + col];
+        for (int r = threadIdx.y; r < rows; r += 8) s += to_f32(x[(size_t)r * cols + col]);
     red[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && col < cols) {
@@ -105,6 +114,12 @@ KERNEL void ew_sum_rows(const float* __restrict__ x, int rows, int cols, float* 
         for (int j = 0; j < 8; j++) t += red[j][threadIdx.x];
         out[col] = t;
     }
+}
+KERNEL void ew_sum_rows(const float* __restrict__ x, int rows, int cols, float* __restrict__ out) {
+    ew_sum_rows_impl(x, rows, cols, out);
+}
+KERNEL void ew_sum_rows_bf16(const bf16* __restrict__ x, int rows, int cols, float* __restrict__ out) {
+    ew_sum_rows_impl(x, rows, cols, out);
 }
 
 REGISTER_KERNEL(ew_relu_forward);
@@ -119,4 +134,6 @@ REGISTER_KERNEL(ew_to_bf16);
 REGISTER_KERNEL(ew_to_f32);
 REGISTER_KERNEL(ew_scale_by);
 REGISTER_KERNEL(ew_bias_add);
+REGISTER_KERNEL(ew_bias_add_bf16);
 REGISTER_KERNEL(ew_sum_rows);
+REGISTER_KERNEL(ew_sum_rows_bf16);

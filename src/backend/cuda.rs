@@ -4,7 +4,8 @@
 //! Tensors on a GPU hold f32 or bf16 buffers, and this file is where the mixed-precision rules
 //! live (docs/ARCHITECTURE.md, "Precision"): an activation's output (and an activation
 //! gradient) has the element type of its input; parameters, their gradients, BN statistics and
-//! losses are f32. A conv on bf16 activations reads a bf16 copy of its f32 weights, made here.
+//! losses are f32. A conv or dense layer on bf16 activations reads a bf16 copy of its f32
+//! weights, made here; bf16 dense layers are 1×1 convolutions on the tensor-core kernels.
 
 use super::{nhwc, Backend, BnSaved, StepParams, Update};
 use crate::device::cpu::batchnorm::{EPS, MOMENTUM};
@@ -40,6 +41,22 @@ impl Gpu {
         let mut grad = Tensor::gpu_output(self, &x.shape);
         let loss = self.out(&[1], Elem::F32, |loss| f(loss, grad.buffer_mut()));
         (loss, grad)
+    }
+}
+
+/// A dense layer x [rows, inp] · Wᵀ (W [outs, inp]) as the 1×1 convolution it is: rows images
+/// of one pixel. bf16 dense layers run on the tensor-core conv kernels this way.
+fn dense(rows: usize, inp: usize, outs: usize) -> ConvShape {
+    ConvShape {
+        n: rows,
+        h: 1,
+        w: 1,
+        c: inp,
+        k: outs,
+        r: 1,
+        s: 1,
+        stride: 1,
+        pad: 0,
     }
 }
 
@@ -213,19 +230,16 @@ impl Backend for Gpu {
 
     fn linear_forward(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
         let (rows, inp, outs) = (x.shape[0], x.shape[1], w.shape[0]);
-        self.out(&[rows, outs], Elem::F32, |y| {
-            gemm::gemm(
-                self,
-                rows,
-                outs,
-                inp,
-                x.buffer(),
-                false,
-                w.buffer(),
-                true,
-                y,
-                false,
-            );
+        let elem = elem(x);
+        let wb = self.weights_as(w, elem);
+        self.out(&[rows, outs], elem, |y| {
+            match elem {
+                Elem::F32 => {
+                    let xb = x.buffer();
+                    gemm::gemm(self, rows, outs, inp, xb, false, &wb, true, y, false)
+                }
+                Elem::Bf16 => conv::forward(self, &dense(rows, inp, outs), x.buffer(), &wb, y),
+            }
             if let Some(b) = b {
                 elementwise::bias_add(self, rows, outs, y, b.buffer());
             }
@@ -240,12 +254,16 @@ impl Backend for Gpu {
         with_bias: bool,
     ) -> (Tensor, Tensor, Option<Tensor>) {
         let (rows, inp, outs) = (x.shape[0], x.shape[1], w.shape[0]);
-        let (xb, wb, dyb) = (x.buffer(), w.buffer(), dy.buffer());
-        let dx = self.out(&x.shape, Elem::F32, |dx| {
-            gemm::gemm(self, rows, inp, outs, dyb, false, wb, false, dx, false)
+        let (xb, dyb, elem) = (x.buffer(), dy.buffer(), elem(x));
+        let wb = self.weights_as(w, elem);
+        let s = dense(rows, inp, outs);
+        let dx = self.out(&x.shape, elem, |dx| match elem {
+            Elem::F32 => gemm::gemm(self, rows, inp, outs, dyb, false, &wb, false, dx, false),
+            Elem::Bf16 => conv::backward_input(self, &s, dyb, &wb, dx),
         });
-        let dw = self.out(&w.shape, Elem::F32, |dw| {
-            gemm::gemm(self, outs, inp, rows, dyb, true, xb, false, dw, false)
+        let dw = self.out(&w.shape, Elem::F32, |dw| match elem {
+            Elem::F32 => gemm::gemm(self, outs, inp, rows, dyb, true, xb, false, dw, false),
+            Elem::Bf16 => conv::backward_weight(self, &s, xb, dyb, dw),
         });
         let db = with_bias.then(|| {
             self.out(&[outs], Elem::F32, |db| {

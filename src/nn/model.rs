@@ -110,8 +110,6 @@ impl Model {
     /// there is no classifier, else the logits.
     pub fn forward(&mut self, g: &mut Graph, x: Var, train: bool) -> (Var, Var) {
         let features = self.encoder.forward(g, &mut self.store, x, train);
-        // The head and the losses run in f32 whatever the encoder's precision.
-        let features = ops::cast::cast(g, features, DType::F32);
         let mut h = features;
         for layer in &self.head {
             h = layer.dense.forward(g, &self.store, h);
@@ -120,7 +118,10 @@ impl Model {
         if let Some(c) = &self.classifier {
             h = c.forward(g, &self.store, h);
         }
-        (features, h)
+        // The network runs in its input's precision; what leaves it (to the losses, the kNN
+        // monitor, evaluation) is f32.
+        let out = ops::cast::cast(g, h, DType::F32);
+        (ops::cast::cast(g, features, DType::F32), out)
     }
 
     /// Linear evaluation's forward pass: the encoder frozen (inference mode, recorded nothing,

@@ -80,26 +80,27 @@ pub fn scale_by(gpu: &Gpu, x: &Buffer, s: &Buffer, y: &mut Buffer) {
 
 /// y[r, :] += b for y [rows, cols].
 pub fn bias_add(gpu: &Gpu, rows: usize, cols: usize, y: &mut Buffer, b: &Buffer) {
-    Elem::assert_f32("bias_add", [&*y, b]);
+    Elem::assert_f32("bias_add", [b]);
     let n = rows * cols;
-    assert!(y.len_f32() == n && b.len_f32() == cols);
+    assert!(y.len() == n && b.len_f32() == cols);
     gpu.launch_1d(
-        "ew_bias_add",
+        y.elem().pick("ew_bias_add", "ew_bias_add_bf16"),
         n,
         &[y.into(), b.into(), (n as i32).into(), (cols as i32).into()],
     );
 }
 
 /// out[c] = Σ_r x[r, c] for x [rows, cols] (deterministic: a fixed summation order).
+/// x may be bf16; out is f32.
 pub fn sum_rows(gpu: &Gpu, rows: usize, cols: usize, x: &Buffer, out: &mut Buffer) {
-    Elem::assert_f32("sum_rows", [x, &*out]);
-    assert!(x.len_f32() == rows * cols && out.len_f32() == cols);
+    Elem::assert_f32("sum_rows", [&*out]);
+    assert!(x.len() == rows * cols && out.len_f32() == cols);
     assert!(
         rows * cols <= super::MAX_ELEMENTS,
         "sum_rows: {rows}×{cols} exceeds int indexing"
     );
     gpu.launch(
-        "ew_sum_rows",
+        x.elem().pick("ew_sum_rows", "ew_sum_rows_bf16"),
         [blocks_for(cols, 32), 1, 1],
         [32, 8, 1],
         0,
