@@ -124,7 +124,7 @@ fn gemm_bf16_matches_cpu() {
 /// element-wise path) and multiples of 8 (16-byte copies).
 #[test]
 fn dense_layer_in_bf16_matches_cpu() {
-    use simclr::backend::{self, Backend};
+    use simclr::backend;
     use simclr::device::Device;
     use simclr::tensor::{DType, Tensor};
     for (name, gpu) in common::gpus() {
