@@ -118,16 +118,19 @@ KERNEL void ntxent_lse(const float* __restrict__ z, int rows, int d, float inv_t
 }
 
 // loss[0] = mean_i (lse_i − z_i·z_pos(i)·inv_t). One block of 256 threads: warp w takes rows
-// w, w + 8, ...; lanes split the dot product; fixed-order sums throughout.
-KERNEL void ntxent_loss(const float* __restrict__ z, int rows, int d, float inv_t,
-                        const float* __restrict__ lse, float* __restrict__ loss) {
+// w, w + 8, ...; lanes split the dot product; fixed-order sums throughout. z is f32 here, or
+// bf16 for the tensor-core path (kernels/ntxent_tc.cu), which shares this kernel.
+template <typename T>
+DEVICE void ntxent_loss_impl(const T* __restrict__ z, int rows, int d, float inv_t,
+                             const float* __restrict__ lse, float* __restrict__ loss) {
     __shared__ float partial[NT_THREADS / 32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     float total = 0.0f;
     for (int i = warp; i < rows; i += NT_THREADS / 32) {
         const int pos = (i + rows / 2) % rows;
         float dot = 0.0f;
-        for (int p = lane; p < d; p += 32) dot = fmaf(z[(size_t)i * d + p], z[(size_t)pos * d + p], dot);
+        for (int p = lane; p < d; p += 32)
+            dot = fmaf(to_f32(z[(size_t)i * d + p]), to_f32(z[(size_t)pos * d + p]), dot);
 #pragma unroll
         for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffff, dot, off);
         total += lse[i] - dot * inv_t;
@@ -139,6 +142,14 @@ KERNEL void ntxent_loss(const float* __restrict__ z, int rows, int d, float inv_
         for (int w = 0; w < NT_THREADS / 32; w++) sum += partial[w];
         loss[0] = sum / rows;
     }
+}
+KERNEL void ntxent_loss(const float* __restrict__ z, int rows, int d, float inv_t,
+                        const float* __restrict__ lse, float* __restrict__ loss) {
+    ntxent_loss_impl(z, rows, d, inv_t, lse, loss);
+}
+KERNEL void ntxent_loss_bf16(const bf16* __restrict__ z, int rows, int d, float inv_t,
+                             const float* __restrict__ lse, float* __restrict__ loss) {
+    ntxent_loss_impl(z, rows, d, inv_t, lse, loss);
 }
 
 // Pass 2: grad[i, c] for the block's 64 rows i and 128 columns c (blockIdx.y picks which).
@@ -223,4 +234,5 @@ KERNEL void ntxent_grad(const float* __restrict__ z, int rows, int d, float inv_
 
 REGISTER_KERNEL(ntxent_lse);
 REGISTER_KERNEL(ntxent_loss);
+REGISTER_KERNEL(ntxent_loss_bf16);
 REGISTER_KERNEL(ntxent_grad);

@@ -1,10 +1,12 @@
-//! The fused NT-Xent kernel against the CPU reference (`cpu::ntxent::ntxent`, in f64), on every
-//! device under test, and its extra memory through the caching allocator's high-water mark.
+//! The fused NT-Xent kernels against the CPU reference (`cpu::ntxent::ntxent`, in f64), on every
+//! device under test, and their extra memory through the caching allocator's high-water mark:
+//! the f32 kernels, and the tensor-core kernels on bf16 rows (the reference computed from the
+//! same bf16-rounded rows; loss to 1e-5, gradient, stored in bf16, to relative L2 1e-2).
 
 mod common;
 
 use simclr::device::cpu::ntxent as cpu;
-use simclr::device::cuda::{alloc, ntxent};
+use simclr::device::cuda::{alloc, ntxent, Elem};
 
 /// `rows` random rows of width d, each scaled to unit L2 norm (NT-Xent's input).
 fn normalised(rows: usize, d: usize, seed: u64) -> Vec<f32> {
@@ -18,6 +20,15 @@ fn normalised(rows: usize, d: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn ntxent_matches_cpu() {
+    check(Elem::F32);
+}
+
+#[test]
+fn ntxent_in_bf16_matches_cpu() {
+    check(Elem::Bf16);
+}
+
+fn check(elem: Elem) {
     for (name, gpu) in common::gpus() {
         // 2N = 2 up to over two 64-row tiles, odd N; widths below, at and not a multiple of
         // the 16-deep slab.
@@ -27,31 +38,37 @@ fn ntxent_matches_cpu() {
             .enumerate()
         {
             let temperature = [0.1f32, 0.5, 1.0][case % 3];
-            let z = normalised(rows, d, 300 + case as u64);
+            let z = common::as_stored(elem, normalised(rows, d, 300 + case as u64));
             let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
             let (want_loss, want_grad) = cpu::ntxent(&z64, d, temperature as f64);
             let want_grad: Vec<f32> = want_grad.iter().map(|&v| v as f32).collect();
 
-            let z_dev = gpu.upload(&z);
+            let z_dev = gpu.upload_as(&z, elem);
             let mut loss_dev = gpu.alloc_f32(1);
-            let mut grad = gpu.alloc_f32(rows * d);
+            let mut grad = gpu.alloc(rows * d, elem);
             gpu.reset_peak_memory();
             let before = gpu.memory().in_use;
             ntxent::ntxent(&gpu, rows, d, &z_dev, temperature, &mut loss_dev, &mut grad);
-            let what = format!("ntxent on {name}, 2N={rows} d={d} τ={temperature}");
+            let what = format!("ntxent {elem:?} on {name}, 2N={rows} d={d} τ={temperature}");
             gpu.check().unwrap_or_else(|e| panic!("{what}: {e}"));
-            // The only workspace is the 2N log-sum-exps: O(N), never the 2N×2N matrix.
+            // The only workspace is the 2N log-sum-exps: O(N), never the 2N×2N matrix; in
+            // bf16 also the rows padded to a multiple of 16 when d is not one: O(N·d).
+            let padded = match elem {
+                Elem::Bf16 if d % 16 != 0 => alloc::rounded(2 * rows * d.next_multiple_of(16)),
+                _ => 0,
+            };
             let extra = gpu.memory().peak - before;
             assert!(
-                extra <= alloc::rounded(4 * rows),
+                extra <= alloc::rounded(4 * rows) + padded,
                 "{what}: {extra} bytes of workspace"
             );
 
             let got_loss = gpu.download::<f32>(&loss_dev)[0] as f64;
             let err = (got_loss - want_loss).abs() / want_loss.abs().max(1.0);
             assert!(err < 1e-5, "{what}: loss {got_loss}, want {want_loss}");
-            let err = common::rel_l2(&gpu.download::<f32>(&grad), &want_grad);
-            assert!(err < 1e-5, "{what}: gradient relative L2 error {err}");
+            let err = common::rel_l2(&gpu.download_f32(&grad), &want_grad);
+            let tolerance = common::tolerance(elem, 1e-5);
+            assert!(err < tolerance, "{what}: gradient relative L2 error {err}");
         }
     }
 }

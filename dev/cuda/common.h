@@ -30,7 +30,7 @@
 
 // n values uniform in [-1, 1) from xorshift64*: the same inputs on every machine and run.
 inline std::vector<float> random_uniform(size_t n, uint64_t seed) {
-    uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;  // never 0, which xorshift cannot leave
+    uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;  // nonzero for small seeds (0 is stuck)
     std::vector<float> v(n);
     for (float& x : v) {
         state ^= state >> 12;
@@ -83,7 +83,10 @@ void parallel_for(int count, Body body) {
     for (std::thread& th : pool) th.join();
 }
 
-// ---- device buffers ----------------------------------------------------------------------
+// ---- launches and device buffers ----------------------------------------------------------------------
+
+// Blocks of `per_block` that cover n items.
+inline unsigned ceil_div(int n, int per_block) { return (unsigned)(n / per_block + (n % per_block != 0)); }
 
 template <typename T>
 T* to_device(const std::vector<T>& v) {
@@ -119,13 +122,14 @@ inline double rel_l2(const std::vector<float>& out, const std::vector<double>& r
     return std::sqrt(diff / norm);
 }
 
-// Prints the verdict on one version's output; returns whether it passed.
+// Prints one version's verdict, without ending the line (the timing follows); returns whether
+// it passed.
 inline bool check(const char* name, const std::vector<float>& out, const std::vector<double>& ref,
                   double tolerance) {
     double err = rel_l2(out, ref);
     bool pass = err <= tolerance;  // false for NaN
-    printf("%-14s rel L2 error %.2e (tolerance %.0e)  %s\n", name, err, tolerance,
-           pass ? "PASS" : "FAIL");
+    printf("%-14s rel L2 error %.2e (tolerance %.0e) %s", name, err, tolerance, pass ? "PASS" : "FAIL");
+    fflush(stdout);
     return pass;
 }
 
@@ -151,6 +155,58 @@ float median_ms(Launch launch, int warmup, int runs) {
     CUDA_CHECK(cudaEventDestroy(stop));
     std::sort(ms.begin(), ms.end());
     return ms[runs / 2];
+}
+
+// ---- versions ----------------------------------------------------------------------------
+
+// One version of the kernel a program studies.
+struct Version {
+    int number;        // selects it on the command line, as does its name
+    const char* name;
+    bool bf16;         // takes bf16 inputs and writes a bf16 output (else f32 throughout)
+};
+
+// The versions the command-line word names (a number or a name), all of them when it is null.
+// Exits with status 1 when it names none.
+inline std::vector<Version> select_versions(std::initializer_list<Version> all, const char* selected) {
+    std::vector<Version> chosen;
+    for (const Version& v : all) {
+        bool named = selected && (strcmp(selected, v.name) == 0 || atoi(selected) == v.number);
+        if (!selected || named) chosen.push_back(v);
+    }
+    if (chosen.empty()) {
+        fprintf(stderr, "unknown version '%s'; the versions are", selected);
+        for (const Version& v : all) fprintf(stderr, " %d %s", v.number, v.name);
+        fprintf(stderr, "\n");
+        exit(1);
+    }
+    return chosen;
+}
+
+// Checks and times one version, on one line: fills its output (`len` elements at `out`, f32 or
+// bf16 as the version writes) with NaN bytes (0xFFFF is NaN in both), so that an element left
+// unwritten fails; launches it once and compares with ref (tolerance 1e-2 for bf16, 1e-5 for
+// f32); then times launch() and reports TFLOP/s for `flops` per launch. Returns whether it passed.
+template <typename Launch>
+bool run_version(const Version& v, void* out, size_t len, const std::vector<double>& ref, double flops,
+                 int warmup, int runs, Launch launch) {
+    printf("v%d ", v.number);
+    size_t bytes = len * (v.bf16 ? 2 : 4);
+    CUDA_CHECK(cudaMemset(out, 0xFF, bytes));
+    launch();
+    CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<float> host(len);
+    if (v.bf16) {
+        std::vector<uint16_t> bits = to_host(static_cast<const uint16_t*>(out), len);
+        for (size_t i = 0; i < len; i++) host[i] = bf16_bits_to_float(bits[i]);
+    } else {
+        host = to_host(static_cast<const float*>(out), len);
+    }
+    bool pass = check(v.name, host, ref, v.bf16 ? 1e-2 : 1e-5);
+    float ms = median_ms(launch, warmup, runs);
+    printf("  %9.4f ms %7.2f TFLOP/s\n", ms, flops / (ms * 1e-3) / 1e12);
+    return pass;
 }
 
 // ---- command line ------------------------------------------------------------------------

@@ -38,7 +38,7 @@ impl Gpu {
 
     /// A loss kernel's outputs: the 1-float loss and a gradient shaped like `x`.
     fn loss_pair(&self, x: &Tensor, f: impl FnOnce(&mut Buffer, &mut Buffer)) -> (Tensor, Tensor) {
-        let mut grad = Tensor::gpu_output(self, &x.shape);
+        let mut grad = Tensor::gpu_output_as(self, &x.shape, elem(x));
         let loss = self.out(&[1], Elem::F32, |loss| f(loss, grad.buffer_mut()));
         (loss, grad)
     }
@@ -346,7 +346,7 @@ impl Backend for Gpu {
     fn l2_normalize_forward(&self, x: &Tensor) -> (Tensor, Tensor) {
         let (rows, d) = (x.shape[0], x.shape[1]);
         let mut inv = Tensor::gpu_output(self, &[rows]);
-        let z = self.out(&x.shape, Elem::F32, |z| {
+        let z = self.out(&x.shape, elem(x), |z| {
             normalize::l2_normalize_forward(self, rows, d, x.buffer(), z, inv.buffer_mut())
         });
         (z, inv)
@@ -354,7 +354,7 @@ impl Backend for Gpu {
 
     fn l2_normalize_backward(&self, z: &Tensor, inv_norm: &Tensor, dz: &Tensor) -> Tensor {
         let (rows, d) = (z.shape[0], z.shape[1]);
-        self.out(&dz.shape, Elem::F32, |dx| {
+        self.out(&dz.shape, elem(dz), |dx| {
             let (zb, dzb, inv) = (z.buffer(), dz.buffer(), inv_norm.buffer());
             normalize::l2_normalize_backward(self, rows, d, zb, dzb, inv, dx)
         })

@@ -118,10 +118,10 @@ impl Model {
         if let Some(c) = &self.classifier {
             h = c.forward(g, &self.store, h);
         }
-        // The network runs in its input's precision; what leaves it (to the losses, the kNN
-        // monitor, evaluation) is f32.
-        let out = ops::cast::cast(g, h, DType::F32);
-        (ops::cast::cast(g, features, DType::F32), out)
+        // The network runs in its input's precision, and so does its output (the losses cast
+        // to f32 themselves; NT-Xent takes bf16 rows on the tensor cores). The features, for
+        // the kNN monitor and evaluation, leave as f32.
+        (ops::cast::cast(g, features, DType::F32), h)
     }
 
     /// Linear evaluation's forward pass: the encoder frozen (inference mode, recorded nothing,

@@ -1,6 +1,6 @@
 //! Casts between element types: the seams of mixed precision, where bf16 activations enter the
-//! network (the images) and where they leave it (its outputs, before the f32 losses). The
-//! gradient goes back through the reverse cast.
+//! network (the images) and where they leave it (its features; its outputs in the f32 losses).
+//! The gradient goes back through the reverse cast.
 
 use crate::autograd::{Backward, Graph, Values, Var};
 use crate::backend;

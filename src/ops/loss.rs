@@ -5,7 +5,8 @@
 
 use crate::autograd::{Backward, Graph, Values, Var};
 use crate::backend;
-use crate::tensor::Tensor;
+use crate::ops::cast::cast;
+use crate::tensor::{DType, Tensor};
 
 pub use crate::device::cpu::loss::UNLABELLED;
 
@@ -31,8 +32,10 @@ fn check_rows(op: &str, logits: &Tensor, labels: &[u32]) {
     );
 }
 
-/// Mean softmax cross-entropy of logits [B, K] against labels.
+/// Mean softmax cross-entropy of logits [B, K] against labels. Losses are f32: bf16 logits are
+/// cast first (as in `distillation` and `softmax`).
 pub fn softmax_cross_entropy(g: &mut Graph, logits: Var, labels: &[u32]) -> Var {
+    let logits = cast(g, logits, DType::F32);
     let lv = g.value(logits);
     check_rows("softmax_cross_entropy", lv, labels);
     let (loss, grad) = backend::of(lv).softmax_cross_entropy(lv, labels);
@@ -50,6 +53,7 @@ pub fn distillation(
     labels: &[u32],
     alpha: f64,
 ) -> Var {
+    let logits = cast(g, logits, DType::F32);
     let lv = g.value(logits);
     check_rows("distillation", lv, labels);
     assert_eq!(
@@ -62,5 +66,6 @@ pub fn distillation(
 
 /// Softmax of logits / τ (the teacher's soft labels; predictions).
 pub fn softmax(logits: &Tensor, temperature: f64) -> Tensor {
-    backend::of(logits).softmax(logits, temperature)
+    let logits = backend::of(logits).cast(logits, DType::F32);
+    backend::of(&logits).softmax(&logits, temperature)
 }

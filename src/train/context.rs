@@ -214,7 +214,7 @@ impl Context {
 
     /// A batch's images, standardised by the loader, as a tensor on the run's device in the
     /// run's precision: bf16 images make the network run in bf16 (every op's output takes its
-    /// input's type) up to the cast at its outputs (`Model::forward`).
+    /// input's type) up to the f32 losses.
     pub fn images(&self, x: Vec<f32>, rows: usize) -> Tensor {
         let shape = [rows, self.train.h, self.train.w, self.train.c];
         let x = Tensor::from_vec(&shape, x).to_device(&self.device);

@@ -22,10 +22,11 @@ pub fn l2_normalize_forward(
     z: &mut Buffer,
     inv_norm: &mut Buffer,
 ) {
-    Elem::assert_f32("l2_normalize_forward", [x, &*z, &*inv_norm]);
-    assert!(x.len_f32() == rows * d && z.len_f32() == rows * d && inv_norm.len_f32() == rows);
+    let elem = Elem::common("l2_normalize_forward", &[x, z]);
+    Elem::assert_f32("l2_normalize_forward", [&*inv_norm]);
+    assert!(x.len() == rows * d && z.len() == rows * d && inv_norm.len_f32() == rows);
     gpu.launch(
-        "l2norm_forward",
+        elem.pick("l2norm_forward", "l2norm_forward_bf16"),
         grid(rows, d),
         [32 * ROWS_PER_BLOCK, 1, 1],
         0,
@@ -50,11 +51,12 @@ pub fn l2_normalize_backward(
     inv_norm: &Buffer,
     dx: &mut Buffer,
 ) {
-    Elem::assert_f32("l2_normalize_backward", [z, dz, inv_norm, &*dx]);
-    assert!(z.len_f32() == rows * d && dz.len_f32() == rows * d && dx.len_f32() == rows * d);
+    let elem = Elem::common("l2_normalize_backward", &[z, dz, dx]);
+    Elem::assert_f32("l2_normalize_backward", [inv_norm]);
+    assert!(z.len() == rows * d && dz.len() == rows * d && dx.len() == rows * d);
     assert_eq!(inv_norm.len_f32(), rows);
     gpu.launch(
-        "l2norm_backward",
+        elem.pick("l2norm_backward", "l2norm_backward_bf16"),
         grid(rows, d),
         [32 * ROWS_PER_BLOCK, 1, 1],
         0,
