@@ -1,4 +1,5 @@
-//! Convolution kernels (kernels/conv.cu) on the convolutions of ResNet-50 (v1.5: the stride
+//! Convolution kernels (kernels/conv.cu in f32, kernels/conv_tc.cu in bf16: the precisions of
+//! `common::precisions`, bf16 alone on a real GPU) on the convolutions of ResNet-50 (v1.5: the stride
 //! sits on the 3×3) as the SimCLR step runs them: 512 views (256 images) at 224 px. The 7×7/2
 //! stem, each stage's 1×1 reduce, 3×3 and 1×1 expand, and the stride-2 3×3 and 1×1 shortcut
 //! that open stages 2–4 (every distinct shape of the network); each as forward, input gradient
@@ -12,7 +13,7 @@ use common::Work;
 use simclr::device::cpu::conv::{self as cpu, ConvShape};
 use simclr::device::cuda::conv as gpu;
 use simclr::device::Device;
-use simclr::tensor::Tensor;
+use simclr::tensor::{DType, Tensor};
 
 /// One convolution of the network; its input map is (image size / `div`) square.
 struct Layer {
@@ -124,24 +125,35 @@ fn main() {
                 stride: l.stride,
                 pad: l.r / 2,
             };
-            let case = format!("{}_c{}_k{}_hw{hw}_n{batch}", l.name, l.c, l.k);
             let flops = 2.0 * (s.n * s.out_h() * s.out_w() * s.k * s.r * s.s * s.c) as f64;
-            for pass in [Pass::Forward, Pass::BackwardInput, Pass::BackwardWeight] {
-                let (a_len, b_len, out_len) = pass.lens(&s);
-                seed += 1;
-                let sets = common::input_sets(device, &[a_len, b_len], seed);
-                let mut out = common::output(device, out_len);
-                common::time(
-                    &mut c,
-                    pass.name(),
-                    &case,
-                    device,
-                    Work::Flops(flops),
-                    |i| {
-                        let set = &sets[i % sets.len()];
-                        run(device, pass, &s, &set[0], &set[1], &mut out)
-                    },
-                );
+            for dtype in common::precisions(device) {
+                let prec = common::precision_name(dtype);
+                let case = format!("{prec}_{}_c{}_k{}_hw{hw}_n{batch}", l.name, l.c, l.k);
+                for pass in [Pass::Forward, Pass::BackwardInput, Pass::BackwardWeight] {
+                    let (a_len, b_len, out_len) = pass.lens(&s);
+                    seed += 1;
+                    let sets: Vec<Vec<Tensor>> = common::input_sets(device, &[a_len, b_len], seed)
+                        .iter()
+                        .map(|set| set.iter().map(|t| common::cast(t, dtype)).collect())
+                        .collect();
+                    // The weight gradient is f32 in both precisions (the master weights').
+                    let out_dtype = match pass {
+                        Pass::BackwardWeight => DType::F32,
+                        _ => dtype,
+                    };
+                    let mut out = common::output_as(device, out_len, out_dtype);
+                    common::time(
+                        &mut c,
+                        pass.name(),
+                        &case,
+                        device,
+                        Work::Flops(flops),
+                        |i| {
+                            let set = &sets[i % sets.len()];
+                            run(device, pass, &s, &set[0], &set[1], &mut out)
+                        },
+                    );
+                }
             }
         }
     }

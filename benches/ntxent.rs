@@ -30,14 +30,19 @@ fn main() {
     let setup = common::setup("ntxent", "2N = 8192, d = 128", "2N = 256, d = 128");
     let rows = if setup.full { 8192 } else { 256 };
     let mut c = common::criterion(&setup);
-    let case = format!("r{rows}_d{D}");
     let flops = Work::Flops(6.0 * (rows * rows * D) as f64);
-    for device in &setup.devices {
+    for (device, dtype) in setup
+        .devices
+        .iter()
+        .flat_map(|d| common::precisions(d).into_iter().map(move |p| (d, p)))
+    {
+        let case = format!("{}_r{rows}_d{D}", common::precision_name(dtype));
         let copies = common::copies(device, rows * D * 4) as u64;
         let zs: Vec<_> = (0..copies)
-            .map(|seed| common::tensor(device, unit_rows(rows, seed)))
+            .map(|seed| common::cast(&common::tensor(device, unit_rows(rows, seed)), dtype))
             .collect();
-        let (mut loss, mut grad) = (common::output(device, 1), common::output(device, rows * D));
+        let mut loss = common::output(device, 1);
+        let mut grad = common::output_as(device, rows * D, dtype);
         let mut run = |i: usize| {
             let z = &zs[i % zs.len()];
             match device {

@@ -91,7 +91,13 @@ fn bench_step(c: &mut Criterion, device: &Device, case: &Case) {
         .collect();
     let x = Tensor::from_vec(&shape, values).to_device(device);
     let labels: Vec<u32> = (0..case.batch).map(|_| rng.below(10) as u32).collect();
-    for &variant in case.variants {
+    for (&variant, dtype) in case
+        .variants
+        .iter()
+        .flat_map(|v| common::precisions(device).into_iter().map(move |p| (v, p)))
+    {
+        // bf16 images run the network in bf16, as `--precision bf16` does.
+        let x = common::cast(&x, dtype);
         let mut model = Model::new(&spec(case, variant), 0).unwrap();
         model.to_device(device);
         let mut opt = Optimizer::new(OptimizerKind::Lars, 1e-6, &model.store);
@@ -100,7 +106,8 @@ fn bench_step(c: &mut Criterion, device: &Device, case: &Case) {
             Variant::Xent => Some(labels.as_slice()),
         };
         let name = format!(
-            "{}_{}x{}x{}_b{}_{}",
+            "{}_{}_{}x{}x{}_b{}_{}",
+            common::precision_name(dtype),
             case.arch,
             case.image,
             case.image,

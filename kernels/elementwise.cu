@@ -75,11 +75,21 @@ KERNEL void ew_to_f32(const bf16* __restrict__ x, int n, float* __restrict__ y) 
 }
 
 // y = s[0]·x, the factor read from device memory (a loss's gradient times the upstream
-// gradient, which lives on the device: no host round trip).
+// gradient, which lives on the device: no host round trip). x and y are T (NT-Xent's
+// gradient is bf16 on bf16 rows), s is f32.
+template <typename T>
+DEVICE void ew_scale_by_impl(const T* __restrict__ x, const float* __restrict__ s, int n,
+                             T* __restrict__ y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = from_f32<T>(to_f32(x[i]) * s[0]);
+}
 KERNEL void ew_scale_by(const float* __restrict__ x, const float* __restrict__ s, int n,
                         float* __restrict__ y) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = x[i] * s[0];
+    ew_scale_by_impl(x, s, n, y);
+}
+KERNEL void ew_scale_by_bf16(const bf16* __restrict__ x, const float* __restrict__ s, int n,
+                             bf16* __restrict__ y) {
+    ew_scale_by_impl(x, s, n, y);
 }
 
 // y[r, :] += b for a row-major [rows, cols] y (activations, T); b is an f32 parameter.
@@ -133,6 +143,7 @@ REGISTER_KERNEL(ew_add_assign_bf16);
 REGISTER_KERNEL(ew_to_bf16);
 REGISTER_KERNEL(ew_to_f32);
 REGISTER_KERNEL(ew_scale_by);
+REGISTER_KERNEL(ew_scale_by_bf16);
 REGISTER_KERNEL(ew_bias_add);
 REGISTER_KERNEL(ew_bias_add_bf16);
 REGISTER_KERNEL(ew_sum_rows);

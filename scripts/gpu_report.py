@@ -105,10 +105,9 @@ def read_lines(path):
 
 def problem(bench, case):
     """The problem a case solves, whatever the precision: ours `gemm f32_4096x...` and
-    `gemm bf16_4096x...` both compare with PyTorch's `gemm 4096x...`."""
-    if bench == "gemm":
-        case = re.sub(r"^(f32|bf16)_", "", case)
-    return bench, case
+    `gemm bf16_4096x...` both compare with PyTorch's `gemm 4096x...` (likewise the
+    convolutions, NT-Xent and the step, which our benches prefix with their precision)."""
+    return bench, re.sub(r"^(f32|bf16)_", "", case)
 
 
 def is_torch(impl):
@@ -158,14 +157,14 @@ def performance_rows(rates, peaks, skips):
     ours = [k for k in rates if not is_torch(k[2]) and k[0] != "peak"]
     for bench, case, impl in sorted(ours, key=order):
         ms, (kind, per_s) = rates[(bench, case, impl)]
-        if bench == "train_step" and case == step_case():
+        if problem(bench, case) == ("train_step", step_case()):
             kind, per_s = "FLOP", resnet50_step_flops() / (ms / 1e3)  # model FLOPs utilisation
         cells = [bench, case, impl, f"{fmt_ms(ms)}", fraction(kind, per_s, peak_flops, peak_bytes)]
         for config in ["torch-bf16", "torch-fp32"]:
             key = problem(bench, case) + (config,)
             if key in torch_by_problem:
                 tms, (tkind, tper_s) = torch_by_problem[key]
-                if bench == "train_step" and case == step_case():
+                if problem(bench, case) == ("train_step", step_case()):
                     tkind, tper_s = "FLOP", resnet50_step_flops() / (tms / 1e3)
                 cells += [fmt_ms(tms), f"{tms / ms:.2f}×", fraction(tkind, tper_s, peak_flops, peak_bytes)]
             else:
@@ -194,7 +193,7 @@ LAYER_ORDER = [shape[0] for shape in resnet50_conv_shapes()]
 def order(key):
     """Benches in BENCH_ORDER, convolutions in the network's order, then by name."""
     bench, case, impl = key
-    layer = case.split("_c")[0]
+    layer = problem(bench, case)[1].split("_c")[0]
     return (BENCH_ORDER.index(bench) if bench in BENCH_ORDER else len(BENCH_ORDER),
             LAYER_ORDER.index(layer) if layer in LAYER_ORDER else -1, case, impl)
 
@@ -249,7 +248,7 @@ def self_test():
         with open(os.path.join(out, "rates.txt"), "w") as f:
             f.write("rate | peak | gemm_bf16_8192 | torch | 1.400 ms | 785.4 TFLOP/s\n"
                     "rate | peak | copy_1GiB | torch | 0.500 ms | 4295 GB/s\n"
-                    f"rate | conv_forward | {case} | cuda:0 (GPU) | 4.000 ms | 100 TFLOP/s\n"
+                    f"rate | conv_forward | bf16_{case} | cuda:0 (GPU) | 4.000 ms | 100 TFLOP/s\n"
                     f"rate | conv_forward | {case} | torch-bf16 | 1.000 ms | 400 TFLOP/s\n"
                     "rate | gemm | f32_4096x4096x4096 | cuda:0 (GPU) | 10.000 ms | 13.7 TFLOP/s\n"
                     "rate | gemm | 4096x4096x4096 | torch-fp32 | 2.500 ms | 55.0 TFLOP/s\n"
@@ -263,7 +262,7 @@ def self_test():
         summary(out)
         with open(os.path.join(out, "summary.md")) as f:
             text = f.read()
-    row = next(line for line in text.splitlines() if line.startswith(f"| conv_forward | {case}"))
+    row = next(line for line in text.splitlines() if line.startswith(f"| conv_forward | bf16_{case}"))
     assert "| 4.000 ms | 12.7% | 1.000 ms | 0.25× | 50.9% |" in row, row
     row = next(line for line in text.splitlines() if line.startswith("| gemm | f32_"))
     assert "| out of time |" in row and "| 2.500 ms | 0.25× |" in row, row

@@ -113,7 +113,7 @@ if [ $mode = dry ]; then
     # compared at the reduced sizes the conv bench lists without a GPU (batch 1, 56 px).
     if [ -x "$bundle/bench/conv" ]; then
         # Hidden from any GPU here, the bench lists its reduced sizes.
-        ours=$(CUDA_VISIBLE_DEVICES="" "$bundle/bench/conv" --bench --list 2>/dev/null | sed -n 's|^conv_forward/\(.*\)/cpu: benchmark$|\1|p' | sort)
+        ours=$(CUDA_VISIBLE_DEVICES="" "$bundle/bench/conv" --bench --list 2>/dev/null | sed -n 's|^conv_forward/f32_\(.*\)/cpu: benchmark$|\1|p' | sort)
         theirs=$(python3 -c "
 import sys; sys.path.insert(0, '$bundle/scripts'); import gpu_report as g
 for s in g.resnet50_conv_shapes(56): print(g.conv_case(s[0], s[1], s[2], s[5], 1))" | sort)

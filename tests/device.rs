@@ -140,8 +140,8 @@ fn training_step_matches_cpu() {
 /// together, and all parameter updates (after − before) together, within 15% relative L2
 /// (cosine similarity above 0.99). bf16 rounds every stored activation by up to 2^-9; this
 /// NT-Xent step at τ = 0.1 over 6 views is sensitive to that: perturbing only its images by
-/// 0.4% moves the f32 gradients by 2.6%, and the bf16 step measures 8.6% (the classifier step
-/// 0.8%), against ~1e-6 for the f32 step on the GPU.
+/// 0.4% moves the f32 gradients by 2.6%, and the bf16 step measures 8.5% (updates 10.5%; the
+/// classifier step 0.8%), against ~1e-6 for the f32 step on the GPU.
 #[test]
 fn bf16_training_step_matches_f32_cpu() {
     for case in cases() {
@@ -169,10 +169,26 @@ fn bf16_training_step_matches_f32_cpu() {
                 (gloss - loss).abs() <= 1e-2 * loss.abs(),
                 "{name}: bf16 loss {gloss} vs cpu f32 {loss}"
             );
-            let err = common::rel_l2(&ggrads.concat(), &grads.concat());
-            assert!(err < 0.15, "{name}: bf16 gradients off by {err:.2e}");
-            let err = common::rel_l2(&update(&gparams), &update(&params));
-            assert!(err < 0.15, "{name}: bf16 updates off by {err:.2e}");
+            let grad_err = common::rel_l2(&ggrads.concat(), &grads.concat());
+            let update_err = common::rel_l2(&update(&gparams), &update(&params));
+            // Printed for the GPU suite's log and BENCHMARKS.md.
+            println!(
+                "{name}, {} step: bf16 loss {gloss:.5} vs f32 {loss:.5}, gradients off by \
+                 {grad_err:.2e}, updates by {update_err:.2e}",
+                if case.labels.is_some() {
+                    "classifier"
+                } else {
+                    "NT-Xent"
+                }
+            );
+            assert!(
+                grad_err < 0.15,
+                "{name}: bf16 gradients off by {grad_err:.2e}"
+            );
+            assert!(
+                update_err < 0.15,
+                "{name}: bf16 updates off by {update_err:.2e}"
+            );
         }
     }
 }

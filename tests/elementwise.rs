@@ -17,8 +17,8 @@ fn expect(gpu: &Gpu, what: &str, got: &Buffer, want: &[f32], tolerance: f64) {
     assert!(err < tolerance, "{what}: rel L2 error {err}");
 }
 
-/// relu forward and backward, add and add_assign with activations stored as `elem`; scale_by
-/// (f32 only) with f32.
+/// relu forward and backward, add, add_assign and scale_by (by an f32 factor) with
+/// activations stored as `elem`.
 fn check_unary_and_binary_ops(elem: Elem) {
     let tol = common::tolerance(elem, 1e-5);
     for (name, gpu) in common::gpus() {
@@ -52,13 +52,11 @@ fn check_unary_and_binary_ops(elem: Elem) {
             elementwise::add_assign(&gpu, &mut acc, &b_dev);
             expect(&gpu, &format!("add_assign, {case}"), &acc, &want, tol);
 
-            if elem == Elem::F32 {
-                let mut want = vec![0.0; n];
-                cpu::scale(&a, -0.37, &mut want);
-                let mut got = gpu.alloc_f32(n);
-                elementwise::scale_by(&gpu, &a_dev, &gpu.upload(&[-0.37f32]), &mut got);
-                expect(&gpu, &format!("scale_by, {case}"), &got, &want, 1e-5);
-            }
+            let mut want = vec![0.0; n];
+            cpu::scale(&a, -0.37, &mut want);
+            let mut got = gpu.alloc(n, elem);
+            elementwise::scale_by(&gpu, &a_dev, &gpu.upload(&[-0.37f32]), &mut got);
+            expect(&gpu, &format!("scale_by, {case}"), &got, &want, tol);
         }
     }
 }

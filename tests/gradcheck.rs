@@ -18,6 +18,17 @@ fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
 
 /// Checks the gradient of every input of `f` against central differences.
 fn check(name: &str, inputs: Vec<Tensor>, f: impl Fn(&mut Graph, &[Var]) -> Var) {
+    check_with(name, inputs, EPS, 1e-6, f);
+}
+
+/// `check` with its step `eps` and relative L2 `tolerance` chosen by the caller.
+fn check_with(
+    name: &str,
+    inputs: Vec<Tensor>,
+    eps: f64,
+    tolerance: f64,
+    f: impl Fn(&mut Graph, &[Var]) -> Var,
+) {
     let mut rng = Rng::new(99);
     let eval = |inputs: &[Tensor]| -> Tensor {
         let mut g = Graph::new(true);
@@ -55,7 +66,7 @@ fn check(name: &str, inputs: Vec<Tensor>, f: impl Fn(&mut Graph, &[Var]) -> Var)
                 args[i] = Tensor::from_f64(&input.shape, DType::F64, &v);
                 dot(&eval(&args))
             };
-            numeric[j] = (probe(EPS) - probe(-EPS)) / (2.0 * EPS);
+            numeric[j] = (probe(eps) - probe(-eps)) / (2.0 * eps);
         }
         let diff: f64 = analytic
             .iter()
@@ -65,7 +76,7 @@ fn check(name: &str, inputs: Vec<Tensor>, f: impl Fn(&mut Graph, &[Var]) -> Var)
         let norm: f64 = numeric.iter().map(|b| b * b).sum::<f64>().max(1e-20);
         let rel = (diff / norm).sqrt();
         assert!(
-            rel < 1e-6,
+            rel < tolerance,
             "{name}: input {i} gradient off by relative L2 {rel:e}\nanalytic {:?}\nnumeric  {:?}",
             &analytic[..analytic.len().min(8)],
             &numeric[..numeric.len().min(8)]
@@ -163,6 +174,17 @@ fn selective_kernel() {
             ops::sk::sk_combine(g, v[0], v[1])
         });
     }
+}
+
+/// The cast f64 → f32 (the CPU's pair; f32 ↔ bf16 is the same node on a GPU). Its output is
+/// rounded to f32 (~6e-8 relative), so the differences take a wide step: the op is linear, and
+/// with ε = 1e-2 the rounding moves each quotient by ~1e-5.
+#[test]
+fn cast() {
+    let x = random(&[4, 5], &mut Rng::new(6));
+    check_with("cast", vec![x], 1e-2, 1e-4, |g, v| {
+        ops::cast::cast(g, v[0], DType::F32)
+    });
 }
 
 #[test]

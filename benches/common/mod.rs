@@ -5,9 +5,10 @@
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use rayon::prelude::*;
+use simclr::backend;
 use simclr::device::cuda::{Gpu, Schedule};
 use simclr::device::Device;
-use simclr::tensor::Tensor;
+use simclr::tensor::{DType, Tensor};
 use std::time::{Duration, Instant};
 
 /// Criterion samples per case. Fixed (the group setting wins over `--sample-size`) because the
@@ -107,6 +108,35 @@ pub fn tensor(device: &Device, values: Vec<f32>) -> Tensor {
 }
 
 /// An output tensor of `len` values on `device` (zeros on the cpu, poisoned on the emulator).
+/// The precisions a bench times on `device`: f32 on the cpu; f32 and bf16 on the emulator; on
+/// a real GPU bf16 alone, its default (the f32 kernels are the reference path, and the GPU
+/// suite's minutes are few).
+pub fn precisions(device: &Device) -> Vec<DType> {
+    match device {
+        Device::Cpu => vec![DType::F32],
+        Device::Gpu(_) if is_real_gpu(device) => vec![DType::BF16],
+        Device::Gpu(_) => vec![DType::F32, DType::BF16],
+    }
+}
+
+/// The case-name prefix of a precision (scripts/gpu_report.py strips it to match PyTorch's).
+pub fn precision_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+/// `t` as `dtype` on its device (itself when it already is).
+pub fn cast(t: &Tensor, dtype: DType) -> Tensor {
+    backend::of(t).cast(t, dtype)
+}
+
+/// An uninitialised output of `len` values of `dtype` on `device`.
+pub fn output_as(device: &Device, len: usize, dtype: DType) -> Tensor {
+    cast(&output(device, len), dtype)
+}
+
 pub fn output(device: &Device, len: usize) -> Tensor {
     match device {
         Device::Cpu => Tensor::from_vec(&[len], vec![0.0f32; len]),

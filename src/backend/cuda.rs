@@ -223,7 +223,7 @@ impl Backend for Gpu {
     }
 
     fn scale_by(&self, x: &Tensor, s: &Tensor) -> Tensor {
-        self.out(&x.shape, Elem::F32, |y| {
+        self.out(&x.shape, elem(x), |y| {
             elementwise::scale_by(self, x.buffer(), s.buffer(), y)
         })
     }

@@ -13,7 +13,6 @@ use crate::nn::layers::{BatchNorm, Builder, Declare, Linear, Shapes};
 use crate::nn::params::ParamStore;
 use crate::nn::resnet::{Arch, ResNet};
 use crate::ops;
-use crate::tensor::DType;
 use serde::{Deserialize, Serialize};
 
 /// Everything needed to rebuild a model's structure; stored in checkpoint.json.
@@ -121,7 +120,7 @@ impl Model {
         // The network runs in its input's precision, and so does its output (the losses cast
         // to f32 themselves; NT-Xent takes bf16 rows on the tensor cores). The features, for
         // the kNN monitor and evaluation, leave as f32.
-        (ops::cast::cast(g, features, DType::F32), h)
+        (ops::cast::widen(g, features), h)
     }
 
     /// Linear evaluation's forward pass: the encoder frozen (inference mode, recorded nothing,
@@ -130,7 +129,7 @@ impl Model {
         let record = g.record;
         g.record = false;
         let features = self.encoder.forward(g, &mut self.store, x, false);
-        let features = ops::cast::cast(g, features, DType::F32);
+        let features = ops::cast::widen(g, features);
         g.record = record;
         let classifier = self
             .classifier

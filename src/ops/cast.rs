@@ -17,6 +17,15 @@ pub fn cast(g: &mut Graph, x: Var, dtype: DType) -> Var {
     g.push(y, Cast { x, from })
 }
 
+/// `x` in f32 when it is bf16, else itself (f32, or the gradient checks' f64): what the losses
+/// compute in.
+pub fn widen(g: &mut Graph, x: Var) -> Var {
+    match g.value(x).dtype() {
+        DType::BF16 => cast(g, x, DType::F32),
+        _ => x,
+    }
+}
+
 struct Cast {
     x: Var,
     /// The input's element type, which its gradient takes.

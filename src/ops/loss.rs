@@ -5,7 +5,7 @@
 
 use crate::autograd::{Backward, Graph, Values, Var};
 use crate::backend;
-use crate::ops::cast::cast;
+use crate::ops::cast::widen;
 use crate::tensor::{DType, Tensor};
 
 pub use crate::device::cpu::loss::UNLABELLED;
@@ -32,10 +32,10 @@ fn check_rows(op: &str, logits: &Tensor, labels: &[u32]) {
     );
 }
 
-/// Mean softmax cross-entropy of logits [B, K] against labels. Losses are f32: bf16 logits are
-/// cast first (as in `distillation` and `softmax`).
+/// Mean softmax cross-entropy of logits [B, K] against labels. Losses are computed in f32 (or
+/// f64): bf16 logits are widened first (as in `distillation` and `softmax`).
 pub fn softmax_cross_entropy(g: &mut Graph, logits: Var, labels: &[u32]) -> Var {
-    let logits = cast(g, logits, DType::F32);
+    let logits = widen(g, logits);
     let lv = g.value(logits);
     check_rows("softmax_cross_entropy", lv, labels);
     let (loss, grad) = backend::of(lv).softmax_cross_entropy(lv, labels);
@@ -53,7 +53,7 @@ pub fn distillation(
     labels: &[u32],
     alpha: f64,
 ) -> Var {
-    let logits = cast(g, logits, DType::F32);
+    let logits = widen(g, logits);
     let lv = g.value(logits);
     check_rows("distillation", lv, labels);
     assert_eq!(
@@ -66,6 +66,8 @@ pub fn distillation(
 
 /// Softmax of logits / τ (the teacher's soft labels; predictions).
 pub fn softmax(logits: &Tensor, temperature: f64) -> Tensor {
-    let logits = backend::of(logits).cast(logits, DType::F32);
-    backend::of(&logits).softmax(&logits, temperature)
+    match logits.dtype() {
+        DType::BF16 => softmax(&backend::of(logits).cast(logits, DType::F32), temperature),
+        _ => backend::of(logits).softmax(logits, temperature),
+    }
 }

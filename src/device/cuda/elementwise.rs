@@ -68,11 +68,12 @@ pub fn cast(gpu: &Gpu, x: &Buffer, y: &mut Buffer) {
 
 /// y = s[0]·x, with `s` in device memory.
 pub fn scale_by(gpu: &Gpu, x: &Buffer, s: &Buffer, y: &mut Buffer) {
-    Elem::assert_f32("scale_by", [x, s, &*y]);
-    let n = x.len_f32();
-    assert!(y.len_f32() == n && s.len_f32() >= 1);
+    let elem = Elem::common("scale_by", &[x, y]);
+    Elem::assert_f32("scale_by", [s]);
+    let n = x.len();
+    assert!(y.len() == n && s.len_f32() >= 1);
     gpu.launch_1d(
-        "ew_scale_by",
+        elem.pick("ew_scale_by", "ew_scale_by_bf16"),
         n,
         &[x.into(), s.into(), (n as i32).into(), y.into()],
     );
