@@ -25,15 +25,15 @@ LIMIT_S=480
 # part       budget (s)  what
 PLAN="
 tests        45  every kernel test and the whole-step tests on cuda alone, launches synchronised
-pipeline     30  the tiny pipeline on cuda against the same run on cpu, loss by loss
+pipeline     40  the tiny pipeline on cuda in f32 against cpu, loss by loss; in bf16 against f32
 memcheck     40  compute-sanitizer memcheck: every kernel family's tests, one training step
 racecheck    45  compute-sanitizer racecheck: the families that share memory within a block
 synccheck    15  compute-sanitizer synccheck: one training step
 initcheck    15  compute-sanitizer initcheck: one training step
-step         60  ours: the ResNet-50 SimCLR step, 512 views (256 images) at 224 px, NT-Xent, LARS
-conv         70  ours: every distinct ResNet-50 convolution at 512 views: forward, dgrad, wgrad
+step         60  ours: the ResNet-50 SimCLR step in bf16, 512 views (256 images) at 224 px, NT-Xent, LARS
+conv         70  ours: every distinct ResNet-50 convolution in bf16 at 512 views: fwd, dgrad, wgrad
 ntxent_gemm  20  ours: fused NT-Xent at 2N = 8192, d = 128 (and its memory); 4096^3 GEMM f32, bf16
-pytorch     110  PyTorch: peaks (bf16 GEMM, copy), then bf16 autocast + channels_last, then fp32/TF32
+pytorch     100  PyTorch: peaks (bf16 GEMM, copy), then bf16 autocast + channels_last, then fp32/TF32
 "
 
 # What each part runs: test items are BINARY or BINARY:FILTER (a libtest name filter).
@@ -42,7 +42,7 @@ STEP="device:training_step_matches_cpu"
 # emu: its tests of documented semantics (shuffles, mma, ldmatrix, cp.async, ...) run on the
 # GPU too, which checks the emulator's reading of the PTX ISA against the hardware.
 TESTS="$KERNELS device zoo:matches_cpu emu"
-PIPELINE="cli:tiny_pipeline_on_the_gpu_device_matches_cpu"
+PIPELINE="cli:tiny_pipeline_on_the_gpu_device_matches_cpu cli:tiny_pipeline_in_bf16_ends_within_2_percent_of_f32"
 MEMCHECK="$KERNELS $STEP"
 RACECHECK="conv batchnorm ntxent gemm loss pool sk normalize optim emu"
 BENCHES="train_step conv ntxent gemm"
