@@ -36,6 +36,7 @@ constexpr int BM = 128, BN = 128, BK = 32;
 constexpr int STAGES = 4;
 constexpr int THREADS = 256;
 constexpr int TILE = BM * BK;  // elements of one operand's tile in one stage (BN · BK too)
+static_assert(BM == BN, "the mn-major tiles of A and B share one row length");
 
 // Element offsets of (row, col) in the swizzled tiles (see the top comment).
 DEVICE inline int kmajor_at(int row, int k) { return row * BK + (((k >> 3) ^ ((row >> 1) & 3)) << 3) + (k & 7); }
@@ -73,8 +74,10 @@ struct Shape {
 // ---------------------------------------------------------------------------------------------
 // The operand loaders. Each thread owns two 16-byte chunks of each operand's tile per step, at a
 // fixed place in the tile: k-major chunk e = t + 256i is row e / 4, k-chunk e % 4; mn-major
-// chunk e is k-row e / 16, column chunk e % 16. `load` fills one stage for the reduction slice
-// starting at k0 (< k_end) and then steps its trackers by BK.
+// chunk e is k-row e / 16, column chunk e % 16. `load<VEC>(shape, tile, first, bound, k0, k_end)`
+// fills one stage for the reduction slice starting at k0 (< k_end) and steps its trackers by BK;
+// `first` and `bound` are the tile's first row (column, for B) and the M (N) dimension, which
+// the loaders that precompute their rows in `init` do not need.
 
 // Copies 8 elements into the swizzled chunk at dst: 16 bytes by cp.async from elem(0) (zeros
 // when it is null), or, without VEC, element by element from elem(e) (null = zero). `base` is
