@@ -92,6 +92,12 @@ KERNEL void ew_scale_by_bf16(const bf16* __restrict__ x, const float* __restrict
     ew_scale_by_impl(x, s, n, y);
 }
 
+// y[i] = value: a constant made on the device (the backward pass's seed), not uploaded.
+KERNEL void ew_fill(float* __restrict__ y, int n, float value) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = value;
+}
+
 // y[r, :] += b for a row-major [rows, cols] y (activations, T); b is an f32 parameter.
 template <typename T>
 DEVICE void ew_bias_add_impl(T* __restrict__ y, const float* __restrict__ b, int n, int cols) {
@@ -144,6 +150,7 @@ REGISTER_KERNEL(ew_to_bf16);
 REGISTER_KERNEL(ew_to_f32);
 REGISTER_KERNEL(ew_scale_by);
 REGISTER_KERNEL(ew_scale_by_bf16);
+REGISTER_KERNEL(ew_fill);
 REGISTER_KERNEL(ew_bias_add);
 REGISTER_KERNEL(ew_bias_add_bf16);
 REGISTER_KERNEL(ew_sum_rows);

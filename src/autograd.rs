@@ -126,7 +126,7 @@ impl Graph {
     pub fn backward(&mut self, loss: Var) {
         let value = self.value(loss);
         assert_eq!(value.numel(), 1, "backward from a non-scalar");
-        let seed = Tensor::full(&[1], value.dtype(), 1.0).to_device(&value.device());
+        let seed = backend::of(value).full(&[1], value.dtype(), 1.0);
         self.backward_from(loss, seed);
     }
 

@@ -529,6 +529,30 @@ fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
             "step {i}: {gpu} loss {g}, cpu loss {w}"
         );
     }
+    // The device counters of every step (exact on the emulator and a GPU): after a stage's
+    // first step, which fills the allocator's cache, no driver allocation, and at most four
+    // host waits: the images' upload, the labels' (supervised stages), the loss read back and
+    // the optimiser's table.
+    for stage in ["baseline", "pretrain", "finetune", "distill"] {
+        let path = t.0.join(gpu).join(stage).join("metrics.jsonl");
+        let steps: Vec<Value> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["step"].is_u64())
+            .collect();
+        for (i, r) in steps.iter().enumerate() {
+            let count = |key: &str| r["device"][key].as_u64().unwrap_or_else(|| panic!("{r}"));
+            assert!(
+                count("launches") > 0 && count("h2d_bytes") > 0,
+                "{stage}: {r}"
+            );
+            assert!(count("host_syncs") <= 4, "{stage}: {r}");
+            if i > 0 {
+                assert_eq!(count("driver_allocs"), 0, "{stage}: {r}");
+            }
+        }
+    }
     // Printed for the GPU suite's log: how close the two runs came.
     let worst = got
         .iter()

@@ -126,6 +126,10 @@ impl Backend for Cpu {
         })
     }
 
+    fn full(&self, shape: &[usize], dtype: DType, value: f64) -> Tensor {
+        Tensor::full(shape, dtype, value)
+    }
+
     fn cast(&self, x: &Tensor, dtype: DType) -> Tensor {
         assert!(
             dtype != DType::BF16,

@@ -188,6 +188,13 @@ impl Backend for Gpu {
         (dx, dgamma, dbeta)
     }
 
+    fn full(&self, shape: &[usize], dtype: DType, value: f64) -> Tensor {
+        let y = self.out(shape, Elem::F32, |y| {
+            elementwise::fill(self, y, value as f32)
+        });
+        self.cast(&y, dtype)
+    }
+
     fn cast(&self, x: &Tensor, dtype: DType) -> Tensor {
         let to = match dtype {
             DType::F32 => Elem::F32,

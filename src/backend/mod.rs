@@ -87,6 +87,10 @@ pub trait Backend {
         with_beta: bool,
     ) -> (Tensor, Tensor, Option<Tensor>);
 
+    /// A tensor of `shape` and `dtype` holding `value` everywhere, made on this backend's
+    /// device (the backward pass's seed: no copy from the host).
+    fn full(&self, shape: &[usize], dtype: DType, value: f64) -> Tensor;
+
     /// The same values as another element type (mixed precision: f32 ↔ bf16 on a GPU; f32 ↔ f64
     /// on the CPU). A tensor already of that type comes back shared.
     fn cast(&self, x: &Tensor, dtype: DType) -> Tensor;

@@ -6,7 +6,7 @@
 
 use crate::autograd::{Graph, Var};
 use crate::data::loader::{Batch, Views};
-use crate::device::cuda::GpuError;
+use crate::device::cuda::{Counters, Gpu, GpuError};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::model::Model;
@@ -119,6 +119,11 @@ pub fn train(
     let mut step = pos.epoch * per_epoch + pos.batch;
     bar.set_position(step as u64);
     let mut final_loss = pos.record["mean_loss"].as_f64().unwrap_or(f64::NAN);
+    let gpu = match model.device() {
+        Device::Gpu(gpu) => Some(gpu),
+        Device::Cpu => None,
+    };
+    let mut tally = Tally::default();
     while pos.epoch < cfg.epochs {
         let epoch = pos.epoch;
         let loader = ctx.epoch_loader(
@@ -130,15 +135,18 @@ pub fn train(
         );
         for batch in loader {
             let t0 = Instant::now();
+            let before = gpu.as_ref().map(Gpu::counters);
             let rows = batch.rows;
             let lr = lr_at(base_lr, step, warmup, total);
 
             // Forward pass and loss.
             let mut g = Graph::new(true);
             let loss_var = loss(ctx, &mut g, model, &mut stage.objective, batch);
-            // A failed launch or allocation on a GPU surfaces here, with its kernel and shape.
-            check_device(model, rows)?;
+            // The step's wait for the device: its loss comes back. A failed launch or
+            // allocation (this step's, or the previous step's backward and update) surfaces
+            // here, with its kernel and shape.
             let loss = g.value(loss_var).item();
+            check_device(model, rows, false)?;
             if !loss.is_finite() {
                 bar.abandon();
                 return Err(Error::Train(format!(
@@ -155,10 +163,14 @@ pub fn train(
 
             // Images per second of the engine alone: the loader works in the background.
             let ips = rows as f64 / t0.elapsed().as_secs_f64();
-            metrics.log(
-                json!({"stage": stage.name, "epoch": epoch + 1, "step": step,
-                "loss": loss, "lr": lr, "images_per_s": ips}),
-            )?;
+            let mut record = json!({"stage": stage.name, "epoch": epoch + 1, "step": step,
+                "loss": loss, "lr": lr, "images_per_s": ips});
+            if let (Some(gpu), Some(before)) = (&gpu, before) {
+                let counters = gpu.counters() - before;
+                record["device"] = json!(counters);
+                tally.add(counters);
+            }
+            metrics.log(record)?;
             bar.set_message(format!("loss {loss:.4} | {ips:.0} img/s"));
             bar.inc(1);
             pos.loss_sum += loss;
@@ -181,7 +193,7 @@ pub fn train(
             }
             Monitor::Top1 => json!({}),
         };
-        check_device(model, cfg.batch_size)?;
+        check_device(model, cfg.batch_size, true)?;
         // Print the epochs that measured something (kNN, top-1); log them all.
         let measured = record.as_object().is_some_and(|o| !o.is_empty());
         pos.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
@@ -203,11 +215,66 @@ pub fn train(
         ctx.save(out, stage.name, (model, &opt), &pos)?;
     }
     bar.finish_and_clear();
+    if let Some(line) = tally.summary(stage.name) {
+        println!("{line}");
+    }
     Ok(Outcome {
         final_loss,
         wall_s: elapsed_before + started.elapsed().as_secs_f64(),
         record: pos.record,
     })
+}
+
+/// A stage's device counters: the first step (which fills the allocator's cache) apart from
+/// the steady state that follows.
+#[derive(Default)]
+struct Tally {
+    first: Option<Counters>,
+    rest: Counters,
+    steps: usize,
+}
+
+impl Tally {
+    fn add(&mut self, c: Counters) {
+        if self.first.is_none() {
+            self.first = Some(c);
+            return;
+        }
+        let r = &mut self.rest;
+        r.launches += c.launches;
+        r.host_syncs += c.host_syncs;
+        r.driver_allocs += c.driver_allocs;
+        r.h2d_bytes += c.h2d_bytes;
+        self.steps += 1;
+    }
+
+    /// One line: the steady state's mean per step, and the first step's allocations.
+    fn summary(&self, stage: &str) -> Option<String> {
+        let first = self.first?;
+        if self.steps == 0 {
+            return Some(format!(
+                "{stage}: one step: {} kernel launches, {} host waits, {} driver allocations, \
+                 {:.2} MB to the device",
+                first.launches,
+                first.host_syncs,
+                first.driver_allocs,
+                first.h2d_bytes as f64 / 1e6
+            ));
+        }
+        let n = self.steps as f64;
+        let r = &self.rest;
+        Some(format!(
+            "{stage}: per step after the first ({} steps): {:.0} kernel launches, {:.1} host \
+             waits, {:.1} driver allocations, {:.2} MB to the device (the first step: {} driver \
+             allocations)",
+            self.steps,
+            r.launches as f64 / n,
+            r.host_syncs as f64 / n,
+            r.driver_allocs as f64 / n,
+            r.h2d_bytes as f64 / n / 1e6,
+            first.driver_allocs
+        ))
+    }
 }
 
 /// The loss of one batch under `objective`, recorded on `g`.
@@ -256,13 +323,19 @@ fn loss(
     }
 }
 
-/// The GPU's first error since the last check. Running out of memory gets a suggested batch
-/// size: the rows of this batch scaled by the memory the device has over what the step needed.
-fn check_device(model: &Model, rows: usize) -> Result<()> {
+/// The GPU's first error since the last check, after waiting for its queued work when `wait`
+/// (else the caller has just waited, by copying a result back). Running out of memory gets a
+/// suggested batch size: the rows of this batch scaled by the memory the device has over what
+/// the step needed.
+fn check_device(model: &Model, rows: usize, wait: bool) -> Result<()> {
     let Device::Gpu(gpu) = model.device() else {
         return Ok(());
     };
-    match gpu.check() {
+    let checked = match wait {
+        true => gpu.check(),
+        false => gpu.take_error(),
+    };
+    match checked {
         Ok(()) => Ok(()),
         Err(GpuError::OutOfMemory {
             bytes,

@@ -79,6 +79,13 @@ pub fn scale_by(gpu: &Gpu, x: &Buffer, s: &Buffer, y: &mut Buffer) {
     );
 }
 
+/// y[i] = value for every f32 of y, by a kernel: no host-to-device copy, so no host wait.
+pub fn fill(gpu: &Gpu, y: &mut Buffer, value: f32) {
+    Elem::assert_f32("fill", [&*y]);
+    let n = y.len();
+    gpu.launch_1d("ew_fill", n, &[y.into(), (n as i32).into(), value.into()]);
+}
+
 /// y[r, :] += b for y [rows, cols].
 pub fn bias_add(gpu: &Gpu, rows: usize, cols: usize, y: &mut Buffer, b: &Buffer) {
     Elem::assert_f32("bias_add", [b]);

@@ -80,6 +80,35 @@ struct Inner {
     sync_launches: bool,
     /// Kernel launches so far.
     launches: AtomicUsize,
+    /// Host waits for the device so far: synchronisations and blocking copies.
+    host_syncs: AtomicUsize,
+    /// Bytes copied host to device so far.
+    h2d_bytes: AtomicUsize,
+}
+
+/// What a GPU has been asked to do, counted exactly on the driver and the emulator alike: the
+/// work of a training step, as `metrics.jsonl` logs it (the difference of two readings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub launches: usize,
+    /// Times the host waited for the device: `check`'s synchronisations and the blocking copies
+    /// (a copy from pageable host memory, or back to the host, waits for the queued work).
+    pub host_syncs: usize,
+    /// Allocations the caching allocator had to ask the driver for.
+    pub driver_allocs: usize,
+    pub h2d_bytes: usize,
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+    fn sub(self, before: Counters) -> Counters {
+        Counters {
+            launches: self.launches - before.launches,
+            host_syncs: self.host_syncs - before.host_syncs,
+            driver_allocs: self.driver_allocs - before.driver_allocs,
+            h2d_bytes: self.h2d_bytes - before.h2d_bytes,
+        }
+    }
 }
 
 /// The environment variable that turns on `Inner::sync_launches`.
@@ -255,6 +284,8 @@ impl Gpu {
             poison,
             sync_launches,
             launches: AtomicUsize::new(0),
+            host_syncs: AtomicUsize::new(0),
+            h2d_bytes: AtomicUsize::new(0),
         }))
     }
 
@@ -291,12 +322,19 @@ impl Gpu {
     /// Returns (and clears) the first error since the last check, after waiting for the
     /// device to finish its queued work.
     pub fn check(&self) -> Result<(), GpuError> {
+        self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
         self.runtime_call("synchronize", || {
             self.0
                 .runtime
                 .synchronize()
                 .map_err(|msg| self.with_hint(msg))
         });
+        self.take_error()
+    }
+
+    /// Returns (and clears) the first error recorded so far, without waiting: right after a
+    /// blocking copy back to the host, which has waited for the queued work already.
+    pub fn take_error(&self) -> Result<(), GpuError> {
         match self.0.error.lock().unwrap().take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -418,6 +456,8 @@ impl Gpu {
     pub fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buf = self.alloc_bytes(bytes.len());
+        self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
+        self.0.h2d_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
         self.runtime_call("upload", || unsafe {
             self.0.runtime.upload(buf.ptr, bytes)
         });
@@ -457,6 +497,7 @@ impl Gpu {
     pub fn download<T: bytemuck::Pod>(&self, buf: &Buffer) -> Vec<T> {
         let mut out = vec![T::zeroed(); buf.bytes / std::mem::size_of::<T>()];
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+        self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
         self.runtime_call("download", || unsafe {
             self.0.runtime.download(buf.ptr, bytes)
         });
@@ -477,10 +518,13 @@ impl Gpu {
         }
         let launched = self.try_launch(kernel, grid, block, shared, args);
         let result = launched.and_then(|()| match self.0.sync_launches {
-            true => self.0.runtime.synchronize().map_err(|msg| {
-                let msg = format!("failed while running: {msg}");
-                launch_error(kernel, grid, block, shared, args, msg)
-            }),
+            true => {
+                self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
+                self.0.runtime.synchronize().map_err(|msg| {
+                    let msg = format!("failed while running: {msg}");
+                    launch_error(kernel, grid, block, shared, args, msg)
+                })
+            }
             false => Ok(()),
         });
         if let Err(e) = result {
@@ -554,6 +598,16 @@ impl Gpu {
     /// Kernel launches since this GPU was opened.
     pub fn launches(&self) -> usize {
         self.0.launches.load(Ordering::Relaxed)
+    }
+
+    /// Everything counted since this GPU was opened.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            launches: self.launches(),
+            host_syncs: self.0.host_syncs.load(Ordering::Relaxed),
+            driver_allocs: self.memory().driver_allocs,
+            h2d_bytes: self.0.h2d_bytes.load(Ordering::Relaxed),
+        }
     }
 
     pub fn memory(&self) -> MemStats {
