@@ -55,6 +55,7 @@ fn forward(device: &Device, rows: usize, c: usize, set: &[Tensor], y: &mut Tenso
                 gamma.buffer(),
                 Some(beta.buffer()),
                 EPS as f32,
+                None,
                 false,
                 y.buffer_mut(),
                 mean.buffer_mut(),

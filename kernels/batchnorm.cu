@@ -116,23 +116,29 @@ KERNEL void bn_eval_coef(const float* __restrict__ gamma, const float* __restric
     coef[c + ch] = (beta ? beta[ch] : 0.0f) - running_mean[ch] * scale;
 }
 
-// y = x·coef[ch] + coef[c + ch], then max(y, 0) when relu. One thread per element.
+// y = x·coef[ch] + coef[c + ch], plus skip[i] when skip is not null (a residual block's sum),
+// then max(y, 0) when relu: the batch norm, the residual add and the ReLU in one pass. One
+// thread per element.
 template <typename T>
-DEVICE void bn_affine_impl(const T* __restrict__ x, const float* __restrict__ coef, int n, int c,
-                           int relu, T* __restrict__ y) {
+DEVICE void bn_affine_impl(const T* __restrict__ x, const T* __restrict__ skip,
+                           const float* __restrict__ coef, int n, int c, int relu,
+                           T* __restrict__ y) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     int ch = i % c;
     float v = to_f32(x[i]) * coef[ch] + coef[c + ch];
+    if (skip) v += to_f32(skip[i]);
     y[i] = from_f32<T>(relu ? fmaxf(v, 0.0f) : v);
 }
-KERNEL void bn_affine(const float* __restrict__ x, const float* __restrict__ coef, int n, int c,
-                      int relu, float* __restrict__ y) {
-    bn_affine_impl(x, coef, n, c, relu, y);
+KERNEL void bn_affine(const float* __restrict__ x, const float* __restrict__ skip,
+                      const float* __restrict__ coef, int n, int c, int relu,
+                      float* __restrict__ y) {
+    bn_affine_impl(x, skip, coef, n, c, relu, y);
 }
-KERNEL void bn_affine_bf16(const bf16* __restrict__ x, const float* __restrict__ coef, int n,
-                           int c, int relu, bf16* __restrict__ y) {
-    bn_affine_impl(x, coef, n, c, relu, y);
+KERNEL void bn_affine_bf16(const bf16* __restrict__ x, const bf16* __restrict__ skip,
+                           const float* __restrict__ coef, int n, int c, int relu,
+                           bf16* __restrict__ y) {
+    bn_affine_impl(x, skip, coef, n, c, relu, y);
 }
 
 // r ← m·r + (1−m)·batch per channel; the batch variance is recovered from invstd and made

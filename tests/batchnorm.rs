@@ -15,6 +15,28 @@ const SHAPES: [(usize, usize); 4] = [(7 * 7, 3), (2 * 7 * 7, 67), (3 * 13 * 11, 
 
 /// Fused-ReLU and β variants: (relu, with β).
 const VARIANTS: [(bool, bool); 3] = [(false, true), (true, true), (true, false)];
+/// The forward passes' variants also add a residual `skip` before the ReLU (the fused block
+/// end): (relu, beta, skip).
+const FORWARD_VARIANTS: [(bool, bool, bool); 5] = [
+    (false, true, false),
+    (true, true, false),
+    (true, false, false),
+    (true, true, true),
+    (false, false, true),
+];
+
+/// The CPU reference's output after the normalisation: + skip, then ReLU, as the GPU fuses them.
+fn add_then_relu(y: Vec<f32>, skip: Option<&[f32]>, relu_fused: bool) -> Vec<f32> {
+    let y = match skip {
+        Some(s) => y.iter().zip(s).map(|(a, b)| a + b).collect(),
+        None => y,
+    };
+    if relu_fused {
+        relu(&y)
+    } else {
+        y
+    }
+}
 
 /// Inputs centred at 3, so that a variance taken as E[x²] − E[x]² would show its cancellation.
 fn input(len: usize, seed: u64) -> Vec<f32> {
@@ -39,11 +61,14 @@ fn expect(gpu: &Gpu, what: &str, got: &Buffer, want: &[f32], tolerance: f64) {
 fn check_forward_train_and_running_update(elem: Elem) {
     for (name, gpu) in common::gpus() {
         for (i, &(rows, c)) in SHAPES.iter().enumerate() {
-            for (relu_fused, with_beta) in VARIANTS {
+            for (relu_fused, with_beta, with_skip) in FORWARD_VARIANTS {
                 let case = format!(
-                    "{name}, {elem:?}, rows {rows}, c {c}, relu {relu_fused}, beta {with_beta}"
+                    "{name}, {elem:?}, rows {rows}, c {c}, relu {relu_fused}, beta {with_beta}, \
+                     skip {with_skip}"
                 );
                 let seed = 10 * i as u64;
+                let skip = common::as_stored(elem, common::random(rows * c, seed + 5));
+                let skip_dev = gpu.upload_as(&skip, elem);
                 let (x, gamma, beta) = (
                     common::as_stored(elem, input(rows * c, seed)),
                     common::random(c, seed + 1),
@@ -65,9 +90,7 @@ fn check_forward_train_and_running_update(elem: Elem) {
                     &mut want,
                 );
                 cpu::update_running(&stats, rows, MOMENTUM, &mut rmean_want, &mut rvar_want);
-                if relu_fused {
-                    want = relu(&want);
-                }
+                let want = add_then_relu(want, with_skip.then_some(&skip[..]), relu_fused);
 
                 let beta_dev = gpu.upload(&beta);
                 let (mut y, mut mean, mut invstd) = (
@@ -84,6 +107,7 @@ fn check_forward_train_and_running_update(elem: Elem) {
                     &gpu.upload(&gamma),
                     with_beta.then_some(&beta_dev),
                     EPS as f32,
+                    with_skip.then_some(&skip_dev),
                     relu_fused,
                     &mut y,
                     &mut mean,
@@ -153,11 +177,14 @@ fn forward_train_and_running_update_match_cpu_in_bf16() {
 fn check_forward_eval(elem: Elem) {
     for (name, gpu) in common::gpus() {
         for (i, &(rows, c)) in SHAPES.iter().enumerate() {
-            for (relu_fused, with_beta) in VARIANTS {
+            for (relu_fused, with_beta, with_skip) in FORWARD_VARIANTS {
                 let case = format!(
-                    "{name}, {elem:?}, rows {rows}, c {c}, relu {relu_fused}, beta {with_beta}"
+                    "{name}, {elem:?}, rows {rows}, c {c}, relu {relu_fused}, beta {with_beta}, \
+                     skip {with_skip}"
                 );
                 let seed = 10 * i as u64 + 100;
+                let skip = common::as_stored(elem, common::random(rows * c, seed + 5));
+                let skip_dev = gpu.upload_as(&skip, elem);
                 let (x, gamma, beta) = (
                     common::as_stored(elem, input(rows * c, seed)),
                     common::random(c, seed + 1),
@@ -179,9 +206,7 @@ fn check_forward_eval(elem: Elem) {
                     EPS,
                     &mut want,
                 );
-                if relu_fused {
-                    want = relu(&want);
-                }
+                let want = add_then_relu(want, with_skip.then_some(&skip[..]), relu_fused);
 
                 let beta_dev = gpu.upload(&beta);
                 let mut y = gpu.alloc(rows * c, elem);
@@ -195,6 +220,7 @@ fn check_forward_eval(elem: Elem) {
                     &gpu.upload(&rmean),
                     &gpu.upload(&rvar),
                     EPS as f32,
+                    with_skip.then_some(&skip_dev),
                     relu_fused,
                     &mut y,
                 );
@@ -329,6 +355,7 @@ fn statistics_are_reproducible() {
                 &gamma,
                 None,
                 EPS as f32,
+                None,
                 false,
                 &mut y,
                 &mut mean,

@@ -120,7 +120,26 @@ fn batch_norm_train() {
             let mut mean = Tensor::zeros(&[c], DType::F64);
             let mut var = Tensor::full(&[c], DType::F64, 1.0);
             let beta = center.then_some(v[2]);
-            ops::batchnorm::batch_norm_train(g, v[0], v[1], beta, relu, &mut mean, &mut var)
+            ops::batchnorm::batch_norm_train(g, v[0], v[1], beta, None, relu, &mut mean, &mut var)
+        });
+    }
+}
+
+/// A residual block's end as one op: batch norm, + skip, ReLU (the gradient reaches the skip).
+#[test]
+fn batch_norm_add_relu() {
+    let mut rng = Rng::new(7);
+    for (shape, relu) in [(vec![2, 3, 3, 4], true), (vec![6, 5], false)] {
+        let c = *shape.last().unwrap();
+        let x = random(&shape, &mut rng);
+        let skip = random(&shape, &mut rng);
+        let gamma = random(&[c], &mut rng);
+        let beta = random(&[c], &mut rng);
+        check("batch_norm+add", vec![x, gamma, beta, skip], |g, v| {
+            let mut mean = Tensor::zeros(&[c], DType::F64);
+            let mut var = Tensor::full(&[c], DType::F64, 1.0);
+            let (beta, skip) = (Some(v[2]), Some(v[3]));
+            ops::batchnorm::batch_norm_train(g, v[0], v[1], beta, skip, relu, &mut mean, &mut var)
         });
     }
 }

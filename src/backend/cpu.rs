@@ -57,6 +57,7 @@ impl Backend for Cpu {
         x: &Tensor,
         gamma: &Tensor,
         beta: Option<&Tensor>,
+        skip: Option<&Tensor>,
         relu: bool,
         running_mean: &mut Tensor,
         running_var: &mut Tensor,
@@ -67,9 +68,7 @@ impl Backend for Cpu {
             let y = out::<T>(&x.shape, |y| {
                 let beta = beta.map(|b| b.as_slice::<T>());
                 let s = batchnorm::forward_train(x.as_slice(), c, gamma.as_slice(), beta, EPS, y);
-                if relu {
-                    relu_in_place(y);
-                }
+                add_then_relu(y, skip.map(|s| s.as_slice::<T>()), relu);
                 stats = Some(s);
             });
             let stats = stats.unwrap();
@@ -84,6 +83,7 @@ impl Backend for Cpu {
         x: &Tensor,
         gamma: &Tensor,
         beta: Option<&Tensor>,
+        skip: Option<&Tensor>,
         relu: bool,
         running_mean: &Tensor,
         running_var: &Tensor,
@@ -93,9 +93,7 @@ impl Backend for Cpu {
             let beta = beta.map(|b| b.as_slice::<T>());
             batchnorm::forward_eval(x.as_slice(), c, gamma.as_slice(), beta,
                 running_mean.as_slice(), running_var.as_slice(), EPS, y);
-            if relu {
-                relu_in_place(y);
-            }
+            add_then_relu(y, skip.map(|s| s.as_slice::<T>()), relu);
         }))
     }
 
@@ -339,9 +337,17 @@ impl Backend for Cpu {
     }
 }
 
-/// Clamps negatives to zero in place (batch norm's fused ReLU).
-fn relu_in_place<T: Real>(y: &mut [T]) {
-    for v in y {
-        *v = v.max(T::zero());
+/// y += skip (a residual block's sum) when given, then y = max(y, 0) when `relu`: what the GPU's
+/// batch norm fuses into its pass, after the CPU reference's normalisation.
+fn add_then_relu<T: Real>(y: &mut [T], skip: Option<&[T]>, relu: bool) {
+    if let Some(skip) = skip {
+        for (v, &s) in y.iter_mut().zip(skip) {
+            *v += s;
+        }
+    }
+    if relu {
+        for v in y {
+            *v = v.max(T::zero());
+        }
     }
 }

@@ -99,13 +99,14 @@ impl Backend for Gpu {
         x: &Tensor,
         gamma: &Tensor,
         beta: Option<&Tensor>,
+        skip: Option<&Tensor>,
         relu: bool,
         running_mean: &mut Tensor,
         running_var: &mut Tensor,
     ) -> (Tensor, BnSaved) {
         let (rows, c) = rows_channels(x);
         let (mut mean, mut invstd) = (self.alloc_f32(c), self.alloc_f32(c));
-        let beta = beta.map(Tensor::buffer);
+        let (beta, skip) = (beta.map(Tensor::buffer), skip.map(Tensor::buffer));
         let y = self.out(&x.shape, elem(x), |y| {
             let (x, gamma, eps) = (x.buffer(), gamma.buffer(), EPS as f32);
             batchnorm::forward_train(
@@ -116,6 +117,7 @@ impl Backend for Gpu {
                 gamma,
                 beta,
                 eps,
+                skip,
                 relu,
                 y,
                 &mut mean,
@@ -142,16 +144,17 @@ impl Backend for Gpu {
         x: &Tensor,
         gamma: &Tensor,
         beta: Option<&Tensor>,
+        skip: Option<&Tensor>,
         relu: bool,
         running_mean: &Tensor,
         running_var: &Tensor,
     ) -> Tensor {
         let (rows, c) = rows_channels(x);
-        let beta = beta.map(Tensor::buffer);
+        let (beta, skip) = (beta.map(Tensor::buffer), skip.map(Tensor::buffer));
         self.out(&x.shape, elem(x), |y| {
             let (rm, rv) = (running_mean.buffer(), running_var.buffer());
             let (x, gamma, eps) = (x.buffer(), gamma.buffer(), EPS as f32);
-            batchnorm::forward_eval(self, rows, c, x, gamma, beta, rm, rv, eps, relu, y)
+            batchnorm::forward_eval(self, rows, c, x, gamma, beta, rm, rv, eps, skip, relu, y)
         })
     }
 

@@ -54,14 +54,15 @@ pub trait Backend {
     fn conv_backward_input(&self, s: &ConvShape, dy: &Tensor, w: &Tensor) -> Tensor;
     fn conv_backward_weight(&self, s: &ConvShape, x: &Tensor, dy: &Tensor) -> Tensor;
 
-    // batchnorm over the last dimension, with an optional fused ReLU. Training mode moves the
-    // running statistics in place.
+    // batchnorm over the last dimension, with an optional fused residual add (`skip`, added to
+    // the normalised x) and ReLU after it. Training mode moves the running statistics in place.
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_train(
         &self,
         x: &Tensor,
         gamma: &Tensor,
         beta: Option<&Tensor>,
+        skip: Option<&Tensor>,
         relu: bool,
         running_mean: &mut Tensor,
         running_var: &mut Tensor,
@@ -72,6 +73,7 @@ pub trait Backend {
         x: &Tensor,
         gamma: &Tensor,
         beta: Option<&Tensor>,
+        skip: Option<&Tensor>,
         relu: bool,
         running_mean: &Tensor,
         running_var: &Tensor,

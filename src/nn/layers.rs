@@ -162,23 +162,24 @@ impl BatchNorm {
         }
     }
 
-    /// `relu` fuses a ReLU after the normalisation.
+    /// `skip` fuses a residual add after the normalisation, `relu` a ReLU after that.
     pub fn forward(
         &self,
         g: &mut Graph,
         store: &mut ParamStore,
         x: Var,
         train: bool,
+        skip: Option<Var>,
         relu: bool,
     ) -> Var {
         let gamma = g.param(self.gamma, store.value(self.gamma));
         let beta = self.beta.map(|b| g.param(b, store.value(b)));
         if train {
             let (mean, var) = store.values_mut(self.mean, self.var);
-            ops::batchnorm::batch_norm_train(g, x, gamma, beta, relu, mean, var)
+            ops::batchnorm::batch_norm_train(g, x, gamma, beta, skip, relu, mean, var)
         } else {
             let (mean, var) = (store.value(self.mean), store.value(self.var));
-            ops::batchnorm::batch_norm_eval(g, x, gamma, beta, relu, mean, var)
+            ops::batchnorm::batch_norm_eval(g, x, gamma, beta, skip, relu, mean, var)
         }
     }
 }

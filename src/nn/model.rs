@@ -112,7 +112,9 @@ impl Model {
         let mut h = features;
         for layer in &self.head {
             h = layer.dense.forward(g, &self.store, h);
-            h = layer.bn.forward(g, &mut self.store, h, train, layer.relu);
+            h = layer
+                .bn
+                .forward(g, &mut self.store, h, train, None, layer.relu);
         }
         if let Some(c) = &self.classifier {
             h = c.forward(g, &self.store, h);

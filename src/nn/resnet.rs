@@ -104,7 +104,8 @@ impl Arch {
     }
 }
 
-/// A convolution and its batch norm (with the ReLU fused into the batch norm when asked).
+/// A convolution and its batch norm (with a residual add and the ReLU fused into the batch
+/// norm when asked).
 struct ConvBn {
     conv: Conv,
     bn: BatchNorm,
@@ -130,10 +131,11 @@ impl ConvBn {
         store: &mut ParamStore,
         x: Var,
         train: bool,
+        skip: Option<Var>,
         relu: bool,
     ) -> Var {
         let y = self.conv.forward(g, store, x);
-        self.bn.forward(g, store, y, train, relu)
+        self.bn.forward(g, store, y, train, skip, relu)
     }
 }
 
@@ -158,9 +160,9 @@ impl SkConv {
     }
 
     fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Var {
-        let streams = self.streams.forward(g, store, x, train, true);
+        let streams = self.streams.forward(g, store, x, train, None, true);
         let pooled = ops::sk::sk_pool(g, streams);
-        let z = self.reduce.forward(g, store, pooled, train, true);
+        let z = self.reduce.forward(g, store, pooled, train, None, true);
         let logits = self.expand.forward(g, store, z);
         ops::sk::sk_combine(g, streams, logits)
     }
@@ -173,19 +175,23 @@ enum Layer {
 }
 
 impl Layer {
-    /// `relu` applies to conv-BN layers; the SK conv's output needs none (a convex combination
-    /// of two ReLU outputs is already ≥ 0), and it only sits where a ReLU would go.
+    /// Conv-BN layers end in a ReLU, after the block's sum with `skip` on its last layer. The SK
+    /// conv's output needs no ReLU (a convex combination of two ReLU outputs is already ≥ 0);
+    /// it sits only where a ReLU would go, never last.
     fn forward(
         &self,
         g: &mut Graph,
         store: &mut ParamStore,
         x: Var,
         train: bool,
-        relu: bool,
+        skip: Option<Var>,
     ) -> Var {
         match self {
-            Layer::ConvBn(l) => l.forward(g, store, x, train, relu),
-            Layer::Sk(l) => l.forward(g, store, x, train),
+            Layer::ConvBn(l) => l.forward(g, store, x, train, skip, true),
+            Layer::Sk(l) => {
+                assert!(skip.is_none(), "an SK conv is never a block's last layer");
+                l.forward(g, store, x, train)
+            }
         }
     }
 }
@@ -205,7 +211,7 @@ impl Shortcut {
             Some(stride) => ops::pool::avg_pool2d(g, x, 2, stride),
             None => x,
         };
-        self.proj.forward(g, store, x, train, false)
+        self.proj.forward(g, store, x, train, None, false)
     }
 }
 
@@ -260,17 +266,18 @@ impl Block {
     }
 
     fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Var {
-        let mut h = x;
-        for (i, layer) in self.layers.iter().enumerate() {
-            // ReLU between the layers, fused into the batch norm; the last one follows the sum.
-            h = layer.forward(g, store, h, train, i + 1 < self.layers.len());
-        }
         let skip = match &self.shortcut {
             Some(s) => s.forward(g, store, x, train),
             None => x,
         };
-        let sum = ops::elementwise::add(g, h, skip);
-        ops::elementwise::relu(g, sum)
+        let mut h = x;
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            // ReLU after every layer, fused into its batch norm; the last batch norm adds the
+            // skip before its ReLU, so the block's sum and ReLU take no pass of their own.
+            h = layer.forward(g, store, h, train, (i == last).then_some(skip));
+        }
+        h
     }
 }
 
@@ -325,7 +332,7 @@ impl ResNet {
     pub fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Var {
         let mut h = x;
         for layer in &self.stem {
-            h = layer.forward(g, store, h, train, true);
+            h = layer.forward(g, store, h, train, None, true);
         }
         if !self.arch.small_stem() {
             h = ops::pool::maxpool2d(g, h, 3, 2, 1);

@@ -1,4 +1,6 @@
-//! Batch normalisation over the last (channel) dimension, optionally followed by a fused ReLU.
+//! Batch normalisation over the last (channel) dimension, optionally followed, in the same pass,
+//! by a residual add (`skip`) and a ReLU: a residual block's last BN, its sum and its ReLU are
+//! one op, so the sum and its ReLU cost no pass of their own, forward or backward.
 //! Training mode normalises with the batch statistics, records itself for backward and moves
 //! the running statistics in place (TF momentum 0.9); eval mode uses the running statistics
 //! and is not differentiable here.
@@ -14,17 +16,23 @@ pub fn batch_norm_train(
     x: Var,
     gamma: Var,
     beta: Option<Var>,
+    skip: Option<Var>,
     relu: bool,
     running_mean: &mut Tensor,
     running_var: &mut Tensor,
 ) -> Var {
     let (xv, gv) = (g.value(x), g.value(gamma));
-    let bv = beta.map(|b| g.value(b));
-    let (y, saved) = backend::of(xv).batchnorm_train(xv, gv, bv, relu, running_mean, running_var);
+    let (bv, sv) = (beta.map(|b| g.value(b)), skip.map(|s| g.value(s)));
+    if let Some(sv) = sv {
+        assert_eq!(sv.shape, xv.shape, "batch norm + add: shapes differ");
+    }
+    let (y, saved) =
+        backend::of(xv).batchnorm_train(xv, gv, bv, sv, relu, running_mean, running_var);
     let node = BatchNorm {
         x,
         gamma,
         beta,
+        skip,
         relu,
         saved,
     };
@@ -36,6 +44,7 @@ pub fn batch_norm_eval(
     x: Var,
     gamma: Var,
     beta: Option<Var>,
+    skip: Option<Var>,
     relu: bool,
     running_mean: &Tensor,
     running_var: &Tensor,
@@ -45,8 +54,8 @@ pub fn batch_norm_eval(
         "eval-mode batch norm is only for inference graphs"
     );
     let (xv, gv) = (g.value(x), g.value(gamma));
-    let bv = beta.map(|b| g.value(b));
-    let y = backend::of(xv).batchnorm_eval(xv, gv, bv, relu, running_mean, running_var);
+    let (bv, sv) = (beta.map(|b| g.value(b)), skip.map(|s| g.value(s)));
+    let y = backend::of(xv).batchnorm_eval(xv, gv, bv, sv, relu, running_mean, running_var);
     g.input(y)
 }
 
@@ -54,25 +63,28 @@ struct BatchNorm {
     x: Var,
     gamma: Var,
     beta: Option<Var>,
+    skip: Option<Var>,
     relu: bool,
     saved: BnSaved,
 }
 
 impl Backward for BatchNorm {
-    /// With the fused ReLU, dy passes only where the output is positive.
+    /// With the fused ReLU, dy passes only where the output is positive. With a skip, that
+    /// masked gradient is the sum's: the skip's gradient as it is, and the normalisation's.
     fn backward(&self, v: &Values, dy: Tensor) -> Vec<(Var, Tensor)> {
         let (x, gamma) = (v.get(self.x), v.get(self.gamma));
+        let backend = backend::of(x);
         let relu_out = self.relu.then(|| v.out());
-        let (dx, dgamma, dbeta) = backend::of(&dy).batchnorm_backward(
-            x,
-            relu_out,
-            &dy,
-            gamma,
-            &self.saved,
-            self.beta.is_some(),
-        );
+        let (relu_out, dy) = match (self.skip, relu_out) {
+            (Some(_), Some(y)) => (None, backend.relu_backward(y, &dy)),
+            _ => (relu_out, dy),
+        };
+        let with_beta = self.beta.is_some();
+        let (dx, dgamma, dbeta) =
+            backend.batchnorm_backward(x, relu_out, &dy, gamma, &self.saved, with_beta);
         let mut grads = vec![(self.x, dx), (self.gamma, dgamma)];
         grads.extend(self.beta.zip(dbeta));
+        grads.extend(self.skip.map(|s| (s, dy)));
         grads
     }
 }

@@ -36,9 +36,10 @@ fn opt(b: Option<&Buffer>) -> Arg {
     b.map_or(Arg::Ptr(0), Arg::from)
 }
 
-/// Training mode: y = BN(x) with the batch statistics (then ReLU when `relu`); writes the batch
-/// mean and invstd = 1/√(biased var + eps) per channel for the backward pass and
-/// `update_running`. `beta` is None for BN without centring.
+/// Training mode: y = BN(x) with the batch statistics, plus `skip` when given (a residual
+/// block's sum), then ReLU when `relu`, in one pass over x; writes the batch mean and
+/// invstd = 1/√(biased var + eps) per channel for the backward pass and `update_running`.
+/// `beta` is None for BN without centring.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_train(
     gpu: &Gpu,
@@ -48,6 +49,7 @@ pub fn forward_train(
     gamma: &Buffer,
     beta: Option<&Buffer>,
     eps: f32,
+    skip: Option<&Buffer>,
     relu: bool,
     y: &mut Buffer,
     mean: &mut Buffer,
@@ -95,7 +97,7 @@ pub fn forward_train(
             (&mut coef).into(),
         ],
     );
-    affine(gpu, rows, c, x, &coef, relu, y);
+    affine(gpu, rows, c, x, &coef, skip, relu, y);
 }
 
 /// Moves the running statistics toward the batch's: r ← m·r + (1−m)·batch, the variance
@@ -135,7 +137,7 @@ pub fn update_running(
     );
 }
 
-/// Inference mode: y = BN(x) with the running statistics (then ReLU when `relu`).
+/// Inference mode: y = BN(x) with the running statistics (plus `skip`, then ReLU when `relu`).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_eval(
     gpu: &Gpu,
@@ -147,6 +149,7 @@ pub fn forward_eval(
     running_mean: &Buffer,
     running_var: &Buffer,
     eps: f32,
+    skip: Option<&Buffer>,
     relu: bool,
     y: &mut Buffer,
 ) {
@@ -173,12 +176,27 @@ pub fn forward_eval(
             (&mut coef).into(),
         ],
     );
-    affine(gpu, rows, c, x, &coef, relu, y);
+    affine(gpu, rows, c, x, &coef, skip, relu, y);
 }
 
-/// y = x·coef[ch] + coef[c + ch] per element, optionally followed by ReLU; x and y of one type.
-fn affine(gpu: &Gpu, rows: usize, c: usize, x: &Buffer, coef: &Buffer, relu: bool, y: &mut Buffer) {
+/// y = x·coef[ch] + coef[c + ch] (+ skip) per element, optionally followed by ReLU; x, skip
+/// and y of one type.
+#[allow(clippy::too_many_arguments)]
+fn affine(
+    gpu: &Gpu,
+    rows: usize,
+    c: usize,
+    x: &Buffer,
+    coef: &Buffer,
+    skip: Option<&Buffer>,
+    relu: bool,
+    y: &mut Buffer,
+) {
     let n = rows * c;
+    if let Some(skip) = skip {
+        Elem::common("batch norm + add", &[x, skip]);
+        assert_eq!(skip.len(), n, "batch norm + add: the skip's size");
+    }
     gpu.launch(
         x.elem().pick("bn_affine", "bn_affine_bf16"),
         [blocks_for(n, THREADS), 1, 1],
@@ -186,6 +204,7 @@ fn affine(gpu: &Gpu, rows: usize, c: usize, x: &Buffer, coef: &Buffer, relu: boo
         0,
         &[
             x.into(),
+            opt(skip),
             coef.into(),
             (n as i32).into(),
             (c as i32).into(),
