@@ -11,6 +11,7 @@ use crate::tensor::Tensor;
 
 pub use crate::device::cpu::batchnorm::{EPS, MOMENTUM};
 
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
     g: &mut Graph,
     x: Var,
@@ -39,6 +40,7 @@ pub fn batch_norm_train(
     g.push(y, node)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_eval(
     g: &mut Graph,
     x: Var,
