@@ -6,7 +6,7 @@
 // through shared memory, never with float atomics: every partial is combined in a fixed order, so
 // the results are bitwise the same for every launch and every schedule.
 //
-// Training forward: bn_stats_partial (per chunk of BN_CHUNK rows: chunk mean and M2) →
+// Training forward: bn_stats_partial (per chunk of rows: chunk mean and M2, in one read) →
 // bn_stats_finalize (per channel: mean, invstd and the folded affine map) → bn_affine.
 // Backward: bn_backward_partial (per chunk: Σdy, Σdy·(x−μ)) → bn_backward_finalize (dγ, dβ and
 // the folded per-channel map of dx) → bn_backward_dx. ReLU fuses into bn_affine (y = max(·, 0))
@@ -17,9 +17,11 @@
 // statistics, partials, coefficients and parameter gradients are f32, as is all arithmetic.
 #include "common.cuh"
 
-#define BN_CH 32      // channels per block = one warp's lanes
-#define BN_RL 8       // row lanes per block (warps); block = 32×8 = 256 threads
-#define BN_CHUNK 256  // rows per block in the reduction passes (the partials' layout depends on it only)
+#define BN_CH 32  // channels per block = one warp's lanes
+#define BN_RL 8   // row lanes per block (warps); block = 32×8 = 256 threads
+// The reduction passes give each block `chunk` rows (a launch argument the host sizes so that
+// there are enough blocks to fill the GPU at every shape, and few enough partials per channel
+// for the finalize kernels to sum quickly).
 
 // Σ of v over the block's row lanes, per channel lane; every thread gets its channel's total.
 // Row lanes are summed in the fixed order 0..BN_RL−1, whatever order the warps ran in.
@@ -33,41 +35,58 @@ DEVICE inline float bn_sum_row_lanes(float v, float (*red)[BN_CH]) {
 }
 
 // Rows in chunk i (the last chunk may be short).
-DEVICE inline int bn_chunk_rows(int i, int rows) { return min(BN_CHUNK, rows - i * BN_CHUNK); }
+DEVICE inline int bn_chunk_rows(int i, int rows, int chunk) { return min(chunk, rows - i * chunk); }
+
+// Chan et al.'s combination of two (count, mean, M2) summaries, into the first.
+DEVICE inline void bn_chan(float& n, float& mean, float& m2, float nb, float mb, float m2b) {
+    if (nb == 0.0f) return;
+    float total = n + nb, d = mb - mean;
+    mean += d * nb / total;
+    m2 += m2b + d * d * n * nb / total;
+    n = total;
+}
 
 // grid (chunks, ceil(c/32)), block (32, 8). Per chunk and channel: its mean and
-// M2 = Σ(x − chunk mean)². The second sweep re-reads the chunk (32 KiB) from L1/L2, so DRAM sees x
-// once, and deviations from a local mean do not cancel the way E[x²] − E[x]² does.
+// M2 = Σ(x − chunk mean)², in one read of x: each row lane runs Welford's update over its rows,
+// and the 8 lanes' summaries are combined in lane order with Chan's formula (deviations from a
+// running mean do not cancel the way E[x²] − E[x]² does).
 template <typename T>
-DEVICE void bn_stats_partial_impl(const T* __restrict__ x, int rows, int c,
+DEVICE void bn_stats_partial_impl(const T* __restrict__ x, int rows, int c, int chunk,
                                   float* __restrict__ part_mean, float* __restrict__ part_m2) {
-    __shared__ float red[BN_RL][BN_CH];
+    __shared__ float lane_mean[BN_RL][BN_CH], lane_m2[BN_RL][BN_CH];
     int ch = blockIdx.y * BN_CH + threadIdx.x;
-    int r0 = blockIdx.x * BN_CHUNK, r1 = min(r0 + BN_CHUNK, rows);
+    int r0 = blockIdx.x * chunk, r1 = min(r0 + chunk, rows);
     bool active = ch < c;
-    float s = 0.0f;
-    if (active)
-        for (int r = r0 + threadIdx.y; r < r1; r += BN_RL) s += to_f32(x[(size_t)r * c + ch]);
-    float mean = bn_sum_row_lanes(s, red) / (float)(r1 - r0);
-    float q = 0.0f;
+    float n = 0.0f, mean = 0.0f, m2 = 0.0f;
     if (active)
         for (int r = r0 + threadIdx.y; r < r1; r += BN_RL) {
-            float d = to_f32(x[(size_t)r * c + ch]) - mean;
-            q += d * d;
+            float v = to_f32(x[(size_t)r * c + ch]);
+            n += 1.0f;
+            float d = v - mean;
+            mean += d / n;
+            m2 += d * (v - mean);
         }
-    q = bn_sum_row_lanes(q, red);
+    lane_mean[threadIdx.y][threadIdx.x] = mean;
+    lane_m2[threadIdx.y][threadIdx.x] = m2;
+    __syncthreads();
     if (active && threadIdx.y == 0) {
-        part_mean[(size_t)blockIdx.x * c + ch] = mean;
-        part_m2[(size_t)blockIdx.x * c + ch] = q;
+        // Lane j holds the rows r0 + j, r0 + j + 8, ...: its count follows from the chunk's.
+        float tn = 0.0f, tm = 0.0f, tq = 0.0f;
+        for (int j = 0; j < BN_RL; j++) {
+            float nj = (float)max(0, (r1 - r0 - j + BN_RL - 1) / BN_RL);
+            bn_chan(tn, tm, tq, nj, lane_mean[j][threadIdx.x], lane_m2[j][threadIdx.x]);
+        }
+        part_mean[(size_t)blockIdx.x * c + ch] = tm;
+        part_m2[(size_t)blockIdx.x * c + ch] = tq;
     }
 }
-KERNEL void bn_stats_partial(const float* __restrict__ x, int rows, int c,
+KERNEL void bn_stats_partial(const float* __restrict__ x, int rows, int c, int chunk,
                              float* __restrict__ part_mean, float* __restrict__ part_m2) {
-    bn_stats_partial_impl(x, rows, c, part_mean, part_m2);
+    bn_stats_partial_impl(x, rows, c, chunk, part_mean, part_m2);
 }
-KERNEL void bn_stats_partial_bf16(const bf16* __restrict__ x, int rows, int c,
+KERNEL void bn_stats_partial_bf16(const bf16* __restrict__ x, int rows, int c, int chunk,
                                   float* __restrict__ part_mean, float* __restrict__ part_m2) {
-    bn_stats_partial_impl(x, rows, c, part_mean, part_m2);
+    bn_stats_partial_impl(x, rows, c, chunk, part_mean, part_m2);
 }
 
 // grid ceil(c/32), block (32, 8). Combines the chunks per channel (Chan et al.):
@@ -75,23 +94,23 @@ KERNEL void bn_stats_partial_bf16(const bf16* __restrict__ x, int rows, int c,
 // of non-negative terms, so nothing cancels. Writes mean, invstd = 1/√(var + eps) and the folded
 // affine map coef = [γ·invstd | β − mean·γ·invstd] that bn_affine applies. beta may be null.
 KERNEL void bn_stats_finalize(const float* __restrict__ part_mean, const float* __restrict__ part_m2,
-                              int rows, int c, const float* __restrict__ gamma,
+                              int rows, int c, int chunk, const float* __restrict__ gamma,
                               const float* __restrict__ beta, float eps, float* __restrict__ mean,
                               float* __restrict__ invstd, float* __restrict__ coef) {
     __shared__ float red[BN_RL][BN_CH];
     int ch = blockIdx.x * BN_CH + threadIdx.x;
-    int chunks = (rows + BN_CHUNK - 1) / BN_CHUNK;
+    int chunks = (rows + chunk - 1) / chunk;
     bool active = ch < c;
     float s = 0.0f;
     if (active)
         for (int i = threadIdx.y; i < chunks; i += BN_RL)
-            s += (float)bn_chunk_rows(i, rows) * part_mean[(size_t)i * c + ch];
+            s += (float)bn_chunk_rows(i, rows, chunk) * part_mean[(size_t)i * c + ch];
     float m = bn_sum_row_lanes(s, red) / (float)rows;
     float q = 0.0f;
     if (active)
         for (int i = threadIdx.y; i < chunks; i += BN_RL) {
             float d = part_mean[(size_t)i * c + ch] - m;
-            q += part_m2[(size_t)i * c + ch] + (float)bn_chunk_rows(i, rows) * d * d;
+            q += part_m2[(size_t)i * c + ch] + (float)bn_chunk_rows(i, rows, chunk) * d * d;
         }
     float var = bn_sum_row_lanes(q, red) / (float)rows;
     if (active && threadIdx.y == 0) {
@@ -164,11 +183,11 @@ DEVICE inline float bn_grad(const T* dy, const T* y, size_t i) {
 template <typename T>
 DEVICE void bn_backward_partial_impl(const T* __restrict__ x, const T* __restrict__ y,
                                      const T* __restrict__ dy, const float* __restrict__ mean,
-                                     int rows, int c, float* __restrict__ part_dbeta,
+                                     int rows, int c, int chunk, float* __restrict__ part_dbeta,
                                      float* __restrict__ part_dgx) {
     __shared__ float red[BN_RL][BN_CH];
     int ch = blockIdx.y * BN_CH + threadIdx.x;
-    int r0 = blockIdx.x * BN_CHUNK, r1 = min(r0 + BN_CHUNK, rows);
+    int r0 = blockIdx.x * chunk, r1 = min(r0 + chunk, rows);
     bool active = ch < c;
     float sg = 0.0f, sgx = 0.0f;
     if (active) {
@@ -189,15 +208,15 @@ DEVICE void bn_backward_partial_impl(const T* __restrict__ x, const T* __restric
 }
 KERNEL void bn_backward_partial(const float* __restrict__ x, const float* __restrict__ y,
                                 const float* __restrict__ dy, const float* __restrict__ mean,
-                                int rows, int c, float* __restrict__ part_dbeta,
+                                int rows, int c, int chunk, float* __restrict__ part_dbeta,
                                 float* __restrict__ part_dgx) {
-    bn_backward_partial_impl(x, y, dy, mean, rows, c, part_dbeta, part_dgx);
+    bn_backward_partial_impl(x, y, dy, mean, rows, c, chunk, part_dbeta, part_dgx);
 }
 KERNEL void bn_backward_partial_bf16(const bf16* __restrict__ x, const bf16* __restrict__ y,
                                      const bf16* __restrict__ dy, const float* __restrict__ mean,
-                                     int rows, int c, float* __restrict__ part_dbeta,
+                                     int rows, int c, int chunk, float* __restrict__ part_dbeta,
                                      float* __restrict__ part_dgx) {
-    bn_backward_partial_impl(x, y, dy, mean, rows, c, part_dbeta, part_dgx);
+    bn_backward_partial_impl(x, y, dy, mean, rows, c, chunk, part_dbeta, part_dgx);
 }
 
 // grid ceil(c/32), block (32, 8). dβ = Σg, dγ = invstd·Σg·(x − μ), and dx as one affine map per
@@ -205,13 +224,13 @@ KERNEL void bn_backward_partial_bf16(const bf16* __restrict__ x, const bf16* __r
 //   dx = a·g + b·x + s,  a = γ·invstd,  b = −k·invstd·dγ,  s = −b·μ − k·dβ;
 // coef = [a | b | s]. dbeta may be null (BN without β).
 KERNEL void bn_backward_finalize(const float* __restrict__ part_dbeta,
-                                 const float* __restrict__ part_dgx, int rows, int c,
+                                 const float* __restrict__ part_dgx, int rows, int c, int chunk,
                                  const float* __restrict__ gamma, const float* __restrict__ mean,
                                  const float* __restrict__ invstd, float* __restrict__ dgamma,
                                  float* __restrict__ dbeta, float* __restrict__ coef) {
     __shared__ float red[BN_RL][BN_CH];
     int ch = blockIdx.x * BN_CH + threadIdx.x;
-    int chunks = (rows + BN_CHUNK - 1) / BN_CHUNK;
+    int chunks = (rows + chunk - 1) / chunk;
     bool active = ch < c;
     float sg = 0.0f, sgx = 0.0f;
     if (active)

@@ -10,8 +10,15 @@ const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.9;
 
 /// (rows, c): batch 1 at 7×7, channels not multiples of 8 (below and above one 32-channel
-/// tile), rows over one 256-row chunk and not a multiple of it.
-const SHAPES: [(usize, usize); 4] = [(7 * 7, 3), (2 * 7 * 7, 67), (3 * 13 * 11, 13), (600, 5)];
+/// tile), rows over one 256-row chunk and not a multiple of it, and enough rows (2·400×400)
+/// that the reduction passes take chunks of more than 256 rows.
+const SHAPES: [(usize, usize); 5] = [
+    (7 * 7, 3),
+    (2 * 7 * 7, 67),
+    (3 * 13 * 11, 13),
+    (600, 5),
+    (2 * 400 * 400, 3),
+];
 
 /// Fused-ReLU and β variants: (relu, with β).
 const VARIANTS: [(bool, bool); 3] = [(false, true), (true, true), (true, false)];

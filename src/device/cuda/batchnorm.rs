@@ -5,15 +5,27 @@
 
 use super::{blocks_for, Arg, Buffer, Elem, Gpu};
 
-/// Rows per block of the reduction passes: BN_CHUNK in the kernel file.
-const CHUNK: usize = 256;
+/// The fewest rows a block of the reduction passes takes (a multiple of it: more rows when
+/// there are more than enough blocks).
+const MIN_CHUNK: usize = 256;
+/// Blocks the reduction passes aim for: a few waves on an H100's 132 SMs, at every shape.
+const TARGET_BLOCKS: usize = 1024;
 /// 32 channel lanes × 8 row lanes: BN_CH × BN_RL in the kernel file.
 const TILE: [u32; 3] = [32, 8, 1];
 const THREADS: u32 = 256;
 
+/// Rows per block of the reduction passes: about TARGET_BLOCKS blocks over the row chunks and
+/// the 32-channel tiles together, so a wide late layer and a large early one both fill the
+/// GPU, and the finalize kernels sum at most ~TARGET_BLOCKS partials per channel (at 112×112
+/// and batch 512, 256-row chunks would leave them 25,088 each).
+fn chunk_rows(rows: usize, c: usize) -> usize {
+    let chunks = (TARGET_BLOCKS / c.div_ceil(32)).max(1);
+    rows.div_ceil(chunks).next_multiple_of(MIN_CHUNK)
+}
+
 /// Grid of the per-chunk passes: chunks of rows × tiles of 32 channels.
-fn chunk_grid(rows: usize, c: usize) -> [u32; 3] {
-    [blocks_for(rows, CHUNK as u32), blocks_for(c, 32), 1]
+fn chunk_grid(rows: usize, c: usize, chunk: usize) -> [u32; 3] {
+    [rows.div_ceil(chunk) as u32, blocks_for(c, 32), 1]
 }
 
 /// Grid of the per-channel passes.
@@ -62,19 +74,21 @@ pub fn forward_train(
         "batch norm forward",
         [gamma, &*mean, &*invstd].into_iter().chain(beta),
     );
-    let chunks = rows.div_ceil(CHUNK);
+    let chunk = chunk_rows(rows, c);
+    let chunks = rows.div_ceil(chunk);
     let mut part_mean = gpu.alloc_f32(chunks * c);
     let mut part_m2 = gpu.alloc_f32(chunks * c);
     let mut coef = gpu.alloc_f32(2 * c);
     gpu.launch(
         elem.pick("bn_stats_partial", "bn_stats_partial_bf16"),
-        chunk_grid(rows, c),
+        chunk_grid(rows, c, chunk),
         TILE,
         0,
         &[
             x.into(),
             r.into(),
             ci.into(),
+            (chunk as i32).into(),
             (&mut part_mean).into(),
             (&mut part_m2).into(),
         ],
@@ -89,6 +103,7 @@ pub fn forward_train(
             (&part_m2).into(),
             r.into(),
             ci.into(),
+            (chunk as i32).into(),
             gamma.into(),
             opt(beta),
             eps.into(),
@@ -241,13 +256,14 @@ pub fn backward(
             .into_iter()
             .chain(dbeta.as_deref()),
     );
-    let chunks = rows.div_ceil(CHUNK);
+    let chunk = chunk_rows(rows, c);
+    let chunks = rows.div_ceil(chunk);
     let mut part_dbeta = gpu.alloc_f32(chunks * c);
     let mut part_dgx = gpu.alloc_f32(chunks * c);
     let mut coef = gpu.alloc_f32(3 * c);
     gpu.launch(
         elem.pick("bn_backward_partial", "bn_backward_partial_bf16"),
-        chunk_grid(rows, c),
+        chunk_grid(rows, c, chunk),
         TILE,
         0,
         &[
@@ -257,6 +273,7 @@ pub fn backward(
             mean.into(),
             r.into(),
             ci.into(),
+            (chunk as i32).into(),
             (&mut part_dbeta).into(),
             (&mut part_dgx).into(),
         ],
@@ -271,6 +288,7 @@ pub fn backward(
             (&part_dgx).into(),
             r.into(),
             ci.into(),
+            (chunk as i32).into(),
             gamma.into(),
             mean.into(),
             invstd.into(),
@@ -295,4 +313,29 @@ pub fn backward(
             dx.into(),
         ],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduction_passes_fill_the_gpu_at_every_resnet50_shape() {
+        // (rows, channels) of ResNet-50's batch norms at 512 views, 224 px.
+        for (rows, c) in [
+            (512 * 112 * 112, 64),
+            (512 * 56 * 56, 256),
+            (512 * 7 * 7, 2048),
+        ] {
+            let chunk = chunk_rows(rows, c);
+            let blocks = rows.div_ceil(chunk) * c.div_ceil(32);
+            assert!(
+                (512..=TARGET_BLOCKS).contains(&blocks),
+                "{rows}×{c}: {blocks} blocks"
+            );
+            assert!(chunk % MIN_CHUNK == 0);
+        }
+        // Small tensors keep one 256-row chunk per block.
+        assert_eq!(chunk_rows(300, 5), 256);
+    }
 }
