@@ -333,7 +333,7 @@ mod tests {
                 (512..=TARGET_BLOCKS).contains(&blocks),
                 "{rows}×{c}: {blocks} blocks"
             );
-            assert!(chunk % MIN_CHUNK == 0);
+            assert!(chunk.is_multiple_of(MIN_CHUNK));
         }
         // Small tensors keep one 256-row chunk per block.
         assert_eq!(chunk_rows(300, 5), 256);
