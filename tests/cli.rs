@@ -530,9 +530,9 @@ fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
         );
     }
     // The device counters of every step (exact on the emulator and a GPU): after a stage's
-    // first step, which fills the allocator's cache, no driver allocation, and at most four
-    // host waits: the images' upload, the labels' (supervised stages), the loss read back and
-    // the optimiser's table.
+    // first step, which fills the allocator's cache, no driver allocation, and at most two
+    // host waits: the optimiser's table and, in supervised stages, the labels (the images go
+    // through page-locked memory and the loss comes back a step late, without waiting).
     for stage in ["baseline", "pretrain", "finetune", "distill"] {
         let path = t.0.join(gpu).join(stage).join("metrics.jsonl");
         let steps: Vec<Value> = std::fs::read_to_string(path)
@@ -547,7 +547,7 @@ fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
                 count("launches") > 0 && count("h2d_bytes") > 0,
                 "{stage}: {r}"
             );
-            assert!(count("host_syncs") <= 4, "{stage}: {r}");
+            assert!(count("host_syncs") <= 2, "{stage}: {r}");
             if i > 0 {
                 assert_eq!(count("driver_allocs"), 0, "{stage}: {r}");
             }
@@ -587,6 +587,35 @@ fn tiny_pipeline_in_bf16_ends_within_2_percent_of_f32() {
             (0.0..=1.0).contains(&top1),
             "{stage} top-1 {top1} in {bf16}"
         );
+    }
+}
+
+/// A loss that stops being finite ends the run in one line naming the stage's step, on the cpu
+/// and on the GPU device (where the loss is checked one step late), and saves nothing.
+#[test]
+fn non_finite_loss_stops_the_run_and_names_the_step() {
+    let t = Tmp::new("nan");
+    let data = t.data("data");
+    for device in ["cpu", gpu_device()] {
+        let out = t.path(device);
+        let args = [
+            "pretrain",
+            "--data",
+            &data,
+            "--out",
+            &out,
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e30",
+            "--device",
+            device,
+        ];
+        fails_with(&args, "loss became NaN at step 1 (epoch 1)");
+        let saved = t.0.join(device).join("checkpoint.safetensors");
+        assert!(!saved.exists(), "{device}: a checkpoint was saved");
     }
 }
 

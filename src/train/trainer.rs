@@ -6,18 +6,19 @@
 
 use crate::autograd::{Graph, Var};
 use crate::data::loader::{Batch, Views};
-use crate::device::cuda::{Counters, Gpu, GpuError};
+use crate::device::cuda::{Counters, Gpu, GpuError, Pending};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::model::Model;
 use crate::ops;
 use crate::optim::schedule::{lr_at, scaled_lr};
 use crate::optim::Optimizer;
-use crate::tensor::Tensor;
+use crate::tensor::{Storage, Tensor};
 use crate::train::config::StageConfig;
 use crate::train::eval;
 use crate::train::metrics::{progress, Metrics};
 use crate::train::Context;
+use indicatif::ProgressBar;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::Path;
@@ -105,7 +106,7 @@ pub fn train(
     let total = cfg.epochs * per_epoch;
     let warmup = (cfg.warmup * total as f64).round() as usize;
     let base_lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling);
-    let mut metrics = Metrics::open(out, start.is_some())?;
+    let metrics = Metrics::open(out, start.is_some())?;
     let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, &model.store);
     let mut pos = match start {
         Some((pos, velocity)) => {
@@ -123,7 +124,13 @@ pub fn train(
         Device::Gpu(gpu) => Some(gpu),
         Device::Cpu => None,
     };
-    let mut tally = Tally::default();
+    let mut run = Run {
+        stage: stage.name,
+        gpu: gpu.clone(),
+        metrics,
+        bar,
+        tally: Tally::default(),
+    };
     while pos.epoch < cfg.epochs {
         let epoch = pos.epoch;
         let loader = ctx.epoch_loader(
@@ -133,54 +140,55 @@ pub fn train(
             stage.views.clone(),
             (epoch, pos.batch),
         );
+        // A step's loss comes back while the next step is queued: it is checked (finite, and
+        // the device's errors) and logged one step late, and always before anything is saved.
+        let mut pending: Option<Unsettled> = None;
         for batch in loader {
             let t0 = Instant::now();
             let before = gpu.as_ref().map(Gpu::counters);
             let rows = batch.rows;
             let lr = lr_at(base_lr, step, warmup, total);
 
-            // Forward pass and loss.
+            // Forward, loss (its copy back queued), backward and update.
             let mut g = Graph::new(true);
             let loss_var = loss(ctx, &mut g, model, &mut stage.objective, batch);
-            // The step's wait for the device: its loss comes back. A failed launch or
-            // allocation (this step's, or the previous step's backward and update) surfaces
-            // here, with its kernel and shape.
-            let loss = g.value(loss_var).item();
-            check_device(model, rows, false)?;
-            if !loss.is_finite() {
-                bar.abandon();
-                return Err(Error::Train(format!(
-                    "{}: loss became {loss} at step {step} (epoch {}); lower --lr? the last good checkpoint is kept",
-                    stage.name,
-                    epoch + 1
-                )));
-            }
-
-            // Backward pass and update.
+            let loss = Later::read(g.value(loss_var));
             g.backward(loss_var);
             let grads = g.param_grads();
             opt.step(&mut model.store, &grads, lr);
+            drop((g, grads));
 
-            // Images per second of the engine alone: the loader works in the background.
-            let ips = rows as f64 / t0.elapsed().as_secs_f64();
-            let mut record = json!({"stage": stage.name, "epoch": epoch + 1, "step": step,
-                "loss": loss, "lr": lr, "images_per_s": ips});
-            if let (Some(gpu), Some(before)) = (&gpu, before) {
-                let counters = gpu.counters() - before;
-                record["device"] = json!(counters);
-                tally.add(counters);
+            // The previous step's loss: the step's one wait for the device, if any.
+            if let Some(previous) = pending.take() {
+                settle(previous, t0, &mut run, &mut pos.loss_sum)?;
             }
-            metrics.log(record)?;
-            bar.set_message(format!("loss {loss:.4} | {ips:.0} img/s"));
-            bar.inc(1);
-            pos.loss_sum += loss;
+            let counters = match (&gpu, before) {
+                (Some(gpu), Some(before)) => Some(gpu.counters() - before),
+                _ => None,
+            };
+            pending = Some(Unsettled {
+                loss,
+                step,
+                epoch,
+                lr,
+                rows,
+                t0,
+                counters,
+            });
+            run.bar.inc(1);
             pos.batch += 1;
             step += 1;
             let every = ctx.cfg.checkpoint_every;
             if every > 0 && step.is_multiple_of(every) && pos.batch < per_epoch {
+                if let Some(last) = pending.take() {
+                    settle(last, Instant::now(), &mut run, &mut pos.loss_sum)?;
+                }
                 pos.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
                 ctx.save(out, stage.name, (model, &opt), &pos)?;
             }
+        }
+        if let Some(last) = pending.take() {
+            settle(last, Instant::now(), &mut run, &mut pos.loss_sum)?;
         }
 
         // End of the epoch: the monitor, the record, a checkpoint.
@@ -193,7 +201,7 @@ pub fn train(
             }
             Monitor::Top1 => json!({}),
         };
-        check_device(model, cfg.batch_size, true)?;
+        check_device(gpu.as_ref(), cfg.batch_size, true)?;
         // Print the epochs that measured something (kNN, top-1); log them all.
         let measured = record.as_object().is_some_and(|o| !o.is_empty());
         pos.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
@@ -202,9 +210,9 @@ pub fn train(
         record["mean_loss"] = json!(final_loss);
         record["elapsed_s"] = json!(pos.elapsed_s);
         if measured {
-            bar.suspend(|| println!("{record}"));
+            run.bar.suspend(|| println!("{record}"));
         }
-        metrics.log(record.clone())?;
+        run.metrics.log(record.clone())?;
         pos = Position {
             epoch: epoch + 1,
             batch: 0,
@@ -214,8 +222,8 @@ pub fn train(
         };
         ctx.save(out, stage.name, (model, &opt), &pos)?;
     }
-    bar.finish_and_clear();
-    if let Some(line) = tally.summary(stage.name) {
+    run.bar.finish_and_clear();
+    if let Some(line) = run.tally.summary(stage.name) {
         println!("{line}");
     }
     Ok(Outcome {
@@ -223,6 +231,77 @@ pub fn train(
         wall_s: elapsed_before + started.elapsed().as_secs_f64(),
         record: pos.record,
     })
+}
+
+/// What settling a step writes to: the stage's log, progress bar and counters.
+struct Run {
+    stage: &'static str,
+    gpu: Option<Gpu>,
+    metrics: Metrics,
+    bar: ProgressBar,
+    tally: Tally,
+}
+
+/// A loss on its way back to the host: at once on the cpu, without waiting on a GPU.
+enum Later {
+    Now(f64),
+    Gpu(Pending),
+}
+
+impl Later {
+    fn read(loss: &Tensor) -> Later {
+        match loss.storage() {
+            Storage::Gpu(buf) => Later::Gpu(buf.gpu().download_later(buf)),
+            _ => Later::Now(loss.item()),
+        }
+    }
+
+    fn value(self) -> f64 {
+        match self {
+            Later::Now(v) => v,
+            Later::Gpu(pending) => pending.wait()[0] as f64,
+        }
+    }
+}
+
+/// A step whose loss is not checked yet.
+struct Unsettled {
+    loss: Later,
+    step: usize,
+    epoch: usize,
+    lr: f64,
+    rows: usize,
+    t0: Instant,
+    counters: Option<Counters>,
+}
+
+/// Checks a step's loss (finite; and the device's errors, this step's or the next's, with their
+/// kernel and shape) and logs it. `next` is when the next step started (its rate: rows over
+/// the time between the two starts, what the device sustains once it is the bound).
+fn settle(p: Unsettled, next: Instant, run: &mut Run, loss_sum: &mut f64) -> Result<()> {
+    let loss = p.loss.value();
+    check_device(run.gpu.as_ref(), p.rows, false)?;
+    if !loss.is_finite() {
+        run.bar.abandon();
+        return Err(Error::Train(format!(
+            "{}: loss became {loss} at step {} (epoch {}); lower --lr? the last good checkpoint is kept",
+            run.stage,
+            p.step,
+            p.epoch + 1
+        )));
+    }
+    let ips = p.rows as f64 / next.duration_since(p.t0).as_secs_f64();
+    let mut record = json!({"stage": run.stage, "epoch": p.epoch + 1, "step": p.step,
+        "loss": loss, "lr": p.lr, "images_per_s": ips});
+    if let Some(counters) = p.counters {
+        record["device"] = json!(counters);
+        run.tally.add(counters);
+    }
+    run.metrics.log(record)?;
+    run.bar
+        .set_message(format!("loss {loss:.4} | {ips:.0} img/s"));
+    *loss_sum += loss;
+    Ok(())
 }
 
 /// A stage's device counters: the first step (which fills the allocator's cache) apart from
@@ -327,8 +406,8 @@ fn loss(
 /// (else the caller has just waited, by copying a result back). Running out of memory gets a
 /// suggested batch size: the rows of this batch scaled by the memory the device has over what
 /// the step needed.
-fn check_device(model: &Model, rows: usize, wait: bool) -> Result<()> {
-    let Device::Gpu(gpu) = model.device() else {
+fn check_device(gpu: Option<&Gpu>, rows: usize, wait: bool) -> Result<()> {
+    let Some(gpu) = gpu else {
         return Ok(());
     };
     let checked = match wait {

@@ -167,6 +167,70 @@ impl Runtime for Driver {
         self.make_current().ok()?;
         result::mem_get_info().ok().map(|(free, _)| free)
     }
+
+    fn host_alloc(&self, bytes: usize) -> Result<*mut u8, String> {
+        self.make_current()?;
+        // SAFETY: the bytes are written before they are read (by a copy to the device).
+        unsafe { result::malloc_host(bytes, 0) }
+            .map(|p| p as *mut u8)
+            .map_err(msg)
+    }
+
+    unsafe fn host_free(&self, ptr: *mut u8, _bytes: usize) {
+        if self.make_current().is_ok() {
+            let _ = result::free_host(ptr as *mut c_void);
+        }
+    }
+
+    // The copies go on the default stream, as the launches: ordered after the queued kernels.
+    unsafe fn upload_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<(), String> {
+        self.make_current()?;
+        let src = std::slice::from_raw_parts(src, bytes);
+        result::memcpy_htod_async(dst, src, std::ptr::null_mut()).map_err(msg)
+    }
+
+    unsafe fn download_async(&self, src: u64, dst: *mut u8, bytes: usize) -> Result<(), String> {
+        self.make_current()?;
+        let dst = std::slice::from_raw_parts_mut(dst, bytes);
+        result::memcpy_dtoh_async(dst, src, std::ptr::null_mut()).map_err(msg)
+    }
+
+    fn record_event(&self) -> Result<u64, String> {
+        self.make_current()?;
+        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
+        let event = result::event::create(flags).map_err(msg)?;
+        // SAFETY: a live event, on the launches' default stream.
+        match unsafe { result::event::record(event, std::ptr::null_mut()) } {
+            Ok(()) => Ok(event as u64),
+            Err(e) => {
+                // SAFETY: created above, used nowhere else.
+                let _ = unsafe { result::event::destroy(event) };
+                Err(msg(e))
+            }
+        }
+    }
+
+    fn event_done(&self, event: u64) -> Result<bool, String> {
+        self.make_current()?;
+        // SAFETY: a live event of record_event.
+        match unsafe { result::event::query(event as sys::CUevent) } {
+            Ok(()) => Ok(true),
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            Err(e) => Err(msg(e)),
+        }
+    }
+
+    fn wait_event(&self, event: u64) -> Result<(), String> {
+        self.make_current()?;
+        // SAFETY: a live event of record_event.
+        unsafe { result::event::synchronize(event as sys::CUevent) }.map_err(msg)
+    }
+
+    unsafe fn destroy_event(&self, event: u64) {
+        if self.make_current().is_ok() {
+            let _ = result::event::destroy(event as sys::CUevent);
+        }
+    }
 }
 
 /// A start and an end event, destroyed on drop (also when timing fails half-way).

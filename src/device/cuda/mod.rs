@@ -84,7 +84,28 @@ struct Inner {
     host_syncs: AtomicUsize,
     /// Bytes copied host to device so far.
     h2d_bytes: AtomicUsize,
+    /// The page-locked buffers `upload_pinned` copies through, in turn.
+    staging: Mutex<Staging>,
 }
+
+/// Two page-locked host buffers: a batch is copied into one while the device may still be
+/// reading the other, so the host waits only when it is two uploads ahead of the device.
+#[derive(Default)]
+struct Staging {
+    slots: [Option<Slot>; 2],
+    next: usize,
+}
+
+struct Slot {
+    ptr: *mut u8,
+    bytes: usize,
+    /// After the last copy out of it.
+    event: u64,
+}
+
+// SAFETY: the raw pointers are page-locked host buffers only the staging's owner touches,
+// under its mutex.
+unsafe impl Send for Staging {}
 
 /// What a GPU has been asked to do, counted exactly on the driver and the emulator alike: the
 /// work of a training step, as `metrics.jsonl` logs it (the difference of two readings).
@@ -286,6 +307,7 @@ impl Gpu {
             launches: AtomicUsize::new(0),
             host_syncs: AtomicUsize::new(0),
             h2d_bytes: AtomicUsize::new(0),
+            staging: Mutex::new(Staging::default()),
         }))
     }
 
@@ -464,6 +486,118 @@ impl Gpu {
         buf
     }
 
+    /// `data` on the device without waiting for it: copied into a page-locked staging buffer
+    /// (two in turn), from which the device copies it after the work queued so far. The host
+    /// waits only if the device has not yet finished reading the staging buffer's previous
+    /// contents (two uploads back).
+    pub fn upload_pinned(&self, data: &[f32]) -> Buffer {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buf = self.alloc_bytes(bytes.len());
+        if bytes.is_empty() || self.failed() {
+            return buf;
+        }
+        let mut staging = self.0.staging.lock().unwrap();
+        let k = staging.next;
+        staging.next = (k + 1) % staging.slots.len();
+        let runtime = &self.0.runtime;
+        if let Some(slot) = staging.slots[k].take() {
+            let waited = match runtime.event_done(slot.event) {
+                Ok(true) => Ok(()),
+                _ => {
+                    self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
+                    runtime.wait_event(slot.event)
+                }
+            };
+            // SAFETY: the copy out of the slot is done (or failed, and nothing else reads it).
+            unsafe { runtime.destroy_event(slot.event) };
+            if let Err(msg) = waited {
+                unsafe { runtime.host_free(slot.ptr, slot.bytes) };
+                self.record(GpuError::Runtime { op: "staging", msg });
+                return buf;
+            }
+            if slot.bytes >= bytes.len() {
+                staging.slots[k] = Some(slot);
+            } else {
+                // SAFETY: idle (waited above) and ours.
+                unsafe { runtime.host_free(slot.ptr, slot.bytes) };
+            }
+        }
+        let (ptr, size) = match staging.slots[k].take() {
+            Some(slot) => (slot.ptr, slot.bytes),
+            None => match runtime.host_alloc(bytes.len()) {
+                Ok(ptr) => (ptr, bytes.len()),
+                Err(msg) => {
+                    self.record(GpuError::Runtime {
+                        op: "page-locked host allocation",
+                        msg,
+                    });
+                    return buf;
+                }
+            },
+        };
+        self.0.h2d_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
+        // SAFETY: the slot holds at least `bytes` and no copy reads it now; the event recorded
+        // below keeps it unchanged until the device has read it.
+        let queued = unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len());
+            runtime.upload_async(buf.ptr, ptr, bytes.len())
+        }
+        .and_then(|()| runtime.record_event());
+        match queued {
+            Ok(event) => {
+                staging.slots[k] = Some(Slot {
+                    ptr,
+                    bytes: size,
+                    event,
+                })
+            }
+            Err(msg) => {
+                // A failed copy leaves nothing queued that reads the slot.
+                unsafe { runtime.host_free(ptr, size) };
+                self.record(GpuError::Runtime { op: "upload", msg });
+            }
+        }
+        buf
+    }
+
+    /// `buf`'s f32 values copied back to the host without waiting now: `Pending::wait` returns
+    /// them, waiting only if the device has not got to the copy yet.
+    pub fn download_later(&self, buf: &Buffer) -> Pending {
+        let bytes = buf.bytes;
+        let mut pending = Pending {
+            gpu: self.clone(),
+            host: std::ptr::null_mut(),
+            bytes,
+            event: None,
+        };
+        if bytes == 0 || self.failed() {
+            return pending;
+        }
+        let runtime = &self.0.runtime;
+        let host = match runtime.host_alloc(bytes) {
+            Ok(ptr) => ptr,
+            Err(msg) => {
+                self.record(GpuError::Runtime {
+                    op: "page-locked host allocation",
+                    msg,
+                });
+                return pending;
+            }
+        };
+        pending.host = host;
+        // SAFETY: `host` holds `bytes` and lives in `pending` until the event is done.
+        let queued = unsafe { runtime.download_async(buf.ptr, host, bytes) }
+            .and_then(|()| runtime.record_event());
+        match queued {
+            Ok(event) => pending.event = Some(event),
+            Err(msg) => self.record(GpuError::Runtime {
+                op: "download",
+                msg,
+            }),
+        }
+        pending
+    }
+
     /// f32 values stored as `elem` (rounded to nearest even for bf16).
     pub fn upload_as(&self, data: &[f32], elem: Elem) -> Buffer {
         match elem {
@@ -619,8 +753,79 @@ impl Gpu {
     }
 }
 
+/// Values on their way back to the host (`Gpu::download_later`).
+pub struct Pending {
+    gpu: Gpu,
+    /// Page-locked host memory the copy writes into (null when nothing was queued).
+    host: *mut u8,
+    bytes: usize,
+    /// After the copy; None when it was never queued (an earlier error).
+    event: Option<u64>,
+}
+
+impl Pending {
+    /// The values (f32), waiting for the copy if the device has not done it yet (a host wait
+    /// counted only then); zeros, and the error, after a failure (see `Gpu::take_error`).
+    pub fn wait(self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.bytes / 4];
+        let Some(event) = self.event else {
+            return out;
+        };
+        let (gpu, runtime) = (&self.gpu, &self.gpu.0.runtime);
+        let done = match runtime.event_done(event) {
+            Ok(true) => Ok(()),
+            _ => {
+                gpu.0.host_syncs.fetch_add(1, Ordering::Relaxed);
+                runtime.wait_event(event).map_err(|msg| gpu.with_hint(msg))
+            }
+        };
+        match done {
+            // SAFETY: the copy into `host` is done.
+            Ok(()) => unsafe {
+                std::ptr::copy_nonoverlapping(self.host, out.as_mut_ptr() as *mut u8, self.bytes)
+            },
+            Err(msg) => gpu.record(GpuError::Runtime {
+                op: "download",
+                msg,
+            }),
+        }
+        out
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let runtime = &self.gpu.0.runtime;
+        if let Some(event) = self.event {
+            // The host memory must outlive the copy into it.
+            let _ = runtime.wait_event(event);
+            // SAFETY: ours, and used no more.
+            unsafe { runtime.destroy_event(event) };
+        }
+        if !self.host.is_null() {
+            // SAFETY: from host_alloc(bytes), and no copy writes into it any more.
+            unsafe { runtime.host_free(self.host, self.bytes) };
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
+        for slot in self
+            .staging
+            .get_mut()
+            .unwrap()
+            .slots
+            .iter_mut()
+            .flat_map(Option::take)
+        {
+            // SAFETY: nothing can queue work any more; wait for the last copy, then free.
+            let _ = self.runtime.wait_event(slot.event);
+            unsafe {
+                self.runtime.destroy_event(slot.event);
+                self.runtime.host_free(slot.ptr, slot.bytes);
+            }
+        }
         for ptr in self.cache.get_mut().unwrap().drain() {
             // SAFETY: every buffer holds a clone of the Gpu, so none is alive here.
             unsafe { self.runtime.free(ptr) };

@@ -44,4 +44,56 @@ pub trait Runtime: Send + Sync {
     fn time_ms(&self, work: &mut dyn FnMut()) -> Result<f64, String>;
     /// Free device memory in bytes, where the runtime knows it.
     fn free_memory(&self) -> Option<usize>;
+
+    // Copies that do not wait. The defaults are the emulator's: its launches run to completion
+    // as they are made, so a queued copy can be done at once and every event is already done.
+    // The driver queues them on the launch stream, from page-locked host memory.
+
+    /// Page-locked host memory of `bytes` (> 0), which copies that do not wait need.
+    fn host_alloc(&self, bytes: usize) -> Result<*mut u8, String> {
+        let layout = std::alloc::Layout::from_size_align(bytes, 64).map_err(|e| e.to_string())?;
+        // SAFETY: a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        if ptr.is_null() {
+            return Err(format!("{bytes} bytes of host memory"));
+        }
+        Ok(ptr)
+    }
+    /// # Safety
+    /// `ptr` came from `host_alloc(bytes)` of this runtime, no queued copy uses it, and it is
+    /// not used afterwards.
+    unsafe fn host_free(&self, ptr: *mut u8, bytes: usize) {
+        std::alloc::dealloc(ptr, std::alloc::Layout::from_size_align(bytes, 64).unwrap());
+    }
+    /// Queues a copy of `bytes` from host memory of `host_alloc` to `dst` after the work queued
+    /// so far, and returns at once.
+    /// # Safety
+    /// `src` stays valid and unchanged until an event recorded after this copy is done; `dst`
+    /// is a live allocation of at least `bytes`.
+    unsafe fn upload_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<(), String> {
+        self.upload(dst, std::slice::from_raw_parts(src, bytes))
+    }
+    /// Queues a copy of `bytes` from `src` to host memory of `host_alloc` after the work
+    /// queued so far, and returns at once.
+    /// # Safety
+    /// `dst` stays valid and unread until an event recorded after this copy is done; `src`
+    /// is a live allocation of at least `bytes`.
+    unsafe fn download_async(&self, src: u64, dst: *mut u8, bytes: usize) -> Result<(), String> {
+        self.download(src, std::slice::from_raw_parts_mut(dst, bytes))
+    }
+    /// An event after the work queued so far (a handle for the calls below).
+    fn record_event(&self) -> Result<u64, String> {
+        Ok(0)
+    }
+    /// Whether the work before `event` is done, without waiting.
+    fn event_done(&self, _event: u64) -> Result<bool, String> {
+        Ok(true)
+    }
+    /// Waits until the work before `event` is done.
+    fn wait_event(&self, _event: u64) -> Result<(), String> {
+        Ok(())
+    }
+    /// # Safety
+    /// `event` came from `record_event` of this runtime and is not used afterwards.
+    unsafe fn destroy_event(&self, _event: u64) {}
 }
