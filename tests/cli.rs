@@ -530,9 +530,9 @@ fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
         );
     }
     // The device counters of every step (exact on the emulator and a GPU): after a stage's
-    // first step, which fills the allocator's cache, no driver allocation, and at most two
-    // host waits: the optimiser's table and, in supervised stages, the labels (the images go
-    // through page-locked memory and the loss comes back a step late, without waiting).
+    // first step, which fills the allocator's cache, no driver allocation, and at most one host
+    // wait (the uploads go through page-locked memory without waiting, and the loss comes back
+    // a step late: on a GPU the host waits only if it runs that far ahead of the device).
     for stage in ["baseline", "pretrain", "finetune", "distill"] {
         let path = t.0.join(gpu).join(stage).join("metrics.jsonl");
         let steps: Vec<Value> = std::fs::read_to_string(path)
@@ -547,7 +547,7 @@ fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
                 count("launches") > 0 && count("h2d_bytes") > 0,
                 "{stage}: {r}"
             );
-            assert!(count("host_syncs") <= 2, "{stage}: {r}");
+            assert!(count("host_syncs") <= 1, "{stage}: {r}");
             if i > 0 {
                 assert_eq!(count("driver_allocs"), 0, "{stage}: {r}");
             }

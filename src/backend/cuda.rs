@@ -393,7 +393,7 @@ impl Backend for Gpu {
 
     fn softmax_cross_entropy(&self, logits: &Tensor, labels: &[u32]) -> (Tensor, Tensor) {
         let (rows, classes) = (logits.shape[0], logits.shape[1]);
-        let labels = self.upload(labels);
+        let labels = self.upload_pinned(labels);
         self.loss_pair(logits, |loss, grad| {
             loss::softmax_cross_entropy(self, rows, classes, logits.buffer(), &labels, loss, grad)
         })
@@ -408,7 +408,7 @@ impl Backend for Gpu {
         alpha: f64,
     ) -> (Tensor, Tensor) {
         let (rows, classes) = (logits.shape[0], logits.shape[1]);
-        let labels = self.upload(labels);
+        let labels = self.upload_pinned(labels);
         self.loss_pair(logits, |loss, grad| {
             let (lb, tb) = (logits.buffer(), teacher_probs.buffer());
             let (t, a) = (temperature as f32, alpha as f32);

@@ -88,13 +88,18 @@ struct Inner {
     staging: Mutex<Staging>,
 }
 
-/// Two page-locked host buffers: a batch is copied into one while the device may still be
-/// reading the other, so the host waits only when it is two uploads ahead of the device.
+/// The page-locked host buffers that uploads without a wait copy through, oldest first. A
+/// buffer is reused once the device has read it (its event is done), by an upload it fits; a
+/// step's uploads (the batch, the labels, the optimiser's table) each find one of their size,
+/// so the pool settles at a few buffers, and the host waits only when it is so far ahead of
+/// the device that all of them are still being read.
 #[derive(Default)]
 struct Staging {
-    slots: [Option<Slot>; 2],
-    next: usize,
+    slots: Vec<Slot>,
 }
+
+/// The most staging buffers: past this many the host waits for the oldest.
+const MAX_STAGING: usize = 8;
 
 struct Slot {
     ptr: *mut u8,
@@ -486,55 +491,24 @@ impl Gpu {
         buf
     }
 
-    /// `data` on the device without waiting for it: copied into a page-locked staging buffer
-    /// (two in turn), from which the device copies it after the work queued so far. The host
-    /// waits only if the device has not yet finished reading the staging buffer's previous
-    /// contents (two uploads back).
-    pub fn upload_pinned(&self, data: &[f32]) -> Buffer {
+    /// `data` on the device without the host waiting for the device: copied into a
+    /// page-locked staging buffer (`Staging`), from which the device copies it after the work
+    /// queued so far.
+    pub fn upload_pinned<T: bytemuck::Pod>(&self, data: &[T]) -> Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buf = self.alloc_bytes(bytes.len());
         if bytes.is_empty() || self.failed() {
             return buf;
         }
         let mut staging = self.0.staging.lock().unwrap();
-        let k = staging.next;
-        staging.next = (k + 1) % staging.slots.len();
-        let runtime = &self.0.runtime;
-        if let Some(slot) = staging.slots[k].take() {
-            let waited = match runtime.event_done(slot.event) {
-                Ok(true) => Ok(()),
-                _ => {
-                    self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
-                    runtime.wait_event(slot.event)
-                }
-            };
-            // SAFETY: the copy out of the slot is done (or failed, and nothing else reads it).
-            unsafe { runtime.destroy_event(slot.event) };
-            if let Err(msg) = waited {
-                unsafe { runtime.host_free(slot.ptr, slot.bytes) };
+        let (ptr, size) = match self.staging_slot(&mut staging, bytes.len()) {
+            Ok(slot) => slot,
+            Err(msg) => {
                 self.record(GpuError::Runtime { op: "staging", msg });
                 return buf;
             }
-            if slot.bytes >= bytes.len() {
-                staging.slots[k] = Some(slot);
-            } else {
-                // SAFETY: idle (waited above) and ours.
-                unsafe { runtime.host_free(slot.ptr, slot.bytes) };
-            }
-        }
-        let (ptr, size) = match staging.slots[k].take() {
-            Some(slot) => (slot.ptr, slot.bytes),
-            None => match runtime.host_alloc(bytes.len()) {
-                Ok(ptr) => (ptr, bytes.len()),
-                Err(msg) => {
-                    self.record(GpuError::Runtime {
-                        op: "page-locked host allocation",
-                        msg,
-                    });
-                    return buf;
-                }
-            },
         };
+        let runtime = &self.0.runtime;
         self.0.h2d_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
         // SAFETY: the slot holds at least `bytes` and no copy reads it now; the event recorded
         // below keeps it unchanged until the device has read it.
@@ -544,13 +518,11 @@ impl Gpu {
         }
         .and_then(|()| runtime.record_event());
         match queued {
-            Ok(event) => {
-                staging.slots[k] = Some(Slot {
-                    ptr,
-                    bytes: size,
-                    event,
-                })
-            }
+            Ok(event) => staging.slots.push(Slot {
+                ptr,
+                bytes: size,
+                event,
+            }),
             Err(msg) => {
                 // A failed copy leaves nothing queued that reads the slot.
                 unsafe { runtime.host_free(ptr, size) };
@@ -558,6 +530,49 @@ impl Gpu {
             }
         }
         buf
+    }
+
+    /// A staging buffer of at least `bytes` that no copy reads, taken out of the pool: the
+    /// smallest idle one that fits, else a new one while the pool has room, else the oldest
+    /// once the device is done with it (the one host wait, counted).
+    fn staging_slot(
+        &self,
+        staging: &mut Staging,
+        bytes: usize,
+    ) -> Result<(*mut u8, usize), String> {
+        let runtime = &self.0.runtime;
+        let idle = |s: &Slot| s.bytes >= bytes && runtime.event_done(s.event).unwrap_or(false);
+        let fit = (staging.slots.iter().enumerate())
+            .filter(|(_, s)| idle(s))
+            .min_by_key(|(_, s)| s.bytes)
+            .map(|(i, _)| i);
+        let slot = match fit {
+            Some(i) => staging.slots.remove(i),
+            None if staging.slots.len() < MAX_STAGING => {
+                return runtime.host_alloc(bytes).map(|ptr| (ptr, bytes));
+            }
+            None => {
+                let oldest = staging.slots.remove(0);
+                self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
+                if let Err(msg) = runtime.wait_event(oldest.event) {
+                    // SAFETY: ours; after a failed wait the device is unusable anyway.
+                    unsafe {
+                        runtime.destroy_event(oldest.event);
+                        runtime.host_free(oldest.ptr, oldest.bytes);
+                    }
+                    return Err(msg);
+                }
+                oldest
+            }
+        };
+        // SAFETY: the copy out of the slot is done.
+        unsafe { runtime.destroy_event(slot.event) };
+        if slot.bytes >= bytes {
+            return Ok((slot.ptr, slot.bytes));
+        }
+        // SAFETY: idle and ours.
+        unsafe { runtime.host_free(slot.ptr, slot.bytes) };
+        runtime.host_alloc(bytes).map(|ptr| (ptr, bytes))
     }
 
     /// `buf`'s f32 values copied back to the host without waiting now: `Pending::wait` returns
@@ -811,14 +826,7 @@ impl Drop for Pending {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for slot in self
-            .staging
-            .get_mut()
-            .unwrap()
-            .slots
-            .iter_mut()
-            .flat_map(Option::take)
-        {
+        for slot in self.staging.get_mut().unwrap().slots.drain(..) {
             // SAFETY: nothing can queue work any more; wait for the last copy, then free.
             let _ = self.runtime.wait_event(slot.event);
             unsafe {

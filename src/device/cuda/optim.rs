@@ -48,7 +48,7 @@ pub fn lars_step(gpu: &Gpu, params: &mut [Param], lr: f32, momentum: f32, eta: f
         return;
     }
     let (words, chunks) = table(params);
-    let (table, tensors) = (gpu.upload(&words), params.len() as i32);
+    let (table, tensors) = (gpu.upload_pinned(&words), params.len() as i32);
     let mut partial = gpu.alloc_f32(2 * chunks);
     let mut norms = gpu.alloc_f32(2 * params.len());
     let grid = [chunks as u32, 1, 1];
@@ -95,7 +95,7 @@ pub fn sgd_step(gpu: &Gpu, params: &mut [Param], lr: f32, momentum: f32, nestero
         return;
     }
     let (words, chunks) = table(params);
-    let table = gpu.upload(&words);
+    let table = gpu.upload_pinned(&words);
     gpu.launch(
         "optim_sgd_apply",
         [chunks as u32, 1, 1],
