@@ -103,6 +103,7 @@ fn backward(
                 dx.buffer_mut(),
                 dgamma.buffer_mut(),
                 Some(dbeta.buffer_mut()),
+                None,
             );
         }
         _ => unreachable!("statistics from another device"),

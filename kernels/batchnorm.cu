@@ -253,26 +253,29 @@ KERNEL void bn_backward_finalize(const float* __restrict__ part_dbeta,
     }
 }
 
-// dx = a·g + b·x + s per element, g = dy masked by y > 0 when a ReLU was fused (y non-null).
+// dx = a·g + b·x + s per element, g = dy masked by y > 0 when a ReLU was fused (y non-null);
+// and dsum = g when dsum is not null: the gradient of a fused residual sum, which the skip
+// receives, written in the same pass.
 template <typename T>
 DEVICE void bn_backward_dx_impl(const T* __restrict__ x, const T* __restrict__ y,
                                 const T* __restrict__ dy, const float* __restrict__ coef, int n,
-                                int c, T* __restrict__ dx) {
+                                int c, T* __restrict__ dx, T* __restrict__ dsum) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     int ch = i % c;
-    dx[i] = from_f32<T>(coef[ch] * bn_grad(dy, y, i) + coef[c + ch] * to_f32(x[i]) +
-                        coef[2 * c + ch]);
+    float g = bn_grad(dy, y, i);
+    dx[i] = from_f32<T>(coef[ch] * g + coef[c + ch] * to_f32(x[i]) + coef[2 * c + ch]);
+    if (dsum) dsum[i] = from_f32<T>(g);
 }
 KERNEL void bn_backward_dx(const float* __restrict__ x, const float* __restrict__ y,
                            const float* __restrict__ dy, const float* __restrict__ coef, int n,
-                           int c, float* __restrict__ dx) {
-    bn_backward_dx_impl(x, y, dy, coef, n, c, dx);
+                           int c, float* __restrict__ dx, float* __restrict__ dsum) {
+    bn_backward_dx_impl(x, y, dy, coef, n, c, dx, dsum);
 }
 KERNEL void bn_backward_dx_bf16(const bf16* __restrict__ x, const bf16* __restrict__ y,
                                 const bf16* __restrict__ dy, const float* __restrict__ coef,
-                                int n, int c, bf16* __restrict__ dx) {
-    bn_backward_dx_impl(x, y, dy, coef, n, c, dx);
+                                int n, int c, bf16* __restrict__ dx, bf16* __restrict__ dsum) {
+    bn_backward_dx_impl(x, y, dy, coef, n, c, dx, dsum);
 }
 
 REGISTER_KERNEL(bn_stats_partial);

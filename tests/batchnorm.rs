@@ -285,11 +285,14 @@ fn check_backward(elem: Elem) {
                     cpu::backward(&x, &dy_masked, c, &gamma, &stats, &mut dx_want);
 
                 let y_dev = gpu.upload_as(&y, elem);
-                let (mut dx, mut dgamma, mut dbeta) = (
+                let (mut dx, mut dgamma, mut dbeta, mut dsum) = (
                     gpu.alloc(rows * c, elem),
                     gpu.alloc_f32(c),
                     gpu.alloc_f32(c),
+                    gpu.alloc(rows * c, elem),
                 );
+                // A fused residual sum's gradient (the masked dy) where there is a ReLU.
+                let with_sum = relu_fused;
                 batchnorm::backward(
                     &gpu,
                     rows,
@@ -303,7 +306,12 @@ fn check_backward(elem: Elem) {
                     &mut dx,
                     &mut dgamma,
                     with_beta.then_some(&mut dbeta),
+                    with_sum.then_some(&mut dsum),
                 );
+                if with_sum {
+                    // Exactly the masked dy (a copy of stored values, no arithmetic).
+                    expect(&gpu, &format!("dsum, {case}"), &dsum, &dy_masked, 1e-12);
+                }
                 expect(
                     &gpu,
                     &format!("dx, {case}"),

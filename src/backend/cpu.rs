@@ -1,7 +1,7 @@
 //! The CPU backend: each method runs the reference kernels of `device/cpu/` on the tensors'
 //! slices, in the tensors' element type (f32 for training, f64 for the gradient checks).
 
-use super::{nhwc, Backend, BnSaved, StepParams, Update};
+use super::{nhwc, Backend, BnGrads, BnSaved, StepParams, Update};
 use crate::device::cpu::batchnorm::{EPS, MOMENTUM};
 use crate::device::cpu::conv::ConvShape;
 use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
@@ -105,7 +105,8 @@ impl Backend for Cpu {
         gamma: &Tensor,
         saved: &BnSaved,
         with_beta: bool,
-    ) -> (Tensor, Tensor, Option<Tensor>) {
+        with_sum: bool,
+    ) -> BnGrads {
         let BnSaved::Cpu(stats) = saved else {
             panic!("batch norm: GPU statistics for a cpu tensor")
         };
@@ -119,8 +120,12 @@ impl Backend for Cpu {
                 sums = Some(batchnorm::backward(x.as_slice(), dy.as_slice(), c, gamma.as_slice(), stats, dx));
             });
             let (dg, db) = sums.unwrap();
-            let dbeta = with_beta.then(|| Tensor::from_f64(&[c], T::DTYPE, &db));
-            (dx, Tensor::from_f64(&[c], T::DTYPE, &dg), dbeta)
+            BnGrads {
+                dgamma: Tensor::from_f64(&[c], T::DTYPE, &dg),
+                dbeta: with_beta.then(|| Tensor::from_f64(&[c], T::DTYPE, &db)),
+                dsum: with_sum.then(|| masked.clone().unwrap_or_else(|| dy.clone())),
+                dx,
+            }
         })
     }
 

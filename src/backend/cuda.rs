@@ -7,7 +7,7 @@
 //! losses are f32. A conv or dense layer on bf16 activations reads a bf16 copy of its f32
 //! weights, made here; bf16 dense layers are 1×1 convolutions on the tensor-core kernels.
 
-use super::{nhwc, Backend, BnSaved, StepParams, Update};
+use super::{nhwc, Backend, BnGrads, BnSaved, StepParams, Update};
 use crate::device::cpu::batchnorm::{EPS, MOMENTUM};
 use crate::device::cpu::conv::ConvShape;
 use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
@@ -166,7 +166,8 @@ impl Backend for Gpu {
         gamma: &Tensor,
         saved: &BnSaved,
         with_beta: bool,
-    ) -> (Tensor, Tensor, Option<Tensor>) {
+        with_sum: bool,
+    ) -> BnGrads {
         let BnSaved::Gpu { mean, invstd } = saved else {
             panic!("batch norm: cpu statistics for a GPU tensor")
         };
@@ -174,6 +175,7 @@ impl Backend for Gpu {
         let mut dx = Tensor::gpu_output_as(self, &x.shape, elem(x));
         let mut dgamma = Tensor::gpu_output(self, &[c]);
         let mut dbeta = with_beta.then(|| Tensor::gpu_output(self, &[c]));
+        let mut dsum = with_sum.then(|| Tensor::gpu_output_as(self, &x.shape, elem(x)));
         batchnorm::backward(
             self,
             rows,
@@ -187,8 +189,14 @@ impl Backend for Gpu {
             dx.buffer_mut(),
             dgamma.buffer_mut(),
             dbeta.as_mut().map(Tensor::buffer_mut),
+            dsum.as_mut().map(Tensor::buffer_mut),
         );
-        (dx, dgamma, dbeta)
+        BnGrads {
+            dx,
+            dgamma,
+            dbeta,
+            dsum,
+        }
     }
 
     fn full(&self, shape: &[usize], dtype: DType, value: f64) -> Tensor {

@@ -28,6 +28,15 @@ pub enum BnSaved {
     Gpu { mean: Buffer, invstd: Buffer },
 }
 
+/// A batch norm's gradients: dx, dγ, dβ (when it has β) and the fused residual sum's (when
+/// asked).
+pub struct BnGrads {
+    pub dx: Tensor,
+    pub dgamma: Tensor,
+    pub dbeta: Option<Tensor>,
+    pub dsum: Option<Tensor>,
+}
+
 /// One parameter tensor's optimiser update: its value, gradient and velocity (all on the
 /// backend's device), its weight decay, and whether LARS adapts its rate (conv and dense
 /// kernels; never BN parameters or biases, as the official implementation).
@@ -78,7 +87,9 @@ pub trait Backend {
         running_mean: &Tensor,
         running_var: &Tensor,
     ) -> Tensor;
-    /// (dx, dγ, dβ when `with_beta`); `relu_out` = the forward's output when its ReLU was fused.
+    /// `relu_out` = the forward's output when its ReLU was fused. `with_sum`: the forward
+    /// fused a residual sum, whose gradient (dy masked by the ReLU) its skip receives.
+    #[allow(clippy::too_many_arguments)]
     fn batchnorm_backward(
         &self,
         x: &Tensor,
@@ -87,7 +98,8 @@ pub trait Backend {
         gamma: &Tensor,
         saved: &BnSaved,
         with_beta: bool,
-    ) -> (Tensor, Tensor, Option<Tensor>);
+        with_sum: bool,
+    ) -> BnGrads;
 
     /// A tensor of `shape` and `dtype` holding `value` everywhere, made on this backend's
     /// device (the backward pass's seed: no copy from the host).

@@ -72,21 +72,24 @@ struct BatchNorm {
 
 impl Backward for BatchNorm {
     /// With the fused ReLU, dy passes only where the output is positive. With a skip, that
-    /// masked gradient is the sum's: the skip's gradient as it is, and the normalisation's.
+    /// masked gradient is the sum's, which the skip receives as it is (written by the same pass
+    /// that computes dx).
     fn backward(&self, v: &Values, dy: Tensor) -> Vec<(Var, Tensor)> {
         let (x, gamma) = (v.get(self.x), v.get(self.gamma));
-        let backend = backend::of(x);
         let relu_out = self.relu.then(|| v.out());
-        let (relu_out, dy) = match (self.skip, relu_out) {
-            (Some(_), Some(y)) => (None, backend.relu_backward(y, &dy)),
-            _ => (relu_out, dy),
-        };
-        let with_beta = self.beta.is_some();
-        let (dx, dgamma, dbeta) =
-            backend.batchnorm_backward(x, relu_out, &dy, gamma, &self.saved, with_beta);
-        let mut grads = vec![(self.x, dx), (self.gamma, dgamma)];
-        grads.extend(self.beta.zip(dbeta));
-        grads.extend(self.skip.map(|s| (s, dy)));
+        let (with_beta, with_sum) = (self.beta.is_some(), self.skip.is_some());
+        let g = backend::of(&dy).batchnorm_backward(
+            x,
+            relu_out,
+            &dy,
+            gamma,
+            &self.saved,
+            with_beta,
+            with_sum,
+        );
+        let mut grads = vec![(self.x, g.dx), (self.gamma, g.dgamma)];
+        grads.extend(self.beta.zip(g.dbeta));
+        grads.extend(self.skip.zip(g.dsum));
         grads
     }
 }

@@ -230,7 +230,8 @@ fn affine(
 }
 
 /// Backward of training-mode BN given the forward's batch mean and invstd. `y` = Some(BN
-/// output after the fused ReLU) masks dy by y > 0 first. Writes dx, dγ and, when given, dβ.
+/// output after the fused ReLU) masks dy by y > 0 first. Writes dx, dγ and, when given, dβ
+/// and `dsum`: the masked dy itself, a fused residual sum's gradient (which its skip receives).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
@@ -245,9 +246,14 @@ pub fn backward(
     dx: &mut Buffer,
     dgamma: &mut Buffer,
     dbeta: Option<&mut Buffer>,
+    dsum: Option<&mut Buffer>,
 ) {
     let (r, ci) = check_sizes(rows, c);
-    let activations: Vec<&Buffer> = [x, dy, &*dx].into_iter().chain(y).collect();
+    let activations: Vec<&Buffer> = [x, dy, &*dx]
+        .into_iter()
+        .chain(y)
+        .chain(dsum.as_deref())
+        .collect();
     let elem = Elem::common("batch norm backward", &activations);
     assert!(activations.iter().all(|b| b.len() == rows * c));
     Elem::assert_f32(
@@ -311,6 +317,7 @@ pub fn backward(
             (n as i32).into(),
             ci.into(),
             dx.into(),
+            dsum.map_or(Arg::Ptr(0), Arg::from),
         ],
     );
 }
