@@ -160,7 +160,7 @@ pub fn train(
 
             // The previous step's loss: the step's one wait for the device, if any.
             if let Some(previous) = pending.take() {
-                settle(previous, t0, &mut run, &mut pos.loss_sum)?;
+                settle(previous, Some(t0), &mut run, &mut pos.loss_sum)?;
             }
             let counters = match (&gpu, before) {
                 (Some(gpu), Some(before)) => Some(gpu.counters() - before),
@@ -181,14 +181,16 @@ pub fn train(
             let every = ctx.cfg.checkpoint_every;
             if every > 0 && step.is_multiple_of(every) && pos.batch < per_epoch {
                 if let Some(last) = pending.take() {
-                    settle(last, Instant::now(), &mut run, &mut pos.loss_sum)?;
+                    settle(last, None, &mut run, &mut pos.loss_sum)?;
                 }
+                // The step's backward and update too must have run without a fault.
+                check_device(gpu.as_ref(), rows, true)?;
                 pos.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
                 ctx.save(out, stage.name, (model, &opt), &pos)?;
             }
         }
         if let Some(last) = pending.take() {
-            settle(last, Instant::now(), &mut run, &mut pos.loss_sum)?;
+            settle(last, None, &mut run, &mut pos.loss_sum)?;
         }
 
         // End of the epoch: the monitor, the record, a checkpoint.
@@ -277,9 +279,11 @@ struct Unsettled {
 
 /// Checks a step's loss (finite; and the device's errors, this step's or the next's, with their
 /// kernel and shape) and logs it. `next` is when the next step started (its rate: rows over
-/// the time between the two starts, what the device sustains once it is the bound).
-fn settle(p: Unsettled, next: Instant, run: &mut Run, loss_sum: &mut f64) -> Result<()> {
+/// the time between the two starts, what the device sustains once it is the bound); without
+/// one, when the loss arrived.
+fn settle(p: Unsettled, next: Option<Instant>, run: &mut Run, loss_sum: &mut f64) -> Result<()> {
     let loss = p.loss.value();
+    let next = next.unwrap_or_else(Instant::now);
     check_device(run.gpu.as_ref(), p.rows, false)?;
     if !loss.is_finite() {
         run.bar.abandon();

@@ -508,42 +508,54 @@ impl Gpu {
                 return buf;
             }
         };
-        let runtime = &self.0.runtime;
         self.0.h2d_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
-        // SAFETY: the slot holds at least `bytes` and no copy reads it now; the event recorded
-        // below keeps it unchanged until the device has read it.
-        let queued = unsafe {
+        // SAFETY: the slot holds at least `bytes` and no copy uses it now; the event recorded
+        // after the copy keeps it unchanged until the device has read it.
+        let copied = unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len());
-            runtime.upload_async(buf.ptr, ptr, bytes.len())
-        }
-        .and_then(|()| runtime.record_event());
-        match queued {
+            self.0.runtime.upload_async(buf.ptr, ptr, bytes.len())
+        };
+        match self.event_after(copied) {
             Ok(event) => staging.slots.push(Slot {
                 ptr,
                 bytes: size,
                 event,
             }),
             Err(msg) => {
-                // A failed copy leaves nothing queued that reads the slot.
-                unsafe { runtime.host_free(ptr, size) };
+                // SAFETY: no copy uses the slot any more (`event_after` made sure).
+                unsafe { self.0.runtime.host_free(ptr, size) };
                 self.record(GpuError::Runtime { op: "upload", msg });
             }
         }
         buf
     }
 
-    /// A staging buffer of at least `bytes` that no copy reads, taken out of the pool: the
-    /// smallest idle one that fits, else a new one while the pool has room, else the oldest
-    /// once the device is done with it (the one host wait, counted).
+    /// An event after a copy that `queued` says was queued. On any failure the error comes
+    /// back and no queued copy may still use the host memory: when the copy was queued but no
+    /// event could follow it, the device is drained first.
+    fn event_after(&self, queued: Result<(), String>) -> Result<u64, String> {
+        let runtime = &self.0.runtime;
+        queued?;
+        runtime.record_event().inspect_err(|_| {
+            let _ = runtime.synchronize();
+        })
+    }
+
+    /// A staging buffer of at least `bytes` that no copy uses, taken out of the pool: the
+    /// smallest idle one that fits, else a new one while the pool has room, else any idle one
+    /// (replaced by a larger one), else the oldest once the device is done with it (the one
+    /// host wait, counted).
     fn staging_slot(
         &self,
         staging: &mut Staging,
         bytes: usize,
     ) -> Result<(*mut u8, usize), String> {
         let runtime = &self.0.runtime;
-        let idle = |s: &Slot| s.bytes >= bytes && runtime.event_done(s.event).unwrap_or(false);
+        let idle: Vec<bool> = (staging.slots.iter())
+            .map(|s| runtime.event_done(s.event).unwrap_or(false))
+            .collect();
         let fit = (staging.slots.iter().enumerate())
-            .filter(|(_, s)| idle(s))
+            .filter(|&(i, s)| idle[i] && s.bytes >= bytes)
             .min_by_key(|(_, s)| s.bytes)
             .map(|(i, _)| i);
         let slot = match fit {
@@ -551,21 +563,24 @@ impl Gpu {
             None if staging.slots.len() < MAX_STAGING => {
                 return runtime.host_alloc(bytes).map(|ptr| (ptr, bytes));
             }
-            None => {
-                let oldest = staging.slots.remove(0);
-                self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
-                if let Err(msg) = runtime.wait_event(oldest.event) {
-                    // SAFETY: ours; after a failed wait the device is unusable anyway.
-                    unsafe {
-                        runtime.destroy_event(oldest.event);
-                        runtime.host_free(oldest.ptr, oldest.bytes);
+            None => match idle.iter().position(|&done| done) {
+                Some(i) => staging.slots.remove(i),
+                None => {
+                    let oldest = staging.slots.remove(0);
+                    self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
+                    if let Err(msg) = runtime.wait_event(oldest.event) {
+                        // SAFETY: ours; after a failed wait the device is unusable anyway.
+                        unsafe {
+                            runtime.destroy_event(oldest.event);
+                            runtime.host_free(oldest.ptr, oldest.bytes);
+                        }
+                        return Err(msg);
                     }
-                    return Err(msg);
+                    oldest
                 }
-                oldest
-            }
+            },
         };
-        // SAFETY: the copy out of the slot is done.
+        // SAFETY: the copy that used the slot is done.
         unsafe { runtime.destroy_event(slot.event) };
         if slot.bytes >= bytes {
             return Ok((slot.ptr, slot.bytes));
@@ -576,34 +591,32 @@ impl Gpu {
     }
 
     /// `buf`'s f32 values copied back to the host without waiting now: `Pending::wait` returns
-    /// them, waiting only if the device has not got to the copy yet.
+    /// them, waiting only if the device has not got to the copy yet. The copy goes into a
+    /// buffer of the staging pool, which goes back to the pool when the `Pending` drops.
     pub fn download_later(&self, buf: &Buffer) -> Pending {
+        assert_eq!(buf.elem, Elem::F32, "download_later reads f32 values");
         let bytes = buf.bytes;
         let mut pending = Pending {
             gpu: self.clone(),
-            host: std::ptr::null_mut(),
+            slot: None,
             bytes,
             event: None,
         };
         if bytes == 0 || self.failed() {
             return pending;
         }
-        let runtime = &self.0.runtime;
-        let host = match runtime.host_alloc(bytes) {
-            Ok(ptr) => ptr,
+        let slot = self.staging_slot(&mut self.0.staging.lock().unwrap(), bytes);
+        let (host, size) = match slot {
+            Ok(slot) => slot,
             Err(msg) => {
-                self.record(GpuError::Runtime {
-                    op: "page-locked host allocation",
-                    msg,
-                });
+                self.record(GpuError::Runtime { op: "staging", msg });
                 return pending;
             }
         };
-        pending.host = host;
-        // SAFETY: `host` holds `bytes` and lives in `pending` until the event is done.
-        let queued = unsafe { runtime.download_async(buf.ptr, host, bytes) }
-            .and_then(|()| runtime.record_event());
-        match queued {
+        pending.slot = Some((host, size));
+        // SAFETY: `host` holds `bytes` and stays in `pending` until the copy is done.
+        let copied = unsafe { self.0.runtime.download_async(buf.ptr, host, bytes) };
+        match self.event_after(copied) {
             Ok(event) => pending.event = Some(event),
             Err(msg) => self.record(GpuError::Runtime {
                 op: "download",
@@ -771,8 +784,8 @@ impl Gpu {
 /// Values on their way back to the host (`Gpu::download_later`).
 pub struct Pending {
     gpu: Gpu,
-    /// Page-locked host memory the copy writes into (null when nothing was queued).
-    host: *mut u8,
+    /// The staging buffer the copy writes into, and its size (None when there is none).
+    slot: Option<(*mut u8, usize)>,
     bytes: usize,
     /// After the copy; None when it was never queued (an earlier error).
     event: Option<u64>,
@@ -783,7 +796,7 @@ impl Pending {
     /// counted only then); zeros, and the error, after a failure (see `Gpu::take_error`).
     pub fn wait(self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.bytes / 4];
-        let Some(event) = self.event else {
+        let (Some(event), Some((host, _))) = (self.event, self.slot) else {
             return out;
         };
         let (gpu, runtime) = (&self.gpu, &self.gpu.0.runtime);
@@ -797,7 +810,7 @@ impl Pending {
         match done {
             // SAFETY: the copy into `host` is done.
             Ok(()) => unsafe {
-                std::ptr::copy_nonoverlapping(self.host, out.as_mut_ptr() as *mut u8, self.bytes)
+                std::ptr::copy_nonoverlapping(host, out.as_mut_ptr() as *mut u8, 4 * out.len())
             },
             Err(msg) => gpu.record(GpuError::Runtime {
                 op: "download",
@@ -809,23 +822,27 @@ impl Pending {
 }
 
 impl Drop for Pending {
+    /// The staging buffer goes back to the pool, with the copy's event (the pool reuses it
+    /// once that is done); without an event no copy uses it, and it is freed.
     fn drop(&mut self) {
-        let runtime = &self.gpu.0.runtime;
-        if let Some(event) = self.event {
-            // The host memory must outlive the copy into it.
-            let _ = runtime.wait_event(event);
-            // SAFETY: ours, and used no more.
-            unsafe { runtime.destroy_event(event) };
-        }
-        if !self.host.is_null() {
-            // SAFETY: from host_alloc(bytes), and no copy writes into it any more.
-            unsafe { runtime.host_free(self.host, self.bytes) };
+        let Some((ptr, bytes)) = self.slot.take() else {
+            return;
+        };
+        match self.event.take() {
+            Some(event) => {
+                let mut staging = self.gpu.0.staging.lock().unwrap();
+                staging.slots.push(Slot { ptr, bytes, event });
+            }
+            // SAFETY: from the pool's host_alloc, and no copy uses it.
+            None => unsafe { self.gpu.0.runtime.host_free(ptr, bytes) },
         }
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // Kernels of the last step may still use the memory freed below.
+        let _ = self.runtime.synchronize();
         for slot in self.staging.get_mut().unwrap().slots.drain(..) {
             // SAFETY: nothing can queue work any more; wait for the last copy, then free.
             let _ = self.runtime.wait_event(slot.event);
