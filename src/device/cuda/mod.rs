@@ -86,6 +86,9 @@ struct Inner {
     h2d_bytes: AtomicUsize,
     /// The page-locked buffers `upload_pinned` copies through, in turn.
     staging: Mutex<Staging>,
+    /// The dynamic shared memory each kernel was allowed (a real GPU keeps the attribute, so
+    /// it is set once, not before every launch).
+    opted_in: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// The page-locked host buffers that uploads without a wait copy through, oldest first. A
@@ -313,6 +316,7 @@ impl Gpu {
             host_syncs: AtomicUsize::new(0),
             h2d_bytes: AtomicUsize::new(0),
             staging: Mutex::new(Staging::default()),
+            opted_in: Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -731,14 +735,22 @@ impl Gpu {
 
     /// Lets `kernel` use up to `bytes` of dynamic shared memory per block: above 48 KiB a GPU
     /// refuses the launch without this opt-in (and so does the emulator).
+    /// The emulator's opt-in is process-wide (one table for every emulated GPU), so there it
+    /// is set every time.
     pub fn allow_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<(), GpuError> {
+        let mut opted_in = self.0.opted_in.lock().unwrap();
+        if !self.0.poison && opted_in.get(kernel) == Some(&bytes) {
+            return Ok(());
+        }
         self.0
             .runtime
             .set_max_dynamic_shared(kernel, bytes)
             .map_err(|msg| GpuError::Runtime {
                 op: "dynamic shared memory opt-in",
                 msg,
-            })
+            })?;
+        opted_in.insert(kernel.to_string(), bytes);
+        Ok(())
     }
 
     /// One thread per element of an `n`-element output, in blocks of 256.
