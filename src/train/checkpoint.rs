@@ -93,27 +93,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Saves the model, and the optimiser's state when training.
+/// Saves the model, and the optimiser's state when training. A parameter that is no longer
+/// finite (a step whose loss was finite but whose update was not) is refused in one line, and
+/// the last good checkpoint is kept.
 pub fn save(dir: &Path, model: &Model, opt: Option<&Optimizer>, meta: &Meta) -> Result<()> {
     let meta_json = serde_json::to_string_pretty(meta).expect("config serialises");
     let entry = |name: String, t: &Tensor| {
         let values = t.to_f32_vec();
-        (
+        if !values.iter().all(|v| v.is_finite()) {
+            return Err(Error::Train(format!(
+                "{name} holds non-finite values (lower --lr?); the checkpoint is not written, \
+                 the last good one is kept"
+            )));
+        }
+        Ok((
             name,
             bytemuck::cast_slice(&values).to_vec(),
             t.shape.clone(),
-        )
+        ))
     };
-    let mut bytes: Vec<(String, Vec<u8>, Vec<usize>)> = model
-        .store
-        .params
-        .iter()
+    let mut bytes: Vec<(String, Vec<u8>, Vec<usize>)> = (model.store.params.iter())
         .map(|p| entry(p.name.clone(), &p.value))
-        .collect();
+        .collect::<Result<_>>()?;
     if let Some(opt) = opt {
         for (id, v) in opt.velocity() {
             let name = &model.store.params[id].name;
-            bytes.push(entry(format!("{VELOCITY}{name}"), v));
+            bytes.push(entry(format!("{VELOCITY}{name}"), v)?);
         }
     }
     let views = bytes.iter().map(|(name, data, shape)| {
@@ -306,6 +311,27 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join(META_FILE)).unwrap()).unwrap();
         assert_eq!(json["spec"]["arch"]["name"], "resnet8");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A parameter gone non-finite is refused in one line, and the checkpoint there is kept.
+    #[test]
+    fn non_finite_parameters_are_not_saved() {
+        let spec = small_spec();
+        let mut model = Model::new(&spec, 7).unwrap();
+        let dir = std::env::temp_dir().join(format!("simclr-ckpt-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = Meta::new("finetune", 1, &spec, &Config::preset("tiny").unwrap());
+        save(&dir, &model, None, &meta).unwrap();
+        let good = std::fs::read(dir.join(FILE)).unwrap();
+        let p = &mut model.store.params[3];
+        let mut v = p.value.to_f64_vec();
+        v[0] = f64::NAN;
+        p.value = Tensor::from_f64(&p.value.shape, DType::F32, &v);
+        let name = p.name.clone();
+        let err = save(&dir, &model, None, &meta).unwrap_err().to_string();
+        assert!(err.contains(&name) && err.contains("non-finite"), "{err}");
+        assert_eq!(std::fs::read(dir.join(FILE)).unwrap(), good);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
