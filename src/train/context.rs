@@ -43,7 +43,7 @@ pub struct Context {
 
 /// `--precision` on `device`: bf16 needs a GPU; auto is bf16 on a real GPU and f32 on the CPU
 /// and the emulator (where f32 keeps results comparable with the CPU's).
-fn precision(flag: &str, device: &Device) -> Result<DType> {
+pub fn precision(flag: &str, device: &Device) -> Result<DType> {
     let gpu = match device {
         Device::Gpu(gpu) => Some(gpu),
         Device::Cpu => None,

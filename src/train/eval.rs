@@ -2,23 +2,26 @@
 //! k neighbours, votes weighted by exp(sim / 0.1)) for encoders without one.
 
 use crate::autograd::Graph;
+use crate::backend;
 use crate::data::augment::Normalize;
 use crate::data::loader::{Loader, Views};
 use crate::data::Dataset;
 use crate::device::cpu::gemm::gemm;
 use crate::nn::model::Model;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use std::sync::Arc;
 
 const EVAL_BATCH: usize = 500;
 const KNN_TEMPERATURE: f32 = 0.1;
 
-/// Runs the model in inference mode over `indices`; returns (features, outputs) row-major.
+/// Runs the model in inference mode over `indices` with its activations in `precision` (a
+/// run's `--precision`); returns (features, outputs) row-major.
 pub fn forward_all(
     model: &mut Model,
     ds: &Arc<Dataset>,
     indices: &[usize],
     norm: &Normalize,
+    precision: DType,
 ) -> (Vec<f32>, Vec<f32>) {
     let loader = Loader::new(
         ds.clone(),
@@ -36,7 +39,8 @@ pub fn forward_all(
     for batch in loader {
         let mut g = Graph::new(false);
         let x = Tensor::from_vec(&[batch.rows, ds.h, ds.w, ds.c], batch.x);
-        let x = g.input(x.to_device(&model.device()));
+        let x = x.to_device(&model.device());
+        let x = g.input(backend::of(&x).cast(&x, precision));
         let (f, out) = model.forward(&mut g, x, false);
         features.extend(g.value(f).to_f32_vec());
         outputs.extend(g.value(out).to_f32_vec());
@@ -55,9 +59,15 @@ pub fn argmax(row: &[f32]) -> usize {
 }
 
 /// Fraction of `indices` whose arg-max logit is the label.
-pub fn top1(model: &mut Model, ds: &Arc<Dataset>, indices: &[usize], norm: &Normalize) -> f64 {
+pub fn top1(
+    model: &mut Model,
+    ds: &Arc<Dataset>,
+    indices: &[usize],
+    norm: &Normalize,
+    precision: DType,
+) -> f64 {
     let classes = model.spec.num_classes.expect("top-1 needs a classifier");
-    let (_, logits) = forward_all(model, ds, indices, norm);
+    let (_, logits) = forward_all(model, ds, indices, norm, precision);
     let correct = indices
         .iter()
         .zip(logits.chunks(classes))
@@ -84,14 +94,15 @@ pub fn knn_top1(
     queries: &[usize],
     norm: &Normalize,
     k: usize,
+    precision: DType,
 ) -> f64 {
     // Nothing to vote with or nothing to classify (an unlabelled folder, no test split).
     if bank.is_empty() || queries.is_empty() {
         return f64::NAN;
     }
     let d = model.spec.arch.feature_dim();
-    let (mut bank_f, _) = forward_all(model, train, bank, norm);
-    let (mut query_f, _) = forward_all(model, test, queries, norm);
+    let (mut bank_f, _) = forward_all(model, train, bank, norm, precision);
+    let (mut query_f, _) = forward_all(model, test, queries, norm, precision);
     l2_normalize_rows(&mut bank_f, d);
     l2_normalize_rows(&mut query_f, d);
     let k = k.min(bank.len());

@@ -404,7 +404,9 @@ pub fn predict(
     let images = Arc::new(if dir.test.n > 0 { dir.test } else { dir.train });
     let indices: Vec<usize> = (0..images.n).collect();
     model.to_device(device);
-    let (_, logits) = forward_all(&mut model, &images, &indices, &norm);
+    // The precision `--precision auto` would use on this device: bf16 on a real GPU.
+    let precision = crate::train::context::precision("auto", device)?;
+    let (_, logits) = forward_all(&mut model, &images, &indices, &norm, precision);
     device.check()?;
     let mut text = String::new();
     for (index, row) in logits.chunks(classes).enumerate() {

@@ -192,6 +192,7 @@ pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<()> {
         &ctx.test_indices,
         &norm,
         ctx.cfg.knn_k,
+        ctx.precision,
     );
     let mut record = serde_json::json!({
         "stage": meta.stage,
@@ -199,7 +200,8 @@ pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<()> {
         "test_images": ctx.test_indices.len(),
     });
     if model.spec.num_classes.is_some() {
-        record["top1"] = eval::top1(&mut model, &ctx.test, &ctx.test_indices, &norm).into();
+        let (test, indices) = (&ctx.test, &ctx.test_indices);
+        record["top1"] = eval::top1(&mut model, test, indices, &norm, ctx.precision).into();
     }
     ctx.device.check()?;
     println!("{record}");

@@ -197,9 +197,10 @@ pub fn train(
         final_loss = pos.loss_sum / pos.batch.max(1) as f64;
         let mut record = match stage.monitor {
             Monitor::Knn => json!({"knn_top1": eval::knn_top1(model, &ctx.train, &ctx.knn_bank,
-                &ctx.test, &ctx.test_indices, &ctx.norm, ctx.cfg.knn_k)}),
+                &ctx.test, &ctx.test_indices, &ctx.norm, ctx.cfg.knn_k, ctx.precision)}),
             Monitor::Top1 if epoch + 1 == cfg.epochs => {
-                json!({"top1": eval::top1(model, &ctx.test, &ctx.test_indices, &ctx.norm)})
+                let (test, indices) = (&ctx.test, &ctx.test_indices);
+                json!({"top1": eval::top1(model, test, indices, &ctx.norm, ctx.precision)})
             }
             Monitor::Top1 => json!({}),
         };
