@@ -110,31 +110,54 @@ fn cast_rounds_to_nearest_even_and_widens_exactly() {
 /// of the 8 row lanes.
 const MATRICES: [(usize, usize); 4] = [(1, 5), (7, 67), (300, 13), (129, 40)];
 
+/// The dense layer's bias add (activations f32 or bf16, the bias f32) and bias gradient (the
+/// column sum of f32 or bf16 rows, summed in f32).
 #[test]
 fn bias_add_and_sum_rows_match_cpu() {
+    for elem in [Elem::F32, Elem::Bf16] {
+        for (name, gpu) in common::gpus() {
+            for (i, &(rows, cols)) in MATRICES.iter().enumerate() {
+                let case = format!("{name}, {elem:?}, {rows}×{cols}");
+                let (x, b) = (
+                    common::as_stored(elem, common::random(rows * cols, 50 + i as u64)),
+                    common::random(cols, 60 + i as u64),
+                );
+
+                let want: Vec<f32> = x
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &v)| v + b[j % cols])
+                    .collect();
+                let mut y = gpu.upload_as(&x, elem);
+                elementwise::bias_add(&gpu, rows, cols, &mut y, &gpu.upload(&b));
+                let tol = common::tolerance(elem, 1e-5);
+                expect(&gpu, &format!("bias_add, {case}"), &y, &want, tol);
+
+                let want: Vec<f32> = (0..cols)
+                    .map(|col| (0..rows).map(|r| x[r * cols + col] as f64).sum::<f64>() as f32)
+                    .collect();
+                let mut out = gpu.alloc_f32(cols);
+                elementwise::sum_rows(&gpu, rows, cols, &gpu.upload_as(&x, elem), &mut out);
+                expect(&gpu, &format!("sum_rows, {case}"), &out, &want, 1e-4);
+            }
+        }
+    }
+}
+
+/// The constant made on the device (the backward pass's seed).
+#[test]
+fn fill_writes_the_value_everywhere() {
     for (name, gpu) in common::gpus() {
-        for (i, &(rows, cols)) in MATRICES.iter().enumerate() {
-            let case = format!("{name}, {rows}×{cols}");
-            let (x, b) = (
-                common::random(rows * cols, 50 + i as u64),
-                common::random(cols, 60 + i as u64),
+        for &n in &LENS {
+            let mut y = gpu.alloc_f32(n);
+            elementwise::fill(&gpu, &mut y, -2.5);
+            expect(
+                &gpu,
+                &format!("fill, {name}, n {n}"),
+                &y,
+                &vec![-2.5; n],
+                1e-12,
             );
-
-            let want: Vec<f32> = x
-                .iter()
-                .enumerate()
-                .map(|(j, &v)| v + b[j % cols])
-                .collect();
-            let mut y = gpu.upload(&x);
-            elementwise::bias_add(&gpu, rows, cols, &mut y, &gpu.upload(&b));
-            expect(&gpu, &format!("bias_add, {case}"), &y, &want, 1e-5);
-
-            let want: Vec<f32> = (0..cols)
-                .map(|col| (0..rows).map(|r| x[r * cols + col] as f64).sum::<f64>() as f32)
-                .collect();
-            let mut out = gpu.alloc_f32(cols);
-            elementwise::sum_rows(&gpu, rows, cols, &gpu.upload(&x), &mut out);
-            expect(&gpu, &format!("sum_rows, {case}"), &out, &want, 1e-4);
         }
     }
 }
