@@ -127,7 +127,7 @@ fn main() {
             };
             let flops = 2.0 * (s.n * s.out_h() * s.out_w() * s.k * s.r * s.s * s.c) as f64;
             for dtype in common::precisions(device) {
-                let prec = common::precision_name(dtype);
+                let prec = dtype.name();
                 let case = format!("{prec}_{}_c{}_k{}_hw{hw}_n{batch}", l.name, l.c, l.k);
                 for pass in [Pass::Forward, Pass::BackwardInput, Pass::BackwardWeight] {
                     let (a_len, b_len, out_len) = pass.lens(&s);

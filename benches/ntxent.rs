@@ -36,7 +36,7 @@ fn main() {
         .iter()
         .flat_map(|d| common::precisions(d).into_iter().map(move |p| (d, p)))
     {
-        let case = format!("{}_r{rows}_d{D}", common::precision_name(dtype));
+        let case = format!("{}_r{rows}_d{D}", dtype.name());
         let copies = common::copies(device, rows * D * 4) as u64;
         let zs: Vec<_> = (0..copies)
             .map(|seed| common::cast(&common::tensor(device, unit_rows(rows, seed)), dtype))

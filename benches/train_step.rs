@@ -107,7 +107,7 @@ fn bench_step(c: &mut Criterion, device: &Device, case: &Case) {
         };
         let name = format!(
             "{}_{}_{}x{}x{}_b{}_{}",
-            common::precision_name(dtype),
+            dtype.name(),
             case.arch,
             case.image,
             case.image,

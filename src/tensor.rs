@@ -23,6 +23,17 @@ pub enum DType {
     BF16,
 }
 
+impl DType {
+    /// As `--precision` and the benches' case names spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::BF16 => "bf16",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Storage {
     CpuF32(Vec<f32>),

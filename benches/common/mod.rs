@@ -119,14 +119,6 @@ pub fn precisions(device: &Device) -> Vec<DType> {
     }
 }
 
-/// The case-name prefix of a precision (scripts/gpu_report.py strips it to match PyTorch's).
-pub fn precision_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::BF16 => "bf16",
-        _ => "f32",
-    }
-}
-
 /// `t` as `dtype` on its device (itself when it already is).
 pub fn cast(t: &Tensor, dtype: DType) -> Tensor {
     backend::of(t).cast(t, dtype)

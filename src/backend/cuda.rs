@@ -73,7 +73,7 @@ fn rows_channels(x: &Tensor) -> (usize, usize) {
 
 impl Backend for Gpu {
     fn conv_forward(&self, s: &ConvShape, x: &Tensor, w: &Tensor) -> Tensor {
-        let elem = x.buffer().elem();
+        let elem = elem(x);
         let w = self.weights_as(w, elem);
         self.out(&s.out_shape(), elem, |y| {
             conv::forward(self, s, x.buffer(), &w, y)
@@ -81,7 +81,7 @@ impl Backend for Gpu {
     }
 
     fn conv_backward_input(&self, s: &ConvShape, dy: &Tensor, w: &Tensor) -> Tensor {
-        let elem = dy.buffer().elem();
+        let elem = elem(dy);
         let w = self.weights_as(w, elem);
         self.out(&s.in_shape(), elem, |dx| {
             conv::backward_input(self, s, dy.buffer(), &w, dx)

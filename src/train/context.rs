@@ -64,19 +64,12 @@ pub fn precision(flag: &str, device: &Device) -> Result<DType> {
     }
 }
 
-fn precision_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::BF16 => "bf16",
-        _ => "f32",
-    }
-}
-
 impl Context {
     pub fn new(cfg: Config) -> Result<Context> {
         cfg.validate()?;
         let (device, why) = Device::select(&cfg.device)?;
         let precision = precision(&cfg.precision, &device)?;
-        println!("{why}, {} activations", precision_name(precision));
+        println!("{why}, {} activations", precision.name());
         let opts = crate::data::LoadOptions {
             format: cfg.format,
             image_size: cfg.image_size,

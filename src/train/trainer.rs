@@ -324,11 +324,7 @@ impl Tally {
             self.first = Some(c);
             return;
         }
-        let r = &mut self.rest;
-        r.launches += c.launches;
-        r.host_syncs += c.host_syncs;
-        r.driver_allocs += c.driver_allocs;
-        r.h2d_bytes += c.h2d_bytes;
+        self.rest += c;
         self.steps += 1;
     }
 

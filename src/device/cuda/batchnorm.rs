@@ -299,7 +299,7 @@ pub fn backward(
             mean.into(),
             invstd.into(),
             dgamma.into(),
-            dbeta.map_or(Arg::Ptr(0), Arg::from),
+            opt(dbeta.as_deref()),
             (&mut coef).into(),
         ],
     );
@@ -317,7 +317,7 @@ pub fn backward(
             (n as i32).into(),
             ci.into(),
             dx.into(),
-            dsum.map_or(Arg::Ptr(0), Arg::from),
+            opt(dsum.as_deref()),
         ],
     );
 }

@@ -68,8 +68,8 @@ fn tiling(elem: Elem) -> (Tiling, u32) {
     }
 }
 
-/// Launches `kernel`; the tensor-core kernels get their shared-memory opt-in (above 48 KiB) and
-/// the flag saying whether C and K allow their 16-byte copies.
+/// Launches `kernel`; the tensor-core kernels get the flag saying whether C and K allow their
+/// 16-byte copies.
 #[allow(clippy::too_many_arguments)]
 fn launch(
     gpu: &Gpu,
@@ -82,9 +82,6 @@ fn launch(
     let (_, shared) = tiling(elem);
     let kernel = elem.pick(kernel.0, kernel.1);
     if elem == Elem::Bf16 {
-        if let Err(e) = gpu.allow_dynamic_shared(kernel, shared) {
-            gpu.record(e);
-        }
         args.push(Arg::from(
             (s.c.is_multiple_of(8) && s.k.is_multiple_of(8)) as i32,
         ));

@@ -128,6 +128,15 @@ pub struct Counters {
     pub h2d_bytes: usize,
 }
 
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, c: Counters) {
+        self.launches += c.launches;
+        self.host_syncs += c.host_syncs;
+        self.driver_allocs += c.driver_allocs;
+        self.h2d_bytes += c.h2d_bytes;
+    }
+}
+
 impl std::ops::Sub for Counters {
     type Output = Counters;
     fn sub(self, before: Counters) -> Counters {
@@ -139,6 +148,9 @@ impl std::ops::Sub for Counters {
         }
     }
 }
+
+/// The dynamic shared memory a kernel may use without an opt-in.
+const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
 
 /// The environment variable that turns on `Inner::sync_launches`.
 pub const SYNC_LAUNCHES_VAR: &str = "SIMCLR_SYNC_LAUNCHES";
@@ -671,6 +683,7 @@ impl Gpu {
     }
 
     /// Launches `kernel`; a failure is recorded (see `check`), and skipped after an earlier one.
+    /// Dynamic shared memory above the default 48 KiB gets the kernel's opt-in first.
     pub fn launch(
         &self,
         kernel: &'static str,
@@ -681,6 +694,12 @@ impl Gpu {
     ) {
         if self.failed() {
             return;
+        }
+        if shared > DEFAULT_DYNAMIC_SHARED {
+            if let Err(e) = self.allow_dynamic_shared(kernel, shared) {
+                self.record(e);
+                return;
+            }
         }
         let launched = self.try_launch(kernel, grid, block, shared, args);
         let result = launched.and_then(|()| match self.0.sync_launches {

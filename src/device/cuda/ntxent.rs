@@ -66,11 +66,6 @@ pub fn ntxent(
         });
         let zp = padded.as_ref().unwrap_or(z);
         let shared = (3 * TILE * (dp + 8) * 2) as u32;
-        for kernel in ["ntxent_lse_bf16", "ntxent_grad_bf16"] {
-            if let Err(e) = gpu.allow_dynamic_shared(kernel, shared) {
-                gpu.record(e);
-            }
-        }
         let dpi = dp as i32;
         let args = [zp.into(), n.into(), dpi.into(), inv_t.into(), (&lse).into()];
         gpu.launch(
