@@ -140,25 +140,57 @@ impl Augment {
         rng: &mut Rng,
         out: &mut [f32],
     ) {
+        let view = self.sample(h, w, c, rng);
+        render(img, h, w, c, &view, &self.frame(), norm, out);
+    }
+
+    /// What every view of this augmentation shares.
+    pub fn frame(&self) -> Frame {
+        Frame {
+            size: self.out_size,
+            filter: self.filter,
+            // 10% of the side, made odd (as official: radius = size / 2).
+            blur_radius: self.out_size / 10 / 2,
+        }
+    }
+
+    /// One view's random choices for an h × w × c image, drawn from `rng` in a fixed order:
+    /// the crop, the flip, the colour jitter (whether, the order, each factor), grayscale, the
+    /// blur. Draws that cannot matter (no flip allowed, saturation and hue of one channel)
+    /// are not made.
+    pub fn sample(&self, h: usize, w: usize, c: usize, rng: &mut Rng) -> ViewParams {
         assert!(
             c == 1 || c == 3,
             "augmentation supports 1 or 3 channels, not {c}"
         );
         let crop = self.crop_box(h, w, rng);
-        let flip = self.flip && rng.bernoulli(0.5);
-        resize(img, w, c, crop, flip, self.out_size, self.filter, out);
+        let mut view = ViewParams {
+            crop: [crop.y, crop.x, crop.h, crop.w].map(|v| v as u32),
+            flip: (self.flip && rng.bernoulli(0.5)) as u32,
+            ops: [NO_OP; 4],
+            ..ViewParams::default()
+        };
         if rng.bernoulli(self.jitter_prob) {
-            self.color_jitter(out, c, rng);
+            let s = self.jitter_strength;
+            let mut order = [BRIGHTNESS, CONTRAST, SATURATION, HUE];
+            rng.shuffle(&mut order);
+            let mut k = 0;
+            for op in order {
+                view.amounts[k] = match op {
+                    BRIGHTNESS | CONTRAST => factor(rng, 0.8 * s),
+                    SATURATION if c == 3 => factor(rng, 0.8 * s),
+                    HUE if c == 3 => rng.range(-0.2 * s, 0.2 * s) as f32,
+                    _ => continue,
+                };
+                view.ops[k] = op;
+                k += 1;
+            }
         }
-        if c == 3 && rng.bernoulli(self.grayscale_prob) {
-            grayscale(out);
-        }
+        view.gray = (c == 3 && rng.bernoulli(self.grayscale_prob)) as u32;
         if rng.bernoulli(self.blur_prob) {
-            // Kernel size is 10% of the side, made odd (as official: radius = size / 2).
-            let radius = self.out_size / 10 / 2;
-            blur(out, self.out_size, c, rng.range(0.1, 2.0) as f32, radius);
+            view.sigma = rng.range(0.1, 2.0) as f32;
         }
-        norm.apply(out);
+        view
     }
 
     /// Random resized crop box (torchvision's RandomResizedCrop.get_params).
@@ -192,24 +224,6 @@ impl Augment {
             w: cw,
         }
     }
-
-    /// Brightness, contrast, saturation and hue in random order, clamping after each
-    /// (color_jitter_rand). A 1-channel image has no saturation or hue.
-    fn color_jitter(&self, x: &mut [f32], c: usize, rng: &mut Rng) {
-        let s = self.jitter_strength;
-        let mut order = [0, 1, 2, 3];
-        rng.shuffle(&mut order);
-        for op in order {
-            match op {
-                0 => brightness(x, factor(rng, 0.8 * s)),
-                1 => contrast(x, c, factor(rng, 0.8 * s)),
-                2 if c == 3 => saturation(x, factor(rng, 0.8 * s)),
-                3 if c == 3 => hue(x, rng.range(-0.2 * s, 0.2 * s) as f32),
-                _ => continue,
-            }
-            x.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
-        }
-    }
 }
 
 /// Deterministic evaluation preprocessing, then standardisation. From 64 pixels up, the
@@ -224,12 +238,113 @@ pub fn center(
     norm: &Normalize,
     out: &mut [f32],
 ) {
-    let (rect, filter) = if out_size >= LARGE {
-        (Rect::center_square(h, w, CROP_PROPORTION), Filter::Bicubic)
-    } else {
-        (Rect::full(h, w), Filter::Bilinear)
-    };
-    resize(img, w, c, rect, false, out_size, filter, out);
+    let view = ViewParams::center(h, w, out_size);
+    render(img, h, w, c, &view, &Frame::center(out_size), norm, out);
+}
+
+/// The colour ops of `ViewParams::ops` (the codes kernels/augment.cu uses too).
+pub const BRIGHTNESS: i32 = 0;
+pub const CONTRAST: i32 = 1;
+pub const SATURATION: i32 = 2;
+pub const HUE: i32 = 3;
+/// An unused slot of `ViewParams::ops`.
+pub const NO_OP: i32 = -1;
+
+/// One view's random choices, drawn on the host (`Augment::sample`) and carried out by
+/// `render` on the CPU or by kernels/augment.cu on a GPU: the same numbers either way, so the
+/// two differ only by float rounding. 64 bytes, laid out as the kernel's struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ViewParams {
+    /// The source image: its index among the batch's images.
+    pub image: u32,
+    /// The crop: top, left, height, width.
+    pub crop: [u32; 4],
+    /// 1: mirrored left-right.
+    pub flip: u32,
+    /// The colour ops in the order they run, NO_OP in the unused slots.
+    pub ops: [i32; 4],
+    /// Each op's factor (for HUE, the shift in turns).
+    pub amounts: [f32; 4],
+    /// 1: replaced by its luma.
+    pub gray: u32,
+    /// The Gaussian blur's sigma in pixels; 0: no blur.
+    pub sigma: f32,
+}
+
+impl ViewParams {
+    /// The evaluation view (`center`) of an h × w image.
+    pub fn center(h: usize, w: usize, out_size: usize) -> ViewParams {
+        let rect = match out_size >= LARGE {
+            true => Rect::center_square(h, w, CROP_PROPORTION),
+            false => Rect::full(h, w),
+        };
+        ViewParams {
+            crop: [rect.y, rect.x, rect.h, rect.w].map(|v| v as u32),
+            ops: [NO_OP; 4],
+            ..ViewParams::default()
+        }
+    }
+}
+
+/// What all the views of a batch share: the output side, the resize filter and the blur's
+/// radius (its kernel has 2·radius + 1 taps).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Frame {
+    pub size: usize,
+    pub filter: Filter,
+    pub blur_radius: usize,
+}
+
+impl Frame {
+    /// The evaluation frame: bicubic from 64 pixels up, bilinear below, no blur.
+    pub fn center(size: usize) -> Frame {
+        Frame {
+            size,
+            filter: if size >= LARGE {
+                Filter::Bicubic
+            } else {
+                Filter::Bilinear
+            },
+            blur_radius: 0,
+        }
+    }
+}
+
+/// Carries out `view` on a u8 HWC image into `out` (size × size × c, standardised f32): crop
+/// and resize (and flip), the colour ops in order, clamped to [0, 1] after each, grayscale,
+/// blur, standardisation. The CPU reference of kernels/augment.cu.
+#[allow(clippy::too_many_arguments)]
+pub fn render(
+    img: &[u8],
+    h: usize,
+    w: usize,
+    c: usize,
+    view: &ViewParams,
+    frame: &Frame,
+    norm: &Normalize,
+    out: &mut [f32],
+) {
+    let [y, x, ch, cw] = view.crop.map(|v| v as usize);
+    assert!(y + ch <= h, "crop outside the image");
+    let rect = Rect { y, x, h: ch, w: cw };
+    resize(img, w, c, rect, view.flip == 1, frame.size, frame.filter, out);
+    for (&op, &amount) in view.ops.iter().zip(&view.amounts) {
+        match op {
+            BRIGHTNESS => brightness(out, amount),
+            CONTRAST => contrast(out, c, amount),
+            SATURATION => saturation(out, amount),
+            HUE => hue(out, amount),
+            _ => continue,
+        }
+        out.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+    }
+    if view.gray == 1 {
+        grayscale(out);
+    }
+    if view.sigma > 0.0 {
+        blur(out, frame.size, c, view.sigma, frame.blur_radius);
+    }
     norm.apply(out);
 }
 

@@ -8,6 +8,7 @@
 //! callers check `Gpu::check` at step boundaries.
 
 pub mod alloc;
+pub mod augment;
 pub mod batchnorm;
 pub mod conv;
 pub mod driver;

@@ -1,0 +1,1 @@
+//! Batch augmentation on the device (kernels/augment.cu).
