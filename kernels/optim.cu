@@ -3,7 +3,9 @@
 //
 // The tensors of a step are described by a table in device memory, TABLE_WORDS 64-bit words per
 // tensor: its value, gradient and velocity pointers, its length, its first chunk, and its weight
-// decay (f32 bits) with the LARS adaptation flag. Each tensor is cut into chunks of CHUNK values;
+// decay (f32 bits) with the LARS adaptation flag. One word after the last tensor holds the
+// learning rate (f32 bits): in device memory rather than an argument, so that the launches of
+// every step are the same and a step can be replayed as a CUDA graph. Each tensor is cut into chunks of CHUNK values;
 // a launch's grid is the chunks of all tensors, and each block finds its tensor by binary search
 // over the first chunks.
 //
@@ -57,6 +59,11 @@ DEVICE inline OptTensor opt_tensor(const unsigned long long* table, int t) {
     r.wd = ((const float*)(e + 5))[0];
     r.adapt = ((const int*)(e + 5))[1];
     return r;
+}
+
+// The learning rate, after the table's last tensor.
+DEVICE inline float opt_lr(const unsigned long long* table, int tensors) {
+    return ((const float*)(table + TABLE_WORDS * tensors))[0];
 }
 
 // The tensor chunk `chunk` belongs to: the last t whose first chunk is at most `chunk`.
@@ -116,8 +123,9 @@ KERNEL void optim_lars_norms(const unsigned long long* __restrict__ table, int t
 
 // LARS (TF convention, as cpu::optim::lars_update): g ← g + wd·w; v ← m·v + lr·trust·g; w ← w − v,
 // trust = η‖w‖/‖g + wd·w‖ from the tensor's norms when it adapts (1 when either is 0), else 1.
-KERNEL void optim_lars_apply(const unsigned long long* __restrict__ table, int tensors, float lr,
+KERNEL void optim_lars_apply(const unsigned long long* __restrict__ table, int tensors,
                              float momentum, float eta, const float* __restrict__ norms) {
+    float lr = opt_lr(table, tensors);
     int ti = opt_find(table, tensors, blockIdx.x);
     OptTensor t = opt_tensor(table, ti);
     float trust = 1.0f;
@@ -136,8 +144,9 @@ KERNEL void optim_lars_apply(const unsigned long long* __restrict__ table, int t
 
 // SGD with momentum (PyTorch convention), optionally Nesterov:
 // g ← g + wd·w; v ← m·v + g; w ← w − lr·(g + m·v) if nesterov else w − lr·v.
-KERNEL void optim_sgd_apply(const unsigned long long* __restrict__ table, int tensors, float lr,
+KERNEL void optim_sgd_apply(const unsigned long long* __restrict__ table, int tensors,
                             float momentum, int nesterov) {
+    float lr = opt_lr(table, tensors);
     OptTensor t = opt_tensor(table, opt_find(table, tensors, blockIdx.x));
     int start = (blockIdx.x - t.first) * OPT_CHUNK, end = min(start + OPT_CHUNK, t.n);
     for (int i = start + threadIdx.x; i < end; i += blockDim.x) {

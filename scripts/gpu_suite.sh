@@ -26,25 +26,28 @@ LIMIT_S=480
 PLAN="
 tests        45  every kernel test and the whole-step tests on cuda alone, launches synchronised
 pipeline     40  the tiny pipeline on cuda in f32 against cpu, loss by loss; in bf16 against f32
+graphs       25  steps as CUDA graphs, augmentation on the device: launches not synchronised
 memcheck     40  compute-sanitizer memcheck: every kernel family's tests, one training step
 racecheck    45  compute-sanitizer racecheck: the families that share memory within a block
 synccheck    15  compute-sanitizer synccheck: one training step
 initcheck    15  compute-sanitizer initcheck: one training step
 step         60  ours: the ResNet-50 SimCLR step in bf16, 512 views (256 images) at 224 px, NT-Xent, LARS
-conv         70  ours: every distinct ResNet-50 convolution in bf16 at 512 views: fwd, dgrad, wgrad
+conv         65  ours: every distinct ResNet-50 convolution in bf16 at 512 views: fwd, dgrad, wgrad
 ntxent_gemm  20  ours: fused NT-Xent at 2N = 8192, d = 128 (and its memory); 4096^3 GEMM f32, bf16
 pytorch     100  PyTorch: peaks (bf16 GEMM, copy), then bf16 autocast + channels_last, then fp32/TF32
 "
 
 # What each part runs: test items are BINARY or BINARY:FILTER (a libtest name filter).
-KERNELS="conv batchnorm ntxent gemm loss pool sk normalize elementwise optim"
+KERNELS="conv batchnorm ntxent gemm loss pool sk normalize elementwise optim augment"
 STEP="device:training_step_matches_cpu"
 # emu: its tests of documented semantics (shuffles, mma, ldmatrix, cp.async, ...) run on the
 # GPU too, which checks the emulator's reading of the PTX ISA against the hardware.
 TESTS="$KERNELS device zoo:matches_cpu emu"
 PIPELINE="cli:tiny_pipeline_on_the_gpu_device_matches_cpu cli:tiny_pipeline_in_bf16_ends_within_2_percent_of_f32"
+# Graphs need launches that are not synchronised one by one (SIMCLR_SYNC_LAUNCHES=1 turns them off).
+GRAPHS="graph cli:device_augmentation_and_graphs_match_cpu_augmentation_launch_by_launch"
 MEMCHECK="$KERNELS $STEP"
-RACECHECK="conv batchnorm ntxent gemm loss pool sk normalize optim emu"
+RACECHECK="conv batchnorm ntxent gemm loss pool sk normalize optim augment emu"
 BENCHES="train_step conv ntxent gemm"
 # Criterion's times per case: short, as a case is timed with CUDA events over many runs.
 BENCH_ARGS=${BENCH_ARGS:---warm-up-time 0.2 --measurement-time 0.5}
@@ -58,7 +61,7 @@ case ${1:-} in
     shift
     ;;
 --needs)
-    for t in $TESTS $PIPELINE; do echo "test ${t%%:*}"; done | sort -u
+    for t in $TESTS $PIPELINE $GRAPHS; do echo "test ${t%%:*}"; done | sort -u
     for b in $BENCHES; do echo "bench $b"; done
     exit 0
     ;;
@@ -89,7 +92,7 @@ if [ $mode = dry ]; then
     }
     [ "$total" -le "$LIMIT_S" ] || problem "the budgets sum to $total s, over $LIMIT_S s"
     [ -f "$bundle/MANIFEST" ] || problem "$bundle has no MANIFEST: not a bundle from scripts/build_gpu_bundle.sh"
-    for t in $TESTS $PIPELINE; do
+    for t in $TESTS $PIPELINE $GRAPHS; do
         bin=$bundle/test/${t%%:*} filter=${t#*:}
         [ "$filter" = "$t" ] && filter=""
         # The whole list first: grep -q closing the pipe early would fail it under pipefail.
@@ -180,7 +183,8 @@ sanitizer_errors() {
 }
 
 # run_tests PART LOG DEADLINE [TOOL] ITEMS...: each test item on cuda alone, under
-# compute-sanitizer TOOL when given, until the part's deadline; one check line per item.
+# compute-sanitizer TOOL when given, until the part's deadline; one check line per item. Launches
+# are synchronised one by one (a fault is named by its kernel) except in the part graphs.
 run_tests() {
     local part=$1 log=$2 deadline=$3 tool=$4
     shift 4
@@ -199,7 +203,8 @@ run_tests() {
             SIMCLR_TEST_DEVICES=cuda timeout -k 5 $left "$sanitizer" --tool "$tool" --print-limit 20 \
                 "$bundle/test/$bin" $filter >"$tmp" 2>&1
         else
-            SIMCLR_TEST_DEVICES=cuda SIMCLR_SYNC_LAUNCHES=1 SIMCLR_BIN=$bundle/bin/simclr \
+            SIMCLR_TEST_DEVICES=cuda SIMCLR_SYNC_LAUNCHES=$([ "$part" = graphs ] && echo 0 || echo 1) \
+                SIMCLR_BIN=$bundle/bin/simclr \
                 timeout -k 5 $left "$bundle/test/$bin" $filter --nocapture >"$tmp" 2>&1
         fi
         code=$?
@@ -252,6 +257,7 @@ for part in $(parts); do
     case $part in
     tests) run_tests tests tests.log $deadline "" $TESTS ;;
     pipeline) run_tests pipeline tests.log $deadline "" $PIPELINE ;;
+    graphs) run_tests graphs tests.log $deadline "" $GRAPHS ;;
     memcheck | racecheck | synccheck | initcheck)
         if [ -z "$sanitizer" ]; then
             status="skipped: compute-sanitizer not found"

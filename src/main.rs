@@ -179,6 +179,13 @@ struct Opts {
     /// auto = bf16 on cuda, f32 on cpu and emu [default: auto]
     #[arg(long)]
     precision: Option<String>,
+    /// Where training views are augmented: device (kernels, from u8 images in page-locked
+    /// memory) or cpu (threads); auto = device on cuda, cpu on cpu and emu [default: auto]
+    #[arg(long)]
+    augment_on: Option<String>,
+    /// Run the steady-state training step as one CUDA graph: on or off (launch by launch) [default: on]
+    #[arg(long, value_parser = on_off)]
+    cuda_graphs: Option<bool>,
     /// Output directory [default: runs/<timestamp>]
     #[arg(long)]
     out: Option<PathBuf>,
@@ -280,6 +287,15 @@ enum Target {
     Linear,
 }
 
+/// `on` or `off`, as a flag's value.
+fn on_off(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, not {s}")),
+    }
+}
+
 impl Opts {
     fn config(&self, target: Target) -> Result<Config> {
         let mut c = Config::preset(&self.preset)?;
@@ -297,6 +313,8 @@ impl Opts {
         set(&mut c.seed, &self.seed);
         set(&mut c.device, &self.device);
         set(&mut c.precision, &self.precision);
+        set(&mut c.augment_on, &self.augment_on);
+        set(&mut c.cuda_graphs, &self.cuda_graphs);
         set(&mut c.pretrain.lr_scaling, &self.lr_scaling);
         set(&mut c.color_strength, &self.color_strength);
         set(&mut c.crop_min, &self.crop_min);

@@ -32,6 +32,15 @@ impl DType {
             DType::BF16 => "bf16",
         }
     }
+
+    /// How a GPU buffer stores this type.
+    pub fn elem(self) -> Elem {
+        match self {
+            DType::F32 => Elem::F32,
+            DType::BF16 => Elem::Bf16,
+            DType::F64 => panic!("f64 tensors live only on the cpu"),
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //! and is reproducible. Each test writes the small synthetic IDX dataset it needs.
 
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The tiny preset on all of a synthetic 100 train / 40 test image dataset.
@@ -260,6 +260,7 @@ fn bad_config_values() {
         ("--device", "cuda:x", "cuda:x"),
         ("--device", "emu:fast", "schedule"),
         ("--precision", "fp8", "--precision fp8"),
+        ("--augment-on", "gpu", "--augment-on gpu"),
     ] {
         t.fails(
             &tiny(&["pretrain", "--data", &data], &[flag, value]),
@@ -278,6 +279,8 @@ fn bad_config_values() {
         "bf16",
     ];
     t.fails(&args, "--precision bf16 needs a GPU");
+    let args = [&args[..5], &["--augment-on", "device"]].concat();
+    t.fails(&args, "--augment-on device needs a GPU");
 }
 
 /// `--device cuda` where there is no usable GPU (no nvcc at build time, or no driver) says why
@@ -317,6 +320,10 @@ fn bad_flags() {
     t.fails(&tiny(&pretrain, &["--epochs", "x"]), "--epochs");
     t.fails(&tiny(&pretrain, &["--no-such-flag"]), "--no-such-flag");
     t.fails(&tiny(&pretrain, &["--optimizer", "adam"]), "adam");
+    t.fails(
+        &tiny(&pretrain, &["--cuda-graphs", "maybe"]),
+        "--cuda-graphs",
+    );
     t.fails(&["retrain", "--data", &data], "retrain");
     t.fails(&["distill", "--data", &data], "--teacher");
     fails_with(&[], "subcommand");
@@ -563,6 +570,72 @@ fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
         "{} steps, largest relative loss difference {gpu} vs cpu {worst:.2e}",
         got.len()
     );
+}
+
+/// The per-step records of a metrics.jsonl file: (loss, device counters).
+fn step_records(metrics: &Path) -> Vec<(f64, Value)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["step"].is_u64())
+        .map(|r| (r["loss"].as_f64().unwrap(), r["device"].clone()))
+        .collect()
+}
+
+/// Pretraining on the GPU device with the views augmented on the device from u8 images and the
+/// steady-state steps replayed as CUDA graphs: every step's loss is the one of the same run
+/// augmented on the cpu and launched kernel by kernel, up to float rounding (the views are the
+/// same draws); steps from the fourth on are graph launches, none waits for the device, and
+/// each ships no more bytes to the device than its views would take as u8.
+#[test]
+fn device_augmentation_and_graphs_match_cpu_augmentation_launch_by_launch() {
+    let gpu = gpu_device();
+    let t = Tmp::new("augment_graphs");
+    let data = t.data("data");
+    let run = |name: &str, augment_on: &str, graphs: &str| {
+        let out = t.path(name);
+        let args = tiny(
+            &["pretrain", "--data", &data, "--out", &out],
+            &[
+                "--device",
+                gpu,
+                "--precision",
+                "f32",
+                "--batch-size",
+                "10",
+                "--epochs",
+                "1",
+                "--augment-on",
+                augment_on,
+                "--cuda-graphs",
+                graphs,
+            ],
+        );
+        let done = simclr(&args);
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert!(done.status.success(), "{name}:\n{stderr}");
+        step_records(&t.0.join(name).join("metrics.jsonl"))
+    };
+    let device = run("device", "device", "on");
+    let cpu = run("cpu", "cpu", "off");
+    assert_eq!(device.len(), 10);
+    assert_eq!(device.len(), cpu.len());
+    // 10 images of 28x28x1 a step, two views each, as u8.
+    let u8_views = 2 * 10 * 28 * 28;
+    for (i, ((got, counters), (want, _))) in device.iter().zip(&cpu).enumerate() {
+        assert!(
+            (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+            "step {i}: loss {got} augmented on the device, {want} on the cpu"
+        );
+        let count = |key: &str| counters[key].as_u64().unwrap();
+        assert_eq!(count("graphs"), (i >= 3) as u64, "step {i}: {counters}");
+        assert!(count("host_syncs") <= 1, "step {i}: {counters}");
+        assert!(count("h2d_bytes") <= u8_views, "step {i}: {counters}");
+        if i > 0 {
+            assert_eq!(count("driver_allocs"), 0, "step {i}: {counters}");
+        }
+    }
 }
 
 /// The whole flow in bf16 mixed precision on the GPU device ends pretraining within 2% of the

@@ -149,8 +149,13 @@ impl Augment {
         Frame {
             size: self.out_size,
             filter: self.filter,
-            // 10% of the side, made odd (as official: radius = size / 2).
-            blur_radius: self.out_size / 10 / 2,
+            // 10% of the side, made odd (as official: radius = size / 2); none when no view
+            // is blurred, so that the device skips the blur's passes.
+            blur_radius: if self.blur_prob > 0.0 {
+                self.out_size / 10 / 2
+            } else {
+                0
+            },
         }
     }
 
@@ -328,7 +333,16 @@ pub fn render(
     let [y, x, ch, cw] = view.crop.map(|v| v as usize);
     assert!(y + ch <= h, "crop outside the image");
     let rect = Rect { y, x, h: ch, w: cw };
-    resize(img, w, c, rect, view.flip == 1, frame.size, frame.filter, out);
+    resize(
+        img,
+        w,
+        c,
+        rect,
+        view.flip == 1,
+        frame.size,
+        frame.filter,
+        out,
+    );
     for (&op, &amount) in view.ops.iter().zip(&view.amounts) {
         match op {
             BRIGHTNESS => brightness(out, amount),
@@ -357,11 +371,13 @@ fn brightness(x: &mut [f32], f: f32) {
     x.iter_mut().for_each(|v| *v *= f);
 }
 
-/// Blends each channel with its mean over the image (tf.image.adjust_contrast).
+/// Blends each channel with its mean over the image (tf.image.adjust_contrast). The mean is
+/// summed in f64: over 224² pixels an f32 running sum drifts by more than the device's tree.
 fn contrast(x: &mut [f32], c: usize, f: f32) {
-    let n = (x.len() / c) as f32;
+    let n = (x.len() / c) as f64;
     for ch in 0..c {
-        let mean = x.iter().skip(ch).step_by(c).sum::<f32>() / n;
+        let sum: f64 = x.iter().skip(ch).step_by(c).map(|&v| v as f64).sum();
+        let mean = (sum / n) as f32;
         x.iter_mut()
             .skip(ch)
             .step_by(c)

@@ -1,6 +1,8 @@
 //! A background batch producer, so that decoding and augmentation overlap with training.
 //! One thread walks the epoch's index order and builds each batch (images augmented in
-//! parallel with rayon), handing batches over through a bounded channel.
+//! parallel with rayon), handing batches over through a bounded channel. With augmentation on
+//! the device, a batch is the u8 images and each row's drawn view instead, for the GPU to
+//! carry out (the same views, so the same pixels up to float rounding).
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::thread::JoinHandle;
 
 use rayon::prelude::*;
 
-use super::augment::{center, Augment, Normalize};
+use super::augment::{render, Augment, Frame, Normalize, ViewParams};
 use super::Dataset;
 use crate::rng::Rng;
 
@@ -24,9 +26,21 @@ pub enum Views {
     Center,
 }
 
-pub struct Batch {
+/// A batch's images, ready or still to be augmented.
+pub enum Pixels {
     /// rows × out_size × out_size × c, NHWC, standardised.
-    pub x: Vec<f32>,
+    Ready(Vec<f32>),
+    /// For the device: the batch's distinct images (u8, HWC each, in the order of the rows'
+    /// first view) and each row's view of one of them.
+    Raw {
+        images: Vec<u8>,
+        views: Vec<ViewParams>,
+        frame: Frame,
+    },
+}
+
+pub struct Batch {
+    pub pixels: Pixels,
     /// The label of each row (with two views, each label appears twice).
     pub labels: Vec<u32>,
     /// The dataset index of each row.
@@ -45,6 +59,7 @@ impl Loader {
     /// `indices` is the epoch's order (already shuffled by the caller). Image i of view v is
     /// augmented with Rng::derive(seed, &[epoch, i, v]), so batches do not depend on thread
     /// scheduling. `prefetch` (at least 1) is how many finished batches may wait in the channel.
+    /// `raw`: leave the views to the device (`Pixels::Raw`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ds: Arc<Dataset>,
@@ -57,6 +72,7 @@ impl Loader {
         seed: u64,
         epoch: u64,
         prefetch: usize,
+        raw: bool,
     ) -> Loader {
         assert!(batch_size > 0, "batch size must be positive");
         if let Views::Two(aug) | Views::One(aug) = &views {
@@ -73,7 +89,11 @@ impl Loader {
         let (tx, rx) = sync_channel(prefetch.max(1));
         let producer = std::thread::spawn(move || {
             for chunk in indices.chunks(batch_size).take(num_batches) {
-                let batch = make_batch(&ds, chunk, &views, &norm, out_size, seed, epoch);
+                let key = (seed, epoch);
+                let batch = match raw {
+                    true => raw_batch(&ds, chunk, &views, out_size, key),
+                    false => make_batch(&ds, chunk, &views, &norm, out_size, key),
+                };
                 // A send error means the Loader was dropped: stop quietly.
                 if tx.send(batch).is_err() {
                     return;
@@ -92,36 +112,109 @@ impl Loader {
     }
 }
 
+impl Views {
+    fn count(&self) -> usize {
+        match self {
+            Views::Two(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// The view of row r of a batch of `chunk`: view r / B of image chunk[r % B], drawn with
+    /// Rng::derive(seed, &[epoch, image, view]); the evaluation view has no randomness.
+    fn draw(
+        &self,
+        ds: &Dataset,
+        chunk: &[usize],
+        r: usize,
+        out_size: usize,
+        (seed, epoch): (u64, u64),
+    ) -> ViewParams {
+        let i = chunk[r % chunk.len()];
+        let view = (r / chunk.len()) as u64;
+        match self {
+            Views::Two(aug) | Views::One(aug) => {
+                let mut rng = Rng::derive(seed, &[epoch, i as u64, view]);
+                aug.sample(ds.h, ds.w, ds.c, &mut rng)
+            }
+            Views::Center => ViewParams::center(ds.h, ds.w, out_size),
+        }
+    }
+
+    fn frame(&self, out_size: usize) -> Frame {
+        match self {
+            Views::Two(aug) | Views::One(aug) => aug.frame(),
+            Views::Center => Frame::center(out_size),
+        }
+    }
+}
+
+/// The rows' dataset indices and labels.
+fn rows_of(ds: &Dataset, chunk: &[usize], n_views: usize) -> (Vec<usize>, Vec<u32>) {
+    let indices: Vec<usize> = (0..chunk.len() * n_views)
+        .map(|r| chunk[r % chunk.len()])
+        .collect();
+    let labels = indices.iter().map(|&i| ds.labels[i]).collect();
+    (indices, labels)
+}
+
 fn make_batch(
     ds: &Dataset,
     chunk: &[usize],
     views: &Views,
     norm: &Normalize,
     out_size: usize,
-    seed: u64,
-    epoch: u64,
+    key: (u64, u64),
 ) -> Batch {
-    let n_views = if let Views::Two(_) = views { 2 } else { 1 };
-    let rows = chunk.len() * n_views;
+    let (indices, labels) = rows_of(ds, chunk, views.count());
+    let rows = indices.len();
     let row_len = out_size * out_size * ds.c;
-    // Row r is view r / B of image chunk[r % B].
-    let indices: Vec<usize> = (0..rows).map(|r| chunk[r % chunk.len()]).collect();
+    let frame = views.frame(out_size);
     let mut x = vec![0f32; rows * row_len];
     x.par_chunks_mut(row_len).enumerate().for_each(|(r, out)| {
-        let i = indices[r];
-        let view = (r / chunk.len()) as u64;
-        let img = ds.image(i);
-        match views {
-            Views::Two(aug) | Views::One(aug) => {
-                let mut rng = Rng::derive(seed, &[epoch, i as u64, view]);
-                aug.apply(img, ds.h, ds.w, ds.c, norm, &mut rng, out);
-            }
-            Views::Center => center(img, ds.h, ds.w, ds.c, out_size, norm, out),
-        }
+        let view = views.draw(ds, chunk, r, out_size, key);
+        render(
+            ds.image(indices[r]),
+            ds.h,
+            ds.w,
+            ds.c,
+            &view,
+            &frame,
+            norm,
+            out,
+        );
     });
-    let labels = indices.iter().map(|&i| ds.labels[i]).collect();
     Batch {
-        x,
+        pixels: Pixels::Ready(x),
+        labels,
+        indices,
+        rows,
+    }
+}
+
+/// A batch left to the device: the chunk's images once each, and every row's view.
+fn raw_batch(
+    ds: &Dataset,
+    chunk: &[usize],
+    views: &Views,
+    out_size: usize,
+    key: (u64, u64),
+) -> Batch {
+    let (indices, labels) = rows_of(ds, chunk, views.count());
+    let rows = indices.len();
+    let params = (0..rows)
+        .map(|r| ViewParams {
+            image: (r % chunk.len()) as u32,
+            ..views.draw(ds, chunk, r, out_size, key)
+        })
+        .collect();
+    let images = chunk.iter().flat_map(|&i| ds.image(i)).copied().collect();
+    Batch {
+        pixels: Pixels::Raw {
+            images,
+            views: params,
+            frame: views.frame(out_size),
+        },
         labels,
         indices,
         rows,
@@ -157,6 +250,14 @@ impl Drop for Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::augment::center;
+
+    fn ready(b: &Batch) -> &[f32] {
+        match &b.pixels {
+            Pixels::Ready(x) => x,
+            Pixels::Raw { .. } => panic!("a raw batch"),
+        }
+    }
 
     fn dataset(n: usize, h: usize, w: usize, c: usize) -> Arc<Dataset> {
         let mut rng = Rng::new(5);
@@ -193,6 +294,7 @@ mod tests {
             42,
             epoch,
             2,
+            false,
         )
     }
 
@@ -204,9 +306,9 @@ mod tests {
         let c: Vec<Batch> = two_view_loader(&ds, 1).collect();
         assert_eq!(a.len(), 3);
         for ((a, b), c) in a.iter().zip(&b).zip(&c) {
-            assert_eq!(a.x, b.x);
+            assert_eq!(ready(a), ready(b));
             assert_eq!(a.indices, c.indices);
-            assert_ne!(a.x, c.x);
+            assert_ne!(ready(a), ready(c));
         }
     }
 
@@ -219,7 +321,7 @@ mod tests {
         assert_eq!(first.rows, 8);
         assert_eq!(first.indices, vec![9, 8, 7, 6, 9, 8, 7, 6]);
         assert_eq!(first.labels, vec![0, 2, 1, 0, 0, 2, 1, 0]);
-        assert_eq!(first.x.len(), 8 * 8 * 8 * 3);
+        assert_eq!(ready(&first).len(), 8 * 8 * 8 * 3);
         // Each row is the image's own augmentation, whatever thread built it.
         let row = 8 * 8 * 3;
         let aug = Augment::simclr(8, 1.0);
@@ -228,9 +330,9 @@ mod tests {
             let (i, view) = (first.indices[r], (r / 4) as u64);
             let mut rng = Rng::derive(42, &[0, i as u64, view]);
             aug.apply(ds.image(i), 12, 12, 3, &identity(3), &mut rng, &mut expect);
-            assert_eq!(&first.x[r * row..(r + 1) * row], &expect[..]);
+            assert_eq!(&ready(&first)[r * row..(r + 1) * row], &expect[..]);
         }
-        assert_ne!(&first.x[..row], &first.x[4 * row..5 * row]);
+        assert_ne!(&ready(&first)[..row], &ready(&first)[4 * row..5 * row]);
         let last = loader.nth(1).unwrap();
         assert_eq!((last.rows, last.indices.clone()), (4, vec![1, 0, 1, 0]));
         assert!(loader.next().is_none());
@@ -255,6 +357,7 @@ mod tests {
             1,
             0,
             1,
+            false,
         )
         .collect();
         assert_eq!(batches.len(), 2);
@@ -263,15 +366,15 @@ mod tests {
             assert_eq!(b.rows, 3);
             for (r, &i) in b.indices.iter().enumerate() {
                 center(ds.image(i), 6, 6, 1, 6, &norm, &mut expect);
-                assert_eq!(&b.x[r * 36..(r + 1) * 36], &expect[..]);
+                assert_eq!(&ready(b)[r * 36..(r + 1) * 36], &expect[..]);
             }
         }
         let one = Views::One(Augment::simclr(4, 0.5));
-        let b = Loader::new(ds, (0..7).collect(), 5, false, one, norm, 4, 1, 0, 1)
+        let b = Loader::new(ds, (0..7).collect(), 5, false, one, norm, 4, 1, 0, 1, false)
             .next()
             .unwrap();
         assert_eq!(
-            (b.rows, b.x.len(), b.indices),
+            (b.rows, ready(&b).len(), b.indices),
             (5, 5 * 16, vec![0, 1, 2, 3, 4])
         );
     }
@@ -291,8 +394,60 @@ mod tests {
             0,
             0,
             1,
+            false,
         );
         assert!(loader.next().is_some());
         drop(loader);
+    }
+
+    #[test]
+    fn raw_batches_carry_the_views_of_ready_ones() {
+        let ds = dataset(10, 12, 12, 3);
+        let views = Views::Two(Augment::simclr(8, 1.0));
+        let load = |raw| {
+            let order = (0..10).rev().collect();
+            let views = views.clone();
+            Loader::new(
+                ds.clone(),
+                order,
+                4,
+                true,
+                views,
+                identity(3),
+                8,
+                42,
+                0,
+                1,
+                raw,
+            )
+        };
+        for (ready_batch, raw) in load(false).zip(load(true)) {
+            let Pixels::Raw {
+                images,
+                views,
+                frame,
+            } = &raw.pixels
+            else {
+                panic!("a ready batch");
+            };
+            assert_eq!(
+                (raw.rows, &raw.indices),
+                (ready_batch.rows, &ready_batch.indices)
+            );
+            // The chunk's images once each, in row order; row r views image r % 4.
+            let size = 12 * 12 * 3;
+            assert_eq!(images.len(), 4 * size);
+            let mut out = vec![0f32; 8 * 8 * 3];
+            for (r, view) in views.iter().enumerate() {
+                assert_eq!(view.image as usize, r % 4);
+                let img = &images[r % 4 * size..(r % 4 + 1) * size];
+                assert_eq!(img, ds.image(raw.indices[r]));
+                render(img, 12, 12, 3, view, frame, &identity(3), &mut out);
+                assert_eq!(
+                    &ready(&ready_batch)[r * out.len()..(r + 1) * out.len()],
+                    &out[..]
+                );
+            }
+        }
     }
 }

@@ -33,6 +33,13 @@ pub struct Config {
     /// Activations' storage on a GPU: auto (bf16 on cuda, f32 elsewhere), bf16 or f32.
     #[serde(default = "auto")]
     pub precision: String,
+    /// Where the training views are augmented: auto (the device on cuda, else the cpu), cpu
+    /// or device.
+    #[serde(default = "auto")]
+    pub augment_on: String,
+    /// Run the steady-state training step as one CUDA graph (on a GPU device).
+    #[serde(default = "yes")]
+    pub cuda_graphs: bool,
     /// Encoder of the pretrained / fine-tuned network (and the baseline).
     pub arch: String,
     pub width: usize,
@@ -86,6 +93,10 @@ fn auto() -> String {
     "auto".into()
 }
 
+fn yes() -> bool {
+    true
+}
+
 impl Config {
     pub fn preset(name: &str) -> Result<Config> {
         let sgd = |epochs, batch_size, lr| StageConfig {
@@ -104,6 +115,8 @@ impl Config {
             seed: 0,
             device: "auto".into(),
             precision: "auto".into(),
+            augment_on: "auto".into(),
+            cuda_graphs: true,
             arch: "resnet8".into(),
             width: 16,
             sk: false,

@@ -4,9 +4,10 @@
 
 use crate::backend;
 use crate::data::augment::{Augment, Normalize};
-use crate::data::loader::{Loader, Views};
+use crate::data::loader::{Loader, Pixels, Views};
 use crate::data::subset;
 use crate::data::Dataset;
+use crate::device::cuda::augment::augment;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::model::{Model, ModelSpec};
@@ -26,6 +27,8 @@ pub struct Context {
     pub device: Device,
     /// The activations' element type: f32, or bf16 on a GPU (`--precision`).
     pub precision: DType,
+    /// Training views augmented by the device's kernels (`--augment-on`).
+    pub augment_on_device: bool,
     pub format: String,
     pub train: Arc<Dataset>,
     pub test: Arc<Dataset>,
@@ -64,12 +67,37 @@ pub fn precision(flag: &str, device: &Device) -> Result<DType> {
     }
 }
 
+/// `--augment-on` on `device`: whether the training views are augmented on the device. Auto
+/// is the device on a real GPU and the cpu elsewhere.
+pub fn augment_on_device(flag: &str, device: &Device) -> Result<bool> {
+    let gpu = match device {
+        Device::Gpu(gpu) => Some(gpu),
+        Device::Cpu => None,
+    };
+    match flag {
+        "cpu" => Ok(false),
+        "device" if gpu.is_some() => Ok(true),
+        "device" => Err(Error::Config(
+            "--augment-on device needs a GPU device (--device cuda or emu)".into(),
+        )),
+        "auto" => Ok(gpu.is_some_and(|gpu| !gpu.is_emulated())),
+        other => Err(Error::Config(format!(
+            "--augment-on {other}: expected auto, cpu or device"
+        ))),
+    }
+}
+
 impl Context {
     pub fn new(cfg: Config) -> Result<Context> {
         cfg.validate()?;
         let (device, why) = Device::select(&cfg.device)?;
         let precision = precision(&cfg.precision, &device)?;
-        println!("{why}, {} activations", precision.name());
+        let augment_on_device = augment_on_device(&cfg.augment_on, &device)?;
+        let on = if augment_on_device { "device" } else { "cpu" };
+        println!(
+            "{why}, {} activations, augmentation on the {on}",
+            precision.name()
+        );
         let opts = crate::data::LoadOptions {
             format: cfg.format,
             image_size: cfg.image_size,
@@ -116,6 +144,7 @@ impl Context {
             cfg,
             device,
             precision,
+            augment_on_device,
             format: data.format,
             train: Arc::new(data.train),
             test: Arc::new(data.test),
@@ -191,6 +220,7 @@ impl Context {
             self.cfg.seed ^ key,
             epoch as u64,
             2,
+            self.augment_on_device,
         )
     }
 
@@ -205,15 +235,43 @@ impl Context {
         }
     }
 
-    /// A batch's images, standardised by the loader, as a tensor on the run's device in the
-    /// run's precision: bf16 images make the network run in bf16 (every op's output takes its
-    /// input's type) up to the f32 losses.
-    /// On a GPU the batch goes through page-locked memory without the host waiting for it.
-    pub fn images(&self, x: Vec<f32>, rows: usize) -> Tensor {
-        let shape = [rows, self.train.h, self.train.w, self.train.c];
-        let x = match &self.device {
-            Device::Gpu(gpu) => Tensor::from_gpu(&shape, gpu.upload_pinned(&x)),
-            Device::Cpu => Tensor::from_vec(&shape, x),
+    /// A batch's images as a tensor on the run's device in the run's precision: bf16 images
+    /// make the network run in bf16 (every op's output takes its input's type) up to the f32
+    /// losses. On a GPU the batch goes through page-locked memory without the host waiting for
+    /// it: standardised f32 from the loader, or (`Pixels::Raw`) the u8 images and the views,
+    /// which the device augments straight into the run's precision.
+    pub fn images(&self, pixels: Pixels, rows: usize) -> Tensor {
+        let (h, w, c) = (self.train.h, self.train.w, self.train.c);
+        let shape = [rows, h, w, c];
+        let x = match (pixels, &self.device) {
+            (Pixels::Ready(x), Device::Cpu) => Tensor::from_vec(&shape, x),
+            (Pixels::Ready(x), Device::Gpu(gpu)) => Tensor::from_gpu(&shape, gpu.upload_pinned(&x)),
+            (
+                Pixels::Raw {
+                    images,
+                    views,
+                    frame,
+                },
+                Device::Gpu(gpu),
+            ) => {
+                let elem = self.precision.elem();
+                let mut out = gpu.alloc(rows * h * w * c, elem);
+                let (images, views) = (gpu.upload_pinned(&images), gpu.upload_pinned(&views));
+                augment(
+                    gpu,
+                    &images,
+                    (h, w, c),
+                    &views,
+                    rows,
+                    &frame,
+                    &self.norm,
+                    &mut out,
+                );
+                return Tensor::from_gpu(&shape, out);
+            }
+            (Pixels::Raw { .. }, Device::Cpu) => {
+                unreachable!("--augment-on device is refused on the cpu")
+            }
         };
         backend::of(&x).cast(&x, self.precision)
     }
@@ -253,7 +311,14 @@ impl Context {
         let mut now = serde_json::to_value(&self.cfg).expect("config serialises");
         // Settings that may change between the run and its resumption.
         for c in [&mut saved, &mut now] {
-            for key in ["device", "precision", "resume", "checkpoint_every"] {
+            for key in [
+                "device",
+                "precision",
+                "augment_on",
+                "cuda_graphs",
+                "resume",
+                "checkpoint_every",
+            ] {
                 c[key] = Value::Null;
             }
         }

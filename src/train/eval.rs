@@ -4,7 +4,7 @@
 use crate::autograd::Graph;
 use crate::backend;
 use crate::data::augment::Normalize;
-use crate::data::loader::{Loader, Views};
+use crate::data::loader::{Loader, Pixels, Views};
 use crate::data::Dataset;
 use crate::device::cpu::gemm::gemm;
 use crate::nn::model::Model;
@@ -34,11 +34,15 @@ pub fn forward_all(
         0,
         0,
         2,
+        false,
     );
     let (mut features, mut outputs) = (Vec::new(), Vec::new());
     for batch in loader {
         let mut g = Graph::new(false);
-        let x = Tensor::from_vec(&[batch.rows, ds.h, ds.w, ds.c], batch.x);
+        let Pixels::Ready(x) = batch.pixels else {
+            unreachable!("evaluation batches are made on the cpu")
+        };
+        let x = Tensor::from_vec(&[batch.rows, ds.h, ds.w, ds.c], x);
         let x = x.to_device(&model.device());
         let x = g.input(backend::of(&x).cast(&x, precision));
         let (f, out) = model.forward(&mut g, x, false);

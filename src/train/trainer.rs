@@ -124,6 +124,7 @@ pub fn train(
         Device::Gpu(gpu) => Some(gpu),
         Device::Cpu => None,
     };
+    let graphs = gpu.as_ref().filter(|_| ctx.cfg.cuda_graphs);
     let mut run = Run {
         stage: stage.name,
         gpu: gpu.clone(),
@@ -149,14 +150,23 @@ pub fn train(
             let rows = batch.rows;
             let lr = lr_at(base_lr, step, warmup, total);
 
-            // Forward, loss (its copy back queued), backward and update.
+            // Forward, loss, backward and update; on a GPU recorded and run as one CUDA graph
+            // in the steady state (device::cuda::graph). Then the loss's copy back is queued.
+            if let Some(gpu) = graphs {
+                gpu.begin_step();
+            }
             let mut g = Graph::new(true);
             let loss_var = loss(ctx, &mut g, model, &mut stage.objective, batch);
-            let loss = Later::read(g.value(loss_var));
             g.backward(loss_var);
             let grads = g.param_grads();
             opt.step(&mut model.store, &grads, lr);
+            let loss_value = g.value(loss_var).clone();
             drop((g, grads));
+            if let Some(gpu) = graphs {
+                gpu.end_step();
+            }
+            let loss = Later::read(&loss_value);
+            drop(loss_value);
 
             // The previous step's loss: the step's one wait for the device, if any.
             if let Some(previous) = pending.take() {
@@ -365,7 +375,7 @@ fn loss(
     objective: &mut Objective,
     batch: Batch,
 ) -> Var {
-    let images = ctx.images(batch.x, batch.rows);
+    let images = ctx.images(batch.pixels, batch.rows);
     let x = g.input(images.clone());
     match objective {
         Objective::Contrastive { temperature } => {

@@ -2,8 +2,13 @@
 //! are handed out again, so that once a training step has run, the next one asks the driver for
 //! nothing (every step allocates the same sizes). The high-water mark of bytes in use is what
 //! tests use to bound a kernel's extra memory.
+//!
+//! A free list hands out its lowest address first, so the blocks a step gets depend only on
+//! which blocks are free, not on the order earlier steps freed them in: a step that allocates
+//! and frees as the last one did gets the very same addresses, and can replay the last one's
+//! CUDA graph (`graph.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Sizes round up to this granularity, so near-equal requests share a free list.
 const GRANULE: usize = 512;
@@ -26,14 +31,17 @@ pub struct MemStats {
 
 #[derive(Default)]
 pub struct Cache {
-    free: HashMap<usize, Vec<u64>>,
+    free: HashMap<usize, BTreeSet<u64>>,
+    /// Blocks with an owner of their own (a step's upload buffers, `graph.rs`): their buffers'
+    /// drops do not free them.
+    reserved: HashSet<u64>,
     pub stats: MemStats,
 }
 
 impl Cache {
     /// A cached block of `size` (already rounded) bytes, if one is free.
     pub fn take(&mut self, size: usize) -> Option<u64> {
-        let ptr = self.free.get_mut(&size)?.pop()?;
+        let ptr = self.free.get_mut(&size)?.pop_first()?;
         self.stats.cached -= size;
         self.note_in_use(size);
         Some(ptr)
@@ -51,12 +59,24 @@ impl Cache {
     }
 
     pub fn give_back(&mut self, ptr: u64, size: usize) {
-        if ptr == 0 {
-            return; // the stand-in for an allocation that failed, never booked
+        if ptr == 0 || self.reserved.contains(&ptr) {
+            return; // the stand-in for an allocation that failed (never booked), or reserved
         }
         self.stats.in_use -= size;
         self.stats.cached += size;
-        self.free.entry(size).or_default().push(ptr);
+        self.free.entry(size).or_default().insert(ptr);
+    }
+
+    /// Takes a live block out of the allocator's hands: its buffers' drops leave it alone.
+    pub fn reserve(&mut self, ptr: u64) {
+        self.reserved.insert(ptr);
+    }
+
+    /// Gives a reserved block of `size` bytes back, as free.
+    pub fn release(&mut self, ptr: u64, size: usize) {
+        if self.reserved.remove(&ptr) {
+            self.give_back(ptr, size);
+        }
     }
 
     /// Empties the free lists (before retrying an allocation the driver refused).

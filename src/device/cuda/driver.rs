@@ -1,9 +1,15 @@
 //! The real driver through cudarc's thin `result` layer, loaded dynamically so that the binary
 //! runs on machines without CUDA. Kernels come from the fatbins build.rs embedded (one module
 //! per family); a kernel's function handle is looked up on first use and cached.
+//!
+//! Work goes on two streams the driver creates (non-blocking, so nothing else in the process
+//! synchronises with them; and unlike the legacy default stream they can be captured into a
+//! graph): the compute stream for the kernels and most copies, the copy stream for a training
+//! step's uploads (`Queue`). The blocking copies are asynchronous copies on the compute stream
+//! followed by a wait for it.
 
 use super::kernels::FATBINS;
-use super::runtime::Runtime;
+use super::runtime::{Queue, Runtime};
 use cudarc::driver::{result, sys};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -11,6 +17,8 @@ use std::sync::Mutex;
 
 pub struct Driver {
     ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    copy_stream: sys::CUstream,
     modules: Vec<sys::CUmodule>,
     functions: Mutex<HashMap<String, sys::CUfunction>>,
 }
@@ -50,12 +58,24 @@ impl Driver {
                 .map_err(|e| format!("loading kernels/{family}.cu: {e:?}"))?;
             modules.push(module);
         }
+        let kind = || result::stream::StreamKind::NonBlocking;
+        let stream = result::stream::create(kind()).map_err(msg)?;
+        let copy_stream = result::stream::create(kind()).map_err(msg)?;
         let driver = Driver {
             ctx,
+            stream,
+            copy_stream,
             modules,
             functions: Mutex::new(HashMap::new()),
         };
         Ok((driver, name))
+    }
+
+    fn stream(&self, queue: Queue) -> sys::CUstream {
+        match queue {
+            Queue::Compute => self.stream,
+            Queue::Copy => self.copy_stream,
+        }
     }
 
     fn make_current(&self) -> Result<(), String> {
@@ -95,22 +115,24 @@ impl Runtime for Driver {
 
     unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<(), String> {
         self.make_current()?;
-        result::memcpy_htod_sync(dst, src).map_err(msg)
+        result::memcpy_htod_async(dst, src, self.stream).map_err(msg)?;
+        result::stream::synchronize(self.stream).map_err(msg)
     }
 
     unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<(), String> {
         self.make_current()?;
-        result::memcpy_dtoh_sync(dst, src).map_err(msg)
+        result::memcpy_dtoh_async(dst, src, self.stream).map_err(msg)?;
+        result::stream::synchronize(self.stream).map_err(msg)
     }
 
     unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), String> {
         self.make_current()?;
-        result::memcpy_dtod_sync(dst, src, bytes).map_err(msg)
+        result::memcpy_dtod_async(dst, src, bytes, self.stream).map_err(msg)
     }
 
     unsafe fn fill_bytes(&self, dst: u64, value: u8, bytes: usize) -> Result<(), String> {
         self.make_current()?;
-        result::memset_d8_sync(dst, value, bytes).map_err(msg)
+        result::memset_d8_async(dst, value, bytes, self.stream).map_err(msg)
     }
 
     unsafe fn launch(
@@ -128,7 +150,7 @@ impl Runtime for Driver {
             (grid[0], grid[1], grid[2]),
             (block[0], block[1], block[2]),
             shared_bytes,
-            std::ptr::null_mut(), // the default stream: launches and copies stay in order
+            self.stream, // the one stream: launches and copies stay in order
             params,
         )
         .map_err(msg)
@@ -151,11 +173,11 @@ impl Runtime for Driver {
         self.make_current()?;
         let events = Events::new()?;
         let [start, end] = events.0;
-        // SAFETY: both events are live until `events` drops; the default stream, as launches.
+        // SAFETY: both events are live until `events` drops; the launches' stream.
         unsafe {
-            result::event::record(start, std::ptr::null_mut()).map_err(msg)?;
+            result::event::record(start, self.stream).map_err(msg)?;
             work();
-            result::event::record(end, std::ptr::null_mut()).map_err(msg)?;
+            result::event::record(end, self.stream).map_err(msg)?;
             result::event::synchronize(end).map_err(msg)?;
             result::event::elapsed(start, end)
                 .map(f64::from)
@@ -182,25 +204,30 @@ impl Runtime for Driver {
         }
     }
 
-    // The copies go on the default stream, as the launches: ordered after the queued kernels.
-    unsafe fn upload_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<(), String> {
+    unsafe fn upload_async(
+        &self,
+        dst: u64,
+        src: *const u8,
+        bytes: usize,
+        queue: Queue,
+    ) -> Result<(), String> {
         self.make_current()?;
         let src = std::slice::from_raw_parts(src, bytes);
-        result::memcpy_htod_async(dst, src, std::ptr::null_mut()).map_err(msg)
+        result::memcpy_htod_async(dst, src, self.stream(queue)).map_err(msg)
     }
 
     unsafe fn download_async(&self, src: u64, dst: *mut u8, bytes: usize) -> Result<(), String> {
         self.make_current()?;
         let dst = std::slice::from_raw_parts_mut(dst, bytes);
-        result::memcpy_dtoh_async(dst, src, std::ptr::null_mut()).map_err(msg)
+        result::memcpy_dtoh_async(dst, src, self.stream).map_err(msg)
     }
 
-    fn record_event(&self) -> Result<u64, String> {
+    fn record_event(&self, queue: Queue) -> Result<u64, String> {
         self.make_current()?;
         let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
         let event = result::event::create(flags).map_err(msg)?;
-        // SAFETY: a live event, on the launches' default stream.
-        match unsafe { result::event::record(event, std::ptr::null_mut()) } {
+        // SAFETY: a live event, on one of the driver's streams.
+        match unsafe { result::event::record(event, self.stream(queue)) } {
             Ok(()) => Ok(event as u64),
             Err(e) => {
                 // SAFETY: created above, used nowhere else.
@@ -208,6 +235,14 @@ impl Runtime for Driver {
                 Err(msg(e))
             }
         }
+    }
+
+    fn queue_wait(&self, queue: Queue, event: u64) -> Result<(), String> {
+        self.make_current()?;
+        let flags = sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT;
+        // SAFETY: a live event of record_event, one of the driver's streams.
+        unsafe { result::stream::wait_event(self.stream(queue), event as sys::CUevent, flags) }
+            .map_err(msg)
     }
 
     fn event_done(&self, event: u64) -> Result<bool, String> {
@@ -229,6 +264,42 @@ impl Runtime for Driver {
     unsafe fn destroy_event(&self, event: u64) {
         if self.make_current().is_ok() {
             let _ = result::event::destroy(event as sys::CUevent);
+        }
+    }
+
+    fn has_graphs(&self) -> bool {
+        true
+    }
+
+    fn begin_capture(&self) -> Result<(), String> {
+        self.make_current()?;
+        // Relaxed: other threads (the loader) may make driver calls meanwhile.
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+        // SAFETY: the driver's live stream.
+        unsafe { result::stream::begin_capture(self.stream, mode) }.map_err(msg)
+    }
+
+    fn end_capture(&self) -> Result<u64, String> {
+        self.make_current()?;
+        // SAFETY: the stream is capturing (begin_capture); the graph is only instantiated and
+        // then destroyed, the executable graph lives on.
+        unsafe {
+            let graph = result::stream::end_capture(self.stream).map_err(msg)?;
+            let exec = result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
+            let _ = result::graph::destroy(graph);
+            exec.map(|e| e as u64).map_err(msg)
+        }
+    }
+
+    fn launch_graph(&self, graph: u64) -> Result<(), String> {
+        self.make_current()?;
+        // SAFETY: an executable graph of end_capture, not destroyed.
+        unsafe { result::graph::launch(graph as sys::CUgraphExec, self.stream) }.map_err(msg)
+    }
+
+    unsafe fn destroy_graph(&self, graph: u64) {
+        if self.make_current().is_ok() {
+            let _ = result::graph::exec_destroy(graph as sys::CUgraphExec);
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod driver;
 pub mod elementwise;
 pub mod emu;
 pub mod gemm;
+pub mod graph;
 pub mod loss;
 pub mod normalize;
 pub mod ntxent;
@@ -30,7 +31,7 @@ pub mod kernels {
 
 use alloc::{Cache, MemStats};
 pub use emu::Schedule;
-use runtime::Runtime;
+use runtime::{Queue, Runtime};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,12 @@ struct Inner {
     host_syncs: AtomicUsize,
     /// Bytes copied host to device so far.
     h2d_bytes: AtomicUsize,
+    /// Steps run as one graph launch so far.
+    graph_launches: AtomicUsize,
+    /// The step being recorded, the last steps' shapes and the graphs (`graph.rs`).
+    steps: Mutex<graph::Steps>,
+    /// Whether `steps` holds a recording under way.
+    recording: std::sync::atomic::AtomicBool,
     /// The page-locked buffers `upload_pinned` copies through, in turn.
     staging: Mutex<Staging>,
     /// The dynamic shared memory each kernel was allowed (a real GPU keeps the attribute, so
@@ -127,6 +134,8 @@ pub struct Counters {
     /// Allocations the caching allocator had to ask the driver for.
     pub driver_allocs: usize,
     pub h2d_bytes: usize,
+    /// Steps run as one CUDA graph launch (their kernels are counted in `launches` too).
+    pub graphs: usize,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -135,6 +144,7 @@ impl std::ops::AddAssign for Counters {
         self.host_syncs += c.host_syncs;
         self.driver_allocs += c.driver_allocs;
         self.h2d_bytes += c.h2d_bytes;
+        self.graphs += c.graphs;
     }
 }
 
@@ -146,6 +156,7 @@ impl std::ops::Sub for Counters {
             host_syncs: self.host_syncs - before.host_syncs,
             driver_allocs: self.driver_allocs - before.driver_allocs,
             h2d_bytes: self.h2d_bytes - before.h2d_bytes,
+            graphs: self.graphs - before.graphs,
         }
     }
 }
@@ -246,9 +257,7 @@ impl Clone for Buffer {
     fn clone(&self) -> Buffer {
         let mut out = self.gpu.alloc_bytes(self.bytes);
         out.elem = self.elem;
-        self.gpu.runtime_call("copy", || unsafe {
-            self.gpu.0.runtime.copy(out.ptr, self.ptr, self.bytes)
-        });
+        self.gpu.copy_device(out.ptr, self.ptr, self.bytes);
         out
     }
 }
@@ -287,6 +296,25 @@ pub enum Arg {
     I32(i32),
     U32(u32),
     F32(f32),
+}
+
+impl Arg {
+    /// The argument's bytes in a u64 slot, as the kernel receives them.
+    fn slot(self) -> u64 {
+        match self {
+            Arg::Ptr(p) => p,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::U32(v) => v as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+impl PartialEq for Arg {
+    /// What the kernel receives is the same (so a NaN scalar equals itself).
+    fn eq(&self, other: &Arg) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other) && self.slot() == other.slot()
+    }
 }
 
 impl From<&Buffer> for Arg {
@@ -328,6 +356,9 @@ impl Gpu {
             launches: AtomicUsize::new(0),
             host_syncs: AtomicUsize::new(0),
             h2d_bytes: AtomicUsize::new(0),
+            graph_launches: AtomicUsize::new(0),
+            steps: Mutex::new(graph::Steps::default()),
+            recording: std::sync::atomic::AtomicBool::new(false),
             staging: Mutex::new(Staging::default()),
             opted_in: Mutex::new(std::collections::HashMap::new()),
         }))
@@ -366,6 +397,7 @@ impl Gpu {
     /// Returns (and clears) the first error since the last check, after waiting for the
     /// device to finish its queued work.
     pub fn check(&self) -> Result<(), GpuError> {
+        self.stop_recording();
         self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
         self.runtime_call("synchronize", || {
             self.0
@@ -399,6 +431,7 @@ impl Gpu {
     /// (CUDA events on a real GPU; the host clock on the emulator, whose launches are
     /// synchronous). Benches time with this.
     pub fn time_ms(&self, mut work: impl FnMut()) -> Result<f64, GpuError> {
+        self.stop_recording();
         self.0
             .runtime
             .time_ms(&mut work)
@@ -430,20 +463,40 @@ impl Gpu {
     /// the error is recorded and the buffer is null (launches are skipped from then on).
     fn alloc_bytes(&self, bytes: usize) -> Buffer {
         let size = alloc::rounded(bytes);
-        let cached = self.0.cache.lock().unwrap().take(size);
-        let ptr = cached.unwrap_or_else(|| self.driver_alloc(size));
-        let buf = Buffer {
+        let ptr = self.block(size);
+        if self.0.poison && ptr != 0 {
+            self.fill(ptr, 0xFF, size);
+        }
+        Buffer {
             ptr,
             bytes,
             elem: Elem::F32,
             gpu: self.clone(),
-        };
-        if self.0.poison && ptr != 0 {
+        }
+    }
+
+    /// A block of `size` (rounded) bytes, from the cache or the driver (0 after a failure).
+    fn block(&self, size: usize) -> u64 {
+        let cached = self.0.cache.lock().unwrap().take(size);
+        cached.unwrap_or_else(|| self.driver_alloc(size))
+    }
+
+    /// Sets `bytes` bytes at `dst` to `value`, queued (or recorded, in a step).
+    fn fill(&self, dst: u64, value: u8, bytes: usize) {
+        if !self.record_op(|| graph::Op::Fill { dst, value, bytes }) {
+            // SAFETY: `dst` is a live block of at least `bytes`.
             self.runtime_call("fill", || unsafe {
-                self.0.runtime.fill_bytes(ptr, 0xFF, size)
+                self.0.runtime.fill_bytes(dst, value, bytes)
             });
         }
-        buf
+    }
+
+    /// Copies `bytes` bytes from `src` to `dst` on the device, queued (or recorded).
+    fn copy_device(&self, dst: u64, src: u64, bytes: usize) {
+        if !self.record_op(|| graph::Op::Copy { dst, src, bytes }) {
+            // SAFETY: both are live blocks of at least `bytes`.
+            self.runtime_call("copy", || unsafe { self.0.runtime.copy(dst, src, bytes) });
+        }
     }
 
     fn driver_alloc(&self, size: usize) -> u64 {
@@ -491,13 +544,12 @@ impl Gpu {
     /// `len` zeros of type `elem` (all-zero bits are 0.0 in f32 and bf16 alike).
     pub fn zeros(&self, len: usize, elem: Elem) -> Buffer {
         let buf = self.alloc(len, elem);
-        self.runtime_call("memset", || unsafe {
-            self.0.runtime.fill_bytes(buf.ptr, 0, buf.bytes)
-        });
+        self.fill(buf.ptr, 0, buf.bytes);
         buf
     }
 
     pub fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> Buffer {
+        self.stop_recording();
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buf = self.alloc_bytes(bytes.len());
         self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
@@ -510,19 +562,34 @@ impl Gpu {
 
     /// `data` on the device without the host waiting for the device: copied into a
     /// page-locked staging buffer (`Staging`), from which the device copies it after the work
-    /// queued so far.
+    /// queued so far. Inside a recorded step (`graph.rs`), into the step's buffer for this
+    /// upload, before the step's work.
     pub fn upload_pinned<T: bytemuck::Pod>(&self, data: &[T]) -> Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
+        if let Some(ptr) = self.record_upload(bytes) {
+            return Buffer {
+                ptr,
+                bytes: bytes.len(),
+                elem: Elem::F32,
+                gpu: self.clone(),
+            };
+        }
         let buf = self.alloc_bytes(bytes.len());
+        self.stage_upload(buf.ptr, bytes, Queue::Compute);
+        buf
+    }
+
+    /// Queues on `queue` the copy of `bytes` to `dst` through a staging buffer.
+    fn stage_upload(&self, dst: u64, bytes: &[u8], queue: Queue) {
         if bytes.is_empty() || self.failed() {
-            return buf;
+            return;
         }
         let mut staging = self.0.staging.lock().unwrap();
         let (ptr, size) = match self.staging_slot(&mut staging, bytes.len()) {
             Ok(slot) => slot,
             Err(msg) => {
                 self.record(GpuError::Runtime { op: "staging", msg });
-                return buf;
+                return;
             }
         };
         self.0.h2d_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
@@ -530,9 +597,9 @@ impl Gpu {
         // after the copy keeps it unchanged until the device has read it.
         let copied = unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len());
-            self.0.runtime.upload_async(buf.ptr, ptr, bytes.len())
+            self.0.runtime.upload_async(dst, ptr, bytes.len(), queue)
         };
-        match self.event_after(copied) {
+        match self.event_after(copied, queue) {
             Ok(event) => staging.slots.push(Slot {
                 ptr,
                 bytes: size,
@@ -544,16 +611,15 @@ impl Gpu {
                 self.record(GpuError::Runtime { op: "upload", msg });
             }
         }
-        buf
     }
 
-    /// An event after a copy that `queued` says was queued. On any failure the error comes
-    /// back and no queued copy may still use the host memory: when the copy was queued but no
-    /// event could follow it, the device is drained first.
-    fn event_after(&self, queued: Result<(), String>) -> Result<u64, String> {
+    /// An event after a copy on `queue` that `queued` says was queued. On any failure the
+    /// error comes back and no queued copy may still use the host memory: when the copy was
+    /// queued but no event could follow it, the device is drained first.
+    fn event_after(&self, queued: Result<(), String>, queue: Queue) -> Result<u64, String> {
         let runtime = &self.0.runtime;
         queued?;
-        runtime.record_event().inspect_err(|_| {
+        runtime.record_event(queue).inspect_err(|_| {
             let _ = runtime.synchronize();
         })
     }
@@ -611,6 +677,7 @@ impl Gpu {
     /// them, waiting only if the device has not got to the copy yet. The copy goes into a
     /// buffer of the staging pool, which goes back to the pool when the `Pending` drops.
     pub fn download_later(&self, buf: &Buffer) -> Pending {
+        self.stop_recording();
         assert_eq!(buf.elem, Elem::F32, "download_later reads f32 values");
         let bytes = buf.bytes;
         let mut pending = Pending {
@@ -633,7 +700,7 @@ impl Gpu {
         pending.slot = Some((host, size));
         // SAFETY: `host` holds `bytes` and stays in `pending` until the copy is done.
         let copied = unsafe { self.0.runtime.download_async(buf.ptr, host, bytes) };
-        match self.event_after(copied) {
+        match self.event_after(copied, Queue::Compute) {
             Ok(event) => pending.event = Some(event),
             Err(msg) => self.record(GpuError::Runtime {
                 op: "download",
@@ -674,6 +741,7 @@ impl Gpu {
 
     /// The whole buffer as host values (zeros after an error).
     pub fn download<T: bytemuck::Pod>(&self, buf: &Buffer) -> Vec<T> {
+        self.stop_recording();
         let mut out = vec![T::zeroed(); buf.bytes / std::mem::size_of::<T>()];
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
         self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
@@ -701,6 +769,16 @@ impl Gpu {
                 self.record(e);
                 return;
             }
+        }
+        let recorded = self.record_op(|| graph::Op::Launch {
+            kernel,
+            grid,
+            block,
+            shared,
+            args: args.to_vec(),
+        });
+        if recorded {
+            return;
         }
         let launched = self.try_launch(kernel, grid, block, shared, args);
         let result = launched.and_then(|()| match self.0.sync_launches {
@@ -730,15 +808,7 @@ impl Gpu {
         self.0.launches.fetch_add(1, Ordering::Relaxed);
         // Each argument's bytes sit in a u64 slot; params[i] points at slot i, as
         // cuLaunchKernel expects (it copies sizeof(parameter) bytes from each pointer).
-        let mut slots: Vec<u64> = args
-            .iter()
-            .map(|a| match *a {
-                Arg::Ptr(p) => p,
-                Arg::I32(v) => v as u32 as u64,
-                Arg::U32(v) => v as u64,
-                Arg::F32(v) => v.to_bits() as u64,
-            })
-            .collect();
+        let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut params: Vec<*mut c_void> = slots
             .iter_mut()
             .map(|s| s as *mut u64 as *mut c_void)
@@ -801,6 +871,7 @@ impl Gpu {
             host_syncs: self.0.host_syncs.load(Ordering::Relaxed),
             driver_allocs: self.memory().driver_allocs,
             h2d_bytes: self.0.h2d_bytes.load(Ordering::Relaxed),
+            graphs: self.0.graph_launches.load(Ordering::Relaxed),
         }
     }
 
@@ -875,6 +946,8 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Kernels of the last step may still use the memory freed below.
         let _ = self.runtime.synchronize();
+        let steps = std::mem::take(self.steps.get_mut().unwrap());
+        steps.release(self);
         for slot in self.staging.get_mut().unwrap().slots.drain(..) {
             // SAFETY: nothing can queue work any more; wait for the last copy, then free.
             let _ = self.runtime.wait_event(slot.event);

@@ -1,10 +1,8 @@
 //! Optimiser updates (kernels/optim.cu) of every parameter tensor of a step in a few launches,
 //! with the formulas of cpu::optim: LARS in three (chunk norms, per-tensor norms, update), SGD
-//! in one. The tensors are described to the kernels by a table uploaded once per step (the
-//! gradients are fresh buffers every step). See the kernel file for the table and the order of
-//! the sums, which depends on the tensors' lengths only. The upload is a small synchronous copy
-//! from pageable memory, so it waits for the backward pass; an asynchronous copy stream would
-//! let the host run ahead.
+//! in one. The tensors and the learning rate are described to the kernels by a table uploaded
+//! once per step (the gradients are fresh buffers every step), without a wait. See the kernel
+//! file for the table and the order of the sums, which depends on the tensors' lengths only.
 
 use super::{Buffer, Gpu};
 
@@ -22,9 +20,10 @@ pub struct Param<'a> {
     pub adapt: bool,
 }
 
-/// The kernels' table (TABLE_WORDS = 6 words per tensor) and the number of chunks.
-fn table(params: &[Param]) -> (Vec<u64>, usize) {
-    let mut words = Vec::with_capacity(6 * params.len());
+/// The kernels' table (TABLE_WORDS = 6 words per tensor, then the learning rate) and the
+/// number of chunks.
+fn table(params: &[Param], lr: f32) -> (Vec<u64>, usize) {
+    let mut words = Vec::with_capacity(6 * params.len() + 1);
     let mut chunks = 0;
     for p in params {
         let n = p.w.len_f32();
@@ -38,6 +37,7 @@ fn table(params: &[Param]) -> (Vec<u64>, usize) {
         chunks += n.div_ceil(CHUNK);
     }
     assert!(chunks < i32::MAX as usize, "optimiser: too many chunks");
+    words.push(lr.to_bits() as u64);
     (words, chunks)
 }
 
@@ -47,7 +47,7 @@ pub fn lars_step(gpu: &Gpu, params: &mut [Param], lr: f32, momentum: f32, eta: f
     if params.is_empty() {
         return;
     }
-    let (words, chunks) = table(params);
+    let (words, chunks) = table(params, lr);
     let (table, tensors) = (gpu.upload_pinned(&words), params.len() as i32);
     let mut partial = gpu.alloc_f32(2 * chunks);
     let mut norms = gpu.alloc_f32(2 * params.len());
@@ -80,7 +80,6 @@ pub fn lars_step(gpu: &Gpu, params: &mut [Param], lr: f32, momentum: f32, eta: f
         &[
             (&table).into(),
             tensors.into(),
-            lr.into(),
             momentum.into(),
             eta.into(),
             (&norms).into(),
@@ -94,7 +93,7 @@ pub fn sgd_step(gpu: &Gpu, params: &mut [Param], lr: f32, momentum: f32, nestero
     if params.is_empty() {
         return;
     }
-    let (words, chunks) = table(params);
+    let (words, chunks) = table(params, lr);
     let table = gpu.upload_pinned(&words);
     gpu.launch(
         "optim_sgd_apply",
@@ -104,7 +103,6 @@ pub fn sgd_step(gpu: &Gpu, params: &mut [Param], lr: f32, momentum: f32, nestero
         &[
             (&table).into(),
             (params.len() as i32).into(),
-            lr.into(),
             momentum.into(),
             (nesterov as i32).into(),
         ],

@@ -6,6 +6,15 @@
 
 use std::ffi::c_void;
 
+/// Where queued work goes: the kernels and most copies on `Compute`; a training step's uploads
+/// on `Copy`, so that they overlap the previous step's kernels (`graph.rs`). Work on one queue
+/// is ordered; across the two only by events (`record_event`, `queue_wait`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queue {
+    Compute,
+    Copy,
+}
+
 pub trait Runtime: Send + Sync {
     /// A device allocation of `bytes` (> 0), as a device address.
     fn alloc(&self, bytes: usize) -> Result<u64, String>;
@@ -46,8 +55,8 @@ pub trait Runtime: Send + Sync {
     fn free_memory(&self) -> Option<usize>;
 
     // Copies that do not wait. The defaults are the emulator's: its launches run to completion
-    // as they are made, so a queued copy can be done at once and every event is already done.
-    // The driver queues them on the launch stream, from page-locked host memory.
+    // as they are made, so a queued copy can be done at once, every event is already done and
+    // the two queues are one. The driver queues them on its streams, from page-locked memory.
 
     /// Page-locked host memory of `bytes` (> 0), which copies that do not wait need.
     fn host_alloc(&self, bytes: usize) -> Result<*mut u8, String> {
@@ -65,12 +74,19 @@ pub trait Runtime: Send + Sync {
     unsafe fn host_free(&self, ptr: *mut u8, bytes: usize) {
         std::alloc::dealloc(ptr, std::alloc::Layout::from_size_align(bytes, 64).unwrap());
     }
-    /// Queues a copy of `bytes` from host memory of `host_alloc` to `dst` after the work queued
-    /// so far, and returns at once.
+    /// Queues on `queue` a copy of `bytes` from host memory of `host_alloc` to `dst`, and
+    /// returns at once.
     /// # Safety
     /// `src` stays valid and unchanged until an event recorded after this copy is done; `dst`
-    /// is a live allocation of at least `bytes`.
-    unsafe fn upload_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<(), String> {
+    /// is a live allocation of at least `bytes` that no work queued on the other queue uses
+    /// unless ordered by events.
+    unsafe fn upload_async(
+        &self,
+        dst: u64,
+        src: *const u8,
+        bytes: usize,
+        _queue: Queue,
+    ) -> Result<(), String> {
         self.upload(dst, std::slice::from_raw_parts(src, bytes))
     }
     /// Queues a copy of `bytes` from `src` to host memory of `host_alloc` after the work
@@ -81,9 +97,13 @@ pub trait Runtime: Send + Sync {
     unsafe fn download_async(&self, src: u64, dst: *mut u8, bytes: usize) -> Result<(), String> {
         self.download(src, std::slice::from_raw_parts_mut(dst, bytes))
     }
-    /// An event after the work queued so far (a handle for the calls below).
-    fn record_event(&self) -> Result<u64, String> {
+    /// An event after the work queued so far on `queue` (a handle for the calls below).
+    fn record_event(&self, _queue: Queue) -> Result<u64, String> {
         Ok(0)
+    }
+    /// Makes the work queued on `queue` from now on wait for `event`, on the device.
+    fn queue_wait(&self, _queue: Queue, _event: u64) -> Result<(), String> {
+        Ok(())
     }
     /// Whether the work before `event` is done, without waiting.
     fn event_done(&self, _event: u64) -> Result<bool, String> {
@@ -96,4 +116,26 @@ pub trait Runtime: Send + Sync {
     /// # Safety
     /// `event` came from `record_event` of this runtime and is not used afterwards.
     unsafe fn destroy_event(&self, _event: u64) {}
+
+    // Graphs (`graph.rs`). The emulator has none: there `Gpu` replays a step's recorded work
+    // one launch at a time.
+
+    fn has_graphs(&self) -> bool {
+        false
+    }
+    /// From now on the launches and copies queued are captured into a graph, not run.
+    fn begin_capture(&self) -> Result<(), String> {
+        Err("this runtime has no graphs".into())
+    }
+    /// Ends the capture: the graph, ready to launch.
+    fn end_capture(&self) -> Result<u64, String> {
+        Err("this runtime has no graphs".into())
+    }
+    /// Queues the graph's work after the work queued so far.
+    fn launch_graph(&self, _graph: u64) -> Result<(), String> {
+        Err("this runtime has no graphs".into())
+    }
+    /// # Safety
+    /// `graph` came from `end_capture` of this runtime and is not used afterwards.
+    unsafe fn destroy_graph(&self, _graph: u64) {}
 }
