@@ -7,7 +7,9 @@
 //!   times the same step). The case names count views: `_b512_`.
 //!
 //! Two variants, as the paper's two losses: `ntxent`, the 3-layer projection head and NT-Xent
-//! over B/2 positive pairs; `xent`, a linear classifier and softmax cross-entropy.
+//! over B/2 positive pairs; `xent`, a linear classifier and softmax cross-entropy. On the GPU
+//! devices each is timed launch by launch and, as `_graph`, recorded and replayed as a CUDA
+//! graph as the trainer runs it (device::cuda::graph).
 
 mod common;
 
@@ -119,6 +121,14 @@ fn bench_step(c: &mut Criterion, device: &Device, case: &Case) {
         common::time(c, "train_step", &name, device, images, |_| {
             step(&mut model, &mut opt, &x, labels)
         });
+        if let Device::Gpu(gpu) = device {
+            let name = format!("{name}_graph");
+            common::time(c, "train_step", &name, device, images, |_| {
+                gpu.begin_step();
+                step(&mut model, &mut opt, &x, labels);
+                gpu.end_step();
+            });
+        }
     }
 }
 

@@ -33,7 +33,7 @@ synccheck    15  compute-sanitizer synccheck: one training step
 initcheck    15  compute-sanitizer initcheck: one training step
 step         60  ours: the ResNet-50 SimCLR step in bf16, 512 views (256 images) at 224 px, NT-Xent, LARS
 conv         65  ours: every distinct ResNet-50 convolution in bf16 at 512 views: fwd, dgrad, wgrad
-ntxent_gemm  20  ours: fused NT-Xent at 2N = 8192, d = 128 (and its memory); 4096^3 GEMM f32, bf16
+ntxent_gemm  20  ours: fused NT-Xent at 2N = 8192, d = 128 (and its memory); 4096^3 GEMM f32, bf16; augmentation of 512 views at 224 px
 pytorch     100  PyTorch: peaks (bf16 GEMM, copy), then bf16 autocast + channels_last, then fp32/TF32
 "
 
@@ -48,7 +48,7 @@ PIPELINE="cli:tiny_pipeline_on_the_gpu_device_matches_cpu cli:tiny_pipeline_in_b
 GRAPHS="graph cli:device_augmentation_and_graphs_match_cpu_augmentation_launch_by_launch"
 MEMCHECK="$KERNELS $STEP"
 RACECHECK="conv batchnorm ntxent gemm loss pool sk normalize optim augment emu"
-BENCHES="train_step conv ntxent gemm"
+BENCHES="train_step conv ntxent gemm augment"
 # Criterion's times per case: short, as a case is timed with CUDA events over many runs.
 BENCH_ARGS=${BENCH_ARGS:---warm-up-time 0.2 --measurement-time 0.5}
 
@@ -276,7 +276,7 @@ for part in $(parts); do
     conv) stream bench.log $deadline "$bundle/bench/conv" --bench $BENCH_ARGS || status="exit $?" ;;
     ntxent_gemm)
         # shellcheck disable=SC2086
-        for b in ntxent gemm; do
+        for b in ntxent gemm augment; do
             stream bench.log $deadline "$bundle/bench/$b" --bench $BENCH_ARGS || status="exit $? ($b)"
         done
         ;;
