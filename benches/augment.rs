@@ -45,43 +45,31 @@ fn main() {
     };
     let frame = aug.frame();
     let row = size * size * c;
+    let work = Work::Images(views as f64);
     for device in &setup.devices {
+        let mut time = |case: String, run: &mut dyn FnMut(usize)| {
+            common::time(&mut crit, "augment", &case, device, work, run)
+        };
         match device {
             Device::Cpu => {
-                let case = format!("f32_v{views}_s{size}");
                 let mut out = vec![0f32; views * row];
                 let image = side * side * c;
-                common::time(
-                    &mut crit,
-                    "augment",
-                    &case,
-                    device,
-                    Work::Images(views as f64),
-                    |_| {
-                        out.par_chunks_mut(row).zip(&params).for_each(|(o, v)| {
-                            let i = v.image as usize;
-                            let img = &pixels[i * image..(i + 1) * image];
-                            render(img, side, side, c, v, &frame, &norm, o);
-                        })
-                    },
-                );
+                time(format!("f32_v{views}_s{size}"), &mut |_| {
+                    out.par_chunks_mut(row).zip(&params).for_each(|(o, v)| {
+                        let i = v.image as usize;
+                        let img = &pixels[i * image..(i + 1) * image];
+                        render(img, side, side, c, v, &frame, &norm, o);
+                    })
+                });
             }
             Device::Gpu(gpu) => {
                 let (u8s, views_buf) = (gpu.upload(&pixels), gpu.upload(&params));
                 for dtype in common::precisions(device) {
-                    let case = format!("{}_v{views}_s{size}", dtype.name());
                     let mut out = gpu.alloc(views * row, dtype.elem());
-                    common::time(
-                        &mut crit,
-                        "augment",
-                        &case,
-                        device,
-                        Work::Images(views as f64),
-                        |_| {
-                            let shape = (side, side, c);
-                            augment(gpu, &u8s, shape, &views_buf, views, &frame, &norm, &mut out)
-                        },
-                    );
+                    let shape = (side, side, c);
+                    time(format!("{}_v{views}_s{size}", dtype.name()), &mut |_| {
+                        augment(gpu, &u8s, shape, &views_buf, views, &frame, &norm, &mut out)
+                    });
                 }
             }
         }
