@@ -67,16 +67,10 @@ impl Cache {
         self.free.entry(size).or_default().insert(ptr);
     }
 
-    /// Takes a live block out of the allocator's hands: its buffers' drops leave it alone.
+    /// Takes a live block out of the allocator's hands for good: its buffers' drops leave it
+    /// alone (its owner frees it when the GPU closes).
     pub fn reserve(&mut self, ptr: u64) {
         self.reserved.insert(ptr);
-    }
-
-    /// Gives a reserved block of `size` bytes back, as free.
-    pub fn release(&mut self, ptr: u64, size: usize) {
-        if self.reserved.remove(&ptr) {
-            self.give_back(ptr, size);
-        }
     }
 
     /// Empties the free lists (before retrying an allocation the driver refused).

@@ -16,6 +16,7 @@ use std::ffi::{c_void, CString};
 use std::sync::Mutex;
 
 pub struct Driver {
+    dev: sys::CUdevice,
     ctx: sys::CUcontext,
     stream: sys::CUstream,
     copy_stream: sys::CUstream,
@@ -62,6 +63,7 @@ impl Driver {
         let stream = result::stream::create(kind()).map_err(msg)?;
         let copy_stream = result::stream::create(kind()).map_err(msg)?;
         let driver = Driver {
+            dev,
             ctx,
             stream,
             copy_stream,
@@ -97,6 +99,25 @@ impl Driver {
             }
         }
         Err(format!("no kernel named {kernel} in the embedded fatbins"))
+    }
+}
+
+impl Drop for Driver {
+    /// Streams, modules and the primary context go back to the driver (`Gpu`'s drop has
+    /// already waited for the device and freed its memory).
+    fn drop(&mut self) {
+        if self.make_current().is_err() {
+            return;
+        }
+        // SAFETY: ours, and nothing is queued or uses them any more.
+        unsafe {
+            let _ = result::stream::destroy(self.stream);
+            let _ = result::stream::destroy(self.copy_stream);
+            for &module in &self.modules {
+                let _ = result::module::unload(module);
+            }
+            let _ = result::primary_ctx::release(self.dev);
+        }
     }
 }
 
@@ -273,8 +294,9 @@ impl Runtime for Driver {
 
     fn begin_capture(&self) -> Result<(), String> {
         self.make_current()?;
-        // Relaxed: other threads (the loader) may make driver calls meanwhile.
-        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+        // Thread-local: a call this thread must not make while capturing (an allocation, a
+        // synchronisation) fails the capture instead of slipping into a wrong graph.
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
         // SAFETY: the driver's live stream.
         unsafe { result::stream::begin_capture(self.stream, mode) }.map_err(msg)
     }

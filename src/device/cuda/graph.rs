@@ -89,9 +89,14 @@ struct Captured {
 #[derive(Default)]
 pub struct Steps {
     recording: Option<Recording>,
+    /// Between begin_step and end_step (recording, or running eagerly after a wait ended it).
+    open: bool,
     /// The side of the step being recorded (0 or 1, in turn).
     side: usize,
     sides: [Side; 2],
+    /// Upload buffers outgrown by larger uploads: kept until the GPU closes, as a buffer of an
+    /// earlier step may still point at one.
+    retired: Vec<u64>,
     /// Set when the driver failed to capture a step: steps run eagerly from then on.
     broken: bool,
 }
@@ -115,6 +120,7 @@ impl Gpu {
         let mut steps = self.0.steps.lock().unwrap();
         if !self.0.sync_launches && !steps.broken {
             steps.recording = Some(Recording::default());
+            steps.open = true;
             steps.side ^= 1;
             self.0.recording.store(true, Ordering::Relaxed);
         }
@@ -126,10 +132,15 @@ impl Gpu {
     pub fn end_step(&self) {
         let mut steps = self.0.steps.lock().unwrap();
         self.0.recording.store(false, Ordering::Relaxed);
+        let steps = &mut *steps;
+        if !std::mem::take(&mut steps.open) {
+            return;
+        }
         let Some(rec) = steps.recording.take() else {
+            // A wait ended the recording and the rest ran eagerly: the step ends here.
+            self.mark_done(&mut steps.sides[steps.side]);
             return;
         };
-        let steps = &mut *steps;
         let (broken, side) = (&mut steps.broken, &mut steps.sides[steps.side]);
         self.upload_inputs(&rec.uploads, side);
         let shape = rec.shape();
@@ -177,7 +188,12 @@ impl Gpu {
 
     /// Notes the event after the step just queued for `side`.
     fn mark_done(&self, side: &mut Side) {
-        match self.0.runtime.record_event(Queue::Compute) {
+        let runtime = &self.0.runtime;
+        if let Some(old) = side.done.take() {
+            // SAFETY: ours; an event still awaited is released once it has happened.
+            unsafe { runtime.destroy_event(old) };
+        }
+        match runtime.record_event(Queue::Compute) {
             Ok(event) => side.done = Some(event),
             Err(msg) => self.record(GpuError::Runtime { op: "event", msg }),
         }
@@ -219,13 +235,9 @@ impl Gpu {
             // From the driver, not the cache: a cached block may have served the step earlier,
             // and the upload, which runs before the step's work, would be overwritten.
             let ptr = self.driver_alloc(size);
-            let mut cache = self.0.cache.lock().unwrap();
-            cache.reserve(ptr);
+            self.0.cache.lock().unwrap().reserve(ptr);
             match inputs.get_mut(i) {
-                Some(input) => {
-                    let (old, old_size) = std::mem::replace(input, (ptr, size));
-                    cache.release(old, old_size);
-                }
+                Some(input) => steps.retired.push(std::mem::replace(input, (ptr, size)).0),
                 None => inputs.push((ptr, size)),
             }
         }
@@ -235,7 +247,7 @@ impl Gpu {
     }
 
     /// Before the host waits for the device: what was recorded runs now, the rest of the step
-    /// eagerly (and the next step cannot reuse this one's graph).
+    /// eagerly (and the next step cannot reuse this one's graph); `end_step` still marks its end.
     pub(super) fn stop_recording(&self) {
         let mut steps = self.0.steps.lock().unwrap();
         self.0.recording.store(false, Ordering::Relaxed);
@@ -247,7 +259,6 @@ impl Gpu {
         side.last = None;
         self.upload_inputs(&rec.uploads, side);
         rec.ops.iter().for_each(|op| self.issue(op));
-        self.mark_done(side);
     }
 
     /// Queues one recorded op now (called with no recording under way).
@@ -290,14 +301,26 @@ impl Gpu {
             runtime.end_capture()
         });
         match captured {
+            // A launch failed while capturing (and the ops after it were skipped): the graph
+            // is not the step. The error stands; the step runs as recorded (and is skipped).
+            Ok(exec) if self.failed() => {
+                // SAFETY: ours, never launched.
+                unsafe { runtime.destroy_graph(exec) };
+                None
+            }
             Ok(exec) => Some(Captured {
                 shape,
                 exec: Some(exec),
             }),
             Err(msg) => {
                 eprintln!("warning: a training step could not be captured as a CUDA graph ({msg}); steps run launch by launch");
-                // The capture's launches may have recorded an error that belongs to it alone.
-                let _ = self.take_error();
+                // A launch the capture refused recorded an error of the capture alone; any
+                // other error is the device's and stands.
+                if let Err(e) = self.take_error() {
+                    if !e.to_string().to_lowercase().contains("capture") {
+                        self.record(e);
+                    }
+                }
                 *broken = true;
                 None
             }
@@ -345,6 +368,10 @@ impl Steps {
     /// The upload buffers, events and graphs, when the GPU closes (the device is idle).
     pub(super) fn release(self, gpu: &super::Inner) {
         let runtime = &gpu.runtime;
+        for ptr in self.retired {
+            // SAFETY: as below.
+            unsafe { runtime.free(ptr) };
+        }
         for side in self.sides {
             // SAFETY: reserved blocks, events and graphs of this GPU, which nothing uses now.
             unsafe {

@@ -483,7 +483,7 @@ impl Gpu {
 
     /// Sets `bytes` bytes at `dst` to `value`, queued (or recorded, in a step).
     fn fill(&self, dst: u64, value: u8, bytes: usize) {
-        if !self.record_op(|| graph::Op::Fill { dst, value, bytes }) {
+        if bytes > 0 && !self.record_op(|| graph::Op::Fill { dst, value, bytes }) {
             // SAFETY: `dst` is a live block of at least `bytes`.
             self.runtime_call("fill", || unsafe {
                 self.0.runtime.fill_bytes(dst, value, bytes)
@@ -493,7 +493,7 @@ impl Gpu {
 
     /// Copies `bytes` bytes from `src` to `dst` on the device, queued (or recorded).
     fn copy_device(&self, dst: u64, src: u64, bytes: usize) {
-        if !self.record_op(|| graph::Op::Copy { dst, src, bytes }) {
+        if bytes > 0 && !self.record_op(|| graph::Op::Copy { dst, src, bytes }) {
             // SAFETY: both are live blocks of at least `bytes`.
             self.runtime_call("copy", || unsafe { self.0.runtime.copy(dst, src, bytes) });
         }
@@ -501,9 +501,16 @@ impl Gpu {
 
     fn driver_alloc(&self, size: usize) -> u64 {
         let runtime = &self.0.runtime;
-        let first = runtime.alloc(size).or_else(|_| {
+        let first = runtime.alloc(size).or_else(|e| {
+            // Inside a recorded step, cached blocks may still be used by recorded work not yet
+            // queued: they cannot be freed.
+            if self.0.recording.load(Ordering::Relaxed) {
+                return Err(e);
+            }
+            // Queued work may still use cached blocks: let it finish before freeing them.
+            let _ = runtime.synchronize();
             for ptr in self.0.cache.lock().unwrap().drain() {
-                // SAFETY: cached blocks are owned by no buffer.
+                // SAFETY: cached blocks are owned by no buffer, and the device is idle.
                 unsafe { runtime.free(ptr) };
             }
             runtime.alloc(size)
