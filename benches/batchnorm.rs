@@ -11,6 +11,7 @@ use common::Work;
 use simclr::device::cpu::batchnorm::{self as cpu, BnStats};
 use simclr::device::cuda::batchnorm as gpu;
 use simclr::device::Device;
+use simclr::dist::Solo;
 use simclr::tensor::Tensor;
 
 const EPS: f64 = 1e-5;
@@ -43,6 +44,7 @@ fn forward(device: &Device, rows: usize, c: usize, set: &[Tensor], y: &mut Tenso
             gamma.as_slice(),
             Some(beta.as_slice()),
             EPS,
+            &Solo,
             y.as_mut_slice(),
         )),
         Device::Gpu(g) => {
@@ -84,6 +86,7 @@ fn backward(
                 c,
                 gamma.as_slice(),
                 stats,
+                &Solo,
                 dx.as_mut_slice(),
             );
         }

@@ -11,7 +11,9 @@
 //! parameter's gradient with its index in the store.
 
 use crate::backend;
+use crate::dist::Comm;
 use crate::tensor::Tensor;
+use std::sync::Arc;
 
 /// A value in the graph: an index into its list of tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +64,9 @@ pub struct Graph {
     wants_grad: Vec<bool>,
     /// When false (evaluation), ops compute values but record nothing for backward.
     pub record: bool,
+    /// The ranks the batch is split over (`dist`): batch norm's statistics and NT-Xent's
+    /// negatives are those of all of them. One process by default.
+    pub comm: Arc<dyn Comm>,
 }
 
 impl Graph {
@@ -73,6 +78,7 @@ impl Graph {
             leaves: Vec::new(),
             wants_grad: Vec::new(),
             record,
+            comm: crate::dist::solo(),
         }
     }
 

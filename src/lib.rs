@@ -6,6 +6,7 @@ pub mod autograd;
 pub mod backend;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod nn;
 pub mod ops;

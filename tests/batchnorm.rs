@@ -5,6 +5,7 @@ mod common;
 
 use simclr::device::cpu::batchnorm as cpu;
 use simclr::device::cuda::{batchnorm, Buffer, Elem, Gpu};
+use simclr::dist::Solo;
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.9;
@@ -94,9 +95,10 @@ fn check_forward_train_and_running_update(elem: Elem) {
                     &gamma,
                     with_beta.then_some(&beta[..]),
                     EPS,
+                    &Solo,
                     &mut want,
                 );
-                cpu::update_running(&stats, rows, MOMENTUM, &mut rmean_want, &mut rvar_want);
+                cpu::update_running(&stats, MOMENTUM, &mut rmean_want, &mut rvar_want);
                 let want = add_then_relu(want, with_skip.then_some(&skip[..]), relu_fused);
 
                 let beta_dev = gpu.upload(&beta);
@@ -270,7 +272,7 @@ fn check_backward(elem: Elem) {
                 );
                 let dy = common::as_stored(elem, common::random(rows * c, seed + 3));
                 let mut y = vec![0.0; rows * c];
-                let stats = cpu::forward_train(&x, c, &gamma, Some(&beta), EPS, &mut y);
+                let stats = cpu::forward_train(&x, c, &gamma, Some(&beta), EPS, &Solo, &mut y);
                 let y = common::as_stored(elem, relu(&y));
                 let dy_masked: Vec<f32> = if relu_fused {
                     dy.iter()
@@ -282,7 +284,7 @@ fn check_backward(elem: Elem) {
                 };
                 let mut dx_want = vec![0.0; rows * c];
                 let (dgamma_want, dbeta_want) =
-                    cpu::backward(&x, &dy_masked, c, &gamma, &stats, &mut dx_want);
+                    cpu::backward(&x, &dy_masked, c, &gamma, &stats, &Solo, &mut dx_want);
 
                 let y_dev = gpu.upload_as(&y, elem);
                 let (mut dx, mut dgamma, mut dbeta, mut dsum) = (

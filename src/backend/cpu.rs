@@ -9,6 +9,7 @@ use crate::device::cpu::real::Real;
 use crate::device::cpu::{
     batchnorm, conv, elementwise, gemm, loss, normalize, ntxent, optim, pool, sk,
 };
+use crate::dist::Comm;
 use crate::tensor::{DType, Element, Tensor};
 use crate::with_dtype;
 
@@ -61,19 +62,19 @@ impl Backend for Cpu {
         relu: bool,
         running_mean: &mut Tensor,
         running_var: &mut Tensor,
+        comm: &dyn Comm,
     ) -> (Tensor, BnSaved) {
         let c = channels(x);
         with_dtype!(x.dtype(), T => {
             let mut stats = None;
             let y = out::<T>(&x.shape, |y| {
                 let beta = beta.map(|b| b.as_slice::<T>());
-                let s = batchnorm::forward_train(x.as_slice(), c, gamma.as_slice(), beta, EPS, y);
+                let s = batchnorm::forward_train(x.as_slice(), c, gamma.as_slice(), beta, EPS, comm, y);
                 add_then_relu(y, skip.map(|s| s.as_slice::<T>()), relu);
                 stats = Some(s);
             });
             let stats = stats.unwrap();
-            let rows = x.numel() / c;
-            batchnorm::update_running(&stats, rows, MOMENTUM, running_mean.as_mut_slice::<T>(), running_var.as_mut_slice::<T>());
+            batchnorm::update_running(&stats, MOMENTUM, running_mean.as_mut_slice::<T>(), running_var.as_mut_slice::<T>());
             (y, BnSaved::Cpu(stats))
         })
     }
@@ -106,6 +107,7 @@ impl Backend for Cpu {
         saved: &BnSaved,
         with_beta: bool,
         with_sum: bool,
+        comm: &dyn Comm,
     ) -> BnGrads {
         let BnSaved::Cpu(stats) = saved else {
             panic!("batch norm: GPU statistics for a cpu tensor")
@@ -117,7 +119,7 @@ impl Backend for Cpu {
             let dy = masked.as_ref().unwrap_or(dy);
             let mut sums = None;
             let dx = out::<T>(&x.shape, |dx| {
-                sums = Some(batchnorm::backward(x.as_slice(), dy.as_slice(), c, gamma.as_slice(), stats, dx));
+                sums = Some(batchnorm::backward(x.as_slice(), dy.as_slice(), c, gamma.as_slice(), stats, comm, dx));
             });
             let (dg, db) = sums.unwrap();
             BnGrads {
@@ -281,8 +283,20 @@ impl Backend for Cpu {
         }))
     }
 
-    fn ntxent(&self, z: &Tensor, temperature: f64) -> (Tensor, Tensor) {
-        with_dtype!(z.dtype(), T => loss_pair::<T>(z, ntxent::ntxent(z.as_slice(), z.shape[1], temperature)))
+    fn ntxent(&self, z: &Tensor, temperature: f64, comm: &dyn Comm) -> (Tensor, Tensor) {
+        let d = z.shape[1];
+        if comm.size() == 1 {
+            return with_dtype!(z.dtype(), T => loss_pair::<T>(z, ntxent::ntxent(z.as_slice(), d, temperature)));
+        }
+        // This rank's rows against the gathered rows of all; each candidate's gradient summed
+        // over the ranks that scored it, back to the rank that holds it.
+        let z32 = z.as_slice::<f32>();
+        let all = comm.all_gather(z32);
+        let first = comm.rank() * z.shape[0];
+        let (loss, mut dz, dcol) = ntxent::ntxent_rows(z32, &all, first, d, temperature);
+        let dcol = comm.reduce_scatter_sum(&dcol);
+        dz.iter_mut().zip(&dcol).for_each(|(a, b)| *a += b);
+        loss_pair::<f32>(z, (loss, dz))
     }
 
     fn softmax(&self, logits: &Tensor, temperature: f64) -> Tensor {

@@ -14,6 +14,7 @@ use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
 use crate::device::cuda::{
     batchnorm, conv, elementwise, gemm, loss, normalize, ntxent, optim, pool, sk, Buffer, Elem, Gpu,
 };
+use crate::dist::Comm;
 use crate::tensor::{DType, Tensor};
 use std::borrow::Cow;
 
@@ -60,6 +61,10 @@ fn dense(rows: usize, inp: usize, outs: usize) -> ConvShape {
     }
 }
 
+/// Global batch norm and the gathered NT-Xent run on the cpu only so far: on a GPU device the
+/// collectives (NCCL) are not written yet.
+const ONE_RANK: &str = "data parallelism across ranks runs on the cpu device only (so far)";
+
 /// The element type of a GPU tensor's buffer.
 fn elem(t: &Tensor) -> Elem {
     t.buffer().elem()
@@ -103,7 +108,9 @@ impl Backend for Gpu {
         relu: bool,
         running_mean: &mut Tensor,
         running_var: &mut Tensor,
+        comm: &dyn Comm,
     ) -> (Tensor, BnSaved) {
+        assert_eq!(comm.size(), 1, "{}", ONE_RANK);
         let (rows, c) = rows_channels(x);
         let (mut mean, mut invstd) = (self.alloc_f32(c), self.alloc_f32(c));
         let (beta, skip) = (beta.map(Tensor::buffer), skip.map(Tensor::buffer));
@@ -167,7 +174,9 @@ impl Backend for Gpu {
         saved: &BnSaved,
         with_beta: bool,
         with_sum: bool,
+        comm: &dyn Comm,
     ) -> BnGrads {
+        assert_eq!(comm.size(), 1, "{}", ONE_RANK);
         let BnSaved::Gpu { mean, invstd } = saved else {
             panic!("batch norm: cpu statistics for a GPU tensor")
         };
@@ -374,7 +383,8 @@ impl Backend for Gpu {
         })
     }
 
-    fn ntxent(&self, z: &Tensor, temperature: f64) -> (Tensor, Tensor) {
+    fn ntxent(&self, z: &Tensor, temperature: f64, comm: &dyn Comm) -> (Tensor, Tensor) {
+        assert_eq!(comm.size(), 1, "{}", ONE_RANK);
         let (rows, d) = (z.shape[0], z.shape[1]);
         self.loss_pair(z, |loss, grad| {
             ntxent::ntxent(self, rows, d, z.buffer(), temperature as f32, loss, grad)

@@ -20,6 +20,7 @@ use crate::device::cpu::batchnorm::BnStats;
 use crate::device::cpu::conv::ConvShape;
 use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
 use crate::device::cuda::Buffer;
+use crate::dist::Comm;
 use crate::tensor::{DType, Storage, Tensor};
 
 /// What training-mode batch norm keeps for its backward pass, on the device that computed it.
@@ -64,7 +65,8 @@ pub trait Backend {
     fn conv_backward_weight(&self, s: &ConvShape, x: &Tensor, dy: &Tensor) -> Tensor;
 
     // batchnorm over the last dimension, with an optional fused residual add (`skip`, added to
-    // the normalised x) and ReLU after it. Training mode moves the running statistics in place.
+    // the normalised x) and ReLU after it. Training mode moves the running statistics in place;
+    // its statistics are those of all ranks of `comm` (global batch norm, `dist`).
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_train(
         &self,
@@ -75,6 +77,7 @@ pub trait Backend {
         relu: bool,
         running_mean: &mut Tensor,
         running_var: &mut Tensor,
+        comm: &dyn Comm,
     ) -> (Tensor, BnSaved);
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_eval(
@@ -99,6 +102,7 @@ pub trait Backend {
         saved: &BnSaved,
         with_beta: bool,
         with_sum: bool,
+        comm: &dyn Comm,
     ) -> BnGrads;
 
     /// A tensor of `shape` and `dtype` holding `value` everywhere, made on this backend's
@@ -150,8 +154,9 @@ pub trait Backend {
     fn l2_normalize_forward(&self, x: &Tensor) -> (Tensor, Tensor);
     fn l2_normalize_backward(&self, z: &Tensor, inv_norm: &Tensor, dz: &Tensor) -> Tensor;
 
-    // ntxent: each loss returns (loss [1], dloss/dinput).
-    fn ntxent(&self, z: &Tensor, temperature: f64) -> (Tensor, Tensor);
+    // ntxent: each loss returns (loss [1], dloss/dinput). The rows are this rank's; the
+    // negatives are every rank's of `comm` (the gradient is that of the sum of the ranks' losses).
+    fn ntxent(&self, z: &Tensor, temperature: f64, comm: &dyn Comm) -> (Tensor, Tensor);
 
     // loss
     fn softmax(&self, logits: &Tensor, temperature: f64) -> Tensor;

@@ -7,7 +7,9 @@
 
 use crate::autograd::{Backward, Graph, Values, Var};
 use crate::backend::{self, BnSaved};
+use crate::dist::Comm;
 use crate::tensor::Tensor;
+use std::sync::Arc;
 
 pub use crate::device::cpu::batchnorm::{EPS, MOMENTUM};
 
@@ -27,8 +29,9 @@ pub fn batch_norm_train(
     if let Some(sv) = sv {
         assert_eq!(sv.shape, xv.shape, "batch norm + add: shapes differ");
     }
+    let comm = g.comm.clone();
     let (y, saved) =
-        backend::of(xv).batchnorm_train(xv, gv, bv, sv, relu, running_mean, running_var);
+        backend::of(xv).batchnorm_train(xv, gv, bv, sv, relu, running_mean, running_var, &*comm);
     let node = BatchNorm {
         x,
         gamma,
@@ -36,6 +39,7 @@ pub fn batch_norm_train(
         skip,
         relu,
         saved,
+        comm,
     };
     g.push(y, node)
 }
@@ -68,6 +72,8 @@ struct BatchNorm {
     skip: Option<Var>,
     relu: bool,
     saved: BnSaved,
+    /// The ranks whose rows the statistics were over (the backward's sums are too).
+    comm: Arc<dyn Comm>,
 }
 
 impl Backward for BatchNorm {
@@ -86,6 +92,7 @@ impl Backward for BatchNorm {
             &self.saved,
             with_beta,
             with_sum,
+            &*self.comm,
         );
         let mut grads = vec![(self.x, g.dx), (self.gamma, g.dgamma)];
         grads.extend(self.beta.zip(g.dbeta));

@@ -6,7 +6,8 @@ use crate::autograd::{Graph, Var};
 use crate::backend;
 use crate::ops::loss::Loss;
 
-/// NT-Xent over L2-normalised rows [2N, d] (rows i and i+N are a positive pair).
+/// NT-Xent over L2-normalised rows [2N, d] (rows i and i+N are a positive pair), with the
+/// rows of every rank of the graph's `comm` as negatives (`dist`).
 pub fn ntxent(g: &mut Graph, z: Var, temperature: f64) -> Var {
     let zv = g.value(z);
     assert!(
@@ -14,6 +15,6 @@ pub fn ntxent(g: &mut Graph, z: Var, temperature: f64) -> Var {
         "ntxent: expected [2N, d] rows, got {:?}",
         zv.shape
     );
-    let (loss, grad) = backend::of(zv).ntxent(zv, temperature);
+    let (loss, grad) = backend::of(zv).ntxent(zv, temperature, &*g.comm);
     g.push(loss, Loss { x: z, grad })
 }

@@ -1,8 +1,14 @@
 //! Batch normalisation over NHWC activations viewed as [rows, C] (rows = N·H·W), on the CPU.
 //! Per-channel sums are taken over fixed chunks of rows and the partials combined in a
 //! fixed order in f64, so results are the same whatever the thread schedule.
+//!
+//! Global batch norm (data parallelism, `dist`): each rank holds a shard of the rows, and every
+//! per-channel sum, with the row count, is summed over the ranks (`Comm::all_reduce_sum`)
+//! before use, so each rank normalises its rows with the statistics of the whole batch. With
+//! `Solo` (one process) that sum is the identity.
 
 use super::real::Real;
+use crate::dist::Comm;
 use rayon::prelude::*;
 
 /// ε added to the variance, and the running statistics' momentum (TF's convention: the old
@@ -38,34 +44,57 @@ pub struct BnStats {
     pub mean: Vec<f64>,
     pub var: Vec<f64>,
     pub invstd: Vec<f64>,
+    /// The rows the statistics are over: all ranks' together.
+    pub rows: usize,
+}
+
+/// Per-channel sums `sums` and the local row count, summed over the ranks: (sums, rows).
+fn over_ranks(comm: &dyn Comm, mut sums: Vec<f64>, rows: usize) -> (Vec<f64>, usize) {
+    if comm.size() == 1 {
+        return (sums, rows);
+    }
+    sums.push(rows as f64);
+    comm.all_reduce_sum(&mut sums);
+    let rows = sums.pop().unwrap() as usize;
+    (sums, rows)
 }
 
 /// Training mode: normalise with the batch statistics (two passes: mean, then variance,
-/// which is stable where E[x²]−E[x]² is not). `beta` is None for BN without centring.
+/// which is stable where E[x²]−E[x]² is not), over all ranks' rows. `beta` is None for BN
+/// without centring.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_train<T: Real>(
     x: &[T],
     c: usize,
     gamma: &[T],
     beta: Option<&[T]>,
     eps: f64,
+    comm: &dyn Comm,
     y: &mut [T],
 ) -> BnStats {
-    let rows = x.len() / c;
-    let sums = channel_sums::<T>(rows, c, |r, acc| {
+    let local = x.len() / c;
+    let sums = channel_sums::<T>(local, c, |r, acc| {
         for (a, &v) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]) {
             *a += v;
         }
     });
+    let (sums, rows) = over_ranks(comm, sums, local);
     let mean: Vec<f64> = sums.iter().map(|s| s / rows as f64).collect();
     let mean_t: Vec<T> = mean.iter().map(|&m| T::from_f64(m)).collect();
-    let sq = channel_sums::<T>(rows, c, |r, acc| {
+    let sq = channel_sums::<T>(local, c, |r, acc| {
         for ((a, &v), &m) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(&mean_t) {
             *a += (v - m) * (v - m);
         }
     });
+    let (sq, _) = over_ranks(comm, sq, local);
     let var: Vec<f64> = sq.iter().map(|s| s / rows as f64).collect();
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let stats = BnStats { mean, var, invstd };
+    let stats = BnStats {
+        mean,
+        var,
+        invstd,
+        rows,
+    };
     affine(x, c, &stats.mean, &stats.invstd, gamma, beta, y);
     stats
 }
@@ -124,16 +153,12 @@ fn affine<T: Real>(
 /// m = 0.9), with the unbiased variance as TF and PyTorch do.
 pub fn update_running<T: Real>(
     stats: &BnStats,
-    rows: usize,
     momentum: f64,
     running_mean: &mut [T],
     running_var: &mut [T],
 ) {
-    let unbias = if rows > 1 {
-        rows as f64 / (rows as f64 - 1.0)
-    } else {
-        1.0
-    };
+    let rows = stats.rows as f64;
+    let unbias = if rows > 1.0 { rows / (rows - 1.0) } else { 1.0 };
     for i in 0..running_mean.len() {
         running_mean[i] =
             T::from_f64(momentum * running_mean[i].to_f64() + (1.0 - momentum) * stats.mean[i]);
@@ -145,13 +170,16 @@ pub fn update_running<T: Real>(
 
 /// Backward of training-mode BN. With x̂ = (x − μ)·invstd:
 /// dγ = Σ dy·x̂, dβ = Σ dy, dx = γ·invstd/M · (M·dy − dβ − x̂·dγ),
-/// computed per element as dx = a·dy + b·(x − μ) with per-channel a and b.
+/// computed per element as dx = a·dy + b·(x − μ) with per-channel a and b. Over ranks, dx
+/// uses dγ and dβ summed over all of them (M the rows of all); the returned dγ and dβ are this
+/// rank's own sums, which the gradient average over the ranks completes.
 pub fn backward<T: Real>(
     x: &[T],
     dy: &[T],
     c: usize,
     gamma: &[T],
     stats: &BnStats,
+    comm: &dyn Comm,
     dx: &mut [T],
 ) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / c;
@@ -171,14 +199,16 @@ pub fn backward<T: Real>(
     .zip(&stats.invstd)
     .map(|(s, is)| s * is)
     .collect();
-    let m = rows as f64;
+    let (all, _) = over_ranks(comm, [dgamma.clone(), dbeta.clone()].concat(), rows);
+    let (dgamma_all, dbeta_all) = all.split_at(c);
+    let m = stats.rows as f64;
     let (mut a, mut b, mut shift) = (vec![T::zero(); c], vec![T::zero(); c], vec![T::zero(); c]);
     for i in 0..c {
         let k = gamma[i].to_f64() * stats.invstd[i] / m;
         a[i] = T::from_f64(k * m);
-        b[i] = T::from_f64(-k * stats.invstd[i] * dgamma[i]);
+        b[i] = T::from_f64(-k * stats.invstd[i] * dgamma_all[i]);
         // a·dy + b·(x − μ) − k·dβ, with the constant folded: b·x + (−b·μ − k·dβ).
-        shift[i] = T::from_f64(-b[i].to_f64() * stats.mean[i] - k * dbeta[i]);
+        shift[i] = T::from_f64(-b[i].to_f64() * stats.mean[i] - k * dbeta_all[i]);
     }
     dx.par_chunks_mut(c * CHUNK_ROWS)
         .zip(

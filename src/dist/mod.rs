@@ -1,0 +1,74 @@
+//! Data parallelism: W processes (ranks) each take their shard of the global batch and agree
+//! through collectives, so that together they compute what one process would on the whole
+//! batch (docs/ARCHITECTURE.md, "Data parallelism"):
+//! - batch norm is global: the per-channel sums of the forward and the backward are summed over
+//!   the ranks before use (`ops::batchnorm`, `device::cpu::batchnorm`);
+//! - NT-Xent scores each rank's rows against every rank's views (`ops::ntxent`): the forward
+//!   gathers the projections, the backward sums each column's gradient over the ranks;
+//! - parameter gradients are averaged over the ranks before the update (`average_gradients`).
+//!
+//! `Comm` is what those need of a transport. `Solo` is the one-process world, where every
+//! collective is the identity; `mpi::Mpi` (feature `mpi`) runs it over MPI.
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
+
+use crate::tensor::Tensor;
+use std::sync::Arc;
+
+/// The collectives of data parallelism, over the ranks 0..size().
+pub trait Comm: Send + Sync {
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+    /// Every rank's `x` summed element-wise, in place on every rank.
+    fn all_reduce_sum(&self, x: &mut [f64]);
+    /// Every rank's `x` (all of one length), rank-major: rank r's at [r·len, (r+1)·len).
+    fn all_gather(&self, x: &[f32]) -> Vec<f32>;
+    /// `x` holds size() blocks of equal length; rank r gets block r summed over the ranks.
+    fn reduce_scatter_sum(&self, x: &[f32]) -> Vec<f32>;
+}
+
+/// One process: the collectives of a world of one.
+pub struct Solo;
+
+impl Comm for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _x: &mut [f64]) {}
+    fn all_gather(&self, x: &[f32]) -> Vec<f32> {
+        x.to_vec()
+    }
+    fn reduce_scatter_sum(&self, x: &[f32]) -> Vec<f32> {
+        x.to_vec()
+    }
+}
+
+/// The one-process world, the default of every graph.
+pub fn solo() -> Arc<dyn Comm> {
+    Arc::new(Solo)
+}
+
+/// Replaces each gradient by its mean over the ranks, in one collective for all of them (the
+/// gradients concatenated into one buffer). CPU tensors; a no-op in a world of one.
+pub fn average_gradients(comm: &dyn Comm, grads: &mut [(usize, Tensor)]) {
+    if comm.size() == 1 {
+        return;
+    }
+    let mut all: Vec<f64> = Vec::new();
+    for (_, g) in grads.iter() {
+        all.extend(g.to_f32_vec().iter().map(|&v| v as f64));
+    }
+    comm.all_reduce_sum(&mut all);
+    let w = comm.size() as f64;
+    let mut at = 0;
+    for (_, g) in grads.iter_mut() {
+        let n = g.numel();
+        let mean: Vec<f32> = all[at..at + n].iter().map(|&v| (v / w) as f32).collect();
+        *g = Tensor::from_vec(&g.shape, mean).to_device(&g.device());
+        at += n;
+    }
+}

@@ -1,0 +1,60 @@
+//! `Comm` over MPI (the `mpi` crate over the system's OpenMPI or MPICH): ranks started by
+//! `mpirun`/`srun`, which give each process its rank. The CPU and emulator ranks' transport, and
+//! how the tests check the distributed maths without GPUs.
+
+use super::Comm;
+use mpi::collective::SystemOperation;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::{Communicator, CommunicatorCollectives};
+
+/// MPI's world: initialised by `new`, finalised when dropped.
+pub struct Mpi {
+    world: SimpleCommunicator,
+    // Declared last: dropped (MPI_Finalize) after the communicator.
+    _universe: mpi::environment::Universe,
+}
+
+// SAFETY: MPI is initialised with the single-thread level, and the trainer makes every call
+// from its one thread; the handles are plain integers/pointers MPI owns.
+unsafe impl Send for Mpi {}
+unsafe impl Sync for Mpi {}
+
+impl Mpi {
+    /// MPI's world of this process, or why there is none (MPI already initialised).
+    pub fn new() -> Result<Mpi, String> {
+        let universe = mpi::initialize().ok_or("MPI was initialised already")?;
+        Ok(Mpi {
+            world: universe.world(),
+            _universe: universe,
+        })
+    }
+}
+
+impl Comm for Mpi {
+    fn rank(&self) -> usize {
+        self.world.rank() as usize
+    }
+
+    fn size(&self) -> usize {
+        self.world.size() as usize
+    }
+
+    fn all_reduce_sum(&self, x: &mut [f64]) {
+        let send = x.to_vec();
+        self.world
+            .all_reduce_into(&send[..], x, SystemOperation::sum());
+    }
+
+    fn all_gather(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; x.len() * self.size()];
+        self.world.all_gather_into(x, &mut out[..]);
+        out
+    }
+
+    fn reduce_scatter_sum(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; x.len() / self.size()];
+        self.world
+            .reduce_scatter_block_into(x, &mut out[..], SystemOperation::sum());
+        out
+    }
+}
