@@ -358,7 +358,14 @@ impl Opts {
         Ok(c)
     }
 
-    fn out_dir(&self) -> Result<PathBuf> {
+    /// The run's directory, prepared by `ctx`'s rank 0 (the one that writes); the ranks of a
+    /// data-parallel run must be given it (a default name would differ between them).
+    fn out_dir(&self, ctx: &Context) -> Result<PathBuf> {
+        if ctx.comm.size() > 1 && self.out.is_none() {
+            return Err(Error::Config(
+                "a data-parallel run needs --out: every rank must name the same directory".into(),
+            ));
+        }
         if self.resume {
             // A resumed run writes into its own directory, which must hold a run.
             let dir = self.out.clone().ok_or_else(|| {
@@ -373,7 +380,9 @@ impl Opts {
             return Ok(dir);
         }
         let dir = self.out.clone().unwrap_or_else(default_out_dir);
-        prepare_out_dir(&dir, self.force)?;
+        if ctx.is_main() {
+            prepare_out_dir(&dir, self.force)?;
+        }
         Ok(dir)
     }
 }
@@ -405,18 +414,30 @@ fn check_arch(opts: &Opts, ckpt: &Path, model: &Model) -> Result<()> {
     Ok(())
 }
 
+/// Data parallelism covers `pretrain` so far: the other commands refuse more than one rank.
+fn one_process(ctx: &Context, command: &str) -> Result<()> {
+    match ctx.comm.size() {
+        1 => Ok(()),
+        w => Err(Error::Config(format!(
+            "`simclr {command}` runs in one process; of the commands only `pretrain` runs on \
+             {w} ranks so far"
+        ))),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     simclr::device::cpu::keep_freed_memory();
     match cli.command {
         Command::Pipeline(opts) => {
             let ctx = Context::new(opts.config(Target::Pretrain)?)?;
-            let out = opts.out_dir()?;
+            one_process(&ctx, "pipeline")?;
+            let out = opts.out_dir(&ctx)?;
             pipeline(&ctx, &out)?;
             println!("report: {}", out.join("report.json").display());
         }
         Command::Pretrain(opts) => {
             let ctx = Context::new(opts.config(Target::Pretrain)?)?;
-            let out = opts.out_dir()?;
+            let out = opts.out_dir(&ctx)?;
             let pre = stages::pretrain(&ctx, &out)?;
             println!(
                 "pretrain: final loss {:.4}, kNN top-1 {:.4}; checkpoint in {}",
@@ -427,6 +448,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Finetune { from, opts } => {
             let mut ctx = Context::new(opts.config(Target::Finetune)?)?;
+            one_process(&ctx, "finetune")?;
             let (model, stage) = match &from {
                 Some(from) => {
                     let (pretrained, meta) = checkpoint::load(from)?;
@@ -441,7 +463,7 @@ fn run(cli: Cli) -> Result<()> {
                     (Model::new(&spec, ctx.cfg.seed)?, "baseline")
                 }
             };
-            let out = opts.out_dir()?;
+            let out = opts.out_dir(&ctx)?;
             let ft = stages::supervised(&ctx, model, stage, &out)?;
             println!(
                 "{stage}: test top-1 {:.4}; checkpoint in {}",
@@ -451,6 +473,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Distill { teacher, opts } => {
             let mut ctx = Context::new(opts.config(Target::Distill)?)?;
+            one_process(&ctx, "distill")?;
             let (mut model, meta) = checkpoint::load(&teacher)?;
             check_input(&ctx, &model)?;
             ctx.normalize_as(&meta);
@@ -460,7 +483,7 @@ fn run(cli: Cli) -> Result<()> {
                     teacher.display()
                 )));
             }
-            let out = opts.out_dir()?;
+            let out = opts.out_dir(&ctx)?;
             let st = stages::distill(&ctx, &mut model, &out)?;
             println!(
                 "distill: student test top-1 {:.4}; checkpoint in {}",
@@ -474,6 +497,7 @@ fn run(cli: Cli) -> Result<()> {
             opts,
         } => {
             let ctx = Context::new(opts.config(Target::Pretrain)?)?;
+            one_process(&ctx, "eval")?;
             evaluate(&ctx, &ckpt)?;
         }
         Command::Eval {
@@ -482,11 +506,12 @@ fn run(cli: Cli) -> Result<()> {
             opts,
         } => {
             let mut ctx = Context::new(opts.config(Target::Linear)?)?;
+            one_process(&ctx, "eval --linear")?;
             let (pretrained, meta) = checkpoint::load(&ckpt)?;
             check_input(&ctx, &pretrained)?;
             ctx.normalize_as(&meta);
             let model = stages::linear_classifier(&ctx, &pretrained)?;
-            let out = opts.out_dir()?;
+            let out = opts.out_dir(&ctx)?;
             let lin = stages::supervised(&ctx, model, "linear", &out)?;
             println!(
                 "linear evaluation: test top-1 {:.4}; classifier in {}",

@@ -1,9 +1,9 @@
 //! Data parallelism (`dist`) against one process on the whole batch, on 2 and 3 MPI ranks of
-//! the cpu device: global batch norm forward and backward, NT-Xent over every rank's views, and
-//! three pretraining steps of a ResNet with its projection head. Each test starts `mpirun` on
-//! this test binary, filtered to itself; every rank computes the one-process result on the
-//! whole batch too and compares its shard with it. Needs `--features mpi` and an MPI (CI
-//! installs OpenMPI).
+//! the cpu device: global batch norm forward and backward, NT-Xent over every rank's views,
+//! three pretraining steps of a ResNet with its projection head, and `simclr pretrain` itself.
+//! The op tests start `mpirun` on this test binary, filtered to the test; every rank computes
+//! the one-process result on the whole batch too and compares its shard with it. Needs
+//! `--features mpi` and an MPI (CI installs OpenMPI).
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -16,6 +16,7 @@ use simclr::nn::resnet::Arch;
 use simclr::ops;
 use simclr::optim::{Optimizer, OptimizerKind};
 use simclr::tensor::Tensor;
+use simclr::train::checkpoint;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -31,21 +32,32 @@ fn on_ranks(test: &str, worlds: &[usize], body: impl Fn(Arc<dyn Comm>)) {
     }
     let exe = std::env::current_exe().unwrap();
     for w in worlds {
-        let out = Command::new("mpirun")
-            .args(["-n", &w.to_string(), "--oversubscribe"])
-            .arg(&exe)
-            .args([test, "--exact", "--test-threads", "1", "--nocapture"])
-            .env(RANK_VAR, "1")
-            // CI runs as root in a container: allow it, and copy through shared memory
-            // rather than by ptrace, which containers forbid.
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-            .output()
-            .unwrap_or_else(|e| panic!("mpirun: {e} (install OpenMPI)"));
-        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{test} on {w} ranks:\n{text}");
+        let args = [test, "--exact", "--test-threads", "1", "--nocapture"];
+        mpirun(*w, exe.to_str().unwrap(), &args, &[(RANK_VAR, "1")]);
     }
+}
+
+/// Runs `program args` on `w` ranks, and fails with their output if it fails.
+fn mpirun(w: usize, program: &str, args: &[&str], env: &[(&str, &str)]) {
+    let (ok, text) = try_mpirun(w, program, args, env);
+    assert!(ok, "{program} {args:?} on {w} ranks:\n{text}");
+}
+
+/// Runs `program args` on `w` ranks: whether all succeeded, and their output.
+fn try_mpirun(w: usize, program: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new("mpirun")
+        .args(["-n", &w.to_string(), "--oversubscribe", program])
+        .args(args)
+        .envs(env.iter().copied())
+        // CI runs as root in a container: allow it, and copy through shared memory rather
+        // than by ptrace, which containers forbid.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .output()
+        .unwrap_or_else(|e| panic!("mpirun: {e} (install OpenMPI)"));
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text.into_owned())
 }
 
 /// Rows [first, first + count) of a row-major [_, width] matrix.
@@ -205,4 +217,101 @@ fn three_pretraining_steps_match_one_process() {
             }
         },
     );
+}
+
+/// The step losses of a run's metrics.jsonl.
+fn step_losses(out: &std::path::Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|r| r["step"].is_u64().then(|| r["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// `simclr pretrain` on 2 and 3 cpu ranks logs the losses of one process on the same global
+/// batches and ends with its parameters; rank 0 alone writes the run's files.
+#[test]
+fn pretrain_on_ranks_matches_one_process() {
+    let dir = std::env::temp_dir().join(format!("simclr-dist-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
+    let run = |name: &str| {
+        let out = dir.join(name).to_str().unwrap().to_string();
+        let args = [
+            "pretrain",
+            "--data",
+            data,
+            "--out",
+            &out,
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--train-images",
+            "48",
+            "--test-images",
+            "20",
+            "--batch-size",
+            "12",
+            "--epochs",
+            "1",
+        ];
+        let args = args.map(String::from);
+        (out, args)
+    };
+    let bin = env!("CARGO_BIN_EXE_simclr");
+    let (one, args) = run("one");
+    let done = Command::new(bin).args(&args).output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let want_losses = step_losses(one.as_ref());
+    let (want, _) = checkpoint::load(&std::path::Path::new(&one).join(checkpoint::FILE)).unwrap();
+    for w in [2, 3] {
+        let (out, args) = run(&format!("ranks{w}"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mpirun(w, bin, &args, &[]);
+        let losses = step_losses(out.as_ref());
+        assert_eq!(losses.len(), want_losses.len());
+        for (i, (g, w)) in losses.iter().zip(&want_losses).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs(),
+                "step {i}: {g} on ranks, {w} in one"
+            );
+        }
+        let (got, meta) =
+            checkpoint::load(&std::path::Path::new(&out).join(checkpoint::FILE)).unwrap();
+        assert_eq!(meta.ranks, w);
+        for (i, (g, p)) in got.store.params.iter().zip(&want.store.params).enumerate() {
+            assert_close(
+                &format!("{w} ranks: parameter {i}"),
+                &g.value.to_f32_vec(),
+                &p.value.to_f32_vec(),
+                2e-3,
+            );
+        }
+    }
+    // What cannot run on ranks says so in one line on each: a resume on another number of
+    // ranks, a batch that does not split, a command other than pretrain.
+    let refused = |w: usize, args: &[&str], needle: &str| {
+        let (ok, text) = try_mpirun(w, bin, args, &[]);
+        assert!(
+            !ok && text.contains(needle),
+            "{args:?} on {w} ranks:\n{text}"
+        );
+    };
+    let (_, args) = run("ranks2");
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push("--resume");
+    refused(3, &args, "trained on 2 rank(s), this run has 3");
+    let (_, args) = run("odd");
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let at = args.iter().position(|&a| a == "12").unwrap();
+    args[at] = "10";
+    refused(3, &args, "does not split over the 3 ranks");
+    args[0] = "finetune";
+    refused(2, &args, "runs in one process");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -52,6 +52,44 @@ pub fn solo() -> Arc<dyn Comm> {
     Arc::new(Solo)
 }
 
+/// Whether `mpirun` (OpenMPI, MPICH's hydra) or Slurm's PMI started this process as a rank.
+fn under_mpi() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+/// This process's world: MPI's when an MPI launcher started it, else one process.
+pub fn from_env() -> Result<Arc<dyn Comm>, String> {
+    if !under_mpi() {
+        return Ok(solo());
+    }
+    #[cfg(feature = "mpi")]
+    return mpi::Mpi::new().map(|m| Arc::new(m) as Arc<dyn Comm>);
+    #[cfg(not(feature = "mpi"))]
+    Err(
+        "started by an MPI launcher, but this simclr was built without MPI: \
+         cargo build --release --features mpi"
+            .into(),
+    )
+}
+
+/// Whether every rank holds the same `text` (a run's settings), by gathering their hashes.
+pub fn all_agree(comm: &dyn Comm, text: &str) -> bool {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    let bits = h.finish();
+    // Two f32 carrying the hash's halves bit for bit.
+    let mine = [
+        f32::from_bits(bits as u32),
+        f32::from_bits((bits >> 32) as u32),
+    ];
+    let all = comm.all_gather(&mine);
+    all.chunks(2)
+        .all(|c| c[0].to_bits() == mine[0].to_bits() && c[1].to_bits() == mine[1].to_bits())
+}
+
 /// Replaces each gradient by its mean over the ranks, in one collective for all of them (the
 /// gradients concatenated into one buffer). CPU tensors; a no-op in a world of one.
 pub fn average_gradients(comm: &dyn Comm, grads: &mut [(usize, Tensor)]) {

@@ -52,6 +52,14 @@ pub struct Meta {
     /// The run's full config, for the record (kept as JSON so that checkpoints stay readable
     /// when the config gains fields).
     pub config: serde_json::Value,
+    /// The ranks that trained it (data parallelism): a resumed run needs as many, for the
+    /// same shards of every batch.
+    #[serde(default = "one")]
+    pub ranks: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Meta {
@@ -67,6 +75,7 @@ impl Meta {
             spec: spec.clone(),
             normalize: None,
             config: serde_json::to_value(config).expect("config serialises"),
+            ranks: 1,
         }
     }
 

@@ -9,6 +9,7 @@ use crate::data::subset;
 use crate::data::Dataset;
 use crate::device::cuda::augment::augment;
 use crate::device::Device;
+use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
 use crate::nn::model::{Model, ModelSpec};
 use crate::nn::resnet::Arch;
@@ -42,6 +43,8 @@ pub struct Context {
     /// The kNN monitor's memory bank (indices into the training set).
     pub knn_bank: Vec<usize>,
     pub norm: Normalize,
+    /// The ranks training together (`dist`): one process, or MPI's world under mpirun.
+    pub comm: Arc<dyn Comm>,
 }
 
 /// `--precision` on `device`: bf16 needs a GPU; auto is bf16 on a real GPU and f32 on the CPU
@@ -93,6 +96,25 @@ impl Context {
         let (device, why) = Device::select(&cfg.device)?;
         let precision = precision(&cfg.precision, &device)?;
         let augment_on_device = augment_on_device(&cfg.augment_on, &device)?;
+        let comm = dist::from_env().map_err(Error::Config)?;
+        if comm.size() > 1 {
+            if let Device::Gpu(_) = device {
+                return Err(Error::Config(
+                    "data parallelism on a GPU device needs NCCL, not built yet: run the ranks \
+                     with --device cpu"
+                        .into(),
+                ));
+            }
+            let settings = serde_json::to_string(&cfg).expect("config serialises");
+            if !dist::all_agree(&*comm, &settings) {
+                return Err(Error::Config(format!(
+                    "rank {}: the {} ranks were started with different settings",
+                    comm.rank(),
+                    comm.size()
+                )));
+            }
+            println!("data parallel: rank {} of {}", comm.rank(), comm.size());
+        }
         let on = if augment_on_device { "device" } else { "cpu" };
         println!(
             "{why}, {} activations, augmentation on the {on}",
@@ -153,6 +175,7 @@ impl Context {
             labelled,
             knn_bank,
             norm,
+            comm,
         })
     }
 
@@ -198,7 +221,9 @@ impl Context {
 
     /// Loader of one epoch over `indices` in a seeded order (a new order every epoch),
     /// without its first `skip` batches (a resumed epoch). Augmentations are seeded by image,
-    /// so the remaining batches are exactly those of an uninterrupted epoch.
+    /// so the remaining batches are exactly those of an uninterrupted epoch. `batch` is the
+    /// global batch: with W ranks, this rank's loader gives its 1/W of each (the same images,
+    /// and views, as one process would give that rank's rows).
     pub fn epoch_loader(
         &self,
         key: u64,
@@ -209,10 +234,15 @@ impl Context {
     ) -> Loader {
         let mut order = indices.to_vec();
         Rng::derive(self.cfg.seed, &[key, epoch as u64]).shuffle(&mut order);
+        let order = order.split_off((skip * batch).min(order.len()));
+        let (share, rank) = (batch / self.comm.size(), self.comm.rank());
+        let mine: Vec<usize> = (order.chunks_exact(batch))
+            .flat_map(|b| b[rank * share..(rank + 1) * share].to_vec())
+            .collect();
         Loader::new(
             self.train.clone(),
-            order.split_off((skip * batch).min(order.len())),
-            batch,
+            mine,
+            share,
             true,
             views,
             self.norm.clone(),
@@ -276,7 +306,12 @@ impl Context {
         backend::of(&x).cast(&x, self.precision)
     }
 
-    /// A training checkpoint of `stage` at `pos` in `dir`.
+    /// Whether this process writes the run's files (rank 0, or the one process).
+    pub fn is_main(&self) -> bool {
+        self.comm.rank() == 0
+    }
+
+    /// A training checkpoint of `stage` at `pos` in `dir`, written by rank 0 alone.
     pub fn save(
         &self,
         dir: &Path,
@@ -284,12 +319,16 @@ impl Context {
         (model, opt): (&Model, &Optimizer),
         pos: &Position,
     ) -> Result<()> {
+        if !self.is_main() {
+            return Ok(());
+        }
         let meta = Meta {
             normalize: Some(self.norm.clone()),
             batch: pos.batch,
             loss_sum: pos.loss_sum,
             elapsed_s: pos.elapsed_s,
             record: pos.record.clone(),
+            ranks: self.comm.size(),
             ..Meta::new(stage, pos.epoch, &model.spec, &self.cfg)
         };
         checkpoint::save(dir, model, Some(opt), &meta)
@@ -321,6 +360,14 @@ impl Context {
             ] {
                 c[key] = Value::Null;
             }
+        }
+        if r.meta.ranks != self.comm.size() {
+            return Err(Error::Config(format!(
+                "--resume: {} was trained on {} rank(s), this run has {}: resume with as many",
+                dir.display(),
+                r.meta.ranks,
+                self.comm.size()
+            )));
         }
         if r.meta.stage != stage || r.meta.spec != *spec || saved != now {
             return Err(Error::Config(format!(

@@ -59,7 +59,8 @@ pub fn default_out_dir() -> PathBuf {
 
 /// Appends one JSON object per line to `<dir>/metrics.jsonl`.
 pub struct Metrics {
-    file: File,
+    /// None: records are dropped (a data-parallel rank other than 0).
+    file: Option<File>,
     path: PathBuf,
 }
 
@@ -84,11 +85,25 @@ impl Metrics {
             .truncate(!append)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Metrics { file, path })
+        Ok(Metrics {
+            file: Some(file),
+            path,
+        })
+    }
+
+    /// Metrics that go nowhere: the ranks other than 0 of a data-parallel run.
+    pub fn discard() -> Metrics {
+        Metrics {
+            file: None,
+            path: PathBuf::new(),
+        }
     }
 
     pub fn log(&mut self, record: Value) -> Result<()> {
-        writeln!(self.file, "{record}").map_err(|e| Error::io(&self.path, e))
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
+        writeln!(file, "{record}").map_err(|e| Error::io(&self.path, e))
     }
 }
 

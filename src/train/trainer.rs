@@ -8,6 +8,7 @@ use crate::autograd::{Graph, Var};
 use crate::data::loader::{Batch, Views};
 use crate::device::cuda::{Counters, Gpu, GpuError, Pending};
 use crate::device::Device;
+use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
 use crate::nn::model::Model;
 use crate::ops;
@@ -22,6 +23,7 @@ use indicatif::ProgressBar;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What a stage trains.
@@ -106,7 +108,17 @@ pub fn train(
     let total = cfg.epochs * per_epoch;
     let warmup = (cfg.warmup * total as f64).round() as usize;
     let base_lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling);
-    let metrics = Metrics::open(out, start.is_some())?;
+    let w = ctx.comm.size();
+    if !cfg.batch_size.is_multiple_of(w) {
+        return Err(Error::Config(format!(
+            "--batch-size {} does not split over the {w} ranks: use a multiple of {w}",
+            cfg.batch_size
+        )));
+    }
+    let metrics = match ctx.is_main() {
+        true => Metrics::open(out, start.is_some())?,
+        false => Metrics::discard(),
+    };
     let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, &model.store);
     let mut pos = match start {
         Some((pos, velocity)) => {
@@ -116,7 +128,10 @@ pub fn train(
         None => Position::default(),
     };
     let elapsed_before = pos.elapsed_s;
-    let bar = progress(stage.name, total);
+    let bar = match ctx.is_main() {
+        true => progress(stage.name, total),
+        false => ProgressBar::hidden(),
+    };
     let mut step = pos.epoch * per_epoch + pos.batch;
     bar.set_position(step as u64);
     let mut final_loss = pos.record["mean_loss"].as_f64().unwrap_or(f64::NAN);
@@ -126,6 +141,7 @@ pub fn train(
     };
     let graphs = gpu.as_ref().filter(|_| ctx.cfg.cuda_graphs);
     let mut run = Run {
+        comm: ctx.comm.clone(),
         stage: stage.name,
         gpu: gpu.clone(),
         metrics,
@@ -156,9 +172,11 @@ pub fn train(
                 gpu.begin_step();
             }
             let mut g = Graph::new(true);
+            g.comm = ctx.comm.clone();
             let loss_var = loss(ctx, &mut g, model, &mut stage.objective, batch);
             g.backward(loss_var);
-            let grads = g.param_grads();
+            let mut grads = g.param_grads();
+            dist::average_gradients(&*ctx.comm, &mut grads);
             opt.step(&mut model.store, &grads, lr);
             let loss_value = g.value(loss_var).clone();
             drop((g, grads));
@@ -248,6 +266,8 @@ pub fn train(
 
 /// What settling a step writes to: the stage's log, progress bar and counters.
 struct Run {
+    /// The ranks: the loss logged is their mean, the whole batch's.
+    comm: Arc<dyn Comm>,
     stage: &'static str,
     gpu: Option<Gpu>,
     metrics: Metrics,
@@ -293,7 +313,9 @@ struct Unsettled {
 /// the time between the two starts, what the device sustains once it is the bound); without
 /// one, when the loss arrived.
 fn settle(p: Unsettled, next: Option<Instant>, run: &mut Run, loss_sum: &mut f64) -> Result<()> {
-    let loss = p.loss.value();
+    let mut loss = [p.loss.value()];
+    run.comm.all_reduce_sum(&mut loss);
+    let loss = loss[0] / run.comm.size() as f64;
     let next = next.unwrap_or_else(Instant::now);
     check_device(run.gpu.as_ref(), p.rows, false)?;
     if !loss.is_finite() {
@@ -305,7 +327,8 @@ fn settle(p: Unsettled, next: Option<Instant>, run: &mut Run, loss_sum: &mut f64
             p.epoch + 1
         )));
     }
-    let ips = p.rows as f64 / next.duration_since(p.t0).as_secs_f64();
+    // All ranks' rows: the run's rate.
+    let ips = (p.rows * run.comm.size()) as f64 / next.duration_since(p.t0).as_secs_f64();
     let mut record = json!({"stage": run.stage, "epoch": p.epoch + 1, "step": p.step,
         "loss": loss, "lr": p.lr, "images_per_s": ips});
     if let Some(counters) = p.counters {
