@@ -629,7 +629,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            match simclr::dist::launcher_rank() {
+                Some(rank) => eprintln!("error: rank {rank}: {e}"),
+                None => eprintln!("error: {e}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -59,6 +59,14 @@ fn under_mpi() -> bool {
         .any(|v| std::env::var_os(v).is_some())
 }
 
+/// This process's rank as the MPI launcher set it, before (or without) MPI itself: errors name
+/// it, so that one line says which rank of a job failed.
+pub fn launcher_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
 /// This process's world: MPI's when an MPI launcher started it, else one process.
 pub fn from_env() -> Result<Arc<dyn Comm>, String> {
     if !under_mpi() {

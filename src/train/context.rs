@@ -108,8 +108,7 @@ impl Context {
             let settings = serde_json::to_string(&cfg).expect("config serialises");
             if !dist::all_agree(&*comm, &settings) {
                 return Err(Error::Config(format!(
-                    "rank {}: the {} ranks were started with different settings",
-                    comm.rank(),
+                    "the {} ranks were started with different settings",
                     comm.size()
                 )));
             }
