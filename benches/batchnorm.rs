@@ -62,6 +62,7 @@ fn forward(device: &Device, rows: usize, c: usize, set: &[Tensor], y: &mut Tenso
                 y.buffer_mut(),
                 mean.buffer_mut(),
                 invstd.buffer_mut(),
+                &Solo,
             );
             Stats::Gpu { mean, invstd }
         }
@@ -107,6 +108,7 @@ fn backward(
                 dgamma.buffer_mut(),
                 Some(dbeta.buffer_mut()),
                 None,
+                &Solo,
             );
         }
         _ => unreachable!("statistics from another device"),

@@ -93,26 +93,29 @@ KERNEL void bn_stats_partial_bf16(const bf16* __restrict__ x, int rows, int c, i
 // mean = Σ nᵢ·meanᵢ / rows, var = Σ (M2ᵢ + nᵢ·(meanᵢ − mean)²) / rows (biased, as the CPU) — a sum
 // of non-negative terms, so nothing cancels. Writes mean, invstd = 1/√(var + eps) and the folded
 // affine map coef = [γ·invstd | β − mean·γ·invstd] that bn_affine applies. beta may be null.
+// Data parallelism (global BN): the partials of `ranks` ranks one after the other, each of
+// `rows` rows cut into the same chunks; the statistics are those of all ranks * rows rows.
 KERNEL void bn_stats_finalize(const float* __restrict__ part_mean, const float* __restrict__ part_m2,
-                              int rows, int c, int chunk, const float* __restrict__ gamma,
+                              int rows, int c, int chunk, int ranks, const float* __restrict__ gamma,
                               const float* __restrict__ beta, float eps, float* __restrict__ mean,
                               float* __restrict__ invstd, float* __restrict__ coef) {
     __shared__ float red[BN_RL][BN_CH];
     int ch = blockIdx.x * BN_CH + threadIdx.x;
     int chunks = (rows + chunk - 1) / chunk;
+    float all_rows = (float)rows * (float)ranks;
     bool active = ch < c;
     float s = 0.0f;
     if (active)
-        for (int i = threadIdx.y; i < chunks; i += BN_RL)
-            s += (float)bn_chunk_rows(i, rows, chunk) * part_mean[(size_t)i * c + ch];
-    float m = bn_sum_row_lanes(s, red) / (float)rows;
+        for (int i = threadIdx.y; i < chunks * ranks; i += BN_RL)
+            s += (float)bn_chunk_rows(i % chunks, rows, chunk) * part_mean[(size_t)i * c + ch];
+    float m = bn_sum_row_lanes(s, red) / all_rows;
     float q = 0.0f;
     if (active)
-        for (int i = threadIdx.y; i < chunks; i += BN_RL) {
+        for (int i = threadIdx.y; i < chunks * ranks; i += BN_RL) {
             float d = part_mean[(size_t)i * c + ch] - m;
-            q += part_m2[(size_t)i * c + ch] + (float)bn_chunk_rows(i, rows, chunk) * d * d;
+            q += part_m2[(size_t)i * c + ch] + (float)bn_chunk_rows(i % chunks, rows, chunk) * d * d;
         }
-    float var = bn_sum_row_lanes(q, red) / (float)rows;
+    float var = bn_sum_row_lanes(q, red) / all_rows;
     if (active && threadIdx.y == 0) {
         float is = 1.0f / sqrtf(var + eps);
         float scale = gamma[ch] * is;
@@ -223,9 +226,11 @@ KERNEL void bn_backward_partial_bf16(const bf16* __restrict__ x, const bf16* __r
 // channel (as the CPU folds it): with k = γ·invstd/M,
 //   dx = a·g + b·x + s,  a = γ·invstd,  b = −k·invstd·dγ,  s = −b·μ − k·dβ;
 // coef = [a | b | s]. dbeta may be null (BN without β).
+// `ranks` as in bn_stats_finalize: dγ, dβ and the dx coefficients of all ranks' rows.
 KERNEL void bn_backward_finalize(const float* __restrict__ part_dbeta,
                                  const float* __restrict__ part_dgx, int rows, int c, int chunk,
-                                 const float* __restrict__ gamma, const float* __restrict__ mean,
+                                 int ranks, const float* __restrict__ gamma,
+                                 const float* __restrict__ mean,
                                  const float* __restrict__ invstd, float* __restrict__ dgamma,
                                  float* __restrict__ dbeta, float* __restrict__ coef) {
     __shared__ float red[BN_RL][BN_CH];
@@ -234,7 +239,7 @@ KERNEL void bn_backward_finalize(const float* __restrict__ part_dbeta,
     bool active = ch < c;
     float sg = 0.0f, sgx = 0.0f;
     if (active)
-        for (int i = threadIdx.y; i < chunks; i += BN_RL) {
+        for (int i = threadIdx.y; i < chunks * ranks; i += BN_RL) {
             sg += part_dbeta[(size_t)i * c + ch];
             sgx += part_dgx[(size_t)i * c + ch];
         }
@@ -243,7 +248,7 @@ KERNEL void bn_backward_finalize(const float* __restrict__ part_dbeta,
     if (active && threadIdx.y == 0) {
         float is = invstd[ch];
         float dg = sgx * is;
-        float k = gamma[ch] * is / (float)rows;
+        float k = gamma[ch] * is / ((float)rows * (float)ranks);
         float b = -k * is * dg;
         dgamma[ch] = dg;
         if (dbeta) dbeta[ch] = sg;

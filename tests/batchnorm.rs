@@ -121,6 +121,7 @@ fn check_forward_train_and_running_update(elem: Elem) {
                     &mut y,
                     &mut mean,
                     &mut invstd,
+                    &Solo,
                 );
                 batchnorm::update_running(
                     &gpu,
@@ -309,6 +310,7 @@ fn check_backward(elem: Elem) {
                     &mut dgamma,
                     with_beta.then_some(&mut dbeta),
                     with_sum.then_some(&mut dsum),
+                    &Solo,
                 );
                 if with_sum {
                     // Exactly the masked dy (a copy of stored values, no arithmetic).
@@ -377,6 +379,7 @@ fn statistics_are_reproducible() {
                 &mut y,
                 &mut mean,
                 &mut invstd,
+                &Solo,
             );
             (gpu.download::<u32>(&mean), gpu.download::<u32>(&invstd))
         };

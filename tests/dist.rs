@@ -1,5 +1,6 @@
 //! Data parallelism (`dist`) against one process on the whole batch, on 2 and 3 MPI ranks of
-//! the cpu device: global batch norm forward and backward, NT-Xent over every rank's views,
+//! the cpu device: global batch norm forward and backward (also on the emulated GPU, its
+//! partials gathered through the host), NT-Xent over every rank's views,
 //! three pretraining steps of a ResNet with its projection head, and `simclr pretrain` itself.
 //! The op tests start `mpirun` on this test binary, filtered to the test; every rank computes
 //! the one-process result on the whole batch too and compares its shard with it. Needs
@@ -10,6 +11,8 @@ mod common;
 
 use simclr::autograd::Graph;
 use simclr::backend;
+use simclr::device::cuda::{Gpu, Schedule};
+use simclr::device::Device;
 use simclr::dist::{self, mpi::Mpi, Comm, Solo};
 use simclr::nn::model::{Model, ModelSpec};
 use simclr::nn::resnet::Arch;
@@ -85,35 +88,45 @@ fn global_batch_norm_matches_one_process() {
         let dy = common::random(all * c, 2);
         let gamma = Tensor::from_vec(&[c], common::random(c, 3));
         let beta = Tensor::from_vec(&[c], common::random(c, 4));
-        // (y, dx, dγ, dβ, running mean, running var) of `x` rows over the ranks of `comm`.
-        let run = |x: Vec<f32>, dy: Vec<f32>, comm: &dyn Comm| {
+        // (y, dx, dγ, dβ, running mean, running var) of `x` rows on `device` over the ranks
+        // of `comm`.
+        let run = |x: Vec<f32>, dy: Vec<f32>, device: &Device, comm: &dyn Comm| {
             let n = x.len() / c;
-            let x = Tensor::from_vec(&[n, c], x);
+            let on = |t: Tensor| t.to_device(device);
+            let (x, dy) = (
+                on(Tensor::from_vec(&[n, c], x)),
+                on(Tensor::from_vec(&[n, c], dy)),
+            );
+            let (gamma, beta) = (on(gamma.clone()), on(beta.clone()));
             let be = backend::of(&x);
             let (mut rm, mut rv) = (
-                Tensor::zeros(&[c], x.dtype()),
-                Tensor::full(&[c], x.dtype(), 1.0),
+                on(Tensor::zeros(&[c], x.dtype())),
+                on(Tensor::full(&[c], x.dtype(), 1.0)),
             );
             let (y, saved) =
                 be.batchnorm_train(&x, &gamma, Some(&beta), None, false, &mut rm, &mut rv, comm);
-            let dy = Tensor::from_vec(&[n, c], dy);
             let g = be.batchnorm_backward(&x, None, &dy, &gamma, &saved, true, false, comm);
             [y, g.dx, g.dgamma, g.dbeta.unwrap(), rm, rv].map(|t| t.to_f32_vec())
         };
-        let want = run(x.clone(), dy.clone(), &Solo);
+        let want = run(x.clone(), dy.clone(), &Device::Cpu, &Solo);
         let mine = |m: &[f32]| rows(m, c, r * shard, shard).to_vec();
-        let got = run(mine(&x), mine(&dy), &*comm);
-        assert_close("y", &got[0], &mine(&want[0]), 1e-5);
-        assert_close("dx", &got[1], &mine(&want[1]), 1e-5);
-        // The ranks' own dγ and dβ add up to the batch's.
-        for (k, name) in [(2, "dgamma"), (3, "dbeta")] {
-            let mut sum: Vec<f64> = got[k].iter().map(|&v| v as f64).collect();
-            comm.all_reduce_sum(&mut sum);
-            let sum: Vec<f32> = sum.iter().map(|&v| v as f32).collect();
-            assert_close(name, &sum, &want[k], 1e-5);
+        // The cpu's sums, and the emulated GPU's partials gathered through the host.
+        let emu = Device::Gpu(Gpu::emu(Schedule::Rr));
+        for (device, tol) in [(Device::Cpu, 1e-5), (emu, 1e-4)] {
+            let got = run(mine(&x), mine(&dy), &device, &*comm);
+            let what = |name: &str| format!("{name} on {}", device.name());
+            assert_close(&what("y"), &got[0], &mine(&want[0]), tol);
+            assert_close(&what("dx"), &got[1], &mine(&want[1]), tol);
+            // The ranks' own dγ and dβ add up to the batch's.
+            for (k, name) in [(2, "dgamma"), (3, "dbeta")] {
+                let mut sum: Vec<f64> = got[k].iter().map(|&v| v as f64).collect();
+                comm.all_reduce_sum(&mut sum);
+                let sum: Vec<f32> = sum.iter().map(|&v| v as f32).collect();
+                assert_close(&what(name), &sum, &want[k], tol);
+            }
+            assert_close(&what("running mean"), &got[4], &want[4], tol);
+            assert_close(&what("running var"), &got[5], &want[5], tol);
         }
-        assert_close("running mean", &got[4], &want[4], 1e-6);
-        assert_close("running var", &got[5], &want[5], 1e-6);
     });
 }
 

@@ -61,9 +61,9 @@ fn dense(rows: usize, inp: usize, outs: usize) -> ConvShape {
     }
 }
 
-/// Global batch norm and the gathered NT-Xent run on the cpu only so far: on a GPU device the
-/// collectives (NCCL) are not written yet.
-const ONE_RANK: &str = "data parallelism across ranks runs on the cpu device only (so far)";
+/// NT-Xent over several ranks runs on the cpu only so far (global batch norm runs here too,
+/// its collectives staged through the host).
+const ONE_RANK: &str = "NT-Xent across ranks runs on the cpu device only (so far)";
 
 /// The element type of a GPU tensor's buffer.
 fn elem(t: &Tensor) -> Elem {
@@ -110,7 +110,6 @@ impl Backend for Gpu {
         running_var: &mut Tensor,
         comm: &dyn Comm,
     ) -> (Tensor, BnSaved) {
-        assert_eq!(comm.size(), 1, "{}", ONE_RANK);
         let (rows, c) = rows_channels(x);
         let (mut mean, mut invstd) = (self.alloc_f32(c), self.alloc_f32(c));
         let (beta, skip) = (beta.map(Tensor::buffer), skip.map(Tensor::buffer));
@@ -129,12 +128,14 @@ impl Backend for Gpu {
                 y,
                 &mut mean,
                 &mut invstd,
+                comm,
             )
         });
         let (rm, rv) = (running_mean.buffer_mut(), running_var.buffer_mut());
+        // The statistics are of all ranks' rows (global batch norm).
         batchnorm::update_running(
             self,
-            rows,
+            rows * comm.size(),
             c,
             &mean,
             &invstd,
@@ -176,7 +177,6 @@ impl Backend for Gpu {
         with_sum: bool,
         comm: &dyn Comm,
     ) -> BnGrads {
-        assert_eq!(comm.size(), 1, "{}", ONE_RANK);
         let BnSaved::Gpu { mean, invstd } = saved else {
             panic!("batch norm: cpu statistics for a GPU tensor")
         };
@@ -199,6 +199,7 @@ impl Backend for Gpu {
             dgamma.buffer_mut(),
             dbeta.as_mut().map(Tensor::buffer_mut),
             dsum.as_mut().map(Tensor::buffer_mut),
+            comm,
         );
         BnGrads {
             dx,

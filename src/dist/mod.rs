@@ -13,6 +13,7 @@
 #[cfg(feature = "mpi")]
 pub mod mpi;
 
+use crate::device::cuda::{Buffer, Gpu};
 use crate::tensor::Tensor;
 use std::sync::Arc;
 
@@ -26,6 +27,13 @@ pub trait Comm: Send + Sync {
     fn all_gather(&self, x: &[f32]) -> Vec<f32>;
     /// `x` holds size() blocks of equal length; rank r gets block r summed over the ranks.
     fn reduce_scatter_sum(&self, x: &[f32]) -> Vec<f32>;
+
+    /// `all_gather` of a device buffer of f32 values, into a new one. This default goes
+    /// through the host, a wait for the device: MPI standing in for a transport that works in
+    /// device memory, such as NCCL.
+    fn all_gather_device(&self, gpu: &Gpu, x: &Buffer) -> Buffer {
+        gpu.upload(&self.all_gather(&gpu.download_f32(x)))
+    }
 }
 
 /// One process: the collectives of a world of one.

@@ -2,8 +2,13 @@
 //! as f32 or bf16 (x, y, dy, dx all the same type); the statistics, parameters and their
 //! gradients are f32 [c]. Per-channel sums go through per-chunk partials combined in a fixed
 //! order, so every result is deterministic.
+//!
+//! Global batch norm (data parallelism, `dist`): the ranks gather each other's partials, and
+//! the finalize kernels combine all of them: the statistics, and the backward's dx, are those
+//! of every rank's rows.
 
 use super::{blocks_for, Arg, Buffer, Elem, Gpu};
+use crate::dist::Comm;
 
 /// The fewest rows a block of the reduction passes takes (a multiple of it: more rows when
 /// there are more than enough blocks).
@@ -66,6 +71,7 @@ pub fn forward_train(
     y: &mut Buffer,
     mean: &mut Buffer,
     invstd: &mut Buffer,
+    comm: &dyn Comm,
 ) {
     let (r, ci) = check_sizes(rows, c);
     let elem = Elem::common("batch norm forward", &[x, y]);
@@ -93,17 +99,19 @@ pub fn forward_train(
             (&mut part_m2).into(),
         ],
     );
+    let parts = [part_mean, part_m2].map(|p| gathered(comm, gpu, p));
     gpu.launch(
         "bn_stats_finalize",
         channel_grid(c),
         TILE,
         0,
         &[
-            (&part_mean).into(),
-            (&part_m2).into(),
+            (&parts[0]).into(),
+            (&parts[1]).into(),
             r.into(),
             ci.into(),
             (chunk as i32).into(),
+            (comm.size() as i32).into(),
             gamma.into(),
             opt(beta),
             eps.into(),
@@ -247,6 +255,7 @@ pub fn backward(
     dgamma: &mut Buffer,
     dbeta: Option<&mut Buffer>,
     dsum: Option<&mut Buffer>,
+    comm: &dyn Comm,
 ) {
     let (r, ci) = check_sizes(rows, c);
     let activations: Vec<&Buffer> = [x, dy, &*dx]
@@ -284,25 +293,49 @@ pub fn backward(
             (&mut part_dgx).into(),
         ],
     );
-    gpu.launch(
-        "bn_backward_finalize",
-        channel_grid(c),
-        TILE,
-        0,
-        &[
-            (&part_dbeta).into(),
-            (&part_dgx).into(),
-            r.into(),
-            ci.into(),
-            (chunk as i32).into(),
-            gamma.into(),
-            mean.into(),
-            invstd.into(),
-            dgamma.into(),
-            opt(dbeta.as_deref()),
-            (&mut coef).into(),
-        ],
+    // dγ and dβ of the partials of `ranks` ranks, and the dx coefficients they give.
+    let finalize = |parts: [&Buffer; 2], ranks: usize, dg: &mut Buffer, db, coef: &mut Buffer| {
+        gpu.launch(
+            "bn_backward_finalize",
+            channel_grid(c),
+            TILE,
+            0,
+            &[
+                parts[0].into(),
+                parts[1].into(),
+                r.into(),
+                ci.into(),
+                (chunk as i32).into(),
+                (ranks as i32).into(),
+                gamma.into(),
+                mean.into(),
+                invstd.into(),
+                dg.into(),
+                opt(db),
+                coef.into(),
+            ],
+        )
+    };
+    finalize(
+        [&part_dbeta, &part_dgx],
+        1,
+        dgamma,
+        dbeta.as_deref(),
+        &mut coef,
     );
+    if comm.size() > 1 {
+        // This rank's own dγ and dβ stay (the gradient average completes them); dx takes the
+        // sums of all ranks.
+        let parts = [part_dbeta, part_dgx].map(|p| gathered(comm, gpu, p));
+        let mut all_dgamma = gpu.alloc_f32(c);
+        finalize(
+            [&parts[0], &parts[1]],
+            comm.size(),
+            &mut all_dgamma,
+            None,
+            &mut coef,
+        );
+    }
     let n = rows * c;
     gpu.launch(
         elem.pick("bn_backward_dx", "bn_backward_dx_bf16"),
@@ -320,6 +353,14 @@ pub fn backward(
             opt(dsum.as_deref()),
         ],
     );
+}
+
+/// The partials `part` of every rank of `comm`, one after the other (`part` itself alone).
+fn gathered(comm: &dyn Comm, gpu: &Gpu, part: Buffer) -> Buffer {
+    match comm.size() {
+        1 => part,
+        _ => comm.all_gather_device(gpu, &part),
+    }
 }
 
 #[cfg(test)]
