@@ -63,6 +63,14 @@ impl Device {
         }
     }
 
+    /// The GPU, on a GPU device.
+    pub fn gpu(&self) -> Option<&Gpu> {
+        match self {
+            Device::Gpu(gpu) => Some(gpu),
+            Device::Cpu => None,
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),

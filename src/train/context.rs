@@ -50,10 +50,7 @@ pub struct Context {
 /// `--precision` on `device`: bf16 needs a GPU; auto is bf16 on a real GPU and f32 on the CPU
 /// and the emulator (where f32 keeps results comparable with the CPU's).
 pub fn precision(flag: &str, device: &Device) -> Result<DType> {
-    let gpu = match device {
-        Device::Gpu(gpu) => Some(gpu),
-        Device::Cpu => None,
-    };
+    let gpu = device.gpu();
     match flag {
         "f32" => Ok(DType::F32),
         "bf16" if gpu.is_some() => Ok(DType::BF16),
@@ -73,10 +70,7 @@ pub fn precision(flag: &str, device: &Device) -> Result<DType> {
 /// `--augment-on` on `device`: whether the training views are augmented on the device. Auto
 /// is the device on a real GPU and the cpu elsewhere.
 pub fn augment_on_device(flag: &str, device: &Device) -> Result<bool> {
-    let gpu = match device {
-        Device::Gpu(gpu) => Some(gpu),
-        Device::Cpu => None,
-    };
+    let gpu = device.gpu();
     match flag {
         "cpu" => Ok(false),
         "device" if gpu.is_some() => Ok(true),

@@ -7,7 +7,6 @@
 use crate::autograd::{Graph, Var};
 use crate::data::loader::{Batch, Views};
 use crate::device::cuda::{Counters, Gpu, GpuError, Pending};
-use crate::device::Device;
 use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
 use crate::nn::model::Model;
@@ -135,10 +134,7 @@ pub fn train(
     let mut step = pos.epoch * per_epoch + pos.batch;
     bar.set_position(step as u64);
     let mut final_loss = pos.record["mean_loss"].as_f64().unwrap_or(f64::NAN);
-    let gpu = match model.device() {
-        Device::Gpu(gpu) => Some(gpu),
-        Device::Cpu => None,
-    };
+    let gpu = model.device().gpu().cloned();
     let graphs = gpu.as_ref().filter(|_| ctx.cfg.cuda_graphs);
     let mut run = Run {
         comm: ctx.comm.clone(),

@@ -70,11 +70,20 @@ struct Shape {
 }
 
 impl Recording {
-    fn shape(&self) -> Shape {
+    /// The recording as a shape: its ops moved, its uploads' bytes left behind.
+    fn into_shape(self) -> Shape {
         Shape {
             uploads: self.uploads.iter().map(|(d, b)| (*d, b.len())).collect(),
-            ops: self.ops.clone(),
+            ops: self.ops,
         }
+    }
+}
+
+impl Shape {
+    /// The kernel launches among the ops.
+    fn launches(&self) -> usize {
+        let launch = |op: &&Op| matches!(op, Op::Launch { .. });
+        self.ops.iter().filter(launch).count()
     }
 }
 
@@ -143,24 +152,23 @@ impl Gpu {
         };
         let (broken, side) = (&mut steps.broken, &mut steps.sides[steps.side]);
         self.upload_inputs(&rec.uploads, side);
-        let shape = rec.shape();
+        let shape = rec.into_shape();
         if side.graph.as_ref().is_some_and(|g| g.shape != shape) {
             self.drop_graph(side);
         }
-        if side.graph.is_none() {
-            if side.last.as_ref() != Some(&shape) {
-                rec.ops.iter().for_each(|op| self.issue(op));
-                side.last = Some(shape);
-                self.mark_done(side);
-                return;
-            }
+        if side.graph.is_none() && side.last.as_ref() == Some(&shape) {
             side.last = None;
-            side.graph = self.capture(shape, broken);
+            match self.capture(shape, broken) {
+                Ok(graph) => side.graph = Some(graph),
+                // The capture failed: the step runs as recorded.
+                Err(shape) => shape.ops.iter().for_each(|op| self.issue(op)),
+            }
+        } else if side.graph.is_none() {
+            shape.ops.iter().for_each(|op| self.issue(op));
+            side.last = Some(shape);
         }
-        match &side.graph {
-            Some(graph) => self.launch_captured(graph),
-            // The capture failed: run the step as recorded.
-            None => rec.ops.iter().for_each(|op| self.issue(op)),
+        if let Some(graph) = &side.graph {
+            self.launch_captured(graph);
         }
         self.mark_done(side);
     }
@@ -276,28 +284,23 @@ impl Gpu {
         }
     }
 
-    /// The step `shape` as a graph: captured by the driver, or kept as it is on the emulator.
-    /// A capture the driver refuses is reported once, and steps run eagerly from then on.
-    fn capture(&self, shape: Shape, broken: &mut bool) -> Option<Captured> {
+    /// The step `shape` as a graph: captured by the driver, or kept as it is on the emulator;
+    /// or, when there is none, the shape back. A capture the driver refuses is reported once,
+    /// and steps run eagerly from then on.
+    fn capture(&self, shape: Shape, broken: &mut bool) -> Result<Captured, Shape> {
         let runtime = &self.0.runtime;
         if !runtime.has_graphs() {
-            return Some(Captured { shape, exec: None });
+            return Ok(Captured { shape, exec: None });
         }
         if self.failed() {
-            return None;
+            return Err(shape);
         }
         let captured = runtime.begin_capture().and_then(|()| {
             for op in &shape.ops {
                 self.issue(op);
             }
             // The issued launches were counted; the graph's launches count them again.
-            let launches = shape
-                .ops
-                .iter()
-                .filter(|op| matches!(op, Op::Launch { .. }));
-            self.0
-                .launches
-                .fetch_sub(launches.count(), Ordering::Relaxed);
+            (self.0.launches).fetch_sub(shape.launches(), Ordering::Relaxed);
             runtime.end_capture()
         });
         match captured {
@@ -306,9 +309,9 @@ impl Gpu {
             Ok(exec) if self.failed() => {
                 // SAFETY: ours, never launched.
                 unsafe { runtime.destroy_graph(exec) };
-                None
+                Err(shape)
             }
-            Ok(exec) => Some(Captured {
+            Ok(exec) => Ok(Captured {
                 shape,
                 exec: Some(exec),
             }),
@@ -322,7 +325,7 @@ impl Gpu {
                     }
                 }
                 *broken = true;
-                None
+                Err(shape)
             }
         }
     }
@@ -336,14 +339,7 @@ impl Gpu {
         if self.failed() {
             return;
         }
-        let launches = graph
-            .shape
-            .ops
-            .iter()
-            .filter(|op| matches!(op, Op::Launch { .. }));
-        self.0
-            .launches
-            .fetch_add(launches.count(), Ordering::Relaxed);
+        (self.0.launches).fetch_add(graph.shape.launches(), Ordering::Relaxed);
         if let Err(msg) = self.0.runtime.launch_graph(exec) {
             let msg = self.with_hint(msg);
             self.record(GpuError::Runtime {

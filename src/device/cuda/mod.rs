@@ -33,7 +33,7 @@ use alloc::{Cache, MemStats};
 pub use emu::Schedule;
 use runtime::{Queue, Runtime};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -91,7 +91,7 @@ struct Inner {
     /// The step being recorded, the last steps' shapes and the graphs (`graph.rs`).
     steps: Mutex<graph::Steps>,
     /// Whether `steps` holds a recording under way.
-    recording: std::sync::atomic::AtomicBool,
+    recording: AtomicBool,
     /// The page-locked buffers `upload_pinned` copies through, in turn.
     staging: Mutex<Staging>,
     /// The dynamic shared memory each kernel was allowed (a real GPU keeps the attribute, so
@@ -358,7 +358,7 @@ impl Gpu {
             h2d_bytes: AtomicUsize::new(0),
             graph_launches: AtomicUsize::new(0),
             steps: Mutex::new(graph::Steps::default()),
-            recording: std::sync::atomic::AtomicBool::new(false),
+            recording: AtomicBool::new(false),
             staging: Mutex::new(Staging::default()),
             opted_in: Mutex::new(std::collections::HashMap::new()),
         }))
