@@ -7,19 +7,33 @@
 // The gradient is the CPU reference's (G + Gᵀ)·z/τ with G_ij = (p_ij − [j = pos(i)])/2N: s is
 // symmetric, and pos(pos(i)) = i puts both positive terms on z_pos(i).
 //
+// Data parallelism (docs/ARCHITECTURE.md): on W ranks of 2n rows each, z is every rank's rows
+// gathered rank-major (`cols` = W·2n candidates) and a rank's `rows` = 2n anchors are its own
+// rows first..first + 2n of them (first = rank·2n): anchor i is row first + i, its positive
+// first + (i + n) mod 2n. One process is first = 0, rows = cols = 2N. A rank's gradient is that
+// of the sum of the ranks' losses (each normalised by its own 2n; the trainer averages over the
+// ranks): for its row i, Σ_j (G_ij + G_ji)·z_j/τ over all candidates j. G_ij is its own anchor's;
+// G_ji is anchor j's, held by rank(j), but needs only lse_j besides s_ji = s_ij, which is in this
+// rank's tile anyway. So the host gathers the W·2n lse between the passes (ntxent_grad's `lse` is
+// every rank's) instead of reduce-scattering the W·2n × d candidate gradients as the CPU does:
+// d times less traffic, and no column gradients stored. The −2 stays at j = pos(i): the pairing
+// is symmetric (pos(j) = first + i exactly when j = pos(i)).
+//
 // Memory: the 2N×2N similarity matrix is never stored. Three launches:
-//   ntxent_lse   each block owns 64 rows i and walks all 2N rows j in 64-wide tiles; a tile of s
-//                lives only in registers (4×4 per thread, built from 16-deep slabs of z staged in
-//                shared memory) and is folded at once into a running max / running sum per row
-//                (the online softmax), so only lse_i (2N floats) reaches global memory.
-//   ntxent_loss  one block: mean_i (lse_i − z_i·z_pos(i)/τ) into a 1-float buffer.
+//   ntxent_lse   each block owns 64 anchors i and walks all candidates j in 64-wide tiles; a tile
+//                of s lives only in registers (4×4 per thread, built from 16-deep slabs of z
+//                staged in shared memory) and is folded at once into a running max / running
+//                sum per row (the online softmax), so only lse_i (2n floats) reaches global
+//                memory.
+//   ntxent_loss  one block: mean_i (lse_i − z_i·z_pos(i)/τ) over this rank's rows, into a
+//                1-float buffer.
 //   ntxent_grad  recomputes the same tiles (bit-identical s), turns each into the weights
 //                p_ij + p_ji − 2[j = pos(i)] in a 64×64 shared-memory tile, and multiplies that
 //                tile by rows j of z into a register accumulator for the block's 64 rows i
 //                (128 gradient columns per block; more blocks along y when d > 128).
-// Extra device memory is therefore the 2N lse values and the loss float: O(N), besides the
-// O(N·d) gradient that is the output — never O(N²). Recomputing s costs a second 2N×2N×d pass of
-// FLOPs instead. Every sum runs in a fixed order (no atomics): results are deterministic.
+// Extra device memory is therefore the lse values and the loss float: O(N), besides the O(N·d)
+// gradient that is the output — never O(N²). Recomputing s costs a second 2N×2N×d pass of FLOPs
+// instead. Every sum runs in a fixed order (no atomics): results are deterministic.
 #include "common.cuh"
 
 constexpr int NT_TILE = 64;     // rows i per block and rows j per step
@@ -27,12 +41,13 @@ constexpr int NT_DK = 16;       // depth of one staged slab of z
 constexpr int NT_DC = 128;      // gradient columns per block of ntxent_grad
 constexpr int NT_THREADS = 256; // 16×16: thread (ty, tx) owns rows ty + 16r, columns tx + 16q
 
-// s[r][q] = z_(i0 + ty + 16r) · z_(j0 + tx + 16q), 0 for rows past the end. zi and zj are the
-// block's shared slabs (+1 column so the transposing stores spread over the banks). Every thread
-// of the block must call it; it ends on a barrier, so the caller may reuse shared memory after.
-DEVICE inline void similarity_tile(const float* __restrict__ z, int rows, int d, int i0, int j0,
-                                   float (*zi)[NT_TILE + 1], float (*zj)[NT_TILE + 1],
-                                   float s[4][4]) {
+// s[r][q] = z_(i0 + ty + 16r) · z_(j0 + tx + 16q), 0 for rows i ≥ i_end or j ≥ j_end (i0 and
+// i_end index z: a rank's anchors are z's rows first..first + rows). zi and zj are the block's
+// shared slabs (+1 column so the transposing stores spread over the banks). Every thread of the
+// block must call it; it ends on a barrier, so the caller may reuse shared memory after.
+DEVICE inline void similarity_tile(const float* __restrict__ z, int i_end, int j_end, int d,
+                                   int i0, int j0, float (*zi)[NT_TILE + 1],
+                                   float (*zj)[NT_TILE + 1], float s[4][4]) {
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
 #pragma unroll
     for (int r = 0; r < 4; r++)
@@ -42,8 +57,8 @@ DEVICE inline void similarity_tile(const float* __restrict__ z, int rows, int d,
         for (int e = tid; e < NT_TILE * NT_DK; e += NT_THREADS) {
             const int row = e / NT_DK, p = p0 + e % NT_DK;
             const bool in_d = p < d;
-            zi[e % NT_DK][row] = (in_d && i0 + row < rows) ? z[(size_t)(i0 + row) * d + p] : 0.0f;
-            zj[e % NT_DK][row] = (in_d && j0 + row < rows) ? z[(size_t)(j0 + row) * d + p] : 0.0f;
+            zi[e % NT_DK][row] = (in_d && i0 + row < i_end) ? z[(size_t)(i0 + row) * d + p] : 0.0f;
+            zj[e % NT_DK][row] = (in_d && j0 + row < j_end) ? z[(size_t)(j0 + row) * d + p] : 0.0f;
         }
         __syncthreads();
 #pragma unroll
@@ -62,9 +77,10 @@ DEVICE inline void similarity_tile(const float* __restrict__ z, int rows, int d,
     }
 }
 
-// Pass 1: lse[i] = log Σ_{j≠i} exp(s_ij·inv_t). Grid: ceil(rows/64) blocks of 256 threads.
-KERNEL void ntxent_lse(const float* __restrict__ z, int rows, int d, float inv_t,
-                       float* __restrict__ lse) {
+// Pass 1: lse[i] = log Σ_{j≠first+i} exp(s_ij·inv_t) for the anchors i < rows against the
+// candidates j < cols of z. Grid: ceil(rows/64) blocks of 256 threads.
+KERNEL void ntxent_lse(const float* __restrict__ z, int rows, int cols, int first, int d,
+                       float inv_t, float* __restrict__ lse) {
     __shared__ float zi[NT_DK][NT_TILE + 1];
     __shared__ float zj[NT_DK][NT_TILE + 1];
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -78,16 +94,16 @@ KERNEL void ntxent_lse(const float* __restrict__ z, int rows, int d, float inv_t
         mx[r] = -INFINITY;
         sum[r] = 0.0f;
     }
-    for (int j0 = 0; j0 < rows; j0 += NT_TILE) {
+    for (int j0 = 0; j0 < cols; j0 += NT_TILE) {
         float s[4][4];
-        similarity_tile(z, rows, d, i0, j0, zi, zj, s);
+        similarity_tile(z, first + rows, cols, d, first + i0, j0, zi, zj, s);
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             const int i = i0 + ty + 16 * r;
 #pragma unroll
             for (int q = 0; q < 4; q++) {
                 const int j = j0 + tx + 16 * q;
-                if (j >= rows || j == i) continue;
+                if (j >= cols || j == first + i) continue;
                 const float x = s[r][q] * inv_t;
                 if (x > mx[r]) {
                     sum[r] = sum[r] * expf(mx[r] - x) + 1.0f;
@@ -117,7 +133,8 @@ KERNEL void ntxent_lse(const float* __restrict__ z, int rows, int d, float inv_t
     }
 }
 
-// loss[0] = mean_i (lse_i − z_i·z_pos(i)·inv_t). One block of 256 threads: warp w takes rows
+// loss[0] = mean_i (lse_i − z_i·z_pos(i)·inv_t) over this rank's own rows z [rows, d] and their
+// lse (positives are among them, so no other rank's rows are needed). One block of 256 threads: warp w takes rows
 // w, w + 8, ...; lanes split the dot product; fixed-order sums throughout. z is f32 here, or
 // bf16 for the tensor-core path (kernels/ntxent_tc.cu), which shares this kernel.
 template <typename T>
@@ -152,10 +169,11 @@ KERNEL void ntxent_loss_bf16(const bf16* __restrict__ z, int rows, int d, float 
     ntxent_loss_impl(z, rows, d, inv_t, lse, loss);
 }
 
-// Pass 2: grad[i, c] for the block's 64 rows i and 128 columns c (blockIdx.y picks which).
-// Grid: (ceil(rows/64), ceil(d/128)) blocks of 256 threads.
-KERNEL void ntxent_grad(const float* __restrict__ z, int rows, int d, float inv_t,
-                        const float* __restrict__ lse, float* __restrict__ grad) {
+// Pass 2: grad[i, c] for the block's 64 anchors i and 128 columns c (blockIdx.y picks which),
+// with lse [cols] every candidate's (every rank's, gathered). Grid: (ceil(rows/64), ceil(d/128))
+// blocks of 256 threads.
+KERNEL void ntxent_grad(const float* __restrict__ z, int rows, int cols, int first, int d,
+                        float inv_t, const float* __restrict__ lse, float* __restrict__ grad) {
     __shared__ float zi[NT_DK][NT_TILE + 1];
     __shared__ float zj[NT_DK][NT_TILE + 1];
     __shared__ float w[NT_TILE][NT_TILE + 1];  // weights of the current 64×64 tile
@@ -168,7 +186,7 @@ KERNEL void ntxent_grad(const float* __restrict__ z, int rows, int d, float inv_
 #pragma unroll
     for (int r = 0; r < 4; r++) {
         const int i = i0 + ty + 16 * r;
-        lse_i[r] = i < rows ? lse[i] : 0.0f;
+        lse_i[r] = i < rows ? lse[first + i] : 0.0f;
     }
     float acc[4][8];
 #pragma unroll
@@ -176,23 +194,23 @@ KERNEL void ntxent_grad(const float* __restrict__ z, int rows, int d, float inv_
 #pragma unroll
         for (int q = 0; q < 8; q++) acc[r][q] = 0.0f;
 
-    for (int j0 = 0; j0 < rows; j0 += NT_TILE) {
+    for (int j0 = 0; j0 < cols; j0 += NT_TILE) {
         float s[4][4];
-        similarity_tile(z, rows, d, i0, j0, zi, zj, s);
+        similarity_tile(z, first + rows, cols, d, first + i0, j0, zi, zj, s);
         // The tile's weights (zero off the matrix and on the diagonal). The previous step's
         // readers of w are past their last barrier, and so is similarity_tile.
 #pragma unroll
         for (int q = 0; q < 4; q++) {
             const int j = j0 + tx + 16 * q;
-            const float lse_j = j < rows ? lse[j] : 0.0f;
+            const float lse_j = j < cols ? lse[j] : 0.0f;
 #pragma unroll
             for (int r = 0; r < 4; r++) {
                 const int i = i0 + ty + 16 * r;
                 float v = 0.0f;
-                if (i < rows && j < rows && i != j) {
+                if (i < rows && j < cols && j != first + i) {
                     const float x = s[r][q] * inv_t;
                     v = expf(x - lse_i[r]) + expf(x - lse_j);
-                    if (j == (i + half) % rows) v -= 2.0f;
+                    if (j == first + (i + half) % rows) v -= 2.0f;
                 }
                 w[ty + 16 * r][tx + 16 * q] = v;
             }
@@ -201,7 +219,7 @@ KERNEL void ntxent_grad(const float* __restrict__ z, int rows, int d, float inv_
         for (int jj = 0; jj < NT_TILE; jj += NT_DK) {
             for (int e = tid; e < NT_DK * NT_DC; e += NT_THREADS) {
                 const int j = j0 + jj + e / NT_DC, c = c0 + e % NT_DC;
-                zv[e / NT_DC][e % NT_DC] = (j < rows && c < d) ? z[(size_t)j * d + c] : 0.0f;
+                zv[e / NT_DC][e % NT_DC] = (j < cols && c < d) ? z[(size_t)j * d + c] : 0.0f;
             }
             __syncthreads();  // zv loaded (and, on the first pass, w written)
 #pragma unroll

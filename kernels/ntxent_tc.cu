@@ -13,6 +13,9 @@
 //                     mma (the accumulator layout of two 16×8 tiles is the A layout of one
 //                     16×16), times z_j read transposed (ldmatrix.trans): grad_i += w·z_j for a
 //                     128-column slice of the gradient (grid y: more slices when dp > 128).
+// Data parallelism as there: the kernels take (rows, cols, first), z is every rank's rows (the
+// candidates, padded together), the anchors are its rows first..first+rows, and
+// ntxent_grad_bf16's lse is every candidate's, gathered.
 // Shared memory: z_i and two z_j tiles of 64 × (dp + 8) bf16. The 8-element pad makes the row
 // stride an odd number of 16-byte units, so the 8 rows an ldmatrix phase reads fall in 8
 // different bank groups (no swizzle needed at this width). dp ≤ 256 (the host checks).
@@ -75,38 +78,43 @@ KERNEL void ntxent_pack_bf16(const bf16* __restrict__ z, int rows, int d, int dp
     zp[e] = c < d ? z[(size_t)r * d + c] : float_to_bf16(0.0f);
 }
 
-// lse[i] for the block's 64 rows. Grid ceil(rows / 64), 128 threads, 3 · 64 · (dp + 8) bf16 of
-// dynamic shared memory.
+// lse[i] for the block's 64 anchors i < rows, against the candidates j < cols of z [cols, dp].
+// Grid ceil(rows / 64), 128 threads, 3 · 64 · (dp + 8) bf16 of dynamic shared memory.
 KERNEL void __launch_bounds__(THREADS)
-ntxent_lse_bf16(const bf16* __restrict__ z, int rows, int dp, float inv_t, float* __restrict__ lse) {
+ntxent_lse_bf16(const bf16* __restrict__ z, int rows, int cols, int first, int dp, float inv_t,
+                float* __restrict__ lse) {
     DYNAMIC_SHARED(bf16, smem);
     const int ld = dp + 8, i0 = blockIdx.x * TILE;
     bf16* zi = smem;
     // The two z_j buffers follow z_i: buffer b at smem + (1 + b) · 64 · ld.
     auto zj = [&](int b) { return smem + (1 + b) * TILE * ld; };
-    load_rows(zi, z, rows, dp, i0);
-    load_rows(zj(0), z, rows, dp, 0);
+    load_rows(zi, z + (size_t)first * dp, rows, dp, i0);
+    load_rows(zj(0), z, cols, dp, 0);
     cp_async_commit();
 
     float mx[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
-    const int steps = (rows + TILE - 1) / TILE;
+    const int steps = (cols + TILE - 1) / TILE;
     for (int step = 0; step < steps; step++) {
         // The next tile flies while this one is used; its buffer was freed by the barrier that
         // ended the previous step.
-        if (step + 1 < steps) load_rows(zj((step + 1) % 2), z, rows, dp, (step + 1) * TILE);
+        if (step + 1 < steps) load_rows(zj((step + 1) % 2), z, cols, dp, (step + 1) * TILE);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
         float s[8][4];
         similarity(zi, zj(step % 2), dp, s);
+        // Columns counted from this tile's first: the candidates left, and the column of the
+        // block's first anchor itself (masked). So written, sm_80's ptxas fits the kernel in 72
+        // registers without a spill.
+        const int left = cols - step * TILE, self0 = first + i0 - step * TILE;
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
 #pragma unroll
                 for (int v = 0; v < 2; v++) {
-                    const int i = row_of(i0, h), j = col_of(step * TILE, nt, v);
-                    if (j >= rows || j == i) continue;
+                    const int j = col_of(0, nt, v);
+                    if (j >= left || j == row_of(self0, h)) continue;
                     const float x = s[nt][2 * h + v] * inv_t;
                     if (x > mx[h]) {
                         sum[h] = sum[h] * expf(mx[h] - x) + 1.0f;
@@ -134,12 +142,12 @@ ntxent_lse_bf16(const bf16* __restrict__ z, int rows, int dp, float inv_t, float
     }
 }
 
-// grad[i, c] (f32 math, stored bf16) for the block's 64 rows and the 128 columns c0 = 128 ·
-// blockIdx.y onwards (c < d). Grid (ceil(rows / 64), ceil(dp / 128)), 128 threads, shared memory
-// as ntxent_lse_bf16.
+// grad[i, c] (f32 math, stored bf16) for the block's 64 anchors and the 128 columns c0 = 128 ·
+// blockIdx.y onwards (c < d), with lse [cols] every candidate's. Grid (ceil(rows / 64),
+// ceil(dp / 128)), 128 threads, shared memory as ntxent_lse_bf16.
 KERNEL void __launch_bounds__(THREADS)
-ntxent_grad_bf16(const bf16* __restrict__ z, int rows, int d, int dp, float inv_t,
-                 const float* __restrict__ lse, bf16* __restrict__ grad) {
+ntxent_grad_bf16(const bf16* __restrict__ z, int rows, int cols, int first, int d, int dp,
+                 float inv_t, const float* __restrict__ lse, bf16* __restrict__ grad) {
     DYNAMIC_SHARED(bf16, smem);
     const int ld = dp + 8, i0 = blockIdx.x * TILE, c0 = blockIdx.y * COLS;
     const int lane = threadIdx.x % 32, li = lane / 8, lj = lane % 8;
@@ -147,23 +155,23 @@ ntxent_grad_bf16(const bf16* __restrict__ z, int rows, int d, int dp, float inv_
     bf16* zi = smem;
     // The two z_j buffers follow z_i: buffer b at smem + (1 + b) · 64 · ld.
     auto zj = [&](int b) { return smem + (1 + b) * TILE * ld; };
-    load_rows(zi, z, rows, dp, i0);
-    load_rows(zj(0), z, rows, dp, 0);
+    load_rows(zi, z + (size_t)first * dp, rows, dp, i0);
+    load_rows(zj(0), z, cols, dp, 0);
     cp_async_commit();
 
     float lse_i[2];
 #pragma unroll
-    for (int h = 0; h < 2; h++) lse_i[h] = row_of(i0, h) < rows ? lse[row_of(i0, h)] : 0.0f;
+    for (int h = 0; h < 2; h++) lse_i[h] = row_of(i0, h) < rows ? lse[first + row_of(i0, h)] : 0.0f;
     float acc[COLS / 8][4];
 #pragma unroll
     for (int nt = 0; nt < COLS / 8; nt++)
 #pragma unroll
         for (int v = 0; v < 4; v++) acc[nt][v] = 0.0f;
 
-    const int steps = (rows + TILE - 1) / TILE;
+    const int steps = (cols + TILE - 1) / TILE;
     for (int step = 0; step < steps; step++) {
         const int j0 = step * TILE;
-        if (step + 1 < steps) load_rows(zj((step + 1) % 2), z, rows, dp, j0 + TILE);
+        if (step + 1 < steps) load_rows(zj((step + 1) % 2), z, cols, dp, j0 + TILE);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
@@ -182,10 +190,10 @@ ntxent_grad_bf16(const bf16* __restrict__ z, int rows, int d, int dp, float inv_
                 for (int v = 0; v < 2; v++) {
                     const int i = row_of(i0, h), j = col_of(j0, nt, v);
                     float x = 0.0f;
-                    if (i < rows && j < rows && i != j) {
+                    if (i < rows && j < cols && j != first + i) {
                         const float t = s[nt][2 * h + v] * inv_t;
                         x = expf(t - lse_i[h]) + expf(t - lse[j]);
-                        if (j == (i + half) % rows) x -= 2.0f;
+                        if (j == first + (i + half) % rows) x -= 2.0f;
                     }
                     wv[2 * h + v] = x;
                 }

@@ -27,6 +27,7 @@ PLAN="
 tests        45  every kernel test and the whole-step tests on cuda alone, launches synchronised
 pipeline     40  the tiny pipeline on cuda in f32 against cpu, loss by loss; in bf16 against f32
 graphs       25  steps as CUDA graphs, augmentation on the device: launches not synchronised
+nccl         20  NCCL at world size 1: every collective on the GPU; pretraining by simclr launch = one process
 memcheck     40  compute-sanitizer memcheck: every kernel family's tests, one training step
 racecheck    45  compute-sanitizer racecheck: the families that share memory within a block
 synccheck    15  compute-sanitizer synccheck: one training step
@@ -34,7 +35,7 @@ initcheck    15  compute-sanitizer initcheck: one training step
 step         60  ours: the ResNet-50 SimCLR step in bf16, 512 views (256 images) at 224 px, NT-Xent, LARS
 conv         65  ours: every distinct ResNet-50 convolution in bf16 at 512 views: fwd, dgrad, wgrad
 ntxent_gemm  20  ours: fused NT-Xent at 2N = 8192, d = 128 (and its memory); 4096^3 GEMM f32, bf16; augmentation of 512 views at 224 px
-pytorch     100  PyTorch: peaks (bf16 GEMM, copy), then bf16 autocast + channels_last, then fp32/TF32
+pytorch      80  PyTorch: peaks (bf16 GEMM, copy), then bf16 autocast + channels_last, then fp32/TF32
 "
 
 # What each part runs: test items are BINARY or BINARY:FILTER (a libtest name filter).
@@ -46,6 +47,8 @@ TESTS="$KERNELS device zoo:matches_cpu emu"
 PIPELINE="cli:tiny_pipeline_on_the_gpu_device_matches_cpu cli:tiny_pipeline_in_bf16_ends_within_2_percent_of_f32"
 # Graphs need launches that are not synchronised one by one (SIMCLR_SYNC_LAUNCHES=1 turns them off).
 GRAPHS="graph cli:device_augmentation_and_graphs_match_cpu_augmentation_launch_by_launch"
+# NCCL from the machine's own install (the nvidia-nccl-cu13 wheel beside PyTorch).
+NCCL="nccl launch:one_nccl_rank_pretrains_as_one_process"
 MEMCHECK="$KERNELS $STEP"
 RACECHECK="conv batchnorm ntxent gemm loss pool sk normalize optim augment emu"
 BENCHES="train_step conv ntxent gemm augment"
@@ -61,7 +64,7 @@ case ${1:-} in
     shift
     ;;
 --needs)
-    for t in $TESTS $PIPELINE $GRAPHS; do echo "test ${t%%:*}"; done | sort -u
+    for t in $TESTS $PIPELINE $GRAPHS $NCCL; do echo "test ${t%%:*}"; done | sort -u
     for b in $BENCHES; do echo "bench $b"; done
     exit 0
     ;;
@@ -258,6 +261,7 @@ for part in $(parts); do
     tests) run_tests tests tests.log $deadline "" $TESTS ;;
     pipeline) run_tests pipeline tests.log $deadline "" $PIPELINE ;;
     graphs) run_tests graphs tests.log $deadline "" $GRAPHS ;;
+    nccl) run_tests nccl tests.log $deadline "" $NCCL ;;
     memcheck | racecheck | synccheck | initcheck)
         if [ -z "$sanitizer" ]; then
             status="skipped: compute-sanitizer not found"

@@ -57,8 +57,10 @@ pub struct Graph {
     values: Vec<Tensor>,
     nodes: Vec<Node>,
     grads: Vec<Option<Tensor>>,
-    /// (index in the parameter store, value) of every parameter read.
-    leaves: Vec<(usize, Var)>,
+    /// (index in the parameter store, value, the number of nodes before it) of every parameter
+    /// read: only nodes pushed after a leaf can read it, so once backward is below that
+    /// number the leaf's gradient is final.
+    leaves: Vec<(usize, Var, usize)>,
     /// Whether backward computes each value's gradient: not for input batches, so the first
     /// convolution never computes the gradient of the images.
     wants_grad: Vec<bool>,
@@ -103,7 +105,7 @@ impl Graph {
     pub fn param(&mut self, id: usize, value: &Tensor) -> Var {
         let v = self.add(value.clone(), true);
         if self.record {
-            self.leaves.push((id, v));
+            self.leaves.push((id, v, self.nodes.len()));
         }
         v
     }
@@ -130,20 +132,53 @@ impl Graph {
 
     /// Backpropagates from a scalar `loss` (seeded with dloss/dloss = 1, on its device).
     pub fn backward(&mut self, loss: Var) {
+        let seed = self.seed(loss);
+        self.backward_from(loss, seed);
+    }
+
+    /// Backpropagates from a scalar `loss`, handing each parameter's gradient to `ready` (by
+    /// parameter index; zeros for an unused parameter) as soon as no node left can change it:
+    /// data parallelism starts averaging it over the ranks while the rest of the backward
+    /// runs (`dist::backward`). Ends the graph's use of the parameters, as `param_grads` does.
+    pub fn backward_with(&mut self, loss: Var, ready: &mut dyn FnMut(usize, Tensor)) {
+        let seed = self.seed(loss);
+        self.propagate(loss, seed, Some(ready));
+    }
+
+    fn seed(&self, loss: Var) -> Tensor {
         let value = self.value(loss);
         assert_eq!(value.numel(), 1, "backward from a non-scalar");
-        let seed = backend::of(value).full(&[1], value.dtype(), 1.0);
-        self.backward_from(loss, seed);
+        backend::of(value).full(&[1], value.dtype(), 1.0)
     }
 
     /// Backpropagates an arbitrary gradient `dy` of value `out` (the gradient checks use it
     /// to test ops whose output is not a scalar).
     pub fn backward_from(&mut self, out: Var, dy: Tensor) {
+        self.propagate(out, dy, None);
+    }
+
+    fn propagate(
+        &mut self,
+        out: Var,
+        dy: Tensor,
+        mut ready: Option<&mut dyn FnMut(usize, Tensor)>,
+    ) {
         assert!(self.record, "backward on a graph that recorded nothing");
         assert_eq!(self.value(out).shape, dy.shape, "seed gradient shape");
         self.grads = vec![None; self.values.len()];
         self.grads[out.0] = Some(dy);
-        for node in self.nodes.iter().rev() {
+        let nodes = std::mem::take(&mut self.nodes);
+        for k in (0..=nodes.len()).rev() {
+            if let Some(ready) = ready.as_mut() {
+                // Nodes k.. are done: the leaves read after node k - 1 are final.
+                while self.leaves.last().is_some_and(|&(_, _, at)| at >= k) {
+                    let (id, v, _) = self.leaves.pop().unwrap();
+                    ready(id, self.take_leaf(v));
+                }
+            }
+            let Some(node) = k.checked_sub(1).map(|i| &nodes[i]) else {
+                break;
+            };
             // An op's output gradient is consumed here: only inputs and leaves keep theirs.
             let Some(dy) = self.grads[node.out.0].take() else {
                 continue;
@@ -159,6 +194,7 @@ impl Graph {
                 }
             }
         }
+        self.nodes = nodes;
     }
 
     /// Gradients of the parameter leaves, by parameter index (zeros for unused parameters).
@@ -168,12 +204,15 @@ impl Graph {
         let leaves = std::mem::take(&mut self.leaves);
         leaves
             .into_iter()
-            .map(|(id, v)| {
-                let value = std::mem::replace(&mut self.values[v.0], Tensor::empty());
-                let g = self.grads.get_mut(v.0).and_then(|g| g.take());
-                (id, g.unwrap_or_else(|| value.zeros_like()))
-            })
+            .map(|(id, v, _)| (id, self.take_leaf(v)))
             .collect()
+    }
+
+    /// A leaf's gradient (zeros when nothing read it), letting go of its value.
+    fn take_leaf(&mut self, v: Var) -> Tensor {
+        let value = std::mem::replace(&mut self.values[v.0], Tensor::empty());
+        let g = self.grads.get_mut(v.0).and_then(|g| g.take());
+        g.unwrap_or_else(|| value.zeros_like())
     }
 }
 

@@ -129,6 +129,9 @@ enum Command {
     /// Loss, learning-rate, kNN and top-1 curves of a run (its metrics.jsonl files), as PNG and
     /// SVG under <RUN_DIR>/plots.
     Plot { run_dir: PathBuf },
+    /// Start data-parallel ranks on this machine, torchrun-style, one per GPU:
+    /// simclr launch --nproc-per-node 8 -- pretrain --device cuda --out runs/big
+    Launch(simclr::dist::launch::Launch),
 }
 
 /// Flags shared by every command. Unset flags take the preset's value.
@@ -414,13 +417,16 @@ fn check_arch(opts: &Opts, ckpt: &Path, model: &Model) -> Result<()> {
     Ok(())
 }
 
-/// Data parallelism covers `pretrain` so far: the other commands refuse more than one rank.
-fn one_process(ctx: &Context, command: &str) -> Result<()> {
-    match ctx.comm.size() {
+/// The commands that neither train nor evaluate (`info`, `data`, `export`, `predict`, `plot`)
+/// run in one process: on W ranks each would do, and write, the same thing W times. A process
+/// that a launcher started as a rank is refused without joining the world (no MPI, no NCCL).
+fn one_process(command: &str) -> Result<()> {
+    match simclr::dist::launched_world() {
         1 => Ok(()),
         w => Err(Error::Config(format!(
-            "`simclr {command}` runs in one process; of the commands only `pretrain` runs on \
-             {w} ranks so far"
+            "`simclr {command}` runs in one process, not on {w} ranks: start it without \
+             mpirun, srun or `simclr launch` (the commands that run on ranks are pipeline, \
+             pretrain, finetune, distill and eval)"
         ))),
     }
 }
@@ -428,9 +434,11 @@ fn one_process(ctx: &Context, command: &str) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     simclr::device::cpu::keep_freed_memory();
     match cli.command {
+        Command::Launch(launch) => {
+            simclr::dist::launch::run(&launch).map_err(Error::Config)?;
+        }
         Command::Pipeline(opts) => {
             let ctx = Context::new(opts.config(Target::Pretrain)?)?;
-            one_process(&ctx, "pipeline")?;
             let out = opts.out_dir(&ctx)?;
             pipeline(&ctx, &out)?;
             println!("report: {}", out.join("report.json").display());
@@ -448,7 +456,6 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Finetune { from, opts } => {
             let mut ctx = Context::new(opts.config(Target::Finetune)?)?;
-            one_process(&ctx, "finetune")?;
             let (model, stage) = match &from {
                 Some(from) => {
                     let (pretrained, meta) = checkpoint::load(from)?;
@@ -473,7 +480,6 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Distill { teacher, opts } => {
             let mut ctx = Context::new(opts.config(Target::Distill)?)?;
-            one_process(&ctx, "distill")?;
             let (mut model, meta) = checkpoint::load(&teacher)?;
             check_input(&ctx, &model)?;
             ctx.normalize_as(&meta);
@@ -497,7 +503,6 @@ fn run(cli: Cli) -> Result<()> {
             opts,
         } => {
             let ctx = Context::new(opts.config(Target::Pretrain)?)?;
-            one_process(&ctx, "eval")?;
             evaluate(&ctx, &ckpt)?;
         }
         Command::Eval {
@@ -506,7 +511,6 @@ fn run(cli: Cli) -> Result<()> {
             opts,
         } => {
             let mut ctx = Context::new(opts.config(Target::Linear)?)?;
-            one_process(&ctx, "eval --linear")?;
             let (pretrained, meta) = checkpoint::load(&ckpt)?;
             check_input(&ctx, &pretrained)?;
             ctx.normalize_as(&meta);
@@ -527,6 +531,7 @@ fn run(cli: Cli) -> Result<()> {
             in_channels,
             json,
         } => {
+            one_process("info")?;
             let arch = simclr::nn::resnet::Arch {
                 name: arch,
                 width,
@@ -545,6 +550,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Data { data, source, json } => {
+            one_process("data")?;
             let dir = data.unwrap_or_else(|| Config::preset("default").expect("preset").data);
             let info = simclr::data::describe(&dir, &source.load_options())?;
             if json {
@@ -562,6 +568,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             force,
         } => {
+            one_process("export")?;
             keep_existing(&out, force)?;
             if to != "torchvision" {
                 return Err(Error::Config(format!(
@@ -579,6 +586,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             force,
         } => {
+            one_process("predict")?;
             keep_existing(&out, force)?;
             let (device, why) = simclr::device::Device::select(&device)?;
             println!("{why}");
@@ -586,6 +594,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("predictions for {n} images in {}", out.display());
         }
         Command::Plot { run_dir } => {
+            one_process("plot")?;
             for path in simclr::train::plot::plot(&run_dir)? {
                 println!("wrote {}", path.display());
             }
@@ -610,7 +619,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            eprintln!("error: missing subcommand (pipeline, pretrain, finetune, distill, eval, info, data, plot, export or predict; see --help)");
+            eprintln!("error: missing subcommand (pipeline, pretrain, finetune, distill, eval, info, data, plot, export, predict or launch; see --help)");
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -627,7 +636,10 @@ fn main() -> ExitCode {
         }
     };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            simclr::dist::rendezvous::finished();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             match simclr::dist::launcher_rank() {
                 Some(rank) => eprintln!("error: rank {rank}: {e}"),

@@ -1,7 +1,9 @@
 //! Data parallelism (`dist`) against one process on the whole batch, on 2 and 3 MPI ranks of
 //! the cpu device: global batch norm forward and backward (also on the emulated GPU, its
-//! partials gathered through the host), NT-Xent over every rank's views,
-//! three pretraining steps of a ResNet with its projection head, and `simclr pretrain` itself.
+//! partials gathered through the host), NT-Xent over every rank's views (also in the emulated
+//! GPU's fused kernels),
+//! three pretraining steps of a ResNet with its projection head, and the commands themselves:
+//! `simclr pretrain`, `finetune`, `distill`, `eval` and `pipeline`.
 //! The op tests start `mpirun` on this test binary, filtered to the test; every rank computes
 //! the one-process result on the whole batch too and compares its shard with it. Needs
 //! `--features mpi` and an MPI (CI installs OpenMPI).
@@ -11,7 +13,7 @@ mod common;
 
 use simclr::autograd::Graph;
 use simclr::backend;
-use simclr::device::cuda::{Gpu, Schedule};
+use simclr::device::cuda::{Elem, Gpu, Schedule};
 use simclr::device::Device;
 use simclr::dist::{self, mpi::Mpi, Comm, Solo};
 use simclr::nn::model::{Model, ModelSpec};
@@ -148,22 +150,53 @@ fn gathered_ntxent_matches_one_process() {
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
             row.iter_mut().for_each(|v| *v /= norm);
         }
-        let full = Tensor::from_vec(&[2 * images, d], z.clone());
-        let (loss, dz) = backend::of(&full).ntxent(&full, 0.1, &Solo);
         let mine = shard_views(&z, d, images, &*comm);
-        let local = Tensor::from_vec(&[2 * per_rank, d], mine);
-        let (my_loss, my_dz) = backend::of(&local).ntxent(&local, 0.1, &*comm);
-        // The batch's loss is the mean of the ranks' (each the mean over its rows).
-        let mut total = vec![my_loss.item()];
-        comm.all_reduce_sum(&mut total);
-        let (got, want) = (total[0] / w as f64, loss.item());
-        assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} {want}");
-        // Each rank's gradient is that of the sum of the ranks' losses: W times the batch's.
-        let want: Vec<f32> = shard_views(&dz.to_f32_vec(), d, images, &*comm)
-            .iter()
-            .map(|g| g * w as f32)
-            .collect();
-        assert_close("dz", &my_dz.to_f32_vec(), &want, 1e-4);
+        let (all_rows, my_rows) = (2 * images, 2 * per_rank);
+        // The cpu (rows gathered, column gradients reduce-scattered) and the emulated GPU's
+        // fused kernels (rows and log-sum-exps gathered, through the host) in f32 and bf16, each
+        // against itself in one process; bf16 gradients differ by their rounding.
+        let emu = Gpu::emu(Schedule::Rr);
+        let on_emu =
+            |v: &[f32], n: usize, elem: Elem| Tensor::from_gpu(&[n, d], emu.upload_as(v, elem));
+        let cases = [
+            (
+                "cpu",
+                Tensor::from_vec(&[all_rows, d], z.clone()),
+                Tensor::from_vec(&[my_rows, d], mine.clone()),
+                1e-4,
+            ),
+            (
+                "emu",
+                on_emu(&z, all_rows, Elem::F32),
+                on_emu(&mine, my_rows, Elem::F32),
+                1e-4,
+            ),
+            (
+                "emu bf16",
+                on_emu(&z, all_rows, Elem::Bf16),
+                on_emu(&mine, my_rows, Elem::Bf16),
+                1e-2,
+            ),
+        ];
+        for (device, full, local, tolerance) in cases {
+            let (loss, dz) = backend::of(&full).ntxent(&full, 0.1, &Solo);
+            let (my_loss, my_dz) = backend::of(&local).ntxent(&local, 0.1, &*comm);
+            // The batch's loss is the mean of the ranks' (each the mean over its rows).
+            let mut total = vec![my_loss.item()];
+            comm.all_reduce_sum(&mut total);
+            let (got, want) = (total[0] / w as f64, loss.item());
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs(),
+                "loss on {device}: {got} on the ranks, {want} in one process"
+            );
+            // Each rank's gradient is that of the sum of the ranks' losses: W times the batch's.
+            let want: Vec<f32> = shard_views(&dz.to_f32_vec(), d, images, &*comm)
+                .iter()
+                .map(|g| g * w as f32)
+                .collect();
+            let what = format!("dz on {device}");
+            assert_close(&what, &my_dz.to_f32_vec(), &want, tolerance);
+        }
     });
 }
 
@@ -199,9 +232,9 @@ fn three_pretraining_steps_match_one_process() {
                     let (_, projection) = model.forward(&mut g, input, true);
                     let z = ops::normalize::l2_normalize(&mut g, projection);
                     let loss = ops::ntxent::ntxent(&mut g, z, 0.1);
-                    g.backward(loss);
-                    let mut grads = g.param_grads();
-                    dist::average_gradients(&*comm, &mut grads);
+                    // 4 KB buckets: a dozen collectives, each started as the backward
+                    // finishes its gradients (the trainer's are 25 MB).
+                    let grads = dist::backward(&mut g, loss, &*comm, 4096);
                     opt.step(&mut model.store, &grads, 0.5);
                 }
                 model
@@ -247,30 +280,10 @@ fn step_losses(out: &std::path::Path) -> Vec<f64> {
 fn pretrain_on_ranks_matches_one_process() {
     let dir = std::env::temp_dir().join(format!("simclr-dist-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
     let run = |name: &str| {
-        let out = dir.join(name).to_str().unwrap().to_string();
-        let args = [
-            "pretrain",
-            "--data",
-            data,
-            "--out",
-            &out,
-            "--device",
-            "cpu",
-            "--preset",
-            "tiny",
-            "--train-images",
-            "48",
-            "--test-images",
-            "20",
-            "--batch-size",
-            "12",
-            "--epochs",
-            "1",
-        ];
-        let args = args.map(String::from);
-        (out, args)
+        let out = dir.join(name);
+        let args = tiny("pretrain", &out, &["--epochs", "1"]);
+        (out.to_str().unwrap().to_string(), args)
     };
     let bin = env!("CARGO_BIN_EXE_simclr");
     let (one, args) = run("one");
@@ -286,14 +299,11 @@ fn pretrain_on_ranks_matches_one_process() {
         let (out, args) = run(&format!("ranks{w}"));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         mpirun(w, bin, &args, &[]);
-        let losses = step_losses(out.as_ref());
-        assert_eq!(losses.len(), want_losses.len());
-        for (i, (g, w)) in losses.iter().zip(&want_losses).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-4 * w.abs(),
-                "step {i}: {g} on ranks, {w} in one"
-            );
-        }
+        assert_same_losses(
+            &format!("{w} ranks"),
+            &step_losses(out.as_ref()),
+            &want_losses,
+        );
         let (got, meta) =
             checkpoint::load(&std::path::Path::new(&out).join(checkpoint::FILE)).unwrap();
         assert_eq!(meta.ranks, w);
@@ -307,7 +317,7 @@ fn pretrain_on_ranks_matches_one_process() {
         }
     }
     // What cannot run on ranks says so in one line on each: a resume on another number of
-    // ranks, a batch that does not split, a command other than pretrain.
+    // ranks, a batch that does not split, a command that runs in one process.
     let refused = |w: usize, args: &[&str], needle: &str| {
         let (ok, text) = try_mpirun(w, bin, args, &[]);
         // The first rank to fail names itself (mpirun then ends the others).
@@ -326,7 +336,184 @@ fn pretrain_on_ranks_matches_one_process() {
     let at = args.iter().position(|&a| a == "12").unwrap();
     args[at] = "10";
     refused(3, &args, "does not split over the 3 ranks");
-    args[0] = "finetune";
-    refused(2, &args, "runs in one process");
+    refused(2, &["info"], "runs in one process");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `simclr args` in one process (`w` = 1) or on `w` ranks: its output, or a failure with it.
+fn simclr_on(w: usize, args: &[&str]) -> String {
+    let bin = env!("CARGO_BIN_EXE_simclr");
+    if w > 1 {
+        let (ok, text) = try_mpirun(w, bin, args, &[]);
+        assert!(ok, "{args:?} on {w} ranks:\n{text}");
+        return text;
+    }
+    let out = Command::new(bin).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}:\n{text}");
+    text.into_owned()
+}
+
+/// The tiny settings of the stage tests: 48 training and 20 test images, batches of 12
+/// (which split over 2 and 3 ranks), on the cpu.
+fn tiny(command: &str, out: &std::path::Path, more: &[&str]) -> Vec<String> {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
+    let out = out.to_str().unwrap();
+    let args = [command, "--data", data, "--out", out, "--device", "cpu"];
+    let sizes = [
+        "--preset",
+        "tiny",
+        "--train-images",
+        "48",
+        "--test-images",
+        "20",
+    ];
+    let batch = ["--batch-size", "12"];
+    [&args[..], &sizes, &batch, more]
+        .concat()
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+/// The last value of `key` in a run's metrics.jsonl.
+fn last_logged(out: &std::path::Path, key: &str) -> f64 {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()[key].as_f64())
+        .unwrap_or_else(|| panic!("{}: no {key}", out.display()))
+}
+
+/// `simclr finetune` (from a pretrained checkpoint) and `simclr distill` (with the label loss
+/// mixed in, whose mean is over every rank's labelled rows) on 2 and 3 cpu ranks log the step
+/// losses of one process and its test top-1; `simclr eval` of a checkpoint on ranks prints, once,
+/// one process's kNN and top-1 exactly (each rank evaluates its share, the counts are summed).
+#[test]
+fn finetune_distill_and_eval_on_ranks_match_one_process() {
+    let dir = std::env::temp_dir().join(format!("simclr-dist-stages-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pre = dir.join("pretrain");
+    simclr_on(1, &strs(&tiny("pretrain", &pre, &[])));
+    let pre = pre.to_str().unwrap().to_string();
+    let teacher = dir.join("finetune-1");
+    let teacher_arg = teacher.to_str().unwrap().to_string();
+    // Learning rates that move the networks within the few steps, yet below where these small
+    // batches turn rounding into other steps (fine-tuning at 0.5 does by its eighth).
+    let stages: [(&str, Vec<&str>); 2] = [
+        (
+            "finetune",
+            vec![
+                "--from", &pre, "--labels", "all", "--lr", "0.2", "--epochs", "2",
+            ],
+        ),
+        (
+            "distill",
+            vec![
+                "--teacher",
+                &teacher_arg,
+                "--labels",
+                "2",
+                "--distill-label-weight",
+                "0.5",
+                "--lr",
+                "0.5",
+                "--epochs",
+                "2",
+            ],
+        ),
+    ];
+    for (command, more) in &stages {
+        let out = |w: usize| dir.join(format!("{command}-{w}"));
+        for w in [1, 2, 3] {
+            simclr_on(w, &strs(&tiny(command, &out(w), more)));
+        }
+        let want = step_losses(&out(1));
+        for w in [2, 3] {
+            let what = format!("{command} on {w} ranks");
+            assert_same_losses(&what, &step_losses(&out(w)), &want);
+            let top1 = |w| last_logged(&out(w), "top1");
+            assert_eq!(top1(w), top1(1), "{what}: test top-1");
+            let (_, meta) = checkpoint::load(&out(w)).unwrap();
+            assert_eq!(meta.ranks, w, "{what}");
+        }
+    }
+    let eval = |w: usize| {
+        let args = ["--ckpt", teacher.to_str().unwrap()];
+        let text = simclr_on(w, &strs(&tiny("eval", &dir.join("eval"), &args)));
+        let records: Vec<&str> = text.lines().filter(|l| l.contains("knn_top1")).collect();
+        assert_eq!(records.len(), 1, "eval on {w} ranks prints once:\n{text}");
+        serde_json::from_str::<serde_json::Value>(records[0]).unwrap()
+    };
+    let want = eval(1);
+    for w in [2, 3] {
+        assert_eq!(eval(w), want, "eval on {w} ranks");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `simclr pipeline` on 2 cpu ranks reports the accuracies of one process, and rank 0 alone
+/// writes the run: the same files, report.json among them, and one table printed. (Fine-tuning
+/// at its tiny learning rate: a larger one turns pretraining's rounding, f32 sums in another
+/// order, into different predictions.)
+#[test]
+fn pipeline_on_two_ranks_matches_one_process() {
+    let dir = std::env::temp_dir().join(format!("simclr-dist-pipeline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let more = ["--labels", "all", "--finetune-batch-size", "12"];
+    let run = |w: usize| {
+        let out = dir.join(format!("ranks{w}"));
+        let text = simclr_on(w, &strs(&tiny("pipeline", &out, &more)));
+        assert_eq!(text.matches("| model |").count(), 1, "{text}");
+        let report = std::fs::read_to_string(out.join("report.json")).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        let mut files: Vec<String> = walk(&out)
+            .iter()
+            .map(|f| f.strip_prefix(&out).unwrap().display().to_string())
+            .collect();
+        files.sort();
+        (report, files)
+    };
+    let (want, want_files) = run(1);
+    let (got, files) = run(2);
+    assert_eq!(files, want_files);
+    for (stage, key) in [
+        ("baseline", "top1"),
+        ("pretrain", "knn_top1"),
+        ("finetune", "top1"),
+        ("distill", "top1"),
+    ] {
+        assert_eq!(got[stage][key], want[stage][key], "{stage} {key}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            match path.is_dir() {
+                true => walk(&path),
+                false => vec![path],
+            }
+        })
+        .collect()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// A run's step losses on ranks against one process's: equal to f32 rounding (the same
+/// batches, their sums taken in another order).
+fn assert_same_losses(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * w.abs(),
+            "{what}: step {i}: {g} on ranks, {w} in one"
+        );
+    }
 }

@@ -12,6 +12,7 @@ const NO_SPILLS: &[&str] = &[
     "batchnorm",
     "gemm",
     "ntxent",
+    "ntxent_tc",
     "pool",
     "sk",
 ];

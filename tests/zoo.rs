@@ -349,6 +349,27 @@ fn forward_224px_matches_cpu() {
     );
 }
 
+/// A network for pretraining: `arch` and the 3-layer projection head to `proj_dim`.
+fn pretraining_spec(arch: Arch, proj_dim: usize) -> ModelSpec {
+    ModelSpec {
+        arch,
+        head_layers: 3,
+        proj_dim,
+        num_classes: None,
+    }
+}
+
+/// The tape of a pretraining step on `batch` (two views of its images): encoder, head,
+/// L2 normalisation and NT-Xent at τ = 0.1, on the batch's device. Returns it and the loss.
+fn pretraining_tape(model: &mut Model, batch: Tensor) -> (Graph, simclr::autograd::Var) {
+    let mut g = Graph::new(true);
+    let input = g.input(batch);
+    let (_, out) = model.forward(&mut g, input, true);
+    let z = ops::normalize::l2_normalize(&mut g, out);
+    let loss = ops::ntxent::ntxent(&mut g, z, 0.1);
+    (g, loss)
+}
+
 /// One pretraining step of an SK ResNet-D (ResNet-50, width 8, 64 px so that the deep stem
 /// runs): NT-Xent over 4 pairs through the 3-layer head. The loss must equal the cpu's, and
 /// every parameter gradient must be as close to the exact (f64, cpu) gradient as the cpu's
@@ -357,12 +378,7 @@ fn forward_224px_matches_cpu() {
 /// values per channel), and there f32 itself, on the cpu, is off by up to 1e-3.
 #[test]
 fn sk_training_step_matches_cpu() {
-    let spec = ModelSpec {
-        arch: arch("resnet50", 8, true, 64),
-        head_layers: 3,
-        proj_dim: 16,
-        num_classes: None,
-    };
+    let spec = pretraining_spec(arch("resnet50", 8, true, 64), 16);
     let x = images(8, 64, 6);
     let step = |device: &Device, dtype: DType| -> (f64, Vec<(usize, Vec<f32>)>) {
         let mut model = random_model(&spec);
@@ -370,12 +386,8 @@ fn sk_training_step_matches_cpu() {
             p.value = p.value.to_dtype(dtype);
         }
         model.to_device(device);
-        let mut g = Graph::new(true);
         let batch = Tensor::from_vec(&[8, 64, 64, 3], x.clone()).to_dtype(dtype);
-        let input = g.input(batch.to_device(device));
-        let (_, out) = model.forward(&mut g, input, true);
-        let z = ops::normalize::l2_normalize(&mut g, out);
-        let loss = ops::ntxent::ntxent(&mut g, z, 0.1);
+        let (mut g, loss) = pretraining_tape(&mut model, batch.to_device(device));
         g.backward(loss);
         let loss = g.value(loss).item();
         let grads = g.param_grads();
@@ -407,4 +419,36 @@ fn sk_training_step_matches_cpu() {
             );
         }
     }
+}
+
+/// The backward hands each parameter's gradient out once, as soon as it is final (data
+/// parallelism starts averaging it then): snapshots taken at hand-off equal the gradients of
+/// the whole backward, for a network whose blocks add a skip path to their output (SK: a
+/// parameter's gradient accumulates over several nodes).
+#[test]
+fn gradients_handed_out_during_the_backward_are_final() {
+    let spec = pretraining_spec(arch("resnet8", 4, true, 16), 8);
+    let x = Tensor::from_vec(&[4, 16, 16, 3], images(4, 16, 9));
+    let mut model = random_model(&spec);
+    let graph = |model: &mut Model| pretraining_tape(model, x.clone());
+    let (mut g, loss) = graph(&mut model);
+    g.backward(loss);
+    let want: std::collections::BTreeMap<usize, Vec<f32>> = g
+        .param_grads()
+        .into_iter()
+        .map(|(id, t)| (id, t.to_f32_vec()))
+        .collect();
+    let (mut g, loss) = graph(&mut model);
+    let mut got = std::collections::BTreeMap::new();
+    let mut order = Vec::new();
+    g.backward_with(loss, &mut |id, t| {
+        order.push(id);
+        assert!(
+            got.insert(id, t.to_f32_vec()).is_none(),
+            "parameter {id} handed out twice"
+        );
+    });
+    assert_eq!(got, want);
+    // Handed out as the backward goes: the head's last layer first, the stem last.
+    assert!(order.first() > order.last(), "{order:?}");
 }

@@ -61,10 +61,6 @@ fn dense(rows: usize, inp: usize, outs: usize) -> ConvShape {
     }
 }
 
-/// NT-Xent over several ranks runs on the cpu only so far (global batch norm runs here too,
-/// its collectives staged through the host).
-const ONE_RANK: &str = "NT-Xent across ranks runs on the cpu device only (so far)";
-
 /// The element type of a GPU tensor's buffer.
 fn elem(t: &Tensor) -> Elem {
     t.buffer().elem()
@@ -385,10 +381,23 @@ impl Backend for Gpu {
     }
 
     fn ntxent(&self, z: &Tensor, temperature: f64, comm: &dyn Comm) -> (Tensor, Tensor) {
-        assert_eq!(comm.size(), 1, "{}", ONE_RANK);
-        let (rows, d) = (z.shape[0], z.shape[1]);
+        let (rows, d, t) = (z.shape[0], z.shape[1], temperature as f32);
+        if comm.size() == 1 {
+            return self.loss_pair(z, |loss, grad| {
+                ntxent::ntxent(self, rows, d, z.buffer(), t, loss, grad)
+            });
+        }
+        // This rank's rows against every rank's. Between the two passes the ranks gather their
+        // anchors' log-sum-exps, all that the other ranks' share of this rank's gradient needs
+        // (kernels/ntxent.cu): no column gradients to reduce-scatter, as on the cpu.
+        let all = comm.all_gather_device(self, z.buffer());
+        let shard = ntxent::Shard::new(self, z.buffer(), &all, comm.rank() * rows, d, t);
+        let mut lse = self.alloc_f32(rows);
+        shard.lse(&mut lse);
+        let lse_all = comm.all_gather_device(self, &lse);
         self.loss_pair(z, |loss, grad| {
-            ntxent::ntxent(self, rows, d, z.buffer(), temperature as f32, loss, grad)
+            shard.loss(&lse, loss);
+            shard.grad(&lse_all, grad);
         })
     }
 

@@ -21,15 +21,16 @@ impl Device {
         let gpu_error = |e: cuda::GpuError| Error::Config(format!("--device {name}: {e}"));
         match name {
             "cpu" => Ok((Device::Cpu, "device: cpu (as requested)".into())),
-            "auto" => Ok(match Gpu::cuda(0) {
+            "auto" => Ok(match Gpu::cuda(crate::dist::local_rank()) {
                 Ok(gpu) => {
                     let why = format!("device: {} (auto: a GPU is present)", gpu.name());
                     (Device::Gpu(gpu), why)
                 }
                 Err(e) => (Device::Cpu, format!("device: cpu (auto: {e})")),
             }),
+            // One process per GPU: a rank takes its own (`dist::local_rank`).
             "cuda" => {
-                let gpu = Gpu::cuda(0).map_err(gpu_error)?;
+                let gpu = Gpu::cuda(crate::dist::local_rank()).map_err(gpu_error)?;
                 Ok((Device::Gpu(gpu.clone()), format!("device: {}", gpu.name())))
             }
             _ if name.starts_with("cuda:") => {

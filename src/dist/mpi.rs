@@ -45,8 +45,8 @@ impl Comm for Mpi {
             .all_reduce_into(&send[..], x, SystemOperation::sum());
     }
 
-    fn all_gather(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0f32; x.len() * self.size()];
+    fn all_gather_bytes(&self, x: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; x.len() * self.size()];
         self.world.all_gather_into(x, &mut out[..]);
         out
     }

@@ -90,15 +90,8 @@ impl Context {
         let (device, why) = Device::select(&cfg.device)?;
         let precision = precision(&cfg.precision, &device)?;
         let augment_on_device = augment_on_device(&cfg.augment_on, &device)?;
-        let comm = dist::from_env().map_err(Error::Config)?;
+        let comm = dist::from_env(&device).map_err(Error::Config)?;
         if comm.size() > 1 {
-            if let Device::Gpu(_) = device {
-                return Err(Error::Config(
-                    "data parallelism on a GPU device needs NCCL, not built yet: run the ranks \
-                     with --device cpu"
-                        .into(),
-                ));
-            }
             let settings = serde_json::to_string(&cfg).expect("config serialises");
             if !dist::all_agree(&*comm, &settings) {
                 return Err(Error::Config(format!(

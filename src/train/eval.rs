@@ -1,5 +1,11 @@
 //! Evaluation: top-1 accuracy of a classifier, and the kNN monitor (cosine similarity,
 //! k neighbours, votes weighted by exp(sim / 0.1)) for encoders without one.
+//!
+//! Under W ranks (`dist`) each rank runs the model on its contiguous 1/W of the images and the
+//! ranks combine what crosses them: the counts of correct answers are summed, and the kNN bank's
+//! features are gathered (every rank's queries vote against the whole bank). Inference needs
+//! nothing else from the other ranks (their parameters and BN statistics are the same), so this
+//! is the simplest design that gives every rank one process's number, in 1/W of the time.
 
 use crate::autograd::Graph;
 use crate::backend;
@@ -7,8 +13,11 @@ use crate::data::augment::Normalize;
 use crate::data::loader::{Loader, Pixels, Views};
 use crate::data::Dataset;
 use crate::device::cpu::gemm::gemm;
+use crate::dist::Comm;
 use crate::nn::model::Model;
 use crate::tensor::{DType, Tensor};
+use crate::train::Context;
+use std::ops::Range;
 use std::sync::Arc;
 
 const EVAL_BATCH: usize = 500;
@@ -62,22 +71,56 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Fraction of `indices` whose arg-max logit is the label.
+/// Rank r's contiguous share of `n` items: [r·n/W, (r+1)·n/W).
+fn share(n: usize, comm: &dyn Comm) -> Range<usize> {
+    let (w, r) = (comm.size(), comm.rank());
+    r * n / w..(r + 1) * n / w
+}
+
+/// The rows of every rank's share (`mine`, this rank's, `width` values a row), in order: the
+/// `n` rows one process computes. Shares differ by a row at most; each is padded to the
+/// largest for the gather.
+fn gather_rows(comm: &dyn Comm, mut mine: Vec<f32>, n: usize, width: usize) -> Vec<f32> {
+    if comm.size() == 1 {
+        return mine;
+    }
+    let most = n.div_ceil(comm.size()) * width;
+    mine.resize(most, 0.0);
+    let all = comm.all_gather(&mine);
+    (0..comm.size())
+        .flat_map(|r| {
+            let rows = (r + 1) * n / comm.size() - r * n / comm.size();
+            all[r * most..r * most + rows * width].iter().copied()
+        })
+        .collect()
+}
+
+/// `count` summed over the ranks.
+fn total(comm: &dyn Comm, count: usize) -> f64 {
+    let mut sum = [count as f64];
+    comm.all_reduce_sum(&mut sum);
+    sum[0]
+}
+
+/// Fraction of `indices` whose arg-max logit is the label, each rank of `comm` classifying its
+/// share of them.
 pub fn top1(
     model: &mut Model,
     ds: &Arc<Dataset>,
     indices: &[usize],
     norm: &Normalize,
     precision: DType,
+    comm: &dyn Comm,
 ) -> f64 {
     let classes = model.spec.num_classes.expect("top-1 needs a classifier");
-    let (_, logits) = forward_all(model, ds, indices, norm, precision);
-    let correct = indices
+    let mine = &indices[share(indices.len(), comm)];
+    let (_, logits) = forward_all(model, ds, mine, norm, precision);
+    let correct = mine
         .iter()
         .zip(logits.chunks(classes))
         .filter(|(&i, row)| argmax(row) as u32 == ds.labels[i])
         .count();
-    correct as f64 / indices.len() as f64
+    total(comm, correct) / indices.len() as f64
 }
 
 fn l2_normalize_rows(x: &mut [f32], d: usize) {
@@ -88,7 +131,8 @@ fn l2_normalize_rows(x: &mut [f32], d: usize) {
 }
 
 /// kNN top-1 of the encoder's features: the bank is `bank` of the train set, the queries
-/// `queries` of the test set.
+/// `queries` of the test set. Each rank of `comm` computes its share of the bank's features
+/// (gathered) and classifies its share of the queries.
 #[allow(clippy::too_many_arguments)]
 pub fn knn_top1(
     model: &mut Model,
@@ -99,13 +143,23 @@ pub fn knn_top1(
     norm: &Normalize,
     k: usize,
     precision: DType,
+    comm: &dyn Comm,
 ) -> f64 {
     // Nothing to vote with or nothing to classify (an unlabelled folder, no test split).
     if bank.is_empty() || queries.is_empty() {
         return f64::NAN;
     }
     let d = model.spec.arch.feature_dim();
-    let (mut bank_f, _) = forward_all(model, train, bank, norm, precision);
+    let all_queries = queries.len();
+    let queries = &queries[share(all_queries, comm)];
+    let (bank_f, _) = forward_all(
+        model,
+        train,
+        &bank[share(bank.len(), comm)],
+        norm,
+        precision,
+    );
+    let mut bank_f = gather_rows(comm, bank_f, bank.len(), d);
     let (mut query_f, _) = forward_all(model, test, queries, norm, precision);
     l2_normalize_rows(&mut bank_f, d);
     l2_normalize_rows(&mut query_f, d);
@@ -142,5 +196,32 @@ pub fn knn_top1(
             }
         }
     }
-    correct as f64 / queries.len() as f64
+    total(comm, correct) / all_queries as f64
+}
+
+impl Context {
+    /// The kNN monitor of `model`'s encoder on images standardised by `norm`: the run's bank,
+    /// test images, k and precision, over its ranks.
+    pub fn knn_top1(&self, model: &mut Model, norm: &Normalize) -> f64 {
+        let (bank, queries) = (&self.knn_bank, &self.test_indices);
+        let (k, comm) = (self.cfg.knn_k, &*self.comm);
+        knn_top1(
+            model,
+            &self.train,
+            bank,
+            &self.test,
+            queries,
+            norm,
+            k,
+            self.precision,
+            comm,
+        )
+    }
+
+    /// Top-1 of `model`'s classifier on the run's test images standardised by `norm`, over its
+    /// ranks.
+    pub fn test_top1(&self, model: &mut Model, norm: &Normalize) -> f64 {
+        let (test, indices) = (&self.test, &self.test_indices);
+        top1(model, test, indices, norm, self.precision, &*self.comm)
+    }
 }

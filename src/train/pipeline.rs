@@ -1,10 +1,13 @@
 //! The commands: each stage alone, evaluation, and `pipeline`, which runs the supervised
 //! baseline, pretraining, fine-tuning and distillation in turn and writes report.json.
+//!
+//! Under W ranks every rank runs every stage (each its share of every batch and of every
+//! evaluation) and returns the same results; rank 0 alone writes into the run's directory and
+//! prints the summaries.
 
 use crate::error::{Error, Result};
 use crate::nn::model::Model;
 use crate::train::checkpoint;
-use crate::train::eval;
 use crate::train::stages::{self, classifier_spec};
 use crate::train::Context;
 use serde::Serialize;
@@ -64,42 +67,53 @@ fn describe(model: &Model) -> String {
     format!("{}-w{}", a.name, a.width)
 }
 
-fn sub_dir(out: &Path, name: &str) -> Result<std::path::PathBuf> {
+/// A stage's directory in the run's, made by the rank that writes.
+fn sub_dir(ctx: &Context, out: &Path, name: &str) -> Result<std::path::PathBuf> {
     let dir = out.join(name);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    if ctx.is_main() {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
     Ok(dir)
+}
+
+/// Prints `line` on rank 0 (the one process's output, not one copy per rank).
+fn say(ctx: &Context, line: std::fmt::Arguments) {
+    if ctx.is_main() {
+        println!("{line}");
+    }
 }
 
 pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
     let start = Instant::now();
     let cfg = &ctx.cfg;
-    println!(
-        "[1/4] supervised baseline on {} labelled images",
-        ctx.labelled()?.len()
+    let labelled = ctx.labelled()?.len();
+    say(
+        ctx,
+        format_args!("[1/4] supervised baseline on {labelled} labelled images"),
     );
     let fresh = Model::new(
         &classifier_spec(ctx, ctx.arch(&cfg.arch, cfg.width, cfg.sk)),
         cfg.seed,
     )?;
-    let baseline = stages::supervised(ctx, fresh, "baseline", &sub_dir(out, "baseline")?)?;
-    println!("[2/4] pretraining on {} images", ctx.train_indices.len());
-    let pre = stages::pretrain(ctx, &sub_dir(out, "pretrain")?)?;
-    println!(
-        "[3/4] fine-tuning on {} labelled images",
-        ctx.labelled()?.len()
+    let dir = |name| sub_dir(ctx, out, name);
+    let baseline = stages::supervised(ctx, fresh, "baseline", &dir("baseline")?)?;
+    let images = ctx.train_indices.len();
+    say(ctx, format_args!("[2/4] pretraining on {images} images"));
+    let pre = stages::pretrain(ctx, &dir("pretrain")?)?;
+    say(
+        ctx,
+        format_args!("[3/4] fine-tuning on {labelled} labelled images"),
     );
     let start_ft = stages::from_pretrained(ctx, &pre.model)?;
-    let mut ft = stages::supervised(ctx, start_ft, "finetune", &sub_dir(out, "finetune")?)?;
-    println!(
-        "[4/4] distilling into {}-w{}",
-        cfg.student_arch, cfg.student_width
-    );
-    let st = stages::distill(ctx, &mut ft.model, &sub_dir(out, "distill")?)?;
+    let mut ft = stages::supervised(ctx, start_ft, "finetune", &dir("finetune")?)?;
+    let student = format!("{}-w{}", cfg.student_arch, cfg.student_width);
+    say(ctx, format_args!("[4/4] distilling into {student}"));
+    let st = stages::distill(ctx, &mut ft.model, &dir("distill")?)?;
     let report = Report {
         dataset: cfg.data.display().to_string(),
         device: ctx.device.name(),
         label_fraction: ctx.label_fraction()?,
-        labelled_examples: ctx.labelled()?.len(),
+        labelled_examples: labelled,
         seed: cfg.seed,
         baseline: BaselineReport {
             arch: describe(&baseline.model),
@@ -129,9 +143,11 @@ pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
         total_wall_s: start.elapsed().as_secs_f64(),
         config: cfg.clone(),
     };
-    let json = serde_json::to_string_pretty(&report).expect("report serialises");
-    checkpoint::write_atomic(&out.join("report.json"), json.as_bytes())?;
-    print_table(&report);
+    if ctx.is_main() {
+        let json = serde_json::to_string_pretty(&report).expect("report serialises");
+        checkpoint::write_atomic(&out.join("report.json"), json.as_bytes())?;
+        print_table(&report);
+    }
     Ok(report)
 }
 
@@ -177,35 +193,25 @@ fn print_table(r: &Report) {
 }
 
 /// `simclr eval`: the kNN monitor for any checkpoint (on its encoder's features), and test
-/// top-1 too for one with a classifier.
-pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<()> {
+/// top-1 too for one with a classifier; printed (by rank 0) and returned (on every rank).
+pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<serde_json::Value> {
     let (mut model, meta) = checkpoint::load(ckpt)?;
     check_input(ctx, &model)?;
     model.to_device(&ctx.device);
     // The images standardised as the model's training data was.
     let norm = meta.normalize_or(&ctx.norm);
-    let knn = eval::knn_top1(
-        &mut model,
-        &ctx.train,
-        &ctx.knn_bank,
-        &ctx.test,
-        &ctx.test_indices,
-        &norm,
-        ctx.cfg.knn_k,
-        ctx.precision,
-    );
+    let knn = ctx.knn_top1(&mut model, &norm);
     let mut record = serde_json::json!({
         "stage": meta.stage,
         "knn_top1": knn,
         "test_images": ctx.test_indices.len(),
     });
     if model.spec.num_classes.is_some() {
-        let (test, indices) = (&ctx.test, &ctx.test_indices);
-        record["top1"] = eval::top1(&mut model, test, indices, &norm, ctx.precision).into();
+        record["top1"] = ctx.test_top1(&mut model, &norm).into();
     }
     ctx.device.check()?;
-    println!("{record}");
-    Ok(())
+    say(ctx, format_args!("{record}"));
+    Ok(record)
 }
 
 /// A checkpoint's model must take the dataset's images.

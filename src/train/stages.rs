@@ -1,7 +1,8 @@
 //! The stages: contrastive pretraining, supervised training (the baseline from scratch,
 //! fine-tuning from the pretrained head, linear evaluation), and distillation into a student.
 //! Each builds its network and its `Stage` (what differs: images, views, objective, monitor)
-//! and runs the one training loop, `trainer::train`.
+//! and runs the one training loop, `trainer::train`. Under W ranks every stage runs on every
+//! rank, each taking its share of every batch and of every evaluation.
 
 use crate::data::augment::Augment;
 use crate::data::loader::Views;
@@ -19,12 +20,21 @@ const PRETRAIN: u64 = 1;
 const SUPERVISED: u64 = 2;
 const DISTILL: u64 = 3;
 
-/// The stage config with a batch size that fits `n` images.
-fn fit_batch(cfg: &StageConfig, n: usize, stage: &str) -> Result<StageConfig> {
+/// The stage config with a batch size that fits `n` images. Under W ranks a batch cut to the
+/// images must still split over them (the trainer refuses a --batch-size that does not).
+fn fit_batch(ctx: &Context, cfg: &StageConfig, n: usize, stage: &str) -> Result<StageConfig> {
     let batch = cfg.batch_size.min(n);
     if batch < 2 {
         return Err(Error::Config(format!(
             "{stage}: needs at least 2 images, has {n}"
+        )));
+    }
+    let w = ctx.comm.size();
+    if batch < cfg.batch_size && !batch.is_multiple_of(w) {
+        return Err(Error::Config(format!(
+            "{stage}: its batch of {} is cut to its {n} images, which do not split over the {w} \
+             ranks: give it a batch size that does, of at most {n}",
+            cfg.batch_size
         )));
     }
     Ok(StageConfig {
@@ -57,7 +67,7 @@ pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
     };
     let stage = Stage {
         name: "pretrain",
-        cfg: fit_batch(&cfg.pretrain, ctx.train_indices.len(), "pretrain")?,
+        cfg: fit_batch(ctx, &cfg.pretrain, ctx.train_indices.len(), "pretrain")?,
         images: &ctx.train_indices,
         views: Views::Two(aug),
         key: PRETRAIN,
@@ -152,7 +162,7 @@ pub fn supervised(
     };
     let stage = Stage {
         name: stage,
-        cfg: fit_batch(recipe, labelled.len(), stage)?,
+        cfg: fit_batch(ctx, recipe, labelled.len(), stage)?,
         images: labelled,
         views: Views::One(ctx.crop_flip()),
         key: SUPERVISED,
@@ -181,7 +191,7 @@ pub fn distill(ctx: &Context, teacher: &mut Model, out: &Path) -> Result<Supervi
     teacher.to_device(&ctx.device);
     let stage = Stage {
         name: "distill",
-        cfg: fit_batch(&cfg.distill, ctx.train_indices.len(), "distill")?,
+        cfg: fit_batch(ctx, &cfg.distill, ctx.train_indices.len(), "distill")?,
         images: &ctx.train_indices,
         views: Views::One(ctx.crop_flip()),
         key: DISTILL,

@@ -15,7 +15,6 @@ use crate::optim::schedule::{lr_at, scaled_lr};
 use crate::optim::Optimizer;
 use crate::tensor::{Storage, Tensor};
 use crate::train::config::StageConfig;
-use crate::train::eval;
 use crate::train::metrics::{progress, Metrics};
 use crate::train::Context;
 use indicatif::ProgressBar;
@@ -170,9 +169,7 @@ pub fn train(
             let mut g = Graph::new(true);
             g.comm = ctx.comm.clone();
             let loss_var = loss(ctx, &mut g, model, &mut stage.objective, batch);
-            g.backward(loss_var);
-            let mut grads = g.param_grads();
-            dist::average_gradients(&*ctx.comm, &mut grads);
+            let grads = dist::backward(&mut g, loss_var, &*ctx.comm, dist::BUCKET_BYTES);
             opt.step(&mut model.store, &grads, lr);
             let loss_value = g.value(loss_var).clone();
             drop((g, grads));
@@ -220,23 +217,21 @@ pub fn train(
         // End of the epoch: the monitor, the record, a checkpoint.
         final_loss = pos.loss_sum / pos.batch.max(1) as f64;
         let mut record = match stage.monitor {
-            Monitor::Knn => json!({"knn_top1": eval::knn_top1(model, &ctx.train, &ctx.knn_bank,
-                &ctx.test, &ctx.test_indices, &ctx.norm, ctx.cfg.knn_k, ctx.precision)}),
+            Monitor::Knn => json!({"knn_top1": ctx.knn_top1(model, &ctx.norm)}),
             Monitor::Top1 if epoch + 1 == cfg.epochs => {
-                let (test, indices) = (&ctx.test, &ctx.test_indices);
-                json!({"top1": eval::top1(model, test, indices, &ctx.norm, ctx.precision)})
+                json!({"top1": ctx.test_top1(model, &ctx.norm)})
             }
             Monitor::Top1 => json!({}),
         };
         check_device(gpu.as_ref(), cfg.batch_size, true)?;
-        // Print the epochs that measured something (kNN, top-1); log them all.
+        // Print the epochs that measured something (kNN, top-1; rank 0 alone); log them all.
         let measured = record.as_object().is_some_and(|o| !o.is_empty());
         pos.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         record["stage"] = json!(stage.name);
         record["epoch"] = json!(epoch + 1);
         record["mean_loss"] = json!(final_loss);
         record["elapsed_s"] = json!(pos.elapsed_s);
-        if measured {
+        if measured && ctx.is_main() {
             run.bar.suspend(|| println!("{record}"));
         }
         run.metrics.log(record.clone())?;

@@ -5,7 +5,7 @@
 //! Work goes on two streams the driver creates (non-blocking, so nothing else in the process
 //! synchronises with them; and unlike the legacy default stream they can be captured into a
 //! graph): the compute stream for the kernels and most copies, the copy stream for a training
-//! step's uploads (`Queue`). The blocking copies are asynchronous copies on the compute stream
+//! step's uploads, the comm stream for NCCL's collectives (`Queue`). The blocking copies are asynchronous copies on the compute stream
 //! followed by a wait for it.
 
 use super::kernels::FATBINS;
@@ -20,6 +20,7 @@ pub struct Driver {
     ctx: sys::CUcontext,
     stream: sys::CUstream,
     copy_stream: sys::CUstream,
+    comm_stream: sys::CUstream,
     modules: Vec<sys::CUmodule>,
     functions: Mutex<HashMap<String, sys::CUfunction>>,
 }
@@ -62,11 +63,13 @@ impl Driver {
         let kind = || result::stream::StreamKind::NonBlocking;
         let stream = result::stream::create(kind()).map_err(msg)?;
         let copy_stream = result::stream::create(kind()).map_err(msg)?;
+        let comm_stream = result::stream::create(kind()).map_err(msg)?;
         let driver = Driver {
             dev,
             ctx,
             stream,
             copy_stream,
+            comm_stream,
             modules,
             functions: Mutex::new(HashMap::new()),
         };
@@ -77,6 +80,7 @@ impl Driver {
         match queue {
             Queue::Compute => self.stream,
             Queue::Copy => self.copy_stream,
+            Queue::Comm => self.comm_stream,
         }
     }
 
@@ -113,6 +117,7 @@ impl Drop for Driver {
         unsafe {
             let _ = result::stream::destroy(self.stream);
             let _ = result::stream::destroy(self.copy_stream);
+            let _ = result::stream::destroy(self.comm_stream);
             for &module in &self.modules {
                 let _ = result::module::unload(module);
             }
@@ -286,6 +291,11 @@ impl Runtime for Driver {
         if self.make_current().is_ok() {
             let _ = result::event::destroy(event as sys::CUevent);
         }
+    }
+
+    fn native_stream(&self, queue: Queue) -> Result<*mut c_void, String> {
+        self.make_current()?;
+        Ok(self.stream(queue) as *mut c_void)
     }
 
     fn has_graphs(&self) -> bool {

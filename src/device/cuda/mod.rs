@@ -31,7 +31,8 @@ pub mod kernels {
 
 use alloc::{Cache, MemStats};
 pub use emu::Schedule;
-use runtime::{Queue, Runtime};
+pub use runtime::Queue;
+use runtime::Runtime;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -287,6 +288,17 @@ impl Buffer {
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
+
+    /// The device address, for an outside library that works in device memory (NCCL).
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// The same bytes taken as elements of type `elem`.
+    pub fn with_elem(mut self, elem: Elem) -> Buffer {
+        self.elem = elem;
+        self
+    }
 }
 
 /// A kernel argument: a device pointer or a scalar, stored as cuLaunchKernel reads it.
@@ -497,6 +509,34 @@ impl Gpu {
             // SAFETY: both are live blocks of at least `bytes`.
             self.runtime_call("copy", || unsafe { self.0.runtime.copy(dst, src, bytes) });
         }
+    }
+
+    /// Queues an outside library's work (NCCL's collectives) on `queue`: `work` gets the
+    /// queue's stream as a raw `CUstream`, with the device's context current. Never recorded
+    /// into a step's graph: a recording ends here. A failure is recorded like a launch's.
+    pub fn native(
+        &self,
+        op: &'static str,
+        queue: Queue,
+        work: impl FnOnce(*mut c_void) -> Result<(), String>,
+    ) {
+        self.stop_recording();
+        let runtime = &self.0.runtime;
+        self.runtime_call(op, || work(runtime.native_stream(queue)?));
+    }
+
+    /// Makes the work queued on `waiter` from now on wait, on the device, for the work queued
+    /// so far on `on` (an event; the host does not wait). Ends a recording, as `native` does.
+    pub fn order(&self, on: Queue, waiter: Queue) {
+        self.stop_recording();
+        let runtime = &self.0.runtime;
+        self.runtime_call("queue order", || {
+            let event = runtime.record_event(on)?;
+            let waited = runtime.queue_wait(waiter, event);
+            // SAFETY: from record_event; a queued wait keeps what it needs of it.
+            unsafe { runtime.destroy_event(event) };
+            waited
+        });
     }
 
     fn driver_alloc(&self, size: usize) -> u64 {

@@ -7,12 +7,14 @@
 use std::ffi::c_void;
 
 /// Where queued work goes: the kernels and most copies on `Compute`; a training step's uploads
-/// on `Copy`, so that they overlap the previous step's kernels (`graph.rs`). Work on one queue
-/// is ordered; across the two only by events (`record_event`, `queue_wait`).
+/// on `Copy`, so that they overlap the previous step's kernels (`graph.rs`); the gradients'
+/// collectives (NCCL) on `Comm`, so that they overlap the rest of the backward (`dist::nccl`).
+/// Work on one queue is ordered; across queues only by events (`record_event`, `queue_wait`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Queue {
     Compute,
     Copy,
+    Comm,
 }
 
 pub trait Runtime: Send + Sync {
@@ -116,6 +118,11 @@ pub trait Runtime: Send + Sync {
     /// # Safety
     /// `event` came from `record_event` of this runtime and is not used afterwards.
     unsafe fn destroy_event(&self, _event: u64) {}
+    /// `queue`'s stream as a raw `CUstream`, with the device's context made current on this
+    /// thread: for a library that queues its own work (NCCL). The emulator has none.
+    fn native_stream(&self, _queue: Queue) -> Result<*mut c_void, String> {
+        Err("the emulator runs no outside GPU library (NCCL)".into())
+    }
 
     // Graphs (`graph.rs`). The emulator has none: there `Gpu` replays a step's recorded work
     // one launch at a time.
