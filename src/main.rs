@@ -129,9 +129,28 @@ enum Command {
     /// Loss, learning-rate, kNN and top-1 curves of a run (its metrics.jsonl files), as PNG and
     /// SVG under <RUN_DIR>/plots.
     Plot { run_dir: PathBuf },
+    /// Write an image folder as tar shards (WebDataset convention: NNNNNN.jpg, .cls, .path;
+    /// classes.txt), which --data then reads streamed
+    Pack {
+        /// The image folder
+        #[arg(long)]
+        data: PathBuf,
+        /// Output directory for the shards
+        out: PathBuf,
+        /// Shard size in MB
+        #[arg(long, default_value_t = 1024)]
+        shard_mb: u64,
+        /// Write into an existing non-empty output directory
+        #[arg(long)]
+        force: bool,
+    },
     /// Start data-parallel ranks on this machine, torchrun-style, one per GPU:
     /// simclr launch --nproc-per-node 8 -- pretrain --device cuda --out runs/big
     Launch(simclr::dist::launch::Launch),
+    /// Images/s, read rate and peak memory of the streaming loader over one epoch of an image
+    /// folder (decode + two SimCLR views); writes a synthetic ImageNet-like folder first when
+    /// --data does not exist.
+    BenchLoader(simclr::train::bench_loader::BenchLoader),
 }
 
 /// Flags shared by every command. Unset flags take the preset's value.
@@ -189,6 +208,13 @@ struct Opts {
     /// Run the steady-state training step as one CUDA graph: on or off (launch by launch) [default: on]
     #[arg(long, value_parser = on_off)]
     cuda_graphs: Option<bool>,
+    /// Image folders: decode batch by batch with bounded memory (on), all up front into memory
+    /// (off), or on when the decoded images would take over 4 GiB (auto) [default: auto]
+    #[arg(long)]
+    stream: Option<String>,
+    /// Decode workers of a streamed image folder [default: all cores but one]
+    #[arg(long)]
+    workers: Option<usize>,
     /// Output directory [default: runs/<timestamp>]
     #[arg(long)]
     out: Option<PathBuf>,
@@ -263,7 +289,7 @@ fn parse_width(s: &str) -> std::result::Result<usize, String> {
 /// How to read a dataset directory.
 #[derive(Args, Clone)]
 struct Source {
-    /// Dataset format: idx, cifar10, cifar100, stl10 or folder [default: detected]
+    /// Dataset format: idx, cifar10, cifar100, stl10, folder or shards [default: detected]
     #[arg(long)]
     format: Option<simclr::data::Format>,
     /// Resize images to N×N (image folders: 224 unless given) [default: native size]
@@ -277,6 +303,7 @@ impl Source {
             format: self.format,
             image_size: self.image_size,
             skip_unlabelled: false,
+            ..Default::default()
         }
     }
 }
@@ -318,6 +345,8 @@ impl Opts {
         set(&mut c.precision, &self.precision);
         set(&mut c.augment_on, &self.augment_on);
         set(&mut c.cuda_graphs, &self.cuda_graphs);
+        set(&mut c.stream, &self.stream);
+        set(&mut c.workers, &self.workers);
         set(&mut c.pretrain.lr_scaling, &self.lr_scaling);
         set(&mut c.color_strength, &self.color_strength);
         set(&mut c.crop_min, &self.crop_min);
@@ -434,6 +463,26 @@ fn one_process(command: &str) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     simclr::device::cpu::keep_freed_memory();
     match cli.command {
+        Command::Pack {
+            data,
+            out,
+            shard_mb,
+            force,
+        } => {
+            one_process("pack")?;
+            if shard_mb == 0 {
+                return Err(Error::Config("--shard-mb must be at least 1".into()));
+            }
+            prepare_out_dir(&out, force)?;
+            let packed = simclr::data::shards::pack(&data, &out, shard_mb << 20)?;
+            println!(
+                "packed {} images into {} shards ({} MB) in {}",
+                packed.images,
+                packed.shards,
+                packed.bytes >> 20,
+                out.display()
+            );
+        }
         Command::Launch(launch) => {
             simclr::dist::launch::run(&launch).map_err(Error::Config)?;
         }
@@ -593,6 +642,10 @@ fn run(cli: Cli) -> Result<()> {
             let n = simclr::train::export::predict(&ckpt, &data, format, &device, &out)?;
             println!("predictions for {n} images in {}", out.display());
         }
+        Command::BenchLoader(opts) => {
+            one_process("bench-loader")?;
+            println!("{}", simclr::train::bench_loader::run(&opts)?);
+        }
         Command::Plot { run_dir } => {
             one_process("plot")?;
             for path in simclr::train::plot::plot(&run_dir)? {
@@ -619,7 +672,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            eprintln!("error: missing subcommand (pipeline, pretrain, finetune, distill, eval, info, data, plot, export, predict or launch; see --help)");
+            eprintln!("error: missing subcommand (pipeline, pretrain, finetune, distill, eval, info, data, plot, export, predict, launch or bench-loader; see --help)");
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -637,7 +690,7 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => {
-            simclr::dist::rendezvous::finished();
+            simclr::dist::finished();
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -548,7 +548,7 @@ fn detection_and_forced_formats() {
     let msg = err("imagenet".parse::<Format>());
     assert_eq!(
         msg,
-        "--format imagenet: unknown format (expected idx, cifar10, cifar100, stl10 or folder)"
+        "--format imagenet: unknown format (expected idx, cifar10, cifar100, stl10, folder or shards)"
     );
     // IDX files and an image folder side by side: ambiguous unless forced.
     let t = Tmp::new("ambiguous");

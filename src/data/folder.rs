@@ -18,13 +18,15 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use image::{ImageReader, Limits};
 use rayon::prelude::*;
 
 use super::resize::{resize_u8, Filter, Rect};
 use super::{
-    histogram, read_file, reserve, DataDir, DataInfo, Dataset, Format, SplitInfo, UNLABELLED,
+    histogram, read_file, reserve, stream, DataDir, DataInfo, Dataset, Format, SplitInfo,
+    UNLABELLED,
 };
 use crate::error::{Error, Result};
 
@@ -40,17 +42,17 @@ const MAX_SIDE: u32 = 16384;
 
 /// The image files of one split, with their labels (UNLABELLED for unlabelled images).
 #[derive(Default)]
-struct Listing {
-    paths: Vec<PathBuf>,
-    labels: Vec<u32>,
+pub(crate) struct Listing {
+    pub paths: Vec<PathBuf>,
+    pub labels: Vec<u32>,
 }
 
 /// A dataset folder, listed but not decoded.
-struct Layout {
-    class_names: Vec<String>,
+pub(crate) struct Layout {
+    pub class_names: Vec<String>,
     /// The labelled training images, then the unlabelled ones.
-    train: Listing,
-    test: Option<Listing>,
+    pub train: Listing,
+    pub test: Option<Listing>,
 }
 
 /// Whether `dir` looks like an image folder: it has a train/ folder, or images in it or in
@@ -152,7 +154,12 @@ fn list_split(dir: &Path, classes: Option<&[String]>) -> Result<(Vec<String>, Li
     Ok((classes.map_or(names, <[String]>::to_vec), listing))
 }
 
-fn layout(dir: &Path, with_unlabelled: bool) -> Result<Layout> {
+/// The test split's folder (val/ or test/), if there is one.
+pub(crate) fn test_dir(dir: &Path) -> Option<PathBuf> {
+    first_dir(dir, &TEST_FOLDERS)
+}
+
+pub(crate) fn layout(dir: &Path, with_unlabelled: bool) -> Result<Layout> {
     let train_dir = dir.join("train");
     let (class_names, train, test) = if train_dir.is_dir() {
         let (classes, mut train) = list_split(&train_dir, None)?;
@@ -192,9 +199,49 @@ fn layout(dir: &Path, with_unlabelled: bool) -> Result<Layout> {
     })
 }
 
-pub fn load(dir: &Path, size: usize, with_unlabelled: bool) -> Result<DataDir> {
+/// Lists the folder and decodes its images up front, or (`stream`: Some(true), or None and
+/// more than `stream::AUTO_ABOVE_BYTES` decoded) leaves them to be decoded batch by batch on
+/// `workers` decode workers.
+pub fn load(
+    dir: &Path,
+    size: usize,
+    with_unlabelled: bool,
+    (stream, workers): (Option<bool>, usize),
+) -> Result<DataDir> {
     let layout = layout(dir, with_unlabelled)?;
     let num_classes = layout.class_names.len();
+    let images = layout.train.paths.len() + layout.test.as_ref().map_or(0, |t| t.paths.len());
+    if stream.unwrap_or(images * size * size * 3 > stream::AUTO_ABOVE_BYTES) {
+        let pool = stream::workers(workers)?;
+        let streamed = |listing: Listing| Dataset {
+            n: listing.paths.len(),
+            labels: listing.labels,
+            stream: Some(Arc::new(stream::Streamed::new(
+                stream::Source::Files,
+                listing.paths.clone(),
+                size,
+                pool.clone(),
+            ))),
+            paths: listing.paths,
+            h: size,
+            w: size,
+            c: 3,
+            num_classes,
+            ..Dataset::default()
+        };
+        eprintln!(
+            "streaming {images} images of {}: decoded batch by batch on {} workers",
+            dir.display(),
+            pool.current_num_threads()
+        );
+        return Ok(DataDir {
+            format: Format::Folder.to_string(),
+            train: streamed(layout.train),
+            test: streamed(layout.test.unwrap_or_default()),
+            class_names: layout.class_names,
+            skipped: Vec::new(),
+        });
+    }
     let mut skipped = Vec::new();
     let train = decode_all(dir, layout.train, size, num_classes, &mut skipped)?;
     if train.n == 0 {
@@ -230,6 +277,11 @@ pub fn load(dir: &Path, size: usize, with_unlabelled: bool) -> Result<DataDir> {
     })
 }
 
+/// An image file's bytes (at most `MAX_FILE_BYTES`).
+pub fn read_image(path: &Path) -> Result<Vec<u8>> {
+    read_file(path, MAX_FILE_BYTES, "an image file")
+}
+
 /// Decodes every image of a listing in parallel (each into its place), then closes the gaps
 /// the undecodable ones left; their paths go to `skipped`.
 fn decode_all(
@@ -252,10 +304,8 @@ fn decode_all(
     let ok: Vec<bool> = images
         .par_chunks_mut(per)
         .zip(&listing.paths)
-        .map(|(out, path)| {
-            match read_file(path, MAX_FILE_BYTES, "an image file")
-                .and_then(|b| decode(path, &b, size))
-            {
+        .map(
+            |(out, path)| match read_image(path).and_then(|b| decode(path, &b, size)) {
                 Ok(pixels) => {
                     out.copy_from_slice(&pixels);
                     true
@@ -264,8 +314,8 @@ fn decode_all(
                     eprintln!("warning: skipping {e}");
                     false
                 }
-            }
-        })
+            },
+        )
         .collect();
     let mut ds = Dataset {
         h: size,

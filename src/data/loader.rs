@@ -3,15 +3,22 @@
 //! parallel with rayon), handing batches over through a bounded channel. With augmentation on
 //! the device, a batch is the u8 images and each row's drawn view instead, for the GPU to
 //! carry out (the same views, so the same pixels up to float rounding).
+//!
+//! A streamed dataset (`stream`) is decoded here too, each batch's files once (both views come
+//! from one decode), on the dataset's own pool of workers: memory holds the batches in the
+//! channel and the one being built, whatever the dataset's size. A loader that cannot go on
+//! (too many bad files) ends early; `check` says why.
 
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use rayon::prelude::*;
 
 use super::augment::{render, Augment, Frame, Normalize, ViewParams};
 use super::Dataset;
+use crate::error::{Error, Result};
 use crate::rng::Rng;
 
 /// How each image of a batch becomes rows of the batch.
@@ -46,6 +53,9 @@ pub struct Batch {
     /// The dataset index of each row.
     pub indices: Vec<usize>,
     pub rows: usize,
+    /// Seconds the loader took to make the batch (read, decode, augment): its images over
+    /// this is the rate the loader sustains.
+    pub made_in_s: f64,
 }
 
 /// The batches of one epoch, produced ahead of time on a background thread.
@@ -53,6 +63,8 @@ pub struct Loader {
     rx: Option<Receiver<Batch>>,
     producer: Option<JoinHandle<()>>,
     num_batches: usize,
+    /// Why the producer stopped before the epoch's end.
+    error: Arc<Mutex<Option<String>>>,
 }
 
 impl Loader {
@@ -87,12 +99,29 @@ impl Loader {
             indices.len().div_ceil(batch_size)
         };
         let (tx, rx) = sync_channel(prefetch.max(1));
+        let error = Arc::new(Mutex::new(None));
+        let failed = error.clone();
         let producer = std::thread::spawn(move || {
             for chunk in indices.chunks(batch_size).take(num_batches) {
                 let key = (seed, epoch);
-                let batch = match raw {
+                let t0 = Instant::now();
+                let make = || match raw {
                     true => raw_batch(&ds, chunk, &views, out_size, key),
                     false => make_batch(&ds, chunk, &views, &norm, out_size, key),
+                };
+                let made = match &ds.stream {
+                    Some(stream) => stream.workers.install(make),
+                    None => make(),
+                };
+                let batch = match made {
+                    Ok(batch) => Batch {
+                        made_in_s: t0.elapsed().as_secs_f64(),
+                        ..batch
+                    },
+                    Err(e) => {
+                        *failed.lock().unwrap() = Some(e.to_string());
+                        return;
+                    }
                 };
                 // A send error means the Loader was dropped: stop quietly.
                 if tx.send(batch).is_err() {
@@ -104,11 +133,20 @@ impl Loader {
             rx: Some(rx),
             producer: Some(producer),
             num_batches,
+            error,
         }
     }
 
     pub fn num_batches(&self) -> usize {
         self.num_batches
+    }
+
+    /// Why the loader ended before the epoch's end, if it did (call it after the last batch).
+    pub fn check(&self) -> Result<()> {
+        match self.error.lock().unwrap().clone() {
+            Some(why) => Err(Error::Data(why)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -165,7 +203,9 @@ fn make_batch(
     norm: &Normalize,
     out_size: usize,
     key: (u64, u64),
-) -> Batch {
+) -> Result<Batch> {
+    let (chunk, images) = ds.fetch(chunk)?;
+    let chunk = &chunk[..];
     let (indices, labels) = rows_of(ds, chunk, views.count());
     let rows = indices.len();
     let row_len = out_size * out_size * ds.c;
@@ -174,7 +214,7 @@ fn make_batch(
     x.par_chunks_mut(row_len).enumerate().for_each(|(r, out)| {
         let view = views.draw(ds, chunk, r, out_size, key);
         render(
-            ds.image(indices[r]),
+            &images[r % chunk.len()],
             ds.h,
             ds.w,
             ds.c,
@@ -184,12 +224,13 @@ fn make_batch(
             out,
         );
     });
-    Batch {
+    Ok(Batch {
         pixels: Pixels::Ready(x),
         labels,
         indices,
         rows,
-    }
+        made_in_s: 0.0,
+    })
 }
 
 /// A batch left to the device: the chunk's images once each, and every row's view.
@@ -199,7 +240,9 @@ fn raw_batch(
     views: &Views,
     out_size: usize,
     key: (u64, u64),
-) -> Batch {
+) -> Result<Batch> {
+    let (chunk, images) = ds.fetch(chunk)?;
+    let chunk = &chunk[..];
     let (indices, labels) = rows_of(ds, chunk, views.count());
     let rows = indices.len();
     let params = (0..rows)
@@ -208,8 +251,12 @@ fn raw_batch(
             ..views.draw(ds, chunk, r, out_size, key)
         })
         .collect();
-    let images = chunk.iter().flat_map(|&i| ds.image(i)).copied().collect();
-    Batch {
+    let images = images
+        .iter()
+        .flat_map(|image| image.iter())
+        .copied()
+        .collect();
+    Ok(Batch {
         pixels: Pixels::Raw {
             images,
             views: params,
@@ -218,7 +265,8 @@ fn raw_batch(
         labels,
         indices,
         rows,
-    }
+        made_in_s: 0.0,
+    })
 }
 
 impl Iterator for Loader {

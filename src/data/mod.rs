@@ -23,14 +23,18 @@ pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod resize;
+pub mod shards;
 pub mod stl10;
+pub mod stream;
 pub mod subset;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -55,12 +59,62 @@ pub struct Dataset {
     pub num_classes: usize,
     /// The file of each image (image folders); empty when the images come from one file.
     pub paths: Vec<PathBuf>,
+    /// Decoded on demand from `paths` rather than held in `images` (`stream`).
+    pub stream: Option<Arc<stream::Streamed>>,
 }
 
+/// A batch's images as `Dataset::fetch` gives them: the indices used and their pixels.
+pub type Fetched<'a> = (Vec<usize>, Vec<Cow<'a, [u8]>>);
+
+/// How many images of a streamed dataset its per-channel statistics are computed from.
+const STATS_SAMPLE: usize = 2048;
+
 impl Dataset {
+    /// Image `i` of an in-memory dataset (a streamed one's go through `fetch`).
     pub fn image(&self, i: usize) -> &[u8] {
+        assert!(
+            self.stream.is_none(),
+            "a streamed dataset's images are fetched"
+        );
         let size = self.h * self.w * self.c;
         &self.images[i * size..(i + 1) * size]
+    }
+
+    /// The images `chunk` of a batch: (the indices used, their pixels). In memory, those
+    /// images; streamed, decoded in parallel, with a bad file's replacement in its place.
+    pub fn fetch(&self, chunk: &[usize]) -> Result<Fetched<'_>> {
+        let Some(stream) = &self.stream else {
+            let images = chunk
+                .iter()
+                .map(|&i| Cow::Borrowed(self.image(i)))
+                .collect();
+            return Ok((chunk.to_vec(), images));
+        };
+        let got: Vec<(usize, Vec<u8>)> = chunk
+            .par_iter()
+            .map(|&i| stream.image_or_next(i))
+            .collect::<Result<_>>()?;
+        Ok(got.into_iter().map(|(i, px)| (i, Cow::Owned(px))).unzip())
+    }
+
+    /// The images to compute per-channel statistics from: all of an in-memory dataset; of a
+    /// streamed one, a seeded sample of `STATS_SAMPLE`, decoded (on its workers).
+    pub fn statistics_sample(&self) -> Result<Cow<'_, Dataset>> {
+        let Some(stream) = &self.stream else {
+            return Ok(Cow::Borrowed(self));
+        };
+        let mut order: Vec<usize> = (0..self.n).collect();
+        crate::rng::Rng::derive(0x57A7, &[self.n as u64]).shuffle(&mut order);
+        order.truncate(STATS_SAMPLE);
+        let (_, images) = stream.workers.install(|| self.fetch(&order))?;
+        Ok(Cow::Owned(Dataset {
+            images: images.concat(),
+            n: order.len(),
+            h: self.h,
+            w: self.w,
+            c: self.c,
+            ..Dataset::default()
+        }))
     }
 
     /// Images per class (unlabelled images are not counted).
@@ -108,15 +162,17 @@ pub enum Format {
     Cifar100,
     Stl10,
     Folder,
+    Shards,
 }
 
 impl Format {
-    const ALL: [Format; 5] = [
+    const ALL: [Format; 6] = [
         Format::Idx,
         Format::Cifar10,
         Format::Cifar100,
         Format::Stl10,
         Format::Folder,
+        Format::Shards,
     ];
 
     pub fn name(self) -> &'static str {
@@ -126,6 +182,7 @@ impl Format {
             Format::Cifar100 => "cifar100",
             Format::Stl10 => "stl10",
             Format::Folder => "folder",
+            Format::Shards => "shards",
         }
     }
 
@@ -137,6 +194,7 @@ impl Format {
             Format::Cifar100 => cifar::found(dir, cifar::Cifar::Hundred),
             Format::Stl10 => stl10::found(dir),
             Format::Folder => folder::found(dir),
+            Format::Shards => shards::found(dir),
         }
     }
 }
@@ -156,7 +214,7 @@ impl FromStr for Format {
             .find(|f| f.name() == s)
             .ok_or_else(|| {
                 Error::Config(format!(
-                    "--format {s}: unknown format (expected idx, cifar10, cifar100, stl10 or folder)"
+                    "--format {s}: unknown format (expected idx, cifar10, cifar100, stl10, folder or shards)"
                 ))
             })
     }
@@ -172,6 +230,23 @@ pub struct LoadOptions {
     pub image_size: Option<usize>,
     /// Leave the unlabelled split out (stages that use only labelled images).
     pub skip_unlabelled: bool,
+    /// Image folders: decode on demand (true), up front into memory (false), or on demand
+    /// when the decoded images would take more than `stream::AUTO_ABOVE_BYTES` (None).
+    pub stream: Option<bool>,
+    /// Decode workers of a streamed dataset (0: all cores but one).
+    pub workers: usize,
+}
+
+/// `--stream auto|on|off` as `LoadOptions::stream`.
+pub fn parse_stream(flag: &str) -> Result<Option<bool>> {
+    match flag {
+        "auto" => Ok(None),
+        "on" => Ok(Some(true)),
+        "off" => Ok(Some(false)),
+        other => Err(Error::Config(format!(
+            "--stream {other}: expected auto, on or off"
+        ))),
+    }
 }
 
 /// Largest `--image-size` accepted (a 1024² RGB image is 3 MiB in memory).
@@ -243,6 +318,13 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<DataDir> {
             dir,
             opts.image_size.unwrap_or(folder::DEFAULT_SIZE),
             with_unlabelled,
+            (opts.stream, opts.workers),
+        )?,
+        Format::Shards => shards::load(
+            dir,
+            opts.image_size.unwrap_or(folder::DEFAULT_SIZE),
+            with_unlabelled,
+            opts.workers,
         )?,
     };
     if let Some(size) = opts.image_size {

@@ -114,25 +114,33 @@ pub fn resize(
     );
     let cols = taps(rect.x, rect.w, size, filter);
     let rows = taps(rect.y, rect.h, size, filter);
-    // Horizontal pass over the rect's rows: tmp is rect.h × size × c.
+    // Horizontal pass over the rect's rows: tmp is rect.h × size × c. Each output value is
+    // its taps summed in order from 0 (so the result does not depend on the loop order
+    // below, which keeps a pixel's channels together for speed).
     let mut tmp = vec![0f32; rect.h * size * c];
     for (ty, line) in tmp.chunks_exact_mut(size * c).enumerate() {
         let src = &img[(rect.y + ty) * w * c..(rect.y + ty + 1) * w * c];
-        for ox in 0..size {
+        for (ox, px) in line.chunks_exact_mut(c).enumerate() {
             let col = &cols[if flip { size - 1 - ox } else { ox }];
-            for ch in 0..c {
-                line[ox * c + ch] = col.iter().map(|&(x, wt)| wt * src[x * c + ch] as f32).sum();
+            for &(x, wt) in col {
+                for (acc, &v) in px.iter_mut().zip(&src[x * c..x * c + c]) {
+                    *acc += wt * v as f32;
+                }
             }
         }
     }
-    // Vertical pass into out, scaled to [0, 1] (bicubic can overshoot, so clamp).
-    for (oy, row) in rows.iter().enumerate() {
-        for i in 0..size * c {
-            let v: f32 = row
-                .iter()
-                .map(|&(y, wt)| wt * tmp[(y - rect.y) * size * c + i])
-                .sum();
-            out[oy * size * c + i] = (v / 255.0).clamp(0.0, 1.0);
+    // Vertical pass into out, a whole row at a time (contiguous, so it vectorises), scaled
+    // to [0, 1] (bicubic can overshoot, so clamp).
+    for (row, line) in rows.iter().zip(out.chunks_exact_mut(size * c)) {
+        line.fill(0.0);
+        for &(y, wt) in row {
+            let src = &tmp[(y - rect.y) * size * c..(y - rect.y + 1) * size * c];
+            for (acc, &v) in line.iter_mut().zip(src) {
+                *acc += wt * v;
+            }
+        }
+        for v in line.iter_mut() {
+            *v = (*v / 255.0).clamp(0.0, 1.0);
         }
     }
 }

@@ -18,10 +18,14 @@ impl Device {
     /// Parses `--device auto|cpu|cuda[:N]|emu[:SCHEDULE]`; returns the device and one line
     /// saying what was chosen and why.
     pub fn select(name: &str) -> Result<(Device, String)> {
+        // This rank's GPU: its rank on the machine, among the GPUs it sees (one, when the
+        // launcher gives each rank its own through CUDA_VISIBLE_DEVICES).
+        let rank_gpu =
+            || crate::dist::local_rank() % cuda::driver::device_count().unwrap_or(1).max(1);
         let gpu_error = |e: cuda::GpuError| Error::Config(format!("--device {name}: {e}"));
         match name {
             "cpu" => Ok((Device::Cpu, "device: cpu (as requested)".into())),
-            "auto" => Ok(match Gpu::cuda(crate::dist::local_rank()) {
+            "auto" => Ok(match Gpu::cuda(rank_gpu()) {
                 Ok(gpu) => {
                     let why = format!("device: {} (auto: a GPU is present)", gpu.name());
                     (Device::Gpu(gpu), why)
@@ -30,7 +34,7 @@ impl Device {
             }),
             // One process per GPU: a rank takes its own (`dist::local_rank`).
             "cuda" => {
-                let gpu = Gpu::cuda(crate::dist::local_rank()).map_err(gpu_error)?;
+                let gpu = Gpu::cuda(rank_gpu()).map_err(gpu_error)?;
                 Ok((Device::Gpu(gpu.clone()), format!("device: {}", gpu.name())))
             }
             _ if name.starts_with("cuda:") => {

@@ -4,8 +4,10 @@
 //! ranks meet (`rendezvous`) and talk through NCCL. On several machines, one launch per machine
 //! with the same `--nnodes`, `--master-addr` and `--master-port` and its own `--node-rank`.
 //!
-//! The launcher watches its ranks: when one fails it stops the others and exits with that
-//! rank's status, so a job never hangs on a dead rank.
+//! The launcher watches its ranks: when one fails it stops the others and exits with an error
+//! naming it, so a job never hangs on a dead rank. Ranks end with their launcher too (the
+//! kernel signals them when it dies), and carry a token of their job (`SIMCLR_JOB`), so that a
+//! stray rank of an earlier job on the same port is turned away by the rendezvous.
 
 use std::ffi::OsString;
 use std::process::{Child, Command, ExitStatus};
@@ -23,9 +25,10 @@ pub struct Launch {
     /// This machine's place among them, 0 to --nnodes - 1
     #[arg(long, default_value_t = 0)]
     pub node_rank: usize,
-    /// Address of the machine of node rank 0, where the ranks meet
-    #[arg(long, default_value = "127.0.0.1")]
-    pub master_addr: String,
+    /// Address of the machine of node rank 0, where the ranks meet [default on one machine:
+    /// 127.0.0.1; required on several]
+    #[arg(long)]
+    pub master_addr: Option<String>,
     /// Port of the meeting [default: a free one on one machine, 29500 on several]
     #[arg(long)]
     pub master_port: Option<u16>,
@@ -52,25 +55,50 @@ pub fn run(l: &Launch) -> Result<(), String> {
         (None, 1) => free_port()?,
         (None, _) => 29500,
     };
+    let addr = match (&l.master_addr, l.nnodes) {
+        (Some(addr), _) => addr.clone(),
+        (None, 1) => "127.0.0.1".to_string(),
+        (None, _) => {
+            return Err(
+                "launch: --nnodes above 1 needs --master-addr, the address of node rank 0".into(),
+            )
+        }
+    };
+    // The job's token: the same on every machine of the job (its meeting point), and new for
+    // each job on one machine (a free port, this launcher's pid).
+    let job = match l.nnodes {
+        1 => format!("{addr}:{port}/{}", std::process::id()),
+        _ => format!("{addr}:{port}"),
+    };
     let world = l.nproc_per_node * l.nnodes;
     let first = l.node_rank * l.nproc_per_node;
     let exe = std::env::current_exe().map_err(|e| format!("launch: {e}"))?;
     println!(
-        "launch: ranks {first}..{} of {world} on this machine, rank 0 at {}:{port}",
+        "launch: ranks {first}..{} of {world} on this machine, rank 0 at {addr}:{port}",
         first + l.nproc_per_node - 1,
-        l.master_addr
     );
     let mut ranks: Vec<(usize, Child)> = Vec::new();
     for local in 0..l.nproc_per_node {
         let rank = first + local;
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        // SAFETY: prctl only, in the child before exec: the rank gets SIGTERM when the
+        // launcher dies (killed, its terminal gone), instead of running on.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command
             .args(&l.args)
             .env("WORLD_SIZE", world.to_string())
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", local.to_string())
             .env("LOCAL_WORLD_SIZE", l.nproc_per_node.to_string())
-            .env("MASTER_ADDR", &l.master_addr)
+            .env("MASTER_ADDR", &addr)
             .env("MASTER_PORT", port.to_string())
+            .env("SIMCLR_JOB", &job)
             .spawn();
         match child {
             Ok(child) => ranks.push((rank, child)),

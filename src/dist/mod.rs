@@ -144,15 +144,16 @@ pub fn local_rank() -> usize {
 }
 
 /// This process's world on `device`:
+/// - `mpirun` or Slurm: MPI, and NCCL on a GPU (its id handed out through MPI);
 /// - a torchrun-style launch (`WORLD_SIZE` set, even to 1): NCCL on the GPU, the ranks met
 ///   through the TCP `rendezvous`; CPU and emulator ranks have no transport there;
-/// - `mpirun` or Slurm: MPI, and NCCL on a GPU (its id handed out through MPI);
 /// - else one process.
 ///
 /// NCCL is found first (`nccl::load` may restart the process). Rank 0 prints NCCL's version.
 pub fn from_env(device: &crate::device::Device) -> Result<Arc<dyn Comm>, String> {
     let gpu = device.gpu().filter(|gpu| !gpu.is_emulated());
-    if let Some(t) = rendezvous::Torchrun::from_env()? {
+    // MPI's variables first: cluster wrappers often export WORLD_SIZE to mpirun's ranks too.
+    if let Some(t) = rendezvous::Torchrun::from_env()?.filter(|_| !under_mpi()) {
         let Some(gpu) = gpu else {
             return Err(format!(
                 "started as rank {} of {} by a torchrun-style launch, whose ranks talk through \
@@ -204,6 +205,15 @@ pub fn from_env(device: &crate::device::Device) -> Result<Arc<dyn Comm>, String>
          cargo build --release --features mpi"
             .into(),
     )
+}
+
+/// The end of a job that went well, the trainer's last act: the other ranks are told this one
+/// finished (`rendezvous::finished`), and MPI is finalised. A rank that fails exits without
+/// either, which is how the others (or mpirun) learn of it.
+pub fn finished() {
+    rendezvous::finished();
+    #[cfg(feature = "mpi")]
+    mpi::finalize();
 }
 
 /// Ends this rank, from the watchdog's thread, when rank `lost` ended without finishing: a

@@ -6,12 +6,26 @@ use super::Comm;
 use mpi::collective::SystemOperation;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
+use std::sync::Mutex;
 
-/// MPI's world: initialised by `new`, finalised when dropped.
+/// MPI's world of this process (`new`); MPI itself is finalised by `finalize`.
 pub struct Mpi {
     world: SimpleCommunicator,
-    // Declared last: dropped (MPI_Finalize) after the communicator.
-    _universe: mpi::environment::Universe,
+}
+
+/// MPI's environment, kept until the job ends well (`finalize`). A rank that ends with an
+/// error exits without finalising, and mpirun then ends the other ranks: MPI_Finalize is
+/// collective, and on an error path it would wait for ranks stuck in a collective.
+static UNIVERSE: Mutex<Option<Kept>> = Mutex::new(None);
+
+struct Kept(#[allow(dead_code)] mpi::environment::Universe);
+
+// SAFETY: held only to be dropped (finalised) once, by the trainer's thread.
+unsafe impl Send for Kept {}
+
+/// Finalises MPI, after the rank's last collective: the end of a job that went well.
+pub fn finalize() {
+    drop(UNIVERSE.lock().unwrap().take());
 }
 
 // SAFETY: MPI is initialised with the single-thread level, and the trainer makes every call
@@ -23,10 +37,9 @@ impl Mpi {
     /// MPI's world of this process, or why there is none (MPI already initialised).
     pub fn new() -> Result<Mpi, String> {
         let universe = mpi::initialize().ok_or("MPI was initialised already")?;
-        Ok(Mpi {
-            world: universe.world(),
-            _universe: universe,
-        })
+        let world = universe.world();
+        *UNIVERSE.lock().unwrap() = Some(Kept(universe));
+        Ok(Mpi { world })
     }
 }
 

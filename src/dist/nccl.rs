@@ -121,22 +121,37 @@ fn candidates() -> Vec<PathBuf> {
     dirs
 }
 
-/// A folder of the temporary directory holding `libnccl.so`, a link to `lib` (one per
-/// library, shared by the ranks: each makes the link under its own name and renames it).
+/// A folder of this user's own in the temporary directory holding `libnccl.so`, a link to
+/// `lib` (one per user and library, shared by the user's ranks: each makes the link under its
+/// own name and renames it). Made with mode 0700 and checked to be the user's and closed to
+/// others, since a link there decides what code this process loads.
 fn link_folder(lib: &Path) -> Result<PathBuf, String> {
     use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let lib = lib
         .canonicalize()
         .map_err(|e| format!("{}: {e}", lib.display()))?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     lib.hash(&mut h);
-    let dir = std::env::temp_dir().join(format!("simclr-nccl-{:016x}", h.finish()));
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("simclr-nccl-{uid}-{:016x}", h.finish()));
+    let fail = |e: std::io::Error| format!("linking {} for NCCL: {e}", dir.display());
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(fail(e)),
+        _ => {}
+    }
+    let meta = std::fs::symlink_metadata(&dir).map_err(fail)?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is not a private folder of this user: remove it, or set TMPDIR",
+            dir.display()
+        ));
+    }
     let link = dir.join("libnccl.so");
     if std::fs::read_link(&link).is_ok_and(|to| to == lib) {
         return Ok(dir);
     }
-    let fail = |e: std::io::Error| format!("linking {} for NCCL: {e}", dir.display());
-    std::fs::create_dir_all(&dir).map_err(fail)?;
     let mine = dir.join(format!("libnccl.so.{}", std::process::id()));
     let _ = std::fs::remove_file(&mine);
     std::os::unix::fs::symlink(&lib, &mine).map_err(fail)?;
@@ -148,7 +163,8 @@ fn link_folder(lib: &Path) -> Result<PathBuf, String> {
 fn restart_with(dir: &Path) -> String {
     use std::os::unix::process::CommandExt;
     let mut path = dir.as_os_str().to_owned();
-    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+    // (An empty entry would put the working directory on the search path.)
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH").filter(|p| !p.is_empty()) {
         path.push(":");
         path.push(old);
     }
@@ -233,6 +249,9 @@ impl Nccl {
         id: &[u8],
         bootstrap: Box<dyn std::any::Any + Send + Sync>,
     ) -> Result<Nccl, String> {
+        if id.len() != 128 {
+            return Err(format!("an NCCL id has 128 bytes, not {}", id.len()));
+        }
         let mut uid = sys::ncclUniqueId { internal: [0; 128] };
         for (to, &from) in uid.internal.iter_mut().zip(id) {
             *to = from as c_char;
@@ -307,8 +326,17 @@ impl Comm for Nccl {
     }
 
     fn all_gather_bytes(&self, x: &[u8]) -> Vec<u8> {
-        let all = self.all_gather_device(&self.gpu, &self.gpu.upload(x));
-        self.gpu.download(&all)
+        let send = self.gpu.upload(x);
+        // Rounded up to whole f32 (the buffer's type): only the first bytes are NCCL's.
+        let all = self.gpu.alloc_f32((x.len() * self.size).div_ceil(4));
+        self.queue("NCCL all-gather", Queue::Compute, |stream| unsafe {
+            let (s, r) = (send.ptr() as *const _, all.ptr() as *mut _);
+            let u8 = sys::ncclDataType_t::ncclUint8;
+            result::all_gather(s, r, x.len(), u8, self.comm, stream)
+        });
+        let mut out: Vec<u8> = self.gpu.download(&all);
+        out.truncate(x.len() * self.size);
+        out
     }
 
     fn reduce_scatter_sum(&self, x: &[f32]) -> Vec<f32> {
@@ -356,6 +384,11 @@ impl Comm for Nccl {
     /// on the comm stream once the compute stream has made them: the backward goes on while
     /// they run. `join` makes the compute stream wait for them.
     fn average(&self, grads: &mut [Tensor]) {
+        // A gradient the tape shares with another value (a fan-out) is copied first: the
+        // compute stream may still read the shared one while this stream averages it.
+        for g in grads.iter_mut().filter(|g| !g.is_unique()) {
+            *g = g.deep_copy();
+        }
         self.gpu.order(Queue::Compute, Queue::Comm);
         self.queue("NCCL gradient average", Queue::Comm, |stream| unsafe {
             result::group_start()?;

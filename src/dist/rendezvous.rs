@@ -6,9 +6,12 @@
 //! ends without saying it finished closes its link, and the others stop with one line naming
 //! it, instead of waiting forever in a collective.
 //!
-//! The messages: a rank sends `MAGIC`, its rank and the world's size (u32, little-endian);
-//! rank 0 answers every rank at once, once all have come: `OK` and the payload (NCCL's id), or
-//! `REFUSED` and why. Later, a rank that finishes sends `DONE` on its link.
+//! The messages: a rank sends `MAGIC`, its rank and the world's size (u32, little-endian) and
+//! its job's token (u64: the hash of `SIMCLR_JOB`, which `simclr launch` sets, so that a stray
+//! rank of an earlier job on the same port is turned away); rank 0 answers every rank at once,
+//! once all have come: `OK` and the payload (NCCL's id), or `REFUSED` and why. Later, a rank
+//! that finishes sends `DONE` on its link, which the other end watches (with TCP keepalive, so
+//! that a machine that vanishes is noticed too).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -18,6 +21,12 @@ const MAGIC: &[u8; 8] = b"simclr\x00\x01";
 const OK: u8 = 0;
 const REFUSED: u8 = 1;
 const DONE: u8 = 2;
+
+/// How long rank 0 waits for a connection's hello before dropping it (a health check, a stray).
+const HELLO_S: u64 = 5;
+/// How much longer than its own deadline a rank waits for rank 0's answer (ranks start at
+/// different times; rank 0 answers by its own deadline).
+const ANSWER_MARGIN_S: u64 = 60;
 
 /// How long the ranks wait for each other to arrive, when `SIMCLR_RENDEZVOUS_TIMEOUT`
 /// (seconds) does not say (torchrun waits 900 s; a job whose ranks start together needs less).
@@ -30,8 +39,10 @@ pub struct Torchrun {
     pub world: usize,
     /// Which GPU of its machine the rank takes.
     pub local_rank: usize,
-    /// Where rank 0 listens, `MASTER_ADDR:MASTER_PORT`.
+    /// Where rank 0 listens, `MASTER_ADDR:MASTER_PORT` (an IPv6 address in brackets).
     pub master: String,
+    /// The job's token (`SIMCLR_JOB` hashed; 0 without one).
+    pub job: u64,
 }
 
 impl Torchrun {
@@ -52,15 +63,17 @@ impl Torchrun {
             text.parse::<usize>()
                 .map_err(|_| format!("{name}={text}: expected a number"))
         };
+        let addr = get("MASTER_ADDR")?;
+        let addr = match addr.contains(':') && !addr.starts_with('[') {
+            true => format!("[{addr}]"),
+            false => addr,
+        };
         let t = Torchrun {
             world: number("WORLD_SIZE", world.clone())?,
             rank: number("RANK", get("RANK")?)?,
             local_rank: number("LOCAL_RANK", get("LOCAL_RANK")?)?,
-            master: format!(
-                "{}:{}",
-                get("MASTER_ADDR")?,
-                number("MASTER_PORT", get("MASTER_PORT")?)?
-            ),
+            master: format!("{addr}:{}", number("MASTER_PORT", get("MASTER_PORT")?)?),
+            job: std::env::var("SIMCLR_JOB").map_or(0, |j| token(&j)),
         };
         if t.world == 0 || t.rank >= t.world {
             return Err(format!(
@@ -70,6 +83,14 @@ impl Torchrun {
         }
         Ok(Some(t))
     }
+}
+
+/// A job's token from its name.
+pub fn token(job: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    job.hash(&mut h);
+    h.finish()
 }
 
 /// How long the ranks wait for each other: `SIMCLR_RENDEZVOUS_TIMEOUT` seconds, or 300.
@@ -115,7 +136,9 @@ fn lead(
     timeout: Duration,
 ) -> Result<(Vec<u8>, Links), String> {
     let port = t.master.rsplit(':').next().unwrap_or_default();
-    let listener = TcpListener::bind(format!("0.0.0.0:{port}"))
+    // IPv6 and IPv4 both (Linux maps IPv4 onto an IPv6 socket); IPv4 alone where IPv6 is off.
+    let listener = TcpListener::bind(format!("[::]:{port}"))
+        .or_else(|_| TcpListener::bind(format!("0.0.0.0:{port}")))
         .and_then(|l| l.set_nonblocking(true).map(|_| l))
         .map_err(|e| format!("rendezvous: rank 0 cannot listen on port {port}: {e}"))?;
     let mut peers: Vec<Option<TcpStream>> = (0..t.world).map(|_| None).collect();
@@ -147,9 +170,12 @@ fn lead(
         };
         // A connection that is not a rank (a port scan) is dropped; a rank that disagrees
         // with this one about the job ends the rendezvous.
-        let Some((rank, world)) = hello(&mut link, deadline) else {
+        let Some((rank, world, job)) = hello(&mut link, deadline) else {
             continue;
         };
+        if job != t.job {
+            continue; // a rank of another job
+        }
         let why = if world != t.world {
             Some(format!(
                 "rendezvous at {}: rank {rank} was started with WORLD_SIZE={world}, rank 0 with {}",
@@ -194,13 +220,20 @@ fn lead(
 fn follow(t: &Torchrun, deadline: Instant, timeout: Duration) -> Result<(Vec<u8>, Links), String> {
     let secs = timeout.as_secs_f64();
     let mut link = loop {
+        // Every address the name resolves to (IPv6 and IPv4), the first that answers.
         let tried = t
             .master
             .to_socket_addrs()
             .map_err(|e| e.to_string())
-            .and_then(|mut addrs| {
-                let addr = addrs.next().ok_or("no address")?;
-                TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())
+            .and_then(|addrs| {
+                let mut last = "no address".to_string();
+                for addr in addrs {
+                    match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                        Ok(link) => return Ok(link),
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Err(last)
             });
         match tried {
             Ok(link) => break link,
@@ -216,6 +249,7 @@ fn follow(t: &Torchrun, deadline: Instant, timeout: Duration) -> Result<(Vec<u8>
     let mut hello = MAGIC.to_vec();
     hello.extend((t.rank as u32).to_le_bytes());
     hello.extend((t.world as u32).to_le_bytes());
+    hello.extend(t.job.to_le_bytes());
     link.write_all(&hello)
         .map_err(|e| format!("rendezvous: rank 0 at {}: {e}", t.master))?;
     let late = || {
@@ -225,7 +259,7 @@ fn follow(t: &Torchrun, deadline: Instant, timeout: Duration) -> Result<(Vec<u8>
         )
     };
     // Rank 0 answers by its own deadline, with the missing ranks' names: a little longer.
-    let deadline = deadline + Duration::from_secs(5);
+    let deadline = deadline + Duration::from_secs(ANSWER_MARGIN_S);
     let mut head = [0u8; 5];
     read_by(&mut link, &mut head, deadline).map_err(|_| late())?;
     let mut body = vec![0u8; u32::from_le_bytes(head[1..5].try_into().unwrap()) as usize];
@@ -241,13 +275,16 @@ fn follow(t: &Torchrun, deadline: Instant, timeout: Duration) -> Result<(Vec<u8>
     }
 }
 
-/// A rank's hello: (its rank, its world size), or None for anything else.
-fn hello(link: &mut TcpStream, deadline: Instant) -> Option<(usize, usize)> {
+/// A rank's hello: (its rank, its world size, its job's token), or None for anything else,
+/// or for silence past `HELLO_S` (nothing holds up the ranks queued behind it).
+fn hello(link: &mut TcpStream, deadline: Instant) -> Option<(usize, usize, u64)> {
     link.set_nonblocking(false).ok()?;
-    let mut bytes = [0u8; 16];
-    read_by(link, &mut bytes, deadline).ok()?;
+    let mut bytes = [0u8; 24];
+    let soon = deadline.min(Instant::now() + Duration::from_secs(HELLO_S));
+    read_by(link, &mut bytes, soon).ok()?;
     let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
-    (&bytes[..8] == MAGIC).then(|| (word(8), word(12)))
+    let job = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+    (&bytes[..8] == MAGIC).then(|| (word(8), word(12), job))
 }
 
 /// Fills `buf` from `link`, failing at `deadline`.
@@ -274,6 +311,7 @@ impl Links {
                 lost(rank);
                 continue;
             };
+            keepalive(&link);
             std::thread::spawn(move || {
                 let _ = link.set_read_timeout(None);
                 let mut byte = [0u8];
@@ -297,6 +335,28 @@ impl Links {
         self.watch(lost);
         *KEPT.lock().unwrap() = Some(self);
     }
+}
+
+/// TCP keepalive on a link: a peer whose machine vanishes (no FIN) is found dead within about
+/// a minute (30 s idle, then 3 probes 10 s apart), as one whose process ends is at once.
+fn keepalive(link: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let set = |level: i32, name: i32, value: i32| {
+        // SAFETY: a live socket; an int option.
+        unsafe {
+            libc::setsockopt(
+                link.as_raw_fd(),
+                level,
+                name,
+                &value as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
 }
 
 /// The links of this process's rendezvous, kept for the job's life.
@@ -330,6 +390,7 @@ mod tests {
             world,
             local_rank: rank,
             master: format!("127.0.0.1:{port}"),
+            job: 7,
         }
     }
 
@@ -413,5 +474,34 @@ mod tests {
             rx.recv_timeout(Duration::from_millis(300)).is_err(),
             "rank 1 finished"
         );
+    }
+
+    #[test]
+    fn a_silent_connection_or_a_rank_of_another_job_does_not_hold_up_the_rendezvous() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = move |rank, job| Torchrun {
+            rank,
+            world: 2,
+            local_rank: rank,
+            master: format!("127.0.0.1:{port}"),
+            job,
+        };
+        let lead =
+            std::thread::spawn(move || join(&t(0, 1), || Ok(vec![9]), Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(200));
+        // A silent connection, then a stray of another job, then the real rank 1.
+        let _silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let stray =
+            std::thread::spawn(move || join(&t(1, 2), || Ok(vec![]), Duration::from_secs(2)));
+        let t0 = Instant::now();
+        let (got, _) = join(&t(1, 1), || Ok(vec![]), Duration::from_secs(30)).unwrap();
+        assert_eq!(got, vec![9]);
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        assert_eq!(lead.join().unwrap().unwrap().0, vec![9]);
+        drop(stray); // it times out on its own: rank 0 never answers another job
     }
 }

@@ -40,6 +40,13 @@ pub struct Config {
     /// Run the steady-state training step as one CUDA graph (on a GPU device).
     #[serde(default = "yes")]
     pub cuda_graphs: bool,
+    /// Image folders: decoded batch by batch (on), up front into memory (off), or on when
+    /// the decoded images would not fit in 4 GiB (auto).
+    #[serde(default = "auto")]
+    pub stream: String,
+    /// Decode workers of a streamed folder (0: all cores but one).
+    #[serde(default)]
+    pub workers: usize,
     /// Encoder of the pretrained / fine-tuned network (and the baseline).
     pub arch: String,
     pub width: usize,
@@ -117,6 +124,8 @@ impl Config {
             precision: "auto".into(),
             augment_on: "auto".into(),
             cuda_graphs: true,
+            stream: "auto".into(),
+            workers: 0,
             arch: "resnet8".into(),
             width: 16,
             sk: false,

@@ -110,6 +110,8 @@ impl Context {
             format: cfg.format,
             image_size: cfg.image_size,
             skip_unlabelled: false,
+            stream: crate::data::parse_stream(&cfg.stream)?,
+            workers: cfg.workers,
         };
         let data = crate::data::load(&cfg.data, &opts)?;
         let mut train_indices: Vec<usize> = (0..data.train.n).collect();
@@ -136,7 +138,7 @@ impl Context {
             .collect();
         Rng::derive(cfg.seed, &[0xB4A7]).shuffle(&mut knn_bank);
         knn_bank.truncate(cfg.knn_bank);
-        let norm = Normalize::from_dataset(&data.train);
+        let norm = Normalize::from_dataset(&*data.train.statistics_sample()?);
         println!(
             "data: {} ({}), {} train / {} test images of {}x{}x{}, {} classes",
             cfg.data.display(),

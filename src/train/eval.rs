@@ -14,6 +14,7 @@ use crate::data::loader::{Loader, Pixels, Views};
 use crate::data::Dataset;
 use crate::device::cpu::gemm::gemm;
 use crate::dist::Comm;
+use crate::error::Result;
 use crate::nn::model::Model;
 use crate::tensor::{DType, Tensor};
 use crate::train::Context;
@@ -24,15 +25,16 @@ const EVAL_BATCH: usize = 500;
 const KNN_TEMPERATURE: f32 = 0.1;
 
 /// Runs the model in inference mode over `indices` with its activations in `precision` (a
-/// run's `--precision`); returns (features, outputs) row-major.
+/// run's `--precision`); returns (features, outputs) row-major, or why the images could not
+/// all be read (a streamed dataset with too many bad files).
 pub fn forward_all(
     model: &mut Model,
     ds: &Arc<Dataset>,
     indices: &[usize],
     norm: &Normalize,
     precision: DType,
-) -> (Vec<f32>, Vec<f32>) {
-    let loader = Loader::new(
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mut loader = Loader::new(
         ds.clone(),
         indices.to_vec(),
         EVAL_BATCH,
@@ -46,7 +48,7 @@ pub fn forward_all(
         false,
     );
     let (mut features, mut outputs) = (Vec::new(), Vec::new());
-    for batch in loader {
+    for batch in &mut loader {
         let mut g = Graph::new(false);
         let Pixels::Ready(x) = batch.pixels else {
             unreachable!("evaluation batches are made on the cpu")
@@ -58,7 +60,8 @@ pub fn forward_all(
         features.extend(g.value(f).to_f32_vec());
         outputs.extend(g.value(out).to_f32_vec());
     }
-    (features, outputs)
+    loader.check()?;
+    Ok((features, outputs))
 }
 
 pub fn argmax(row: &[f32]) -> usize {
@@ -111,16 +114,16 @@ pub fn top1(
     norm: &Normalize,
     precision: DType,
     comm: &dyn Comm,
-) -> f64 {
+) -> Result<f64> {
     let classes = model.spec.num_classes.expect("top-1 needs a classifier");
     let mine = &indices[share(indices.len(), comm)];
-    let (_, logits) = forward_all(model, ds, mine, norm, precision);
+    let (_, logits) = forward_all(model, ds, mine, norm, precision)?;
     let correct = mine
         .iter()
         .zip(logits.chunks(classes))
         .filter(|(&i, row)| argmax(row) as u32 == ds.labels[i])
         .count();
-    total(comm, correct) / indices.len() as f64
+    Ok(total(comm, correct) / indices.len() as f64)
 }
 
 fn l2_normalize_rows(x: &mut [f32], d: usize) {
@@ -144,10 +147,10 @@ pub fn knn_top1(
     k: usize,
     precision: DType,
     comm: &dyn Comm,
-) -> f64 {
+) -> Result<f64> {
     // Nothing to vote with or nothing to classify (an unlabelled folder, no test split).
     if bank.is_empty() || queries.is_empty() {
-        return f64::NAN;
+        return Ok(f64::NAN);
     }
     let d = model.spec.arch.feature_dim();
     let all_queries = queries.len();
@@ -158,9 +161,9 @@ pub fn knn_top1(
         &bank[share(bank.len(), comm)],
         norm,
         precision,
-    );
+    )?;
     let mut bank_f = gather_rows(comm, bank_f, bank.len(), d);
-    let (mut query_f, _) = forward_all(model, test, queries, norm, precision);
+    let (mut query_f, _) = forward_all(model, test, queries, norm, precision)?;
     l2_normalize_rows(&mut bank_f, d);
     l2_normalize_rows(&mut query_f, d);
     let k = k.min(bank.len());
@@ -196,13 +199,13 @@ pub fn knn_top1(
             }
         }
     }
-    total(comm, correct) / all_queries as f64
+    Ok(total(comm, correct) / all_queries as f64)
 }
 
 impl Context {
     /// The kNN monitor of `model`'s encoder on images standardised by `norm`: the run's bank,
     /// test images, k and precision, over its ranks.
-    pub fn knn_top1(&self, model: &mut Model, norm: &Normalize) -> f64 {
+    pub fn knn_top1(&self, model: &mut Model, norm: &Normalize) -> Result<f64> {
         let (bank, queries) = (&self.knn_bank, &self.test_indices);
         let (k, comm) = (self.cfg.knn_k, &*self.comm);
         knn_top1(
@@ -220,7 +223,7 @@ impl Context {
 
     /// Top-1 of `model`'s classifier on the run's test images standardised by `norm`, over its
     /// ranks.
-    pub fn test_top1(&self, model: &mut Model, norm: &Normalize) -> f64 {
+    pub fn test_top1(&self, model: &mut Model, norm: &Normalize) -> Result<f64> {
         let (test, indices) = (&self.test, &self.test_indices);
         top1(model, test, indices, norm, self.precision, &*self.comm)
     }

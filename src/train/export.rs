@@ -387,6 +387,7 @@ pub fn predict(
         format,
         image_size: Some(a.image_size),
         skip_unlabelled: false,
+        ..LoadOptions::default()
     };
     let dir = load(data, &options)?;
     if dir.train.c != a.in_channels {
@@ -400,13 +401,13 @@ pub fn predict(
     }
     // As the model's training data was standardised, so that an image gets the same logits
     // whatever other images sit beside it (older checkpoints: this data's statistics).
-    let norm = meta.normalize_or(&Normalize::from_dataset(&dir.train));
+    let norm = meta.normalize_or(&Normalize::from_dataset(&*dir.train.statistics_sample()?));
     let images = Arc::new(if dir.test.n > 0 { dir.test } else { dir.train });
     let indices: Vec<usize> = (0..images.n).collect();
     model.to_device(device);
     // The precision `--precision auto` would use on this device: bf16 on a real GPU.
     let precision = crate::train::context::precision("auto", device)?;
-    let (_, logits) = forward_all(&mut model, &images, &indices, &norm, precision);
+    let (_, logits) = forward_all(&mut model, &images, &indices, &norm, precision)?;
     device.check()?;
     let mut text = String::new();
     for (index, row) in logits.chunks(classes).enumerate() {

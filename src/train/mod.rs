@@ -1,6 +1,7 @@
 //! The three SimCLRv2 stages (plus the supervised baseline and evaluation), run on a
 //! `Context`: the resolved config, the loaded data and the labelled subset.
 
+pub mod bench_loader;
 pub mod checkpoint;
 pub mod config;
 pub mod context;

@@ -200,14 +200,14 @@ pub fn evaluate(ctx: &Context, ckpt: &Path) -> Result<serde_json::Value> {
     model.to_device(&ctx.device);
     // The images standardised as the model's training data was.
     let norm = meta.normalize_or(&ctx.norm);
-    let knn = ctx.knn_top1(&mut model, &norm);
+    let knn = ctx.knn_top1(&mut model, &norm)?;
     let mut record = serde_json::json!({
         "stage": meta.stage,
         "knn_top1": knn,
         "test_images": ctx.test_indices.len(),
     });
     if model.spec.num_classes.is_some() {
-        record["top1"] = ctx.test_top1(&mut model, &norm).into();
+        record["top1"] = ctx.test_top1(&mut model, &norm)?.into();
     }
     ctx.device.check()?;
     say(ctx, format_args!("{record}"));

@@ -142,10 +142,16 @@ pub fn train(
         metrics,
         bar,
         tally: Tally::default(),
+        workers: ctx
+            .train
+            .stream
+            .as_ref()
+            .map(|s| s.workers.current_num_threads()),
+        hinted: false,
     };
     while pos.epoch < cfg.epochs {
         let epoch = pos.epoch;
-        let loader = ctx.epoch_loader(
+        let mut loader = ctx.epoch_loader(
             stage.key,
             stage.images,
             cfg.batch_size,
@@ -155,8 +161,16 @@ pub fn train(
         // A step's loss comes back while the next step is queued: it is checked (finite, and
         // the device's errors) and logged one step late, and always before anything is saved.
         let mut pending: Option<Unsettled> = None;
-        for batch in loader {
+        loop {
+            let asked = Instant::now();
+            let Some(batch) = loader.next() else {
+                break;
+            };
             let t0 = Instant::now();
+            let feed = Feed {
+                waited_s: t0.duration_since(asked).as_secs_f64(),
+                made_in_s: batch.made_in_s,
+            };
             let before = gpu.as_ref().map(Gpu::counters);
             let rows = batch.rows;
             let lr = lr_at(base_lr, step, warmup, total);
@@ -195,6 +209,7 @@ pub fn train(
                 rows,
                 t0,
                 counters,
+                feed,
             });
             run.bar.inc(1);
             pos.batch += 1;
@@ -213,13 +228,14 @@ pub fn train(
         if let Some(last) = pending.take() {
             settle(last, None, &mut run, &mut pos.loss_sum)?;
         }
+        loader.check()?;
 
         // End of the epoch: the monitor, the record, a checkpoint.
         final_loss = pos.loss_sum / pos.batch.max(1) as f64;
         let mut record = match stage.monitor {
-            Monitor::Knn => json!({"knn_top1": ctx.knn_top1(model, &ctx.norm)}),
+            Monitor::Knn => json!({"knn_top1": ctx.knn_top1(model, &ctx.norm)?}),
             Monitor::Top1 if epoch + 1 == cfg.epochs => {
-                json!({"top1": ctx.test_top1(model, &ctx.norm)})
+                json!({"top1": ctx.test_top1(model, &ctx.norm)?})
             }
             Monitor::Top1 => json!({}),
         };
@@ -231,6 +247,10 @@ pub fn train(
         record["epoch"] = json!(epoch + 1);
         record["mean_loss"] = json!(final_loss);
         record["elapsed_s"] = json!(pos.elapsed_s);
+        // Files of a streamed dataset skipped so far (each was reported when first met).
+        if let Some(stream) = &ctx.train.stream {
+            record["bad_files"] = json!(stream.bad().len());
+        }
         if measured && ctx.is_main() {
             run.bar.suspend(|| println!("{record}"));
         }
@@ -264,6 +284,10 @@ struct Run {
     metrics: Metrics,
     bar: ProgressBar,
     tally: Tally,
+    /// The loader's decode workers (a streamed dataset), for the hint when it is the bound.
+    workers: Option<usize>,
+    /// Whether that hint was given.
+    hinted: bool,
 }
 
 /// A loss on its way back to the host: at once on the cpu, without waiting on a GPU.
@@ -297,6 +321,15 @@ struct Unsettled {
     rows: usize,
     t0: Instant,
     counters: Option<Counters>,
+    feed: Feed,
+}
+
+/// How the loader kept up with a step.
+struct Feed {
+    /// Seconds the step waited for its batch.
+    waited_s: f64,
+    /// Seconds the loader took to make it.
+    made_in_s: f64,
 }
 
 /// Checks a step's loss (finite; and the device's errors, this step's or the next's, with their
@@ -320,15 +353,36 @@ fn settle(p: Unsettled, next: Option<Instant>, run: &mut Run, loss_sum: &mut f64
     }
     // All ranks' rows: the run's rate.
     let ips = (p.rows * run.comm.size()) as f64 / next.duration_since(p.t0).as_secs_f64();
+    // The loader's rate: the rows it makes a second (every rank's loader makes its share).
+    let loader_ips = (p.rows * run.comm.size()) as f64 / p.feed.made_in_s.max(1e-9);
     let mut record = json!({"stage": run.stage, "epoch": p.epoch + 1, "step": p.step,
-        "loss": loss, "lr": p.lr, "images_per_s": ips});
+        "loss": loss, "lr": p.lr, "images_per_s": ips, "loader_images_per_s": loader_ips,
+        "loader_wait_s": p.feed.waited_s});
     if let Some(counters) = p.counters {
         record["device"] = json!(counters);
         run.tally.add(counters);
     }
     run.metrics.log(record)?;
-    run.bar
-        .set_message(format!("loss {loss:.4} | {ips:.0} img/s"));
+    run.bar.set_message(format!(
+        "loss {loss:.4} | {ips:.0} img/s | loader {loader_ips:.0} img/s"
+    ));
+    // The loader is the bound when steps wait for their batches: said once a run, after the
+    // first steps (which wait while the loader fills its queue).
+    let step_s = next.duration_since(p.t0).as_secs_f64() + p.feed.waited_s;
+    if p.step >= 3 && p.feed.waited_s > 0.2 * step_s && !run.hinted {
+        run.hinted = true;
+        let workers = run
+            .workers
+            .map_or(String::new(), |n| format!(" on {n} workers"));
+        run.bar.suspend(|| {
+            eprintln!(
+                "hint: the data loader is the bound: it makes {loader_ips:.0} images/s{workers}, \
+                 and steps wait {:.0}% of their time for it (--workers, a faster disk, or fewer \
+                 augmentations on the cpu: --augment-on device)",
+                100.0 * p.feed.waited_s / step_s
+            )
+        });
+    }
     *loss_sum += loss;
     Ok(())
 }

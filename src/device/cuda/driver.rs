@@ -2,7 +2,7 @@
 //! runs on machines without CUDA. Kernels come from the fatbins build.rs embedded (one module
 //! per family); a kernel's function handle is looked up on first use and cached.
 //!
-//! Work goes on two streams the driver creates (non-blocking, so nothing else in the process
+//! Work goes on three streams the driver creates (non-blocking, so nothing else in the process
 //! synchronises with them; and unlike the legacy default stream they can be captured into a
 //! graph): the compute stream for the kernels and most copies, the copy stream for a training
 //! step's uploads, the comm stream for NCCL's collectives (`Queue`). The blocking copies are asynchronous copies on the compute stream
@@ -32,6 +32,16 @@ unsafe impl Sync for Driver {}
 
 fn msg(e: result::DriverError) -> String {
     format!("{e:?}")
+}
+
+/// How many GPUs the driver sees (those `CUDA_VISIBLE_DEVICES` leaves), or why none.
+pub fn device_count() -> Result<usize, String> {
+    // SAFETY: checks for libcuda before any driver call (without it cudarc would panic).
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no CUDA driver (libcuda) on this machine".into());
+    }
+    result::init().map_err(msg)?;
+    Ok(result::device::get_count().map_err(msg)? as usize)
 }
 
 impl Driver {

@@ -80,7 +80,7 @@ pub trait Runtime: Send + Sync {
     /// returns at once.
     /// # Safety
     /// `src` stays valid and unchanged until an event recorded after this copy is done; `dst`
-    /// is a live allocation of at least `bytes` that no work queued on the other queue uses
+    /// is a live allocation of at least `bytes` that no work queued on another queue uses
     /// unless ordered by events.
     unsafe fn upload_async(
         &self,
