@@ -356,7 +356,7 @@ pub fn decode(path: &Path, bytes: &[u8], size: usize) -> Result<Vec<u8>> {
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| bad(e.to_string()))?.to_rgb8();
+    let img = reader.decode().map_err(|e| bad(e.to_string()))?.into_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w == 0 || h == 0 {
         return Err(bad("no pixels".into()));

@@ -94,6 +94,40 @@ fn taps(start: usize, len: usize, size: usize, filter: Filter) -> Vec<Vec<(usize
         .collect()
 }
 
+/// One row's horizontal pass for `C` channels (known at compile time, so a pixel's sums stay
+/// in registers): `line[ox]` = Σ over output column ox's taps, in order from 0.
+fn horizontal<const C: usize>(
+    src: &[f32],
+    line: &mut [f32],
+    cols: &[Vec<(usize, f32)>],
+    flip: bool,
+) {
+    let size = cols.len();
+    for (ox, px) in line.chunks_exact_mut(C).enumerate() {
+        let col = &cols[if flip { size - 1 - ox } else { ox }];
+        let mut acc = [0f32; C];
+        for &(x, wt) in col {
+            for ch in 0..C {
+                acc[ch] += wt * src[x * C + ch];
+            }
+        }
+        px.copy_from_slice(&acc);
+    }
+}
+
+/// `horizontal` for any number of channels.
+fn horizontal_any(src: &[f32], line: &mut [f32], cols: &[Vec<(usize, f32)>], flip: bool, c: usize) {
+    let size = cols.len();
+    for (ox, px) in line.chunks_exact_mut(c).enumerate() {
+        let col = &cols[if flip { size - 1 - ox } else { ox }];
+        for &(x, wt) in col {
+            for (acc, &v) in px.iter_mut().zip(&src[x * c..x * c + c]) {
+                *acc += wt * v;
+            }
+        }
+    }
+}
+
 /// Resamples `rect` of a u8 HWC image of width `w` and `c` channels into `out` (size × size
 /// × c, values in [0, 1]), optionally mirrored left-right. Rows first, then columns.
 #[allow(clippy::too_many_arguments)]
@@ -118,15 +152,14 @@ pub fn resize(
     // its taps summed in order from 0 (so the result does not depend on the loop order
     // below, which keeps a pixel's channels together for speed).
     let mut tmp = vec![0f32; rect.h * size * c];
+    let mut src = vec![0f32; w * c]; // a source row as f32, converted once
     for (ty, line) in tmp.chunks_exact_mut(size * c).enumerate() {
-        let src = &img[(rect.y + ty) * w * c..(rect.y + ty + 1) * w * c];
-        for (ox, px) in line.chunks_exact_mut(c).enumerate() {
-            let col = &cols[if flip { size - 1 - ox } else { ox }];
-            for &(x, wt) in col {
-                for (acc, &v) in px.iter_mut().zip(&src[x * c..x * c + c]) {
-                    *acc += wt * v as f32;
-                }
-            }
+        let row = &img[(rect.y + ty) * w * c..(rect.y + ty + 1) * w * c];
+        src.iter_mut().zip(row).for_each(|(f, &v)| *f = v as f32);
+        match c {
+            3 => horizontal::<3>(&src, line, &cols, flip),
+            1 => horizontal::<1>(&src, line, &cols, flip),
+            _ => horizontal_any(&src, line, &cols, flip, c),
         }
     }
     // Vertical pass into out, a whole row at a time (contiguous, so it vectorises), scaled
