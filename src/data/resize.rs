@@ -195,6 +195,72 @@ pub fn resize_u8(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
+
+    /// `resize` as defined: each value its taps summed in order from 0, rows then columns.
+    /// The image is (pixels, width, channels).
+    fn resize_by_definition(
+        (img, w, c): (&[u8], usize, usize),
+        rect: Rect,
+        (flip, size, filter): (bool, usize, Filter),
+    ) -> Vec<f32> {
+        let (cols, rows) = (
+            taps(rect.x, rect.w, size, filter),
+            taps(rect.y, rect.h, size, filter),
+        );
+        let mut tmp = vec![0f32; rect.h * size * c];
+        for ty in 0..rect.h {
+            for ox in 0..size {
+                let col = &cols[if flip { size - 1 - ox } else { ox }];
+                for ch in 0..c {
+                    let mut acc = 0.0;
+                    for &(x, wt) in col {
+                        acc += wt * img[((rect.y + ty) * w + x) * c + ch] as f32;
+                    }
+                    tmp[(ty * size + ox) * c + ch] = acc;
+                }
+            }
+        }
+        let mut out = vec![0f32; size * size * c];
+        for (oy, row) in rows.iter().enumerate() {
+            for i in 0..size * c {
+                let mut acc = 0.0;
+                for &(y, wt) in row {
+                    acc += wt * tmp[(y - rect.y) * size * c + i];
+                }
+                out[oy * size * c + i] = (acc / 255.0).clamp(0.0, 1.0);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn resize_equals_its_definition_bit_for_bit() {
+        let mut rng = Rng::new(3);
+        for case in 0..200 {
+            let (h, w, c) = (1 + rng.below(50), 1 + rng.below(50), [1, 2, 3][case % 3]);
+            let img: Vec<u8> = (0..h * w * c).map(|_| rng.below(256) as u8).collect();
+            let (rh, rw) = (1 + rng.below(h), 1 + rng.below(w));
+            let rect = Rect {
+                y: rng.below(h - rh + 1),
+                x: rng.below(w - rw + 1),
+                h: rh,
+                w: rw,
+            };
+            let size = 1 + rng.below(40);
+            let filter = [Filter::Bilinear, Filter::Bicubic][case % 2];
+            let flip = case % 4 < 2;
+            let mut got = vec![0f32; size * size * c];
+            resize(&img, w, c, rect, flip, size, filter, &mut got);
+            let want = resize_by_definition((&img, w, c), rect, (flip, size, filter));
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "case {case}: {rect:?} to {size}, c {c}"
+            );
+        }
+    }
 
     #[test]
     fn kernels_interpolate_and_sum_to_one() {
