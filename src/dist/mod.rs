@@ -225,12 +225,18 @@ fn stop_when_lost(me: usize, lost: usize) {
     unsafe { libc::_exit(1) }
 }
 
+/// A 64-bit hash of `x`, the same in every process of one build (fixed keys): what ranks
+/// compare (settings, job tokens) and what names a file (NCCL's link folder).
+fn hash64(x: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    x.hash(&mut h);
+    h.finish()
+}
+
 /// Whether every rank holds the same `text` (a run's settings), by gathering their hashes.
 pub fn all_agree(comm: &dyn Comm, text: &str) -> bool {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    let bits = h.finish();
+    let bits = hash64(text);
     // Two f32 carrying the hash's halves bit for bit.
     let mine = [
         f32::from_bits(bits as u32),

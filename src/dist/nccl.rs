@@ -126,16 +126,13 @@ fn candidates() -> Vec<PathBuf> {
 /// own name and renames it). Made with mode 0700 and checked to be the user's and closed to
 /// others, since a link there decides what code this process loads.
 fn link_folder(lib: &Path) -> Result<PathBuf, String> {
-    use std::hash::{Hash, Hasher};
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let lib = lib
         .canonicalize()
         .map_err(|e| format!("{}: {e}", lib.display()))?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    lib.hash(&mut h);
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
-    let dir = std::env::temp_dir().join(format!("simclr-nccl-{uid}-{:016x}", h.finish()));
+    let dir = std::env::temp_dir().join(format!("simclr-nccl-{uid}-{:016x}", super::hash64(&lib)));
     let fail = |e: std::io::Error| format!("linking {} for NCCL: {e}", dir.display());
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(fail(e)),
@@ -289,6 +286,18 @@ impl Nccl {
     }
 }
 
+impl Nccl {
+    /// Queues the all-gather of the first `bytes` bytes of `send` into `recv` (room for
+    /// `bytes` × size()), on the compute stream.
+    fn gather(&self, send: &Buffer, bytes: usize, recv: &Buffer) {
+        self.queue("NCCL all-gather", Queue::Compute, |stream| unsafe {
+            let (s, r) = (send.ptr() as *const _, recv.ptr() as *mut _);
+            let u8 = sys::ncclDataType_t::ncclUint8;
+            result::all_gather(s, r, bytes, u8, self.comm, stream)
+        });
+    }
+}
+
 fn nccl_type(elem: Elem) -> sys::ncclDataType_t {
     match elem {
         Elem::F32 => sys::ncclDataType_t::ncclFloat32,
@@ -329,11 +338,7 @@ impl Comm for Nccl {
         let send = self.gpu.upload(x);
         // Rounded up to whole f32 (the buffer's type): only the first bytes are NCCL's.
         let all = self.gpu.alloc_f32((x.len() * self.size).div_ceil(4));
-        self.queue("NCCL all-gather", Queue::Compute, |stream| unsafe {
-            let (s, r) = (send.ptr() as *const _, all.ptr() as *mut _);
-            let u8 = sys::ncclDataType_t::ncclUint8;
-            result::all_gather(s, r, x.len(), u8, self.comm, stream)
-        });
+        self.gather(&send, x.len(), &all);
         let mut out: Vec<u8> = self.gpu.download(&all);
         out.truncate(x.len() * self.size);
         out
@@ -356,11 +361,7 @@ impl Comm for Nccl {
 
     fn all_gather_device(&self, gpu: &Gpu, x: &Buffer) -> Buffer {
         let out = gpu.alloc(x.len() * self.size, x.elem());
-        self.queue("NCCL all-gather", Queue::Compute, |stream| unsafe {
-            let (s, r) = (x.ptr() as *const _, out.ptr() as *mut _);
-            let u8 = sys::ncclDataType_t::ncclUint8;
-            result::all_gather(s, r, x.bytes(), u8, self.comm, stream)
-        });
+        self.gather(x, x.bytes(), &out);
         out
     }
 

@@ -73,7 +73,7 @@ impl Torchrun {
             rank: number("RANK", get("RANK")?)?,
             local_rank: number("LOCAL_RANK", get("LOCAL_RANK")?)?,
             master: format!("{addr}:{}", number("MASTER_PORT", get("MASTER_PORT")?)?),
-            job: std::env::var("SIMCLR_JOB").map_or(0, |j| token(&j)),
+            job: std::env::var("SIMCLR_JOB").map_or(0, |j| super::hash64(&j)),
         };
         if t.world == 0 || t.rank >= t.world {
             return Err(format!(
@@ -83,14 +83,6 @@ impl Torchrun {
         }
         Ok(Some(t))
     }
-}
-
-/// A job's token from its name.
-pub fn token(job: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    job.hash(&mut h);
-    h.finish()
 }
 
 /// How long the ranks wait for each other: `SIMCLR_RENDEZVOUS_TIMEOUT` seconds, or 300.
