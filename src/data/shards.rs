@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::folder::{self, Listing};
-use super::stream::{self, Source, Streamed};
+use super::stream::{self, Shard, Source, Streamed};
 use super::{DataDir, Dataset, Format, UNLABELLED};
 use crate::error::{Error, Result};
 
@@ -143,6 +143,7 @@ pub fn load(dir: &Path, size: usize, with_unlabelled: bool, workers: usize) -> R
     let class_names: Vec<String> = classes.lines().map(str::to_string).collect();
     let pool = stream::workers(workers)?;
     let mut splits = Vec::new();
+    let mut shards = 0;
     for split in ["train", "test"] {
         let mut images = Images::default();
         for k in 0.. {
@@ -151,6 +152,7 @@ pub fn load(dir: &Path, size: usize, with_unlabelled: bool, workers: usize) -> R
                 break;
             }
             images.scan(&path)?;
+            shards += 1;
         }
         if split == "train" && !with_unlabelled {
             images.keep_labelled();
@@ -172,6 +174,7 @@ pub fn load(dir: &Path, size: usize, with_unlabelled: bool, workers: usize) -> R
             ..Dataset::default()
         });
     }
+    room_for(shards).map_err(|why| Error::Data(format!("{}: {why}", dir.display())))?;
     let test = splits.pop().unwrap();
     let train = splits.pop().unwrap();
     eprintln!(
@@ -189,11 +192,38 @@ pub fn load(dir: &Path, size: usize, with_unlabelled: bool, workers: usize) -> R
     })
 }
 
+/// Makes room for `shards` more open files (a shard stays open once read): raises the soft
+/// limit on open files towards the hard one when needed, or says why it cannot.
+fn room_for(shards: usize) -> std::result::Result<(), String> {
+    // The process's other files: its run directory, sockets, the GPU driver's and NCCL's.
+    let need = shards as u64 + 256;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= need {
+        return Ok(());
+    }
+    let raised = libc::rlimit {
+        rlim_cur: need,
+        ..limit
+    };
+    if need <= limit.rlim_max && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "{shards} shards need {need} open files, more than the limit of {} (pack with a larger \
+         --shard-mb, or raise `ulimit -n`)",
+        limit.rlim_max
+    ))
+}
+
 /// A split's images as the shards' headers list them.
 #[derive(Default)]
 struct Images {
     /// (shard, offset, length) of each image's bytes.
-    at: Vec<(Arc<PathBuf>, u64, u64)>,
+    at: Vec<(Arc<Shard>, u64, u64)>,
     labels: Vec<u32>,
     /// Each image's path in the packed folder (`.path`).
     paths: Vec<PathBuf>,
@@ -210,7 +240,7 @@ impl Images {
         let entries = archive
             .entries_with_seek()
             .map_err(|e| bad(e.to_string()))?;
-        let shared = Arc::new(shard.to_path_buf());
+        let shared = Arc::new(Shard::new(shard.to_path_buf()));
         let mut key = String::new();
         for entry in entries {
             let mut entry = entry.map_err(|e| bad(e.to_string()))?;
@@ -262,5 +292,15 @@ impl Images {
         let mut k = keep.iter();
         self.names.retain(|_| *k.next().unwrap());
         self.labels.retain(|&l| l != UNLABELLED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn too_many_shards_for_the_open_file_limit_are_refused() {
+        assert_eq!(super::room_for(3), Ok(()));
+        let err = super::room_for(1 << 40).unwrap_err();
+        assert!(err.contains("--shard-mb"), "{err}");
     }
 }

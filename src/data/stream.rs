@@ -10,6 +10,7 @@
 //! the loader stops with an error: a dataset that bad is more likely a wrong path or format.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +30,39 @@ pub enum Source {
     /// A file each (an image folder), named by `Streamed::names`.
     Files,
     /// Spans of packed shards (`shards`): (shard, offset, length) of each image's bytes.
-    Shards(Vec<(Arc<PathBuf>, u64, u64)>),
+    Shards(Vec<(Arc<Shard>, u64, u64)>),
+}
+
+/// A packed shard, opened by its first read and kept open by the readers that share it: one
+/// open per shard rather than one per image (an open is a round trip on a network filesystem).
+#[derive(Debug)]
+pub struct Shard {
+    pub path: PathBuf,
+    file: Mutex<Option<Arc<File>>>,
+}
+
+impl Shard {
+    pub fn new(path: PathBuf) -> Shard {
+        Shard {
+            path,
+            file: Mutex::new(None),
+        }
+    }
+
+    /// `len` bytes at `offset`.
+    fn read(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = {
+            let mut file = self.file.lock().unwrap();
+            if file.is_none() {
+                *file = Some(Arc::new(File::open(&self.path)?));
+            }
+            file.clone().unwrap()
+        };
+        let mut bytes = vec![0u8; len as usize];
+        file.read_exact_at(&mut bytes, offset)?;
+        Ok(bytes)
+    }
 }
 
 /// A streamed dataset's images: each one's encoded bytes are read and decoded on demand.
@@ -87,16 +120,11 @@ impl Streamed {
 
     /// Image `i`'s encoded bytes.
     fn bytes(&self, i: usize) -> Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
         match &self.source {
             Source::Files => folder::read_image(&self.names[i]),
             Source::Shards(at) => {
                 let (shard, offset, len) = &at[i];
-                let mut bytes = vec![0u8; *len as usize];
-                std::fs::File::open(&**shard)
-                    .and_then(|f| f.read_exact_at(&mut bytes, *offset))
-                    .map_err(|e| Error::io(&self.names[i], e))?;
-                Ok(bytes)
+                (shard.read(*offset, *len)).map_err(|e| Error::io(&self.names[i], e))
             }
         }
     }
