@@ -453,7 +453,104 @@ pub unsafe fn kernel_generic<T: Real, const MR: usize, const NR: usize>(
     }
 }
 
-/// 6×16 f32 tile in 12 ymm accumulators; per depth: 2 B loads, 6 A broadcasts, 12 FMAs.
+/// The f32 vector operations of the x86 microkernels, for one register width: the AVX2 and the
+/// AVX-512 kernel are one body (`kernel_x86`) over these. Every method is inlined into the
+/// `#[target_feature]` kernel that calls it, so each compiles to one instruction.
+#[cfg(target_arch = "x86_64")]
+trait Lanes: Copy {
+    /// f32 values per register.
+    const WIDTH: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn splat(p: *const f32) -> Self;
+    /// a·b + c in one rounding.
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    unsafe fn store(p: *mut f32, v: Self);
+}
+
+/// `Lanes` for a register type from its intrinsics, named in the order of the trait's methods.
+#[cfg(target_arch = "x86_64")]
+macro_rules! lanes {
+    ($v:ident, $width:literal, $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $add:ident, $store:ident) => {
+        impl Lanes for std::arch::x86_64::$v {
+            const WIDTH: usize = $width;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                std::arch::x86_64::$zero()
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                std::arch::x86_64::$load(p)
+            }
+            #[inline(always)]
+            unsafe fn splat(p: *const f32) -> Self {
+                std::arch::x86_64::$splat(*p)
+            }
+            #[inline(always)]
+            unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+                std::arch::x86_64::$fmadd(a, b, c)
+            }
+            #[inline(always)]
+            unsafe fn add(a: Self, b: Self) -> Self {
+                std::arch::x86_64::$add(a, b)
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut f32, v: Self) {
+                std::arch::x86_64::$store(p, v)
+            }
+        }
+    };
+}
+#[rustfmt::skip]
+#[cfg(target_arch = "x86_64")]
+lanes!(__m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_storeu_ps);
+#[rustfmt::skip]
+#[cfg(target_arch = "x86_64")]
+lanes!(__m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps);
+
+/// MR×(2·WIDTH) f32 tile in 2·MR vector accumulators; per depth: 2 B loads, MR A broadcasts,
+/// 2·MR FMAs.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_x86<V: Lanes, const MR: usize>(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_ps: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[V::zero(); 2]; MR];
+    for p in 0..kc {
+        let (ap, bp) = (a.add(p * a_ps), b.add(p * ldb));
+        let (b0, b1) = (V::load(bp), V::load(bp.add(V::WIDTH)));
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = V::splat(ap.add(i * a_rs));
+            row[0] = V::fmadd(ai, b0, row[0]);
+            row[1] = V::fmadd(ai, b1, row[1]);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (h, &v) in row.iter().enumerate() {
+            let dst = c.add(i * ldc + V::WIDTH * h);
+            V::store(
+                dst,
+                if accumulate {
+                    V::add(v, V::load(dst))
+                } else {
+                    v
+                },
+            );
+        }
+    }
+}
+
+/// 6×16 in 12 ymm registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -468,33 +565,11 @@ unsafe fn kernel_avx2(
     ldc: usize,
     accumulate: bool,
 ) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
-    for p in 0..kc {
-        let (ap, bp) = (a.add(p * a_ps), b.add(p * ldb));
-        let b0 = _mm256_loadu_ps(bp);
-        let b1 = _mm256_loadu_ps(bp.add(8));
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm256_broadcast_ss(&*ap.add(i * a_rs));
-            row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
-        }
-    }
-    for (i, row) in acc.iter().enumerate() {
-        for (h, &v) in row.iter().enumerate() {
-            let dst = c.add(i * ldc + 8 * h);
-            let v = if accumulate {
-                _mm256_add_ps(v, _mm256_loadu_ps(dst))
-            } else {
-                v
-            };
-            _mm256_storeu_ps(dst, v);
-        }
-    }
+    use std::arch::x86_64::__m256;
+    kernel_x86::<__m256, 6>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
 }
 
-/// 14×32 f32 tile in 28 zmm accumulators (of 32); per depth: 2 B loads, 14 A broadcasts
-/// (folded into the FMAs), 28 FMAs.
+/// 14×32 in 28 zmm registers (of 32; the broadcasts fold into the FMAs).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -509,29 +584,8 @@ unsafe fn kernel_avx512(
     ldc: usize,
     accumulate: bool,
 ) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; 14];
-    for p in 0..kc {
-        let (ap, bp) = (a.add(p * a_ps), b.add(p * ldb));
-        let b0 = _mm512_loadu_ps(bp);
-        let b1 = _mm512_loadu_ps(bp.add(16));
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(*ap.add(i * a_rs));
-            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
-        }
-    }
-    for (i, row) in acc.iter().enumerate() {
-        for (h, &v) in row.iter().enumerate() {
-            let dst = c.add(i * ldc + 16 * h);
-            let v = if accumulate {
-                _mm512_add_ps(v, _mm512_loadu_ps(dst))
-            } else {
-                v
-            };
-            _mm512_storeu_ps(dst, v);
-        }
-    }
+    use std::arch::x86_64::__m512;
+    kernel_x86::<__m512, 14>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
 }
 
 #[cfg(test)]
