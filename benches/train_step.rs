@@ -1,6 +1,8 @@
 //! One whole training step (forward, loss, backward, LARS) of a network, on random images:
 //! - ResNet-18 with the small-image stem at batch 64 on 28×28×1, on the cpu: the figure
 //!   BENCHMARKS.md compares with PyTorch (scripts/bench_pytorch.py runs the same step);
+//! - the default preset's pretraining step on the cpu, ResNet-8 of width 16 on 512 views
+//!   (`scripts/bench_pytorch.py --arch resnet8 --batch 512` runs the same step);
 //! - the same step on the GPU device: the real GPU, or else the emulator at batch 2;
 //! - on a real GPU only, the SimCLR step of ResNet-50 at 224×224×3 on 512 views (256 images,
 //!   two views each, as the paper's smallest batch; `scripts/bench_pytorch.py --device cuda`
@@ -42,6 +44,7 @@ impl Variant {
 /// A network, its input images and batch.
 struct Case {
     arch: &'static str,
+    width: usize,
     image: usize,
     channels: usize,
     batch: usize,
@@ -56,7 +59,7 @@ fn spec(case: &Case, variant: Variant) -> ModelSpec {
     ModelSpec {
         arch: Arch {
             name: case.arch.into(),
-            width: 64,
+            width: case.width,
             in_channels: case.channels,
             image_size: case.image,
             sk: false,
@@ -135,26 +138,37 @@ fn bench_step(c: &mut Criterion, device: &Device, case: &Case) {
 fn main() {
     let setup = common::setup(
         "train_step",
-        "ResNet-18 28×28×1 batch 64 on the cpu and the GPU; ResNet-50 224 px, 512 views, on the GPU",
-        "ResNet-18 28×28×1 at batch 64 on the cpu, batch 2 on the emulator",
+        "ResNet-18 28×28×1 batch 64 on the cpu and the GPU, ResNet-8 512 views on the cpu; ResNet-50 224 px, 512 views, on the GPU",
+        "ResNet-18 28×28×1 at batch 64 and ResNet-8 at 512 views on the cpu, batch 2 on the emulator",
     );
     // The first device is the real GPU or, without one, the emulator.
     let gpu = &setup.devices[0];
     let both = &[Variant::Ntxent, Variant::Xent];
     let resnet18 = |batch| Case {
         arch: "resnet18",
+        width: 64,
         image: 28,
         channels: 1,
         batch,
         variants: both,
     };
+    let resnet8 = Case {
+        arch: "resnet8",
+        width: 16,
+        image: 28,
+        channels: 1,
+        batch: 512,
+        variants: &[Variant::Ntxent],
+    };
     let mut cases = vec![
         (Device::Cpu, resnet18(64)),
+        (Device::Cpu, resnet8),
         (gpu.clone(), resnet18(if setup.full { 64 } else { 2 })),
     ];
     if setup.full {
         let resnet50 = Case {
             arch: "resnet50",
+            width: 64,
             image: 224,
             channels: 3,
             batch: 512,

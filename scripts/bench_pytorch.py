@@ -5,6 +5,7 @@ Setup (once, from the repo root):
     python3 -m venv scripts/.venv && scripts/.venv/bin/pip install -r scripts/requirements.txt
 Run:
     scripts/.venv/bin/python scripts/bench_pytorch.py [--batch 64] [--steps 10] [--threads 2]
+    scripts/.venv/bin/python scripts/bench_pytorch.py --arch resnet8 --batch 512 --variants ntxent
     python3 scripts/bench_pytorch.py --device cuda [--steps 10] [--deadline SECONDS]
     scripts/.venv/bin/python scripts/bench_pytorch.py --smoke     # the cuda mode's code, on the cpu
 
@@ -25,13 +26,16 @@ each in two configurations: `torch-bf16` (bf16 autocast, or bf16 tensors for the
 channels_last, cudnn.benchmark: how PyTorch users train) and `torch-fp32` (fp32 storage, TF32
 math as PyTorch allows it for convolutions by default). Cases past --deadline are skipped.
 
-The cpu mode's model: ResNet-18 with the small-image stem (3x3/1 conv, 1 -> 64 channels, BN, ReLU, no
-max-pool), 4 stages x 2 basic blocks (64/128/256/512, stride 2 + 1x1 conv/BN projection
-shortcut at the first block of stages 2-4), global average pool -> 512 features.
+The cpu mode's model (--arch): ResNet-18 with the small-image stem (3x3/1 conv, 1 -> 64 channels, BN,
+ReLU, no max-pool), 4 stages x 2 basic blocks (64/128/256/512, stride 2 + 1x1 conv/BN projection
+shortcut at the first block of stages 2-4), global average pool -> 512 features; or the default
+preset's ResNet-8: the same with width 16 and 3 stages of one block (16/32/64) -> 64 features.
 Variants, each a full step (zero grad, forward, loss, backward, LARS step):
-  ntxent: 3-layer projection head (512-512-128, BN) -> NT-Xent (T=0.1), B/2 positive pairs
-  xent:   linear 512 -> 10 -> softmax cross-entropy with random labels
-Inputs: random float32 batch x 1 x 28 x 28; timed in contiguous and channels_last formats.
+  ntxent: 3-layer projection head (F-F-128, BN; F the feature width) -> NT-Xent (T=0.1), B/2
+          positive pairs (the batch counts views)
+  xent:   linear F -> 10 -> softmax cross-entropy with random labels
+Inputs: random float32 batch x 1 x 28 x 28; timed in contiguous and channels_last formats, in
+float32 and in bf16 autocast (where the CPU has bf16 instructions, oneDNN uses them).
 """
 import argparse
 import statistics
@@ -62,18 +66,27 @@ class BasicBlock(nn.Module):
         return F.relu(out + (x if self.short is None else self.short(x)))
 
 
-class ResNet18Small(nn.Module):
-    def __init__(self, in_ch=1):
+class ResNetSmall(nn.Module):
+    """Small-image stem, then stages of basic blocks doubling the width (src/nn/resnet.rs)."""
+
+    def __init__(self, blocks, width, in_ch=1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_ch, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-        layers, cin = [], 64
-        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        layers, cin = [], width
+        for stage, n in enumerate(blocks):
+            cout = width << stage
+            layers += [BasicBlock(cin, cout, 1 if stage == 0 else 2)]
+            layers += [BasicBlock(cout, cout, 1) for _ in range(n - 1)]
             cin = cout
         self.layers = nn.Sequential(*layers)
+        self.features = cin
 
     def forward(self, x):
-        return self.layers(self.stem(x)).mean(dim=(2, 3))  # global average pool -> [B, 512]
+        return self.layers(self.stem(x)).mean(dim=(2, 3))  # global average pool -> [B, features]
+
+
+ARCHS = {"resnet18": ([2, 2, 2, 2], 64), "resnet8": ([1, 1, 1], 16)}
 
 
 class BNNoBeta(nn.Module):
@@ -88,7 +101,7 @@ class BNNoBeta(nn.Module):
         return self.bn(x) * self.weight
 
 
-def projection_head(dim=512):
+def projection_head(dim):
     # Linear layers followed by BN carry no bias (BN makes it redundant).
     return nn.Sequential(
         nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(),
@@ -182,10 +195,11 @@ class LARS(torch.optim.Optimizer):
 
 
 # ---------------------------------------------------------------- benchmark
-def bench(variant, channels_last, batch, steps, warmup=3):
+def bench(arch, variant, channels_last, bf16, batch, steps, warmup=3):
     torch.manual_seed(0)
-    backbone = ResNet18Small()
-    head = projection_head() if variant == "ntxent" else nn.Linear(512, 10)
+    backbone = ResNetSmall(*ARCHS[arch])
+    f = backbone.features
+    head = projection_head(f) if variant == "ntxent" else nn.Linear(f, 10)
     model = nn.Sequential(backbone, head).train()
     x = torch.randn(batch, 1, 28, 28)
     labels = torch.randint(0, 10, (batch,))
@@ -196,8 +210,9 @@ def bench(variant, channels_last, batch, steps, warmup=3):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = ntxent(out, 0.1) if variant == "ntxent" else F.cross_entropy(out, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+            loss = ntxent(out, 0.1) if variant == "ntxent" else F.cross_entropy(out, labels)
         loss.backward()
         opt.step()
         return loss.item()
@@ -448,7 +463,9 @@ def main_cuda(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--batch", type=int, default=64, help="cpu mode: images per step")
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="resnet18", help="cpu mode: the network")
+    ap.add_argument("--variants", default="ntxent,xent", help="cpu mode: comma-separated")
+    ap.add_argument("--batch", type=int, default=64, help="cpu mode: images (views) per step")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
     ap.add_argument("--threads", type=int, default=2, help="cpu mode only")
     ap.add_argument("--deadline", type=float, default=600,
@@ -461,16 +478,18 @@ def main():
         return main_cuda(args)
     torch.set_num_threads(args.threads)
 
-    print(f"batch {args.batch}, {args.steps} timed steps after 3 warm-up, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads\n")
-    print("| variant | memory format | median ms/step | images/s | torch | threads |")
-    print("|---|---|---:|---:|---|---:|")
-    for variant in ["ntxent", "xent"]:
-        for cl in [False, True]:
-            med = bench(variant, cl, args.batch, args.steps)
-            fmt = "channels_last" if cl else "contiguous (NCHW)"
-            print(f"| {variant} | {fmt} | {med * 1e3:.1f} | {args.batch / med:.1f} | "
-                  f"{torch.__version__} | {torch.get_num_threads()} |", flush=True)
+    print(f"{args.arch}, batch {args.batch}, {args.steps} timed steps after 3 warm-up, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| variant | memory format | precision | median ms/step | images/s | torch | threads |")
+    print("|---|---|---|---:|---:|---|---:|")
+    for variant in args.variants.split(","):
+        for bf16 in [False, True]:
+            for cl in [False, True]:
+                med = bench(args.arch, variant, cl, bf16, args.batch, args.steps)
+                fmt = "channels_last" if cl else "contiguous (NCHW)"
+                prec = "bf16 autocast" if bf16 else "float32"
+                print(f"| {variant} | {fmt} | {prec} | {med * 1e3:.1f} | {args.batch / med:.1f} | "
+                      f"{torch.__version__} | {torch.get_num_threads()} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ impl Device {
         let rank_gpu =
             || crate::dist::local_rank() % cuda::driver::device_count().unwrap_or(1).max(1);
         let gpu_error = |e: cuda::GpuError| Error::Config(format!("--device {name}: {e}"));
+        // Every device runs CPU kernels (the GPU ones on the host side): a bad SIMCLR_CPU_ISA
+        // is reported here, before any of them.
+        cpu::isa::selected()?;
         match name {
             "cpu" => Ok((Device::Cpu, "device: cpu (as requested)".into())),
             "auto" => Ok(match Gpu::cuda(rank_gpu()) {

@@ -63,10 +63,11 @@ impl ConvShape {
     }
 }
 
-/// Output pixels per im2col block in the forward pass.
-const FWD_BLOCK: usize = 192;
+/// Output pixels per im2col block in the forward pass. Like DX_ROWS, a multiple of both gemm
+/// tiles' row counts (6 and 14), so that no block ends in a partial row panel.
+const FWD_BLOCK: usize = 168;
 /// Output pixels per input-gradient gemm: its dcol block stays in L2 until col2im reads it.
-const DX_ROWS: usize = 256;
+const DX_ROWS: usize = 252;
 /// Output pixels per weight-gradient chunk; each chunk gets its own partial dW.
 const DW_CHUNK: usize = 2048;
 /// Output pixels per weight-gradient gemm within a chunk: its im2col block stays in L2.

@@ -2,35 +2,26 @@
 //!
 //! The Goto/BLIS scheme, minus most of the packing. C is cut into MC×NC tiles, one rayon task
 //! each. A task walks k in KC-deep slabs and runs the register-tile microkernel over every
-//! MR×NR block, which keeps its block of C in registers for the whole slab: 6×16 f32 = 12 AVX2
-//! registers, each loaded B vector feeds 6 FMAs. The kernel reads A through its strides and B
-//! through its row stride in place: at the small K and N of the convs here, copying them into
-//! panels cost as much as the arithmetic. Only what it cannot read in place is packed (zero-padded
-//! panels of MR rows / NR columns stored depth by depth): the partial panels at the edges, and
-//! B when its columns are not contiguous.
+//! MR×NR block, which keeps its block of C in registers for the whole slab. The kernel reads A
+//! through its strides and B through its row stride in place: at the small K and N of the convs
+//! here, copying them into panels cost as much as the arithmetic. Only what it cannot read in
+//! place is packed (zero-padded panels of MR rows / NR columns stored depth by depth): the
+//! partial panels at the edges, and B when its columns are not contiguous.
+//!
+//! The microkernel, and with it the tile MR×NR, is chosen at run time for the processor
+//! (isa.rs): 14×32 in AVX-512 registers, 6×16 in AVX2 registers or in portable Rust.
 //!
 //! Determinism: every element of C is owned by exactly one task and summed over k in the same
 //! order no matter how many threads run, so results are bit-identical run to run.
 
+use super::isa::Isa;
 use super::real::Real;
 use rayon::prelude::*;
 
-/// Rows of the register tile.
-pub const MR: usize = 6;
-/// Columns of the register tile (two 8-wide AVX2 vectors of f32).
-pub const NR: usize = 16;
 /// Depth of a slab: an A panel (MR×KC) plus a B panel (KC×NR) stay in L1.
 const KC: usize = 256;
-/// Rows of C per task: the packed A slab (MC×KC, 96 KiB in f32) stays in L2.
-const MC: usize = 96;
-/// Columns of C per task (a multiple of NR).
+/// Columns of C per task (a multiple of every NR).
 const NC: usize = 256;
-/// A row-major B is read in place by gemms of at most this many rows: each of its panels is
-/// then streamed by only a few row panels, too few to repay a copy. Larger gemms pack it (a
-/// panel read in place spans kc rows of B, which at power-of-two strides collide in L1).
-const IN_PLACE_ROWS: usize = 4 * MC;
-/// Rows of A are read in place by tiles at most this wide, packed by wider ones (same reason).
-const IN_PLACE_COLS: usize = 4 * NR;
 
 /// C[MR×NR] = A·B (+ C if accumulate) over depth kc: A's element (i,p) is a[i*a_rs + p*a_ps]
 /// (a packed panel has a_rs = 1, a_ps = MR), B's row p is the NR values at b[p*ldb..], C has
@@ -47,11 +38,66 @@ pub type Microkernel<T> = unsafe fn(
     accumulate: bool,
 );
 
+/// A microkernel and the register tile (MR×NR) it computes.
+#[derive(Clone, Copy)]
+pub enum Kernel<T> {
+    /// 6×16: AVX2 (12 ymm accumulators) and the portable kernel.
+    Tile6x16(Microkernel<T>),
+    /// 14×32: AVX-512 (28 zmm accumulators; each pair of B loads feeds 28 FMAs).
+    Tile14x32(Microkernel<T>),
+}
+
+/// The f32 kernel of an instruction set the processor supports (`Isa::is_supported`).
+pub fn kernel_f32(isa: Isa) -> Kernel<f32> {
+    assert!(isa.is_supported(), "gemm: {} unsupported here", isa.name());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Kernel::Tile14x32(kernel_avx512),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Kernel::Tile6x16(kernel_avx2),
+        _ => Kernel::Tile6x16(kernel_generic::<f32, 6, 16>),
+    }
+}
+
 /// C[m×n] = A[m×k]·B[k×n] (+ C if accumulate). A's element (i,p) is a[i*a_rs + p*a_cs],
 /// B's element (p,j) is b[p*b_rs + j*b_cs] (so transposes are just strides); C is row-major
-/// with row stride ldc.
+/// with row stride ldc. Runs the microkernel of this process's instruction set.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[T],
+    b_rs: usize,
+    b_cs: usize,
+    c: &mut [T],
+    ldc: usize,
+    accumulate: bool,
+) {
+    gemm_with(
+        T::microkernel(),
+        m,
+        n,
+        k,
+        a,
+        a_rs,
+        a_cs,
+        b,
+        b_rs,
+        b_cs,
+        c,
+        ldc,
+        accumulate,
+    );
+}
+
+/// `gemm` with a given microkernel: the tests run every one the processor supports.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with<T: Real>(
+    kernel: Kernel<T>,
     m: usize,
     n: usize,
     k: usize,
@@ -88,12 +134,47 @@ pub fn gemm<T: Real>(
         b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
         "gemm: B too small"
     );
+    let a = Strided {
+        data: a,
+        rs: a_rs,
+        ps: a_cs,
+    };
+    // Bᵀ: "row" j, depth p is b[j*b_cs + p*b_rs].
+    let bt = Strided {
+        data: b,
+        rs: b_cs,
+        ps: b_rs,
+    };
+    let shape = Tile { mb: m, nb: n, k };
+    match kernel {
+        Kernel::Tile6x16(f) => tiled::<T, 6, 16>(f, &shape, &a, &bt, c, ldc, accumulate),
+        Kernel::Tile14x32(f) => tiled::<T, 14, 32>(f, &shape, &a, &bt, c, ldc, accumulate),
+    }
+}
+
+/// The whole product with an MR×NR microkernel, the C (m×n, `s`) cut into MC×NC tasks.
+fn tiled<T: Real, const MR: usize, const NR: usize>(
+    kernel: Microkernel<T>,
+    s: &Tile,
+    a: &Strided<T>,
+    bt: &Strided<T>,
+    c: &mut [T],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (m, n, k) = (s.mb, s.nb, s.k);
+    // Rows of C per task (MC): the packed A slab, MC×KC, stays in L2 (96 KiB in f32 for the
+    // 6-row tile, 224 KiB for the 14-row one).
+    let mc = 16 * MR;
+    // A row-major B is read in place by gemms of at most this many rows: each of its panels is
+    // then streamed by only a few row panels, too few to repay a copy. Larger gemms pack it (a
+    // panel read in place spans kc rows of B, which at power-of-two strides collide in L1).
+    let in_place_rows = 4 * mc;
 
     // Pack once, shared by every tile, the B panels the kernel cannot read in place: all of
     // them if B's columns are strided, else just a partial last one. Panel q of the packed
-    // columns starts at q*NR*k; B is packed as the rows of Bᵀ: "row" j, depth p is
-    // b[j*b_cs + p*b_rs].
-    let n_full = if b_cs == 1 && m <= IN_PLACE_ROWS {
+    // columns starts at q*NR*k, stored as the rows of Bᵀ.
+    let n_full = if bt.rs == 1 && m <= in_place_rows {
         n / NR * NR
     } else {
         0
@@ -104,40 +185,37 @@ pub fn gemm<T: Real>(
         .enumerate()
         .for_each(|(g, dst)| {
             let j0 = n_full + g * NC;
-            let bt = Strided {
-                data: &b[j0 * b_cs..],
-                rs: b_cs,
-                ps: b_rs,
+            let cols = Strided {
+                data: &bt.data[j0 * bt.rs..],
+                ..*bt
             };
-            pack::<T, NR>(dst, &bt, 0, NC.min(n - j0), k);
+            pack::<T, NR>(dst, &cols, 0, NC.min(n - j0), k);
         });
 
     let b = PanelsB {
-        b,
-        b_rs,
+        b: bt.data,
+        b_rs: bt.ps,
         n_full,
         pack: &b_pack,
         k,
     };
-    let kernel = T::microkernel();
     let tiles_n = n.div_ceil(NC);
     let c_ptr = SendPtr(c.as_mut_ptr());
-    (0..m.div_ceil(MC) * tiles_n).into_par_iter().for_each(|t| {
-        let (i0, j0) = ((t / tiles_n) * MC, (t % tiles_n) * NC);
+    (0..m.div_ceil(mc) * tiles_n).into_par_iter().for_each(|t| {
+        let (i0, j0) = ((t / tiles_n) * mc, (t % tiles_n) * NC);
         let a = Strided {
-            data: &a[i0 * a_rs..],
-            rs: a_rs,
-            ps: a_cs,
+            data: &a.data[i0 * a.rs..],
+            ..*a
         };
         let tile = Tile {
-            mb: MC.min(m - i0),
+            mb: mc.min(m - i0),
             nb: NC.min(n - j0),
             k,
         };
-        // SAFETY: the tile (i0.., j0..) lies inside C (asserted above) and no other task
-        // touches it, so the writes through this pointer never race or alias.
+        // SAFETY: the tile (i0.., j0..) lies inside C (asserted in gemm_with) and no other
+        // task touches it, so the writes through this pointer never race or alias.
         let c = unsafe { c_ptr.get().add(i0 * ldc + j0) };
-        unsafe { gemm_tile(kernel, &tile, &a, &b, j0, c, ldc, accumulate) };
+        unsafe { gemm_tile::<T, MR, NR>(kernel, &tile, &a, &b, j0, c, ldc, accumulate) };
     });
 }
 
@@ -207,7 +285,7 @@ struct Strided<'a, T> {
     ps: usize,
 }
 
-/// Extent of one task's tile of C, and the full depth k.
+/// Extent of a block of C (a task's tile, or the whole of C), and the full depth k.
 struct Tile {
     mb: usize,
     nb: usize,
@@ -225,7 +303,7 @@ struct PanelsB<'a, T> {
 
 impl<T> PanelsB<'_, T> {
     /// The NR-column panel starting at column j: pointer to its row 0 and its row stride.
-    fn panel(&self, j: usize) -> (*const T, usize) {
+    fn panel<const NR: usize>(&self, j: usize) -> (*const T, usize) {
         if j < self.n_full {
             (self.b[j..].as_ptr(), self.b_rs)
         } else {
@@ -236,7 +314,7 @@ impl<T> PanelsB<'_, T> {
 
 /// Computes one mb×nb tile of C (c points at its top-left element, column j0 of C).
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_tile<T: Real>(
+unsafe fn gemm_tile<T: Real, const MR: usize, const NR: usize>(
     kernel: Microkernel<T>,
     t: &Tile,
     a: &Strided<T>,
@@ -246,28 +324,25 @@ unsafe fn gemm_tile<T: Real>(
     ldc: usize,
     accumulate: bool,
 ) {
-    // Rows 0..full are read in place, the others packed (zero-padded to whole panels).
-    let full = if t.nb <= IN_PLACE_COLS {
-        t.mb / MR * MR
-    } else {
-        0
-    };
+    // Rows 0..full are read in place, the others packed (zero-padded to whole panels). Rows
+    // of A are read in place by tiles of a few panels of B, packed by wider ones (a panel read
+    // in place spans kc rows of A, which at power-of-two strides collide in L1).
+    let full = if t.nb <= 4 * NR { t.mb / MR * MR } else { 0 };
     let mut a_pack = Scratch::new((t.mb - full).div_ceil(MR) * MR * KC.min(t.k));
-    let mut edge = [T::zero(); MR * NR];
+    let mut edge = [[T::zero(); NR]; MR];
     for p0 in (0..t.k).step_by(KC) {
         let kc = KC.min(t.k - p0);
         if full < t.mb {
             let rest = Strided {
                 data: &a.data[full * a.rs..],
-                rs: a.rs,
-                ps: a.ps,
+                ..*a
             };
             pack::<T, MR>(&mut a_pack, &rest, p0, t.mb - full, kc);
         }
         // Later slabs add onto what the earlier ones wrote.
         let acc = accumulate || p0 > 0;
         for j in (0..t.nb).step_by(NR) {
-            let (bp, ldb) = b.panel(j0 + j);
+            let (bp, ldb) = b.panel::<NR>(j0 + j);
             let bp = bp.add(p0 * ldb);
             for i in (0..t.mb).step_by(MR) {
                 let (ap, a_rs, a_ps) = if i < full {
@@ -281,11 +356,20 @@ unsafe fn gemm_tile<T: Real>(
                     kernel(kc, ap, a_rs, a_ps, bp, ldb, cp, ldc, acc);
                 } else {
                     // Partial block at the edge of C: compute a full one aside, copy what fits.
-                    kernel(kc, ap, a_rs, a_ps, bp, ldb, edge.as_mut_ptr(), NR, false);
-                    for ii in 0..mr {
-                        for jj in 0..nr {
+                    kernel(
+                        kc,
+                        ap,
+                        a_rs,
+                        a_ps,
+                        bp,
+                        ldb,
+                        edge.as_mut_ptr().cast(),
+                        NR,
+                        false,
+                    );
+                    for (ii, row) in edge.iter().enumerate().take(mr) {
+                        for (jj, &v) in row.iter().enumerate().take(nr) {
                             let dst = cp.add(ii * ldc + jj);
-                            let v = edge[ii * NR + jj];
                             *dst = if acc { *dst + v } else { v };
                         }
                     }
@@ -334,12 +418,13 @@ fn pack<T: Real, const W: usize>(
     }
 }
 
-/// Portable microkernel: f64 always, f32 on CPUs without AVX2+FMA.
+/// Portable MR×NR microkernel, for f64 and for f32 on processors without AVX2+FMA: plain
+/// loops over a tile of accumulators, which the compiler vectorises for the target's baseline.
 ///
 /// # Safety
 /// a, b and c must hold the MR×kc, kc×NR and MR×NR blocks that their strides describe.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn kernel_generic<T: Real>(
+pub unsafe fn kernel_generic<T: Real, const MR: usize, const NR: usize>(
     kc: usize,
     a: *const T,
     a_rs: usize,
@@ -368,16 +453,104 @@ pub unsafe fn kernel_generic<T: Real>(
     }
 }
 
-/// The f32 microkernel for this CPU: AVX2+FMA when available, else the portable one.
-pub fn microkernel_f32() -> Microkernel<f32> {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return kernel_avx2;
-    }
-    kernel_generic::<f32>
+/// The f32 vector operations of the x86 microkernels, for one register width: the AVX2 and the
+/// AVX-512 kernel are one body (`kernel_x86`) over these. Every method is inlined into the
+/// `#[target_feature]` kernel that calls it, so each compiles to one instruction.
+#[cfg(target_arch = "x86_64")]
+trait Lanes: Copy {
+    /// f32 values per register.
+    const WIDTH: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn splat(p: *const f32) -> Self;
+    /// a·b + c in one rounding.
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    unsafe fn store(p: *mut f32, v: Self);
 }
 
-/// 6×16 f32 tile in 12 ymm accumulators; per depth: 2 B loads, 6 A broadcasts, 12 FMAs.
+/// `Lanes` for a register type from its intrinsics, named in the order of the trait's methods.
+#[cfg(target_arch = "x86_64")]
+macro_rules! lanes {
+    ($v:ident, $width:literal, $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $add:ident, $store:ident) => {
+        impl Lanes for std::arch::x86_64::$v {
+            const WIDTH: usize = $width;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                std::arch::x86_64::$zero()
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                std::arch::x86_64::$load(p)
+            }
+            #[inline(always)]
+            unsafe fn splat(p: *const f32) -> Self {
+                std::arch::x86_64::$splat(*p)
+            }
+            #[inline(always)]
+            unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+                std::arch::x86_64::$fmadd(a, b, c)
+            }
+            #[inline(always)]
+            unsafe fn add(a: Self, b: Self) -> Self {
+                std::arch::x86_64::$add(a, b)
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut f32, v: Self) {
+                std::arch::x86_64::$store(p, v)
+            }
+        }
+    };
+}
+#[rustfmt::skip]
+#[cfg(target_arch = "x86_64")]
+lanes!(__m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_storeu_ps);
+#[rustfmt::skip]
+#[cfg(target_arch = "x86_64")]
+lanes!(__m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps);
+
+/// MR×(2·WIDTH) f32 tile in 2·MR vector accumulators; per depth: 2 B loads, MR A broadcasts,
+/// 2·MR FMAs.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_x86<V: Lanes, const MR: usize>(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_ps: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[V::zero(); 2]; MR];
+    for p in 0..kc {
+        let (ap, bp) = (a.add(p * a_ps), b.add(p * ldb));
+        let (b0, b1) = (V::load(bp), V::load(bp.add(V::WIDTH)));
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = V::splat(ap.add(i * a_rs));
+            row[0] = V::fmadd(ai, b0, row[0]);
+            row[1] = V::fmadd(ai, b1, row[1]);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (h, &v) in row.iter().enumerate() {
+            let dst = c.add(i * ldc + V::WIDTH * h);
+            V::store(
+                dst,
+                if accumulate {
+                    V::add(v, V::load(dst))
+                } else {
+                    v
+                },
+            );
+        }
+    }
+}
+
+/// 6×16 in 12 ymm registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -392,29 +565,27 @@ unsafe fn kernel_avx2(
     ldc: usize,
     accumulate: bool,
 ) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for p in 0..kc {
-        let (ap, bp) = (a.add(p * a_ps), b.add(p * ldb));
-        let b0 = _mm256_loadu_ps(bp);
-        let b1 = _mm256_loadu_ps(bp.add(8));
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm256_broadcast_ss(&*ap.add(i * a_rs));
-            row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
-        }
-    }
-    for (i, row) in acc.iter().enumerate() {
-        for (h, &v) in row.iter().enumerate() {
-            let dst = c.add(i * ldc + 8 * h);
-            let v = if accumulate {
-                _mm256_add_ps(v, _mm256_loadu_ps(dst))
-            } else {
-                v
-            };
-            _mm256_storeu_ps(dst, v);
-        }
-    }
+    use std::arch::x86_64::__m256;
+    kernel_x86::<__m256, 6>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
+}
+
+/// 14×32 in 28 zmm registers (of 32; the broadcasts fold into the FMAs).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_ps: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::__m512;
+    kernel_x86::<__m512, 14>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
 }
 
 #[cfg(test)]
@@ -422,7 +593,7 @@ mod tests {
     use super::*;
     use crate::device::cpu::random_vec as random;
 
-    fn check<T: Real>(tol: f64) {
+    fn check<T: Real>(kernel: Kernel<T>, tol: f64) {
         let sizes = [1, 7, 33, 100, 257];
         let mut case = 0u64;
         for &m in &sizes {
@@ -438,8 +609,8 @@ mod tests {
                     let ldc = n + 3;
                     let c0 = random::<T>(m * ldc, case + 2000);
                     let mut c = c0.clone();
-                    gemm(
-                        m, n, k, &a, a_rs, a_cs, &b, b_rs, b_cs, &mut c, ldc, accumulate,
+                    gemm_with(
+                        kernel, m, n, k, &a, a_rs, a_cs, &b, b_rs, b_cs, &mut c, ldc, accumulate,
                     );
                     let (mut err, mut norm) = (0.0, 0.0);
                     for i in 0..m {
@@ -474,12 +645,14 @@ mod tests {
 
     #[test]
     fn gemm_f32_matches_naive() {
-        check::<f32>(1e-5);
+        for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+            check::<f32>(kernel_f32(isa), 1e-5);
+        }
     }
 
     #[test]
     fn gemm_f64_matches_naive() {
-        check::<f64>(1e-12);
+        check::<f64>(f64::microkernel(), 1e-12);
     }
 
     #[test]

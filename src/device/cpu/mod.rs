@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
+pub mod isa;
 pub mod loss;
 pub mod normalize;
 pub mod ntxent;

@@ -1,7 +1,8 @@
 //! The element types the CPU kernels are written for: f32 for training, f64 for the
 //! finite-difference gradient checks. Kernels are generic over `Real`.
 
-use super::gemm::{self, Microkernel};
+use super::gemm::{self, Kernel};
+use super::isa;
 use num_traits::Float;
 use std::cell::RefCell;
 use std::fmt::Debug;
@@ -21,7 +22,7 @@ pub trait Real: Float + Sum + AddAssign + Default + Debug + Send + Sync + 'stati
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
     /// The gemm register-tile kernel for this type on this CPU (see gemm.rs).
-    fn microkernel() -> Microkernel<Self>;
+    fn microkernel() -> Kernel<Self>;
     /// This thread's pool of reusable scratch buffers of this type.
     fn scratch_pool() -> &'static LocalKey<ScratchPool<Self>>;
 }
@@ -33,8 +34,8 @@ impl Real for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
-    fn microkernel() -> Microkernel<f32> {
-        gemm::microkernel_f32()
+    fn microkernel() -> Kernel<f32> {
+        gemm::kernel_f32(isa::active())
     }
     fn scratch_pool() -> &'static LocalKey<ScratchPool<f32>> {
         &SCRATCH_F32
@@ -49,8 +50,8 @@ impl Real for f64 {
         self
     }
     // f64 only serves the gradient checks: correctness matters, speed does not.
-    fn microkernel() -> Microkernel<f64> {
-        gemm::kernel_generic::<f64>
+    fn microkernel() -> Kernel<f64> {
+        Kernel::Tile6x16(gemm::kernel_generic::<f64, 6, 16>)
     }
     fn scratch_pool() -> &'static LocalKey<ScratchPool<f64>> {
         &SCRATCH_F64
