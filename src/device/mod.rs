@@ -25,15 +25,21 @@ impl Device {
         let gpu_error = |e: cuda::GpuError| Error::Config(format!("--device {name}: {e}"));
         // Every device runs CPU kernels (the GPU ones on the host side): a bad SIMCLR_CPU_ISA
         // is reported here, before any of them.
-        cpu::isa::selected()?;
+        let isa = cpu::isa::selected()?.name();
         match name {
-            "cpu" => Ok((Device::Cpu, "device: cpu (as requested)".into())),
+            "cpu" => Ok((
+                Device::Cpu,
+                format!("device: cpu (as requested), {isa} kernels"),
+            )),
             "auto" => Ok(match Gpu::cuda(rank_gpu()) {
                 Ok(gpu) => {
                     let why = format!("device: {} (auto: a GPU is present)", gpu.name());
                     (Device::Gpu(gpu), why)
                 }
-                Err(e) => (Device::Cpu, format!("device: cpu (auto: {e})")),
+                Err(e) => (
+                    Device::Cpu,
+                    format!("device: cpu (auto: {e}), {isa} kernels"),
+                ),
             }),
             // One process per GPU: a rank takes its own (`dist::local_rank`).
             "cuda" => {

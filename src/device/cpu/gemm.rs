@@ -78,7 +78,7 @@ pub fn gemm<T: Real>(
     accumulate: bool,
 ) {
     gemm_with(
-        T::microkernel(),
+        T::microkernel(n),
         m,
         n,
         k,
@@ -651,8 +651,25 @@ mod tests {
     }
 
     #[test]
+    fn narrow_gemms_take_the_16_wide_tile_under_avx512() {
+        let tile = |n| match f32::microkernel(n) {
+            Kernel::Tile6x16(_) => 16,
+            Kernel::Tile14x32(_) => 32,
+        };
+        let wide = if crate::device::cpu::isa::active() == Isa::Avx512 {
+            32
+        } else {
+            16
+        };
+        assert_eq!(
+            (tile(1), tile(16), tile(17), tile(512)),
+            (16, 16, wide, wide)
+        );
+    }
+
+    #[test]
     fn gemm_f64_matches_naive() {
-        check::<f64>(f64::microkernel(), 1e-12);
+        check::<f64>(f64::microkernel(1), 1e-12);
     }
 
     #[test]

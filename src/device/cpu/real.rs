@@ -2,7 +2,7 @@
 //! finite-difference gradient checks. Kernels are generic over `Real`.
 
 use super::gemm::{self, Kernel};
-use super::isa;
+use super::isa::{self, Isa};
 use num_traits::Float;
 use std::cell::RefCell;
 use std::fmt::Debug;
@@ -21,8 +21,9 @@ thread_local! {
 pub trait Real: Float + Sum + AddAssign + Default + Debug + Send + Sync + 'static {
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
-    /// The gemm register-tile kernel for this type on this CPU (see gemm.rs).
-    fn microkernel() -> Kernel<Self>;
+    /// The gemm register-tile kernel for this type on this CPU for a gemm of `n` columns (see
+    /// gemm.rs).
+    fn microkernel(n: usize) -> Kernel<Self>;
     /// This thread's pool of reusable scratch buffers of this type.
     fn scratch_pool() -> &'static LocalKey<ScratchPool<Self>>;
 }
@@ -34,8 +35,14 @@ impl Real for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
-    fn microkernel() -> Kernel<f32> {
-        gemm::kernel_f32(isa::active())
+    fn microkernel(n: usize) -> Kernel<f32> {
+        // AVX-512's tile is 32 columns wide: on a gemm of at most 16 (the width-16 ResNet-8's
+        // convolutions) half its FMAs would be padding, so AVX2's 6×16 tile (every AVX-512
+        // processor has AVX2) does those.
+        match isa::active() {
+            Isa::Avx512 if n <= 16 => gemm::kernel_f32(Isa::Avx2),
+            isa => gemm::kernel_f32(isa),
+        }
     }
     fn scratch_pool() -> &'static LocalKey<ScratchPool<f32>> {
         &SCRATCH_F32
@@ -50,7 +57,7 @@ impl Real for f64 {
         self
     }
     // f64 only serves the gradient checks: correctness matters, speed does not.
-    fn microkernel() -> Kernel<f64> {
+    fn microkernel(_n: usize) -> Kernel<f64> {
         Kernel::Tile6x16(gemm::kernel_generic::<f64, 6, 16>)
     }
     fn scratch_pool() -> &'static LocalKey<ScratchPool<f64>> {
