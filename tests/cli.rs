@@ -750,6 +750,26 @@ fn non_finite_loss_stops_the_run_and_names_the_step() {
     }
 }
 
+/// Runs the binary with `args` and kills it with SIGKILL once `reached()`, which must happen
+/// before the run ends.
+fn kill_once(args: &[&str], reached: impl Fn() -> bool) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !reached() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// A pretraining run killed with SIGKILL and resumed with --resume ends with bit-identical
 /// weights to an uninterrupted run with the same seed.
 #[test]
@@ -779,27 +799,13 @@ fn killed_run_resumes_bit_identically() {
 
     // Kill the second run once it is well into its second epoch (6 steps per epoch).
     let args = tiny(&["pretrain", "--data", &data, "--out", &killed], &flags);
-    let mut child = Command::new(bin())
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let metrics = t.0.join("killed/metrics.jsonl");
     let steps = || {
         std::fs::read_to_string(&metrics)
             .map(|s| s.lines().filter(|l| l.contains("\"step\"")).count())
             .unwrap_or(0)
     };
-    while steps() < 8 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_once(&args, || steps() >= 8);
 
     let resumed = simclr(&[args.as_slice(), &["--resume"]].concat());
     let stdout = String::from_utf8_lossy(&resumed.stdout);
@@ -841,12 +847,6 @@ fn budgeted_pipeline_keeps_its_plan_when_resumed() {
         &["pipeline", "--data", &data, "--out", &out],
         &["--labels", "2", "--budget", "30s", "--device", "cpu"],
     );
-    let mut child = Command::new(bin())
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let run = t.0.join("run");
     let steps_logged = |dir: &Path| -> Vec<u64> {
         let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
@@ -854,15 +854,7 @@ fn budgeted_pipeline_keeps_its_plan_when_resumed() {
             .filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["step"].as_u64())
             .collect()
     };
-    while steps_logged(&run.join("pretrain")).len() < 3 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_once(&args, || steps_logged(&run.join("pretrain")).len() >= 3);
     let planned = std::fs::read(run.join("budget.json")).unwrap();
 
     let resumed = simclr(&[args.as_slice(), &["--resume"]].concat());

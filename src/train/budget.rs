@@ -222,7 +222,6 @@ pub fn plan(ctx: &Context, budget_s: f64, out: &Path, started: Instant) -> Resul
     let pretrain = measure(ctx, pretrain_model, stages::pretrain_stage(ctx)?)?;
     let finetune = measure(ctx, classifier()?, supervised("finetune", &cfg.finetune)?)?;
     let mut teacher = classifier()?;
-    teacher.to_device(&ctx.device);
     let student = Model::new(&stages::student_spec(ctx, Some(ctx.train.num_classes)), 0)?;
     let distill = measure(ctx, student, stages::distill_stage(ctx, &mut teacher)?)?;
     let mut measured = [baseline, pretrain, finetune, distill].concat();
