@@ -496,7 +496,14 @@ fn pipeline_on_two_ranks_matches_one_process() {
 fn budgeted_pipeline_on_two_ranks_runs_one_plan() {
     let dir = std::env::temp_dir().join(format!("simclr-dist-budget-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let more = ["--finetune-batch-size", "12", "--budget", "40s"];
+    let more = [
+        "--labels",
+        "2",
+        "--finetune-batch-size",
+        "12",
+        "--budget",
+        "40s",
+    ];
     let out = dir.join("run");
     simclr_on(2, &strs(&tiny("pipeline", &out, &more)));
     let read = |name: &str| -> serde_json::Value {

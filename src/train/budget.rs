@@ -215,18 +215,19 @@ pub fn plan(ctx: &Context, budget_s: f64, out: &Path, started: Instant) -> Resul
     let cfg = &ctx.cfg;
     let arch = ctx.arch(&cfg.arch, cfg.width, cfg.sk);
     let classifier = || Model::new(&classifier_spec(ctx, arch.clone()), cfg.seed);
-    let supervised =
-        |name, recipe| stages::supervised_stage(ctx, name, recipe, Monitor::Validation);
-    let baseline = measure(ctx, classifier()?, supervised("baseline", &cfg.baseline)?)?;
+    let stage = |name, recipe| stages::supervised_stage(ctx, name, recipe, Monitor::Validation);
+    let baseline = measure(ctx, classifier()?, stage("baseline", &cfg.baseline)?)?;
     let pretrain_model = Model::new(&stages::pretrain_spec(ctx), cfg.seed)?;
     let pretrain = measure(ctx, pretrain_model, stages::pretrain_stage(ctx)?)?;
-    let finetune = measure(ctx, classifier()?, supervised("finetune", &cfg.finetune)?)?;
+    let finetune = measure(ctx, classifier()?, stage("finetune", &cfg.finetune)?)?;
     let mut teacher = classifier()?;
     let student = Model::new(&stages::student_spec(ctx, Some(ctx.train.num_classes)), 0)?;
     let distill = measure(ctx, student, stages::distill_stage(ctx, &mut teacher)?)?;
+    // Each stage's [step_s, image_s] in turn, then the seconds spent so far.
     let mut measured = [baseline, pretrain, finetune, distill].concat();
     measured.push(started.elapsed().as_secs_f64());
     from_rank0(&*ctx.comm, &mut measured);
+    let at = |stage: usize| [measured[2 * stage], measured[2 * stage + 1]];
     let measured_in_s = measured[8];
     let left = budget_s - measured_in_s;
 
@@ -238,7 +239,7 @@ pub fn plan(ctx: &Context, budget_s: f64, out: &Path, started: Instant) -> Resul
     let labelled = ctx.labelled()?.len();
     // A supervised stage: each rate a run scored on the validation split, the chosen one on
     // the test set; one rate, one run scored on the test set.
-    let supervised = |share: f64, recipe: &StageConfig, [step_s, image_s]: [f64; 2]| {
+    let supervised_plan = |share: f64, recipe: &StageConfig, [step_s, image_s]: [f64; 2]| {
         let runs = learning_rates(ctx, recipe).len();
         let searched = runs > 1;
         StagePlan {
@@ -261,7 +262,7 @@ pub fn plan(ctx: &Context, budget_s: f64, out: &Path, started: Instant) -> Resul
         }
         .fit()
     };
-    let unlabelled = |share: f64, recipe: &StageConfig, [step_s, image_s]: [f64; 2], knn| {
+    let unlabelled_plan = |share: f64, recipe: &StageConfig, [step_s, image_s]: [f64; 2], knn| {
         StagePlan {
             seconds: share * left,
             step_s,
@@ -275,14 +276,13 @@ pub fn plan(ctx: &Context, budget_s: f64, out: &Path, started: Instant) -> Resul
         }
         .fit()
     };
-    let at = |i: usize| [measured[2 * i], measured[2 * i + 1]];
     let plan = Plan {
         budget_s,
         measured_in_s,
-        baseline: supervised(SHARES.baseline, &cfg.baseline, at(0)),
-        pretrain: unlabelled(SHARES.pretrain, &cfg.pretrain, at(1), true),
-        finetune: supervised(SHARES.finetune, &cfg.finetune, at(2)),
-        distill: unlabelled(SHARES.distill, &cfg.distill, at(3), false),
+        baseline: supervised_plan(SHARES.baseline, &cfg.baseline, at(0)),
+        pretrain: unlabelled_plan(SHARES.pretrain, &cfg.pretrain, at(1), true),
+        finetune: supervised_plan(SHARES.finetune, &cfg.finetune, at(2)),
+        distill: unlabelled_plan(SHARES.distill, &cfg.distill, at(3), false),
     };
     for (name, p) in plan.stages() {
         if p.steps == 0 {
