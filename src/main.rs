@@ -7,10 +7,12 @@ use simclr::error::{Error, Result};
 use simclr::nn::model::Model;
 use simclr::optim::schedule::LrScaling;
 use simclr::optim::OptimizerKind;
+use simclr::train::budget;
 use simclr::train::checkpoint;
-use simclr::train::config::Config;
+use simclr::train::config::{Config, StageConfig};
 use simclr::train::metrics::{default_out_dir, prepare_out_dir};
 use simclr::train::pipeline::{check_input, evaluate, pipeline};
+use simclr::train::trainer::Monitor;
 use simclr::train::{stages, Context};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -251,12 +253,28 @@ struct Opts {
     /// Training images in the kNN monitor's memory bank
     #[arg(long)]
     knn_bank: Option<usize>,
+    /// Wall-clock budget of pipeline, which sets every stage's length from its measured speed:
+    /// 90s, 15m, 1h30m, or off (the stages' epochs) [default preset: 15m]
+    #[arg(long)]
+    budget: Option<String>,
+    /// Labelled training images outside the labelled subset that choose pipeline's learning
+    /// rates (the validation split) [default: 5000]
+    #[arg(long)]
+    val_images: Option<usize>,
+    /// Baseline epochs (in pipeline)
+    #[arg(long)]
+    baseline_epochs: Option<usize>,
+    /// Baseline learning rate (in pipeline), or several separated by commas, each tried on
+    /// the validation split
+    #[arg(long)]
+    baseline_lr: Option<String>,
     /// Fine-tuning epochs (in pipeline)
     #[arg(long)]
     finetune_epochs: Option<usize>,
-    /// Fine-tuning learning rate (in pipeline)
+    /// Fine-tuning learning rate (in pipeline), or several separated by commas, each tried on
+    /// the validation split
     #[arg(long)]
-    finetune_lr: Option<f64>,
+    finetune_lr: Option<String>,
     /// Fine-tuning batch size (in pipeline)
     #[arg(long)]
     finetune_batch_size: Option<usize>,
@@ -308,13 +326,37 @@ impl Source {
     }
 }
 
-/// Which stage --epochs, --batch-size, --lr and --optimizer apply to.
+/// The command's stage, which --epochs, --batch-size, --lr and --optimizer apply to
+/// (pretraining's for pipeline).
 #[derive(Clone, Copy)]
 enum Target {
+    Pipeline,
     Pretrain,
+    Baseline,
     Finetune,
     Distill,
     Linear,
+}
+
+/// `--baseline-lr`, `--finetune-lr`: one rate (the stage's), or several (its grid).
+fn set_rates(flag: &str, stage: &mut StageConfig, value: &Option<String>) -> Result<()> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let rates = value
+        .split(',')
+        .map(|r| r.trim().parse::<f64>())
+        .collect::<std::result::Result<Vec<f64>, _>>()
+        .map_err(|_| {
+            Error::Config(format!(
+                "{flag} {value}: expected a learning rate or several separated by commas"
+            ))
+        })?;
+    match rates[..] {
+        [lr] => (stage.lr, stage.lr_grid) = (lr, Vec::new()),
+        _ => stage.lr_grid = rates,
+    }
+    Ok(())
 }
 
 /// `on` or `off`, as a flag's value.
@@ -352,8 +394,11 @@ impl Opts {
         set(&mut c.crop_min, &self.crop_min);
         set(&mut c.knn_k, &self.knn_k);
         set(&mut c.knn_bank, &self.knn_bank);
+        set(&mut c.val_images, &self.val_images);
+        set(&mut c.baseline.epochs, &self.baseline_epochs);
+        set_rates("--baseline-lr", &mut c.baseline, &self.baseline_lr)?;
         set(&mut c.finetune.epochs, &self.finetune_epochs);
-        set(&mut c.finetune.lr, &self.finetune_lr);
+        set_rates("--finetune-lr", &mut c.finetune, &self.finetune_lr)?;
         set(&mut c.finetune.batch_size, &self.finetune_batch_size);
         set(&mut c.distill.epochs, &self.distill_epochs);
         set(&mut c.student_arch, &self.student_arch);
@@ -377,8 +422,10 @@ impl Opts {
         if self.test_images.is_some() {
             c.test_images = self.test_images;
         }
+        self.set_budget(&mut c, target)?;
         let stage = match target {
-            Target::Pretrain => &mut c.pretrain,
+            Target::Pipeline | Target::Pretrain => &mut c.pretrain,
+            Target::Baseline => &mut c.baseline,
             Target::Finetune => &mut c.finetune,
             Target::Distill => &mut c.distill,
             Target::Linear => &mut c.linear,
@@ -388,6 +435,43 @@ impl Opts {
         set(&mut stage.lr, &self.lr);
         set(&mut stage.optimizer, &self.optimizer);
         Ok(c)
+    }
+
+    /// `--budget` (pipeline's alone). An explicit stage length turns the preset's budget off;
+    /// with an explicit budget it is refused, as both would set the stages' lengths.
+    fn set_budget(&self, c: &mut Config, target: Target) -> Result<()> {
+        if !matches!(target, Target::Pipeline) {
+            if self.budget.is_some() {
+                return Err(Error::Config(
+                    "--budget is pipeline's: the other commands run their --epochs".into(),
+                ));
+            }
+            c.budget_s = None;
+            return Ok(());
+        }
+        let lengths = [
+            self.epochs,
+            self.baseline_epochs,
+            self.finetune_epochs,
+            self.distill_epochs,
+        ];
+        let lengths = lengths.iter().any(Option::is_some);
+        match self.budget.as_deref().map(budget::parse).transpose()? {
+            Some(Some(_)) if lengths => Err(Error::Config(
+                "--budget and --epochs, --baseline-epochs, --finetune-epochs or --distill-epochs \
+                 both set the stages' lengths: give one or the other (or --budget off)"
+                    .into(),
+            )),
+            Some(budget_s) => {
+                c.budget_s = budget_s;
+                Ok(())
+            }
+            None if lengths => {
+                c.budget_s = None;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// The run's directory, prepared by `ctx`'s rank 0 (the one that writes); the ranks of a
@@ -487,9 +571,9 @@ fn run(cli: Cli) -> Result<()> {
             simclr::dist::launch::run(&launch).map_err(Error::Config)?;
         }
         Command::Pipeline(opts) => {
-            let ctx = Context::new(opts.config(Target::Pretrain)?)?;
+            let mut ctx = Context::new(opts.config(Target::Pipeline)?)?;
             let out = opts.out_dir(&ctx)?;
-            pipeline(&ctx, &out)?;
+            pipeline(&mut ctx, &out)?;
             println!("report: {}", out.join("report.json").display());
         }
         Command::Pretrain(opts) => {
@@ -504,7 +588,11 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Finetune { from, opts } => {
-            let mut ctx = Context::new(opts.config(Target::Finetune)?)?;
+            let target = match from {
+                Some(_) => Target::Finetune,
+                None => Target::Baseline,
+            };
+            let mut ctx = Context::new(opts.config(target)?)?;
             let (model, stage) = match &from {
                 Some(from) => {
                     let (pretrained, meta) = checkpoint::load(from)?;
@@ -520,7 +608,12 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             let out = opts.out_dir(&ctx)?;
-            let ft = stages::supervised(&ctx, model, stage, &out)?;
+            let recipe = match stage {
+                "baseline" => &ctx.cfg.baseline,
+                _ => &ctx.cfg.finetune,
+            };
+            let run = stages::supervised_stage(&ctx, stage, recipe, Monitor::Top1)?;
+            let ft = stages::supervised(&ctx, model, run, &out)?;
             println!(
                 "{stage}: test top-1 {:.4}; checkpoint in {}",
                 ft.top1,
@@ -565,7 +658,8 @@ fn run(cli: Cli) -> Result<()> {
             ctx.normalize_as(&meta);
             let model = stages::linear_classifier(&ctx, &pretrained)?;
             let out = opts.out_dir(&ctx)?;
-            let lin = stages::supervised(&ctx, model, "linear", &out)?;
+            let stage = stages::supervised_stage(&ctx, "linear", &ctx.cfg.linear, Monitor::Top1)?;
+            let lin = stages::supervised(&ctx, model, stage, &out)?;
             println!(
                 "linear evaluation: test top-1 {:.4}; classifier in {}",
                 lin.top1,

@@ -329,6 +329,43 @@ fn bad_flags() {
     fails_with(&[], "subcommand");
 }
 
+/// `--budget` takes a duration or `off`, is pipeline's alone, and does not mix with explicit
+/// stage lengths; learning-rate lists must be numbers.
+#[test]
+fn bad_budgets_and_learning_rates() {
+    let t = Tmp::new("bad_budget");
+    let data = t.data("data");
+    let pipeline = ["pipeline", "--data", &data];
+    for budget in ["15", "15x", "1h30", "0s", "5d", "1.5h"] {
+        let line = t.fails(&tiny(&pipeline, &["--budget", budget]), "--budget");
+        assert!(
+            line.contains("15m") || line.contains("above zero"),
+            "{line}"
+        );
+    }
+    for length in [
+        "--epochs",
+        "--baseline-epochs",
+        "--finetune-epochs",
+        "--distill-epochs",
+    ] {
+        let args = tiny(&pipeline, &["--budget", "10m", length, "2"]);
+        t.fails(&args, "give one or the other");
+    }
+    let pretrain = ["pretrain", "--data", &data];
+    t.fails(
+        &tiny(&pretrain, &["--budget", "10m"]),
+        "--budget is pipeline's",
+    );
+    for flag in ["--baseline-lr", "--finetune-lr"] {
+        t.fails(&tiny(&pipeline, &[flag, "0.1,fast"]), flag);
+        t.fails(&tiny(&pipeline, &[flag, "0.1,-0.2"]), "must be positive");
+    }
+    // Too short a budget for the stages' steps and evaluations, said after measuring them.
+    let args = tiny(&pipeline, &["--budget", "1s", "--device", "cpu"]);
+    t.fails(&args, "too short");
+}
+
 #[test]
 fn existing_out_dir_is_not_overwritten() {
     let t = Tmp::new("existing_out");
@@ -429,14 +466,34 @@ fn tiny_pipeline(t: &Tmp, data: &str, out_name: &str, device: &str, precision: &
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "pipeline failed:\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    for stage in ["baseline", "pretrain", "finetune", "distill"] {
+    let report = std::fs::read_to_string(t.0.join(out_name).join("report.json")).unwrap();
+    let report = serde_json::from_str(&report).unwrap();
+    for stage in STAGES {
         for file in ["checkpoint.safetensors", "checkpoint.json", "metrics.jsonl"] {
-            let path = t.0.join(out_name).join(stage).join(file);
+            let path = stage_dir(&t.0.join(out_name), &report, stage).join(file);
             assert!(path.is_file(), "{} is missing", path.display());
         }
     }
-    let report = std::fs::read_to_string(t.0.join(out_name).join("report.json")).unwrap();
-    serde_json::from_str(&report).unwrap()
+    report
+}
+
+const STAGES: [&str; 4] = ["baseline", "pretrain", "finetune", "distill"];
+
+/// Where a pipeline's `stage` wrote its checkpoint (the chosen run's, after a learning-rate
+/// search), from its report.
+fn stage_dir(run: &Path, report: &Value, stage: &str) -> PathBuf {
+    let dir = report[stage]["checkpoint"].as_str();
+    run.join(dir.unwrap_or_else(|| panic!("no {stage} checkpoint in {report}")))
+}
+
+/// Every run of a pipeline's `stage`: one per learning rate of its search, or its one.
+fn run_dirs(run: &Path, report: &Value, stage: &str) -> Vec<PathBuf> {
+    match report[stage]["lr_search"]["grid"].as_array() {
+        Some(grid) => (grid.iter())
+            .map(|lr| run.join(stage).join(format!("lr-{}", lr.as_f64().unwrap())))
+            .collect(),
+        None => vec![stage_dir(run, report, stage)],
+    }
 }
 
 #[test]
@@ -495,11 +552,12 @@ fn tiny_pipeline_runs_and_is_reproducible() {
     assert_eq!(first, results(&again), "same seed, different results");
 }
 
-/// The step losses of every stage of a run, from its metrics.jsonl files.
-fn step_losses(t: &Tmp, out_name: &str) -> Vec<f64> {
+/// The step losses of every run of every stage of a run, from its metrics.jsonl files.
+fn step_losses(t: &Tmp, out_name: &str, report: &Value) -> Vec<f64> {
     let mut losses = Vec::new();
-    for stage in ["baseline", "pretrain", "finetune", "distill"] {
-        let path = t.0.join(out_name).join(stage).join("metrics.jsonl");
+    let dirs = STAGES.map(|stage| run_dirs(&t.0.join(out_name), report, stage));
+    for dir in dirs.iter().flatten() {
+        let path = dir.join("metrics.jsonl");
         for line in std::fs::read_to_string(path).unwrap().lines() {
             let record: Value = serde_json::from_str(line).unwrap();
             if let Some(loss) = record["loss"].as_f64() {
@@ -527,8 +585,8 @@ fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
     let data = t.data("data");
     let run = tiny_pipeline(&t, &data, gpu, gpu, "f32");
     assert!(run["device"].as_str().unwrap().starts_with(gpu), "{run}");
-    tiny_pipeline(&t, &data, "cpu", "cpu", "f32");
-    let (got, want) = (step_losses(&t, gpu), step_losses(&t, "cpu"));
+    let cpu = tiny_pipeline(&t, &data, "cpu", "cpu", "f32");
+    let (got, want) = (step_losses(&t, gpu, &run), step_losses(&t, "cpu", &cpu));
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(
@@ -540,8 +598,8 @@ fn tiny_pipeline_on_the_gpu_device_matches_cpu() {
     // first step, which fills the allocator's cache, no driver allocation, and at most one host
     // wait (the uploads go through page-locked memory without waiting, and the loss comes back
     // a step late: on a GPU the host waits only if it runs that far ahead of the device).
-    for stage in ["baseline", "pretrain", "finetune", "distill"] {
-        let path = t.0.join(gpu).join(stage).join("metrics.jsonl");
+    for stage in STAGES {
+        let path = run_dirs(&t.0.join(gpu), &run, stage)[0].join("metrics.jsonl");
         let steps: Vec<Value> = std::fs::read_to_string(path)
             .unwrap()
             .lines()
@@ -692,6 +750,26 @@ fn non_finite_loss_stops_the_run_and_names_the_step() {
     }
 }
 
+/// Runs the binary with `args` and kills it with SIGKILL once `reached()`, which must happen
+/// before the run ends.
+fn kill_once(args: &[&str], reached: impl Fn() -> bool) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !reached() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// A pretraining run killed with SIGKILL and resumed with --resume ends with bit-identical
 /// weights to an uninterrupted run with the same seed.
 #[test]
@@ -721,27 +799,13 @@ fn killed_run_resumes_bit_identically() {
 
     // Kill the second run once it is well into its second epoch (6 steps per epoch).
     let args = tiny(&["pretrain", "--data", &data, "--out", &killed], &flags);
-    let mut child = Command::new(bin())
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let metrics = t.0.join("killed/metrics.jsonl");
     let steps = || {
         std::fs::read_to_string(&metrics)
             .map(|s| s.lines().filter(|l| l.contains("\"step\"")).count())
             .unwrap_or(0)
     };
-    while steps() < 8 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_once(&args, || steps() >= 8);
 
     let resumed = simclr(&[args.as_slice(), &["--resume"]].concat());
     let stdout = String::from_utf8_lossy(&resumed.stdout);
@@ -768,6 +832,74 @@ fn killed_run_resumes_bit_identically() {
         &tiny(&["pretrain", "--data", &data], &["--resume"]),
         "--out",
     );
+}
+
+/// A budgeted pipeline sets every stage's steps from its measured speed and records the plan,
+/// the learning rates tried on the validation split and the choice. Killed during pretraining
+/// and resumed, it keeps that plan instead of measuring again, and every run of every stage
+/// runs exactly its planned steps (so its schedule ends where the plan put the end).
+#[test]
+fn budgeted_pipeline_keeps_its_plan_when_resumed() {
+    let t = Tmp::new("budget");
+    let data = t.data("data");
+    let out = t.path("run");
+    let args = tiny(
+        &["pipeline", "--data", &data, "--out", &out],
+        &["--labels", "2", "--budget", "30s", "--device", "cpu"],
+    );
+    let run = t.0.join("run");
+    let steps_logged = |dir: &Path| -> Vec<u64> {
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+        (text.lines())
+            .filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["step"].as_u64())
+            .collect()
+    };
+    kill_once(&args, || steps_logged(&run.join("pretrain")).len() >= 3);
+    let planned = std::fs::read(run.join("budget.json")).unwrap();
+
+    let resumed = simclr(&[args.as_slice(), &["--resume"]].concat());
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stdout.contains("not measured again"), "{stdout}");
+    assert_eq!(std::fs::read(run.join("budget.json")).unwrap(), planned);
+    let plan: Value = serde_json::from_slice(&planned).unwrap();
+    let report = std::fs::read_to_string(run.join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["config"]["plan"], plan);
+    for stage in STAGES {
+        let steps = plan[stage]["steps"].as_u64().unwrap();
+        assert!(steps >= 1, "{stage}: {plan}");
+        assert_eq!(report["config"][stage]["steps"], steps, "{stage}");
+        for dir in run_dirs(&run, &report, stage) {
+            // The resumed pretraining logs again the steps after its last checkpoint.
+            let mut logged = steps_logged(&dir);
+            logged.sort_unstable();
+            logged.dedup();
+            assert_eq!(logged, (0..steps).collect::<Vec<_>>(), "{}", dir.display());
+        }
+    }
+    // The learning rates: each of the preset's grid scored on the 60 validation images, and
+    // the best kept (the first of equals).
+    for stage in ["baseline", "finetune"] {
+        let search = &report[stage]["lr_search"];
+        let grid = search["grid"].as_array().unwrap();
+        assert_eq!(
+            search["grid"], report["config"][stage]["lr_grid"],
+            "{stage}"
+        );
+        assert_eq!(search["val_images"], 60, "{stage}");
+        let scores: Vec<f64> = (search["val_top1"].as_array().unwrap().iter())
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(scores.len(), grid.len(), "{search}");
+        assert!(scores.iter().all(|v| (0.0..=1.0).contains(v)), "{search}");
+        let best = (0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+        assert_eq!(search["chosen"], grid[best], "{search}");
+        assert_eq!(report[stage]["lr"], grid[best], "{stage}");
+        let dir = format!("{stage}/lr-{}", grid[best].as_f64().unwrap());
+        assert_eq!(report[stage]["checkpoint"], dir.as_str());
+    }
 }
 
 /// Running out of device memory (an emulated GPU of 4 MiB) stops with one line giving the

@@ -489,6 +489,36 @@ fn pipeline_on_two_ranks_matches_one_process() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A budgeted pipeline on 2 ranks runs rank 0's plan on both: each stage logs exactly the
+/// steps the plan in budget.json gives it (ranks that planned apart would stop at a collective
+/// of different steps).
+#[test]
+fn budgeted_pipeline_on_two_ranks_runs_one_plan() {
+    let dir = std::env::temp_dir().join(format!("simclr-dist-budget-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let more = [
+        "--labels",
+        "2",
+        "--finetune-batch-size",
+        "12",
+        "--budget",
+        "40s",
+    ];
+    let out = dir.join("run");
+    simclr_on(2, &strs(&tiny("pipeline", &out, &more)));
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join(name)).unwrap()).unwrap()
+    };
+    let (plan, report) = (read("budget.json"), read("report.json"));
+    assert_eq!(report["config"]["plan"], plan);
+    for stage in ["baseline", "pretrain", "finetune", "distill"] {
+        let steps = plan[stage]["steps"].as_f64().unwrap();
+        let run = out.join(report[stage]["checkpoint"].as_str().unwrap());
+        assert_eq!(last_logged(&run, "step"), steps - 1.0, "{stage}: {plan}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every file under `dir`.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)

@@ -143,6 +143,34 @@ pub fn from_file(file: &Path, train: &Dataset, in_use: &[usize]) -> Result<Vec<u
     Ok(chosen)
 }
 
+/// Fewest validation images per class (on average) worth choosing a learning rate on.
+pub const MIN_VALIDATION_PER_CLASS: usize = 5;
+
+/// The validation split that chooses the pipeline's learning rates: up to `n` labelled images
+/// of `in_use` outside the labelled subset `labelled` (indices into the training set whose
+/// labels are `labels`; both sorted), chosen with the seed, sorted. It is never a test image,
+/// and never one the supervised stages train on. Empty when fewer than
+/// `MIN_VALIDATION_PER_CLASS` per class remain (e.g. `--labels all`): too few to choose on.
+pub fn validation(
+    labels: &[u32],
+    num_classes: usize,
+    in_use: &[usize],
+    labelled: &[usize],
+    n: usize,
+    seed: u64,
+) -> Vec<usize> {
+    let mut pool: Vec<usize> = (in_use.iter().copied())
+        .filter(|&i| labels[i] != UNLABELLED && labelled.binary_search(&i).is_err())
+        .collect();
+    Rng::derive(seed, &[0x7A11D]).shuffle(&mut pool);
+    pool.truncate(n);
+    if pool.len() < MIN_VALIDATION_PER_CLASS * num_classes {
+        return Vec::new();
+    }
+    pool.sort_unstable();
+    pool
+}
+
 /// Class-balanced indices into `labels`, chosen with the seed, sorted ascending; UNLABELLED
 /// entries are never chosen. Fraction: per class round(frac * class_count), at least 1.
 pub fn select(
@@ -210,6 +238,42 @@ mod tests {
             assert!(matches!(parse(bad), Err(Error::Config(_))));
             assert!(msg.starts_with(&format!("--labels {bad}: ")), "{msg}");
         }
+    }
+
+    /// The validation split: labelled images in use outside the labelled subset, the same
+    /// for a seed, another for another seed, and none when too few remain.
+    #[test]
+    fn validation_split_is_disjoint_seeded_and_sorted() {
+        let mut labels: Vec<u32> = (0..400).map(|i| i % 4).collect();
+        labels[7] = UNLABELLED;
+        let in_use: Vec<usize> = (0..400).filter(|i| i % 5 != 0).collect();
+        let labelled = labelled_of(&labels, &in_use);
+        let v = validation(&labels, 4, &in_use, &labelled, 100, 3);
+        assert_eq!(v.len(), 100);
+        assert!(v.windows(2).all(|w| w[0] < w[1]));
+        for i in &v {
+            assert!(in_use.contains(i) && !labelled.contains(i) && labels[*i] != UNLABELLED);
+        }
+        assert_eq!(v, validation(&labels, 4, &in_use, &labelled, 100, 3));
+        assert_ne!(v, validation(&labels, 4, &in_use, &labelled, 100, 4));
+        // All that remain (320 in use, 1 unlabelled, 20 labelled), or none when too few.
+        assert_eq!(
+            validation(&labels, 4, &in_use, &labelled, 1000, 3).len(),
+            299
+        );
+        let all: Vec<usize> = (in_use.iter().copied())
+            .filter(|&i| labels[i] != UNLABELLED)
+            .collect();
+        assert!(validation(&labels, 4, &in_use, &all, 1000, 3).is_empty());
+        assert!(validation(&labels, 4, &in_use, &labelled, 19, 3).is_empty());
+        assert_eq!(validation(&labels, 4, &in_use, &labelled, 20, 3).len(), 20);
+    }
+
+    /// Five labelled images per class of `in_use`, as `--labels 5` chooses them.
+    fn labelled_of(labels: &[u32], in_use: &[usize]) -> Vec<usize> {
+        let of_in_use: Vec<u32> = in_use.iter().map(|&i| labels[i]).collect();
+        let chosen = select(&of_in_use, 4, &LabelSpec::PerClass(5), 3).unwrap();
+        chosen.into_iter().map(|i| in_use[i]).collect()
     }
 
     #[test]

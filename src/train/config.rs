@@ -21,6 +21,14 @@ pub struct StageConfig {
     pub warmup: f64,
     pub weight_decay: f64,
     pub optimizer: OptimizerKind,
+    /// The learning rates `pipeline` tries for this stage, each scored on the validation split,
+    /// keeping the best (empty: `lr` alone).
+    #[serde(default)]
+    pub lr_grid: Vec<f64>,
+    /// Set by the budget: the stage's steps, its last epoch cut short (None: `epochs` whole
+    /// epochs).
+    #[serde(default)]
+    pub steps: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +66,19 @@ pub struct Config {
     pub train_images: Option<usize>,
     /// Evaluate on only the first N test images; None = all.
     pub test_images: Option<usize>,
+    /// Labelled training images outside the labelled subset that choose the pipeline's
+    /// learning rates (at most this many).
+    #[serde(default)]
+    pub val_images: usize,
+    /// `pipeline`'s wall-clock budget in seconds, which sets every stage's length (None: the
+    /// stages' epochs).
+    #[serde(default)]
+    pub budget_s: Option<f64>,
+    /// How the budget was spent: the speeds measured and the steps they gave each stage.
+    #[serde(default)]
+    pub plan: Option<crate::train::budget::Plan>,
+    /// The supervised baseline's own recipe (weight decay, colour jitter besides crop + flip).
+    pub baseline: StageConfig,
     pub pretrain: StageConfig,
     /// NT-Xent temperature.
     pub temperature: f64,
@@ -114,6 +135,8 @@ impl Config {
             warmup: 0.0,
             weight_decay: 0.0,
             optimizer: OptimizerKind::Sgd,
+            lr_grid: Vec::new(),
+            steps: None,
         };
         let default = Config {
             data: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data")),
@@ -132,6 +155,17 @@ impl Config {
             proj_dim: 128,
             train_images: None,
             test_images: None,
+            val_images: 5000,
+            // 15 minutes: the README's run, on any machine (budget.rs splits it).
+            budget_s: Some(900.0),
+            plan: None,
+            // The baseline's own recipe: weight decay and colour jitter against overfitting
+            // its 100 images, and a learning rate chosen on the validation split.
+            baseline: StageConfig {
+                weight_decay: 5e-4,
+                lr_grid: vec![0.03, 0.1, 0.3],
+                ..sgd(300, 25, 0.1)
+            },
             pretrain: StageConfig {
                 epochs: 5,
                 batch_size: 256,
@@ -140,13 +174,18 @@ impl Config {
                 warmup: 0.05,
                 weight_decay: 1e-6,
                 optimizer: OptimizerKind::Lars,
+                lr_grid: Vec::new(),
+                steps: None,
             },
             temperature: 0.1,
             color_strength: 0.5,
             crop_min: 0.2,
             knn_k: 200,
             knn_bank: 10_000,
-            finetune: sgd(300, 25, 0.005),
+            finetune: StageConfig {
+                lr_grid: vec![0.002, 0.005, 0.0125],
+                ..sgd(300, 25, 0.005)
+            },
             // The official protocol's optimiser: momentum SGD, lr 0.1·B/256, weight decay 1e-6,
             // no warmup; fewer epochs than its 90 on this small default.
             linear: StageConfig {
@@ -177,7 +216,16 @@ impl Config {
                     batch_size: 64,
                     ..default.pretrain.clone()
                 },
-                finetune: sgd(2, 32, 0.05),
+                val_images: 60,
+                budget_s: None,
+                baseline: StageConfig {
+                    lr_grid: vec![0.05, 0.2],
+                    ..sgd(2, 32, 0.05)
+                },
+                finetune: StageConfig {
+                    lr_grid: vec![0.02, 0.05],
+                    ..sgd(2, 32, 0.05)
+                },
                 linear: sgd(2, 32, 0.1),
                 distill: sgd(1, 64, 0.1),
                 knn_k: 20,
@@ -207,6 +255,8 @@ impl Config {
                     warmup,
                     weight_decay,
                     optimizer: OptimizerKind::Lars,
+                    lr_grid: Vec::new(),
+                    steps: None,
                 };
                 Ok(Config {
                     image_size: Some(224),
@@ -214,7 +264,10 @@ impl Config {
                     arch: arch.into(),
                     width,
                     sk,
+                    budget_s: None,
                     pretrain: lars(800, 4096, 0.075, 1e-4, 0.05),
+                    // Not tuned for ImageNet: the baseline keeps fine-tuning's recipe.
+                    baseline: lars(60, 1024, 0.005, 0.0, 0.0),
                     finetune: lars(60, 1024, 0.005, 0.0, 0.0),
                     linear: StageConfig {
                         epochs: 90,
@@ -260,6 +313,7 @@ impl Config {
         }
         for (name, s) in [
             ("pretrain", &self.pretrain),
+            ("baseline", &self.baseline),
             ("finetune", &self.finetune),
             ("distill", &self.distill),
             ("linear evaluation", &self.linear),
@@ -273,11 +327,12 @@ impl Config {
             if s.epochs == 0 {
                 return Err(Error::Config(format!("{name} epochs must be at least 1")));
             }
-            if !(s.lr > 0.0 && s.lr.is_finite()) {
-                return Err(Error::Config(format!(
-                    "{name} learning rate must be positive, got {}",
-                    s.lr
-                )));
+            for &lr in std::iter::once(&s.lr).chain(&s.lr_grid) {
+                if !(lr > 0.0 && lr.is_finite()) {
+                    return Err(Error::Config(format!(
+                        "{name} learning rate must be positive, got {lr}"
+                    )));
+                }
             }
             if !(0.0..1.0).contains(&s.warmup) {
                 return Err(Error::Config(format!(

@@ -40,6 +40,9 @@ pub struct Context {
     /// the stages that train on labels ask for it (`labelled`), so pretraining and its kNN
     /// monitor run on any dataset.
     labelled: std::result::Result<Vec<usize>, String>,
+    /// The validation split (indices into the training set, outside the labelled subset) that
+    /// chooses the pipeline's learning rates; empty when too few images remain for one.
+    pub val_indices: Vec<usize>,
     /// The kNN monitor's memory bank (indices into the training set).
     pub knn_bank: Vec<usize>,
     pub norm: Normalize,
@@ -130,6 +133,17 @@ impl Context {
             cfg.seed,
         )
         .map_err(|e| e.to_string());
+        let val_indices = match &labelled {
+            Ok(labelled) => subset::validation(
+                &data.train.labels,
+                data.train.num_classes,
+                &train_indices,
+                labelled,
+                cfg.val_images,
+                cfg.seed,
+            ),
+            Err(_) => Vec::new(),
+        };
         // The kNN monitor votes with labels: its bank holds labelled images only.
         let mut knn_bank: Vec<usize> = train_indices
             .iter()
@@ -161,6 +175,7 @@ impl Context {
             train_indices,
             test_indices,
             labelled,
+            val_indices,
             knn_bank,
             norm,
             comm,
@@ -250,6 +265,17 @@ impl Context {
             grayscale_prob: 0.0,
             blur_prob: 0.0,
             ..Augment::simclr(self.train.h, 0.0)
+        }
+    }
+
+    /// The baseline's augmentation: crop and flip, and colour jitter at the pretraining's
+    /// strength (a supervised recipe's usual defence against overfitting a few labels).
+    pub fn crop_flip_jitter(&self) -> Augment {
+        Augment {
+            crop_area: (self.cfg.crop_min, 1.0),
+            grayscale_prob: 0.0,
+            blur_prob: 0.0,
+            ..Augment::simclr(self.train.h, self.cfg.color_strength)
         }
     }
 

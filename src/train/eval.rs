@@ -221,6 +221,13 @@ impl Context {
         )
     }
 
+    /// Top-1 of `model`'s classifier on the validation split standardised by `norm`, over
+    /// its ranks.
+    pub fn val_top1(&self, model: &mut Model, norm: &Normalize) -> Result<f64> {
+        let (train, indices) = (&self.train, &self.val_indices);
+        top1(model, train, indices, norm, self.precision, &*self.comm)
+    }
+
     /// Top-1 of `model`'s classifier on the run's test images standardised by `norm`, over its
     /// ranks.
     pub fn test_top1(&self, model: &mut Model, norm: &Normalize) -> Result<f64> {

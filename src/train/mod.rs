@@ -2,6 +2,7 @@
 //! `Context`: the resolved config, the loaded data and the labelled subset.
 
 pub mod bench_loader;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod context;

@@ -7,19 +7,36 @@
 
 use crate::error::{Error, Result};
 use crate::nn::model::Model;
-use crate::train::checkpoint;
-use crate::train::stages::{self, classifier_spec};
-use crate::train::Context;
+use crate::train::config::StageConfig;
+use crate::train::stages::{self, classifier_spec, supervised_stage, Supervised};
+use crate::train::trainer::Monitor;
+use crate::train::{budget, checkpoint, Context};
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// A supervised stage's result: its test top-1 and how its learning rate was chosen.
 #[derive(Serialize)]
-pub struct BaselineReport {
+pub struct SupervisedReport {
     pub arch: String,
     pub params: usize,
     pub top1: f64,
+    /// The learning rate it trained at.
+    pub lr: f64,
+    /// The rates tried on the validation split (absent: one rate, no search).
+    pub lr_search: Option<LrSearch>,
+    /// The directory of its checkpoint, in the run's.
+    pub checkpoint: String,
     pub wall_s: f64,
+}
+
+/// The learning rates a supervised stage tried, each run's validation top-1, and the best.
+#[derive(Serialize)]
+pub struct LrSearch {
+    pub val_images: usize,
+    pub grid: Vec<f64>,
+    pub val_top1: Vec<f64>,
+    pub chosen: f64,
 }
 
 #[derive(Serialize)]
@@ -29,13 +46,7 @@ pub struct PretrainReport {
     pub epochs: usize,
     pub final_loss: f64,
     pub knn_top1: f64,
-    pub wall_s: f64,
-}
-
-#[derive(Serialize)]
-pub struct FinetuneReport {
-    pub params: usize,
-    pub top1: f64,
+    pub checkpoint: String,
     pub wall_s: f64,
 }
 
@@ -44,6 +55,7 @@ pub struct DistillReport {
     pub student_arch: String,
     pub student_params: usize,
     pub top1: f64,
+    pub checkpoint: String,
     pub wall_s: f64,
 }
 
@@ -54,11 +66,12 @@ pub struct Report {
     pub label_fraction: f64,
     pub labelled_examples: usize,
     pub seed: u64,
-    pub baseline: BaselineReport,
+    pub baseline: SupervisedReport,
     pub pretrain: PretrainReport,
-    pub finetune: FinetuneReport,
+    pub finetune: SupervisedReport,
     pub distill: DistillReport,
     pub total_wall_s: f64,
+    /// The run's config: with a budget, its plan (`plan`) and the steps it set.
     pub config: crate::train::config::Config,
 }
 
@@ -68,7 +81,7 @@ fn describe(model: &Model) -> String {
 }
 
 /// A stage's directory in the run's, made by the rank that writes.
-fn sub_dir(ctx: &Context, out: &Path, name: &str) -> Result<std::path::PathBuf> {
+fn sub_dir(ctx: &Context, out: &Path, name: &str) -> Result<PathBuf> {
     let dir = out.join(name);
     if ctx.is_main() {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -83,61 +96,80 @@ fn say(ctx: &Context, line: std::fmt::Arguments) {
     }
 }
 
-pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
+pub fn pipeline(ctx: &mut Context, out: &Path) -> Result<Report> {
     let start = Instant::now();
+    if let Some(budget_s) = ctx.cfg.budget_s {
+        let resumed = ctx.cfg.resume && out.join("budget.json").exists();
+        say(
+            ctx,
+            format_args!(
+                "budget {budget_s} s: {}",
+                match resumed {
+                    true => "the run's plan (budget.json), not measured again",
+                    false => "timing each stage's steps and evaluations",
+                }
+            ),
+        );
+        let plan = budget::plan(ctx, budget_s, out, start)?;
+        for (name, p) in plan.stages() {
+            say(
+                ctx,
+                format_args!(
+                    "  {name}: {:.0} s for {} run(s) of {} steps ({:.3} s each, {} epochs)",
+                    p.seconds,
+                    p.runs,
+                    p.steps,
+                    p.step_s,
+                    p.steps.div_ceil(p.steps_per_epoch)
+                ),
+            );
+        }
+        plan.apply(&mut ctx.cfg);
+    }
+    let ctx = &*ctx;
     let cfg = &ctx.cfg;
     let labelled = ctx.labelled()?.len();
     say(
         ctx,
         format_args!("[1/4] supervised baseline on {labelled} labelled images"),
     );
-    let fresh = Model::new(
-        &classifier_spec(ctx, ctx.arch(&cfg.arch, cfg.width, cfg.sk)),
-        cfg.seed,
-    )?;
-    let dir = |name| sub_dir(ctx, out, name);
-    let baseline = stages::supervised(ctx, fresh, "baseline", &dir("baseline")?)?;
+    let arch = ctx.arch(&cfg.arch, cfg.width, cfg.sk);
+    let fresh = || Model::new(&classifier_spec(ctx, arch.clone()), cfg.seed);
+    let (_, baseline_report) = tuned(ctx, "baseline", &cfg.baseline, fresh, out)?;
     let images = ctx.train_indices.len();
     say(ctx, format_args!("[2/4] pretraining on {images} images"));
-    let pre = stages::pretrain(ctx, &dir("pretrain")?)?;
+    let pre = stages::pretrain(ctx, &sub_dir(ctx, out, "pretrain")?)?;
     say(
         ctx,
         format_args!("[3/4] fine-tuning on {labelled} labelled images"),
     );
-    let start_ft = stages::from_pretrained(ctx, &pre.model)?;
-    let mut ft = stages::supervised(ctx, start_ft, "finetune", &dir("finetune")?)?;
+    let start_ft = || stages::from_pretrained(ctx, &pre.model);
+    let (mut ft, finetune_report) = tuned(ctx, "finetune", &cfg.finetune, start_ft, out)?;
     let student = format!("{}-w{}", cfg.student_arch, cfg.student_width);
     say(ctx, format_args!("[4/4] distilling into {student}"));
-    let st = stages::distill(ctx, &mut ft.model, &dir("distill")?)?;
+    let st = stages::distill(ctx, &mut ft.model, &sub_dir(ctx, out, "distill")?)?;
     let report = Report {
         dataset: cfg.data.display().to_string(),
         device: ctx.device.name(),
         label_fraction: ctx.label_fraction()?,
         labelled_examples: labelled,
         seed: cfg.seed,
-        baseline: BaselineReport {
-            arch: describe(&baseline.model),
-            params: baseline.model.num_params(),
-            top1: baseline.top1,
-            wall_s: baseline.outcome.wall_s,
-        },
+        baseline: baseline_report,
         pretrain: PretrainReport {
             arch: describe(&pre.model),
             params: pre.model.num_params(),
             epochs: cfg.pretrain.epochs,
             final_loss: pre.outcome.final_loss,
             knn_top1: pre.knn_top1,
+            checkpoint: "pretrain".into(),
             wall_s: pre.outcome.wall_s,
         },
-        finetune: FinetuneReport {
-            params: ft.model.num_params(),
-            top1: ft.top1,
-            wall_s: ft.outcome.wall_s,
-        },
+        finetune: finetune_report,
         distill: DistillReport {
             student_arch: describe(&st.model),
             student_params: st.model.num_params(),
             top1: st.top1,
+            checkpoint: "distill".into(),
             wall_s: st.outcome.wall_s,
         },
         total_wall_s: start.elapsed().as_secs_f64(),
@@ -149,6 +181,85 @@ pub fn pipeline(ctx: &Context, out: &Path) -> Result<Report> {
         print_table(&report);
     }
     Ok(report)
+}
+
+/// A supervised stage (`name`: baseline or finetune) of the pipeline, each run starting from
+/// `start()`. With several learning rates to try (`stages::learning_rates`), one run per rate
+/// in `<out>/<name>/lr-<rate>`, each scored on the validation split; the best is kept and
+/// scored on the test set. With one, one run in `<out>/<name>`, scored on the test set.
+fn tuned(
+    ctx: &Context,
+    name: &'static str,
+    recipe: &StageConfig,
+    start: impl Fn() -> Result<Model>,
+    out: &Path,
+) -> Result<(Supervised, SupervisedReport)> {
+    let dir = sub_dir(ctx, out, name)?;
+    let lrs = stages::learning_rates(ctx, recipe);
+    let at = |lr| StageConfig {
+        lr,
+        ..recipe.clone()
+    };
+    let relative = |dir: &Path| dir.strip_prefix(out).unwrap_or(dir).display().to_string();
+    let report = |run: &Supervised, lr, lr_search, dir: &Path, wall_s| SupervisedReport {
+        arch: describe(&run.model),
+        params: run.model.num_params(),
+        top1: run.top1,
+        lr,
+        lr_search,
+        checkpoint: relative(dir),
+        wall_s,
+    };
+    if lrs.len() == 1 {
+        if recipe.lr_grid.len() > 1 {
+            say(
+                ctx,
+                format_args!(
+                    "{name}: too few labelled images outside the subset for a validation split;                      lr {} without a search",
+                    recipe.lr
+                ),
+            );
+        }
+        let stage = supervised_stage(ctx, name, &at(lrs[0]), Monitor::Top1)?;
+        let run = stages::supervised(ctx, start()?, stage, &dir)?;
+        let r = report(&run, lrs[0], None, &dir, run.outcome.wall_s);
+        return Ok((run, r));
+    }
+    // The best run so far: its score, rate, directory and model (the others are let go).
+    let mut best: Option<(f64, f64, PathBuf, Supervised)> = None;
+    let (mut val_top1, mut wall_s) = (Vec::new(), 0.0);
+    for &lr in &lrs {
+        let run_dir = sub_dir(ctx, &dir, &format!("lr-{lr}"))?;
+        let stage = supervised_stage(ctx, name, &at(lr), Monitor::Validation)?;
+        let run = stages::supervised(ctx, start()?, stage, &run_dir)?;
+        let score = run.outcome.record["val_top1"].as_f64().unwrap_or(f64::NAN);
+        say(
+            ctx,
+            format_args!("{name}: lr {lr}: validation top-1 {score:.4}"),
+        );
+        val_top1.push(score);
+        wall_s += run.outcome.wall_s;
+        // The first best wins a tie: the same choice on every run and every rank.
+        if best.as_ref().is_none_or(|b| score > b.0) {
+            best = Some((score, lr, run_dir, run));
+        }
+    }
+    let (_, lr, run_dir, mut run) = best.expect("a grid has rates");
+    let scored = Instant::now();
+    run.top1 = ctx.test_top1(&mut run.model, &ctx.norm)?;
+    say(
+        ctx,
+        format_args!("{name}: chose lr {lr}: test top-1 {:.4}", run.top1),
+    );
+    let search = LrSearch {
+        val_images: ctx.val_indices.len(),
+        grid: lrs,
+        val_top1,
+        chosen: lr,
+    };
+    wall_s += scored.elapsed().as_secs_f64();
+    let r = report(&run, lr, Some(search), &run_dir, wall_s);
+    Ok((run, r))
 }
 
 fn print_table(r: &Report) {
@@ -163,8 +274,9 @@ fn print_table(r: &Report) {
     println!("| model | params | test top-1 | wall time |");
     println!("|---|---:|---:|---:|");
     println!(
-        "| supervised baseline ({}) | {} | {:.2}% | {:.0} s |",
+        "| supervised baseline ({}, lr {}) | {} | {:.2}% | {:.0} s |",
         r.baseline.arch,
+        r.baseline.lr,
         r.baseline.params,
         100.0 * r.baseline.top1,
         r.baseline.wall_s
@@ -177,7 +289,8 @@ fn print_table(r: &Report) {
         r.pretrain.wall_s
     );
     println!(
-        "| fine-tuned teacher | {} | {:.2}% | {:.0} s |",
+        "| fine-tuned teacher (lr {}) | {} | {:.2}% | {:.0} s |",
+        r.finetune.lr,
         r.finetune.params,
         100.0 * r.finetune.top1,
         r.finetune.wall_s

@@ -49,23 +49,26 @@ pub struct Pretrained {
     pub knn_top1: f64,
 }
 
-/// Stage 1: NT-Xent on two augmented views of each training image (labels unused), LARS,
-/// kNN monitor on the test set after every epoch.
-pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
+/// Stage 1's network: the encoder and the 3-layer projection head.
+pub fn pretrain_spec(ctx: &Context) -> ModelSpec {
     let cfg = &ctx.cfg;
-    let spec = ModelSpec {
+    ModelSpec {
         arch: ctx.arch(&cfg.arch, cfg.width, cfg.sk),
         head_layers: 3,
         proj_dim: cfg.proj_dim,
         num_classes: None,
-    };
-    let resume = ctx.resume_point(out, "pretrain", &spec)?;
-    let (mut model, start) = ctx.begin(resume, Model::new(&spec, cfg.seed)?);
+    }
+}
+
+/// Stage 1: NT-Xent on two augmented views of each training image (labels unused), LARS,
+/// kNN monitor on the test set after every epoch.
+pub fn pretrain_stage(ctx: &Context) -> Result<Stage<'_>> {
+    let cfg = &ctx.cfg;
     let aug = Augment {
         crop_area: (cfg.crop_min, 1.0),
         ..Augment::simclr(ctx.train.h, cfg.color_strength)
     };
-    let stage = Stage {
+    Ok(Stage {
         name: "pretrain",
         cfg: fit_batch(ctx, &cfg.pretrain, ctx.train_indices.len(), "pretrain")?,
         images: &ctx.train_indices,
@@ -75,8 +78,14 @@ pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
             temperature: cfg.temperature,
         },
         monitor: Monitor::Knn,
-    };
-    let outcome = trainer::train(ctx, &mut model, stage, out, start)?;
+    })
+}
+
+pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
+    let spec = pretrain_spec(ctx);
+    let resume = ctx.resume_point(out, "pretrain", &spec)?;
+    let (mut model, start) = ctx.begin(resume, Model::new(&spec, ctx.cfg.seed)?);
+    let outcome = trainer::train(ctx, &mut model, pretrain_stage(ctx)?, out, start)?;
     let knn_top1 = outcome.record["knn_top1"].as_f64().unwrap_or(f64::NAN);
     Ok(Pretrained {
         model,
@@ -143,53 +152,68 @@ pub fn linear_classifier(ctx: &Context, pretrained: &Model) -> Result<Model> {
 }
 
 /// Stage 2 (and the baseline, and linear evaluation): softmax cross-entropy on the labelled
-/// subset with crop and flip, then top-1 on the test set. `stage` is "finetune", "baseline"
-/// (the whole network trained) or "linear" (the encoder frozen, the classifier trained).
-pub fn supervised(
-    ctx: &Context,
-    model: Model,
-    stage: &'static str,
-    out: &Path,
-) -> Result<Supervised> {
+/// subset with `recipe`, measured by `monitor`. `name` is "finetune" (crop and flip),
+/// "baseline" (the whole network from scratch; crop, flip and colour jitter) or "linear" (the
+/// encoder frozen, the classifier trained; crop and flip).
+pub fn supervised_stage<'a>(
+    ctx: &'a Context,
+    name: &'static str,
+    recipe: &StageConfig,
+    monitor: Monitor,
+) -> Result<Stage<'a>> {
     let labelled = ctx.labelled()?;
-    let resume = ctx.resume_point(out, stage, &model.spec)?;
-    let (mut model, start) = ctx.begin(resume, model);
-    let frozen = stage == "linear";
-    let recipe = if frozen {
-        &ctx.cfg.linear
-    } else {
-        &ctx.cfg.finetune
+    let aug = match name {
+        "baseline" => ctx.crop_flip_jitter(),
+        _ => ctx.crop_flip(),
     };
-    let stage = Stage {
-        name: stage,
-        cfg: fit_batch(ctx, recipe, labelled.len(), stage)?,
+    Ok(Stage {
+        name,
+        cfg: fit_batch(ctx, recipe, labelled.len(), name)?,
         images: labelled,
-        views: Views::One(ctx.crop_flip()),
+        views: Views::One(aug),
         key: SUPERVISED,
         objective: Objective::Supervised {
-            frozen_encoder: frozen,
+            frozen_encoder: name == "linear",
         },
-        monitor: Monitor::Top1,
-    };
+        monitor,
+    })
+}
+
+/// The learning rates the pipeline tries for a supervised stage: its grid when it has one and
+/// there is a validation split to choose on, else its recipe's rate.
+pub fn learning_rates(ctx: &Context, recipe: &StageConfig) -> Vec<f64> {
+    match recipe.lr_grid.len() > 1 && !ctx.val_indices.is_empty() {
+        true => recipe.lr_grid.clone(),
+        false => vec![recipe.lr],
+    }
+}
+
+/// Trains `model` through a supervised `stage` into `out` (resuming from its checkpoint there).
+pub fn supervised(ctx: &Context, model: Model, stage: Stage, out: &Path) -> Result<Supervised> {
+    let resume = ctx.resume_point(out, stage.name, &model.spec)?;
+    let (mut model, start) = ctx.begin(resume, model);
     let outcome = trainer::train(ctx, &mut model, stage, out, start)?;
     Ok(Supervised::new(model, outcome))
 }
 
-/// Stage 3: the student learns the teacher's softened predictions on the (unlabelled)
-/// training images; optionally mixed with the label loss on the labelled ones.
-pub fn distill(ctx: &Context, teacher: &mut Model, out: &Path) -> Result<Supervised> {
+/// The student's network, for a teacher of `num_classes` classes.
+pub fn student_spec(ctx: &Context, num_classes: Option<usize>) -> ModelSpec {
     let cfg = &ctx.cfg;
-    let spec = ModelSpec {
+    ModelSpec {
         arch: ctx.arch(&cfg.student_arch, cfg.student_width, false),
         head_layers: 0,
         proj_dim: cfg.proj_dim,
-        num_classes: teacher.spec.num_classes,
-    };
+        num_classes,
+    }
+}
+
+/// Stage 3: the student learns the teacher's softened predictions on the (unlabelled)
+/// training images; optionally mixed with the label loss on the labelled ones.
+pub fn distill_stage<'a>(ctx: &'a Context, teacher: &'a mut Model) -> Result<Stage<'a>> {
+    let cfg = &ctx.cfg;
     let labelled = ctx.labelled()?.iter().copied().collect();
-    let resume = ctx.resume_point(out, "distill", &spec)?;
-    let (mut student, start) = ctx.begin(resume, Model::new(&spec, cfg.seed ^ DISTILL)?);
     teacher.to_device(&ctx.device);
-    let stage = Stage {
+    Ok(Stage {
         name: "distill",
         cfg: fit_batch(ctx, &cfg.distill, ctx.train_indices.len(), "distill")?,
         images: &ctx.train_indices,
@@ -202,7 +226,15 @@ pub fn distill(ctx: &Context, teacher: &mut Model, out: &Path) -> Result<Supervi
             labelled,
         },
         monitor: Monitor::Top1,
-    };
+    })
+}
+
+pub fn distill(ctx: &Context, teacher: &mut Model, out: &Path) -> Result<Supervised> {
+    let spec = student_spec(ctx, teacher.spec.num_classes);
+    let resume = ctx.resume_point(out, "distill", &spec)?;
+    let fresh = Model::new(&spec, ctx.cfg.seed ^ DISTILL)?;
+    let (mut student, start) = ctx.begin(resume, fresh);
+    let stage = distill_stage(ctx, teacher)?;
     let outcome = trainer::train(ctx, &mut student, stage, out, start)?;
     Ok(Supervised::new(student, outcome))
 }

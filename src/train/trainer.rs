@@ -63,6 +63,8 @@ pub enum Monitor {
     Knn,
     /// Test top-1 of the classifier, after the last epoch.
     Top1,
+    /// Top-1 on the validation split, after the last epoch (a candidate learning rate).
+    Validation,
 }
 
 pub struct Outcome {
@@ -103,7 +105,9 @@ pub fn train(
     let started = Instant::now();
     let cfg = &stage.cfg;
     let per_epoch = stage.images.len() / cfg.batch_size;
-    let total = cfg.epochs * per_epoch;
+    // A stage given its steps (by the budget) cuts its last epoch short.
+    let total = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
+    let epochs = total.div_ceil(per_epoch);
     let warmup = (cfg.warmup * total as f64).round() as usize;
     let base_lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling);
     let w = ctx.comm.size();
@@ -134,7 +138,6 @@ pub fn train(
     bar.set_position(step as u64);
     let mut final_loss = pos.record["mean_loss"].as_f64().unwrap_or(f64::NAN);
     let gpu = model.device().gpu().cloned();
-    let graphs = gpu.as_ref().filter(|_| ctx.cfg.cuda_graphs);
     let mut run = Run {
         comm: ctx.comm.clone(),
         stage: stage.name,
@@ -149,7 +152,7 @@ pub fn train(
             .map(|s| s.workers.current_num_threads()),
         hinted: false,
     };
-    while pos.epoch < cfg.epochs {
+    while pos.epoch < epochs {
         let epoch = pos.epoch;
         let mut loader = ctx.epoch_loader(
             stage.key,
@@ -161,7 +164,7 @@ pub fn train(
         // A step's loss comes back while the next step is queued: it is checked (finite, and
         // the device's errors) and logged one step late, and always before anything is saved.
         let mut pending: Option<Unsettled> = None;
-        loop {
+        while step < total {
             let asked = Instant::now();
             let Some(batch) = loader.next() else {
                 break;
@@ -175,21 +178,8 @@ pub fn train(
             let rows = batch.rows;
             let lr = lr_at(base_lr, step, warmup, total);
 
-            // Forward, loss, backward and update; on a GPU recorded and run as one CUDA graph
-            // in the steady state (device::cuda::graph). Then the loss's copy back is queued.
-            if let Some(gpu) = graphs {
-                gpu.begin_step();
-            }
-            let mut g = Graph::new(true);
-            g.comm = ctx.comm.clone();
-            let loss_var = loss(ctx, &mut g, model, &mut stage.objective, batch);
-            let grads = dist::backward(&mut g, loss_var, &*ctx.comm, dist::BUCKET_BYTES);
-            opt.step(&mut model.store, &grads, lr);
-            let loss_value = g.value(loss_var).clone();
-            drop((g, grads));
-            if let Some(gpu) = graphs {
-                gpu.end_step();
-            }
+            // The step, then the loss's copy back is queued.
+            let loss_value = train_step(ctx, model, &mut stage.objective, &mut opt, batch, lr);
             let loss = Later::read(&loss_value);
             drop(loss_value);
 
@@ -234,10 +224,13 @@ pub fn train(
         final_loss = pos.loss_sum / pos.batch.max(1) as f64;
         let mut record = match stage.monitor {
             Monitor::Knn => json!({"knn_top1": ctx.knn_top1(model, &ctx.norm)?}),
-            Monitor::Top1 if epoch + 1 == cfg.epochs => {
+            Monitor::Top1 if epoch + 1 == epochs => {
                 json!({"top1": ctx.test_top1(model, &ctx.norm)?})
             }
-            Monitor::Top1 => json!({}),
+            Monitor::Validation if epoch + 1 == epochs => {
+                json!({"val_top1": ctx.val_top1(model, &ctx.norm)?})
+            }
+            Monitor::Top1 | Monitor::Validation => json!({}),
         };
         check_device(gpu.as_ref(), cfg.batch_size, true)?;
         // Print the epochs that measured something (kNN, top-1; rank 0 alone); log them all.
@@ -273,6 +266,38 @@ pub fn train(
         wall_s: elapsed_before + started.elapsed().as_secs_f64(),
         record: pos.record,
     })
+}
+
+/// One step on `batch` at rate `lr`: forward, loss, backward (gradients averaged over the
+/// ranks) and update; on a GPU recorded and run as one CUDA graph in the steady state
+/// (device::cuda::graph). Returns the loss, on the model's device.
+pub fn train_step(
+    ctx: &Context,
+    model: &mut Model,
+    objective: &mut Objective,
+    opt: &mut Optimizer,
+    batch: Batch,
+    lr: f64,
+) -> Tensor {
+    let graphs = model
+        .device()
+        .gpu()
+        .cloned()
+        .filter(|_| ctx.cfg.cuda_graphs);
+    if let Some(gpu) = &graphs {
+        gpu.begin_step();
+    }
+    let mut g = Graph::new(true);
+    g.comm = ctx.comm.clone();
+    let loss_var = loss(ctx, &mut g, model, objective, batch);
+    let grads = dist::backward(&mut g, loss_var, &*ctx.comm, dist::BUCKET_BYTES);
+    opt.step(&mut model.store, &grads, lr);
+    let loss_value = g.value(loss_var).clone();
+    drop((g, grads));
+    if let Some(gpu) = &graphs {
+        gpu.end_step();
+    }
+    loss_value
 }
 
 /// What settling a step writes to: the stage's log, progress bar and counters.

@@ -1,0 +1,417 @@
+//! `simclr pipeline --budget 15m`: a wall-clock budget split over the stages, each stage's
+//! length set from its measured speed so that its learning-rate schedule (warmup, cosine)
+//! ends on time.
+//!
+//! The pipeline first times a few steps of every stage's network at its batch size, and its
+//! inference on the training images (the evaluations' cost), on throwaway models: the real
+//! stages' initialisation, data order and augmentations do not depend on it. Rank 0's
+//! measurements decide for every rank. What is left of the budget is split by `SHARES`, and
+//! each stage gets the most steps whose training and evaluations fit in its share
+//! (`StagePlan::fit`). The plan is written to `budget.json` in the run's directory and into the
+//! run's config, so `--resume` keeps the schedule instead of measuring again.
+
+use crate::dist::Comm;
+use crate::error::{Error, Result};
+use crate::nn::model::Model;
+use crate::optim::Optimizer;
+use crate::train::config::{Config, StageConfig};
+use crate::train::eval::forward_all;
+use crate::train::stages::{self, classifier_spec, learning_rates};
+use crate::train::trainer::{train_step, Monitor, Stage};
+use crate::train::{checkpoint, Context};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+
+/// The budget's split (what is left after measuring). Pretraining gets most: the
+/// representation is what the other stages build on, and it keeps improving for as long as it
+/// trains. The baseline and fine-tuning train on a few labelled images, which a few hundred
+/// steps fit (their share pays for every learning rate tried), and distillation needs about
+/// as many passes over the unlabelled images as pretraining takes in a quarter of its time.
+pub const SHARES: Shares = Shares {
+    baseline: 0.10,
+    pretrain: 0.65,
+    finetune: 0.10,
+    distill: 0.15,
+};
+
+pub struct Shares {
+    pub baseline: f64,
+    pub pretrain: f64,
+    pub finetune: f64,
+    pub distill: f64,
+}
+
+/// Steps run before timing (the first fills caches and allocators), then steps timed.
+const WARMUP_STEPS: usize = 2;
+const TIMED_STEPS: usize = 8;
+/// Training images whose inference is timed.
+const TIMED_IMAGES: usize = 1000;
+
+/// `--budget`: a duration such as `90s`, `15m`, `1h` or `1h30m` in seconds, or None for `off`.
+pub fn parse(s: &str) -> Result<Option<f64>> {
+    if s == "off" {
+        return Ok(None);
+    }
+    let bad = || {
+        Error::Config(format!(
+            "--budget {s}: expected a duration such as 90s, 15m, 1h or 1h30m, or off"
+        ))
+    };
+    let (mut seconds, mut rest, mut units) = (0u64, s, "hms");
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit = rest[digits..].chars().next().ok_or_else(bad)?;
+        // Each unit at most once, hours before minutes before seconds.
+        let at = units.find(unit).ok_or_else(bad)?;
+        units = &units[at + 1..];
+        let scale = [3600, 60, 1]["hms".find(unit).expect("a unit")];
+        seconds = number
+            .checked_mul(scale)
+            .and_then(|n| n.checked_add(seconds))
+            .ok_or_else(bad)?;
+        rest = &rest[digits + 1..];
+    }
+    if seconds == 0 {
+        return Err(Error::Config(format!("--budget {s}: must be above zero")));
+    }
+    Ok(Some(seconds as f64))
+}
+
+/// How the budget was spent: what was measured, and the steps it gave each stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub budget_s: f64,
+    /// Seconds from the pipeline's start to the end of the measurements.
+    pub measured_in_s: f64,
+    pub baseline: StagePlan,
+    pub pretrain: StagePlan,
+    pub finetune: StagePlan,
+    pub distill: StagePlan,
+}
+
+/// One stage's share of the budget and how it is spent: `runs` runs (the learning rates it
+/// tries) of `steps` steps each, an evaluation after every epoch (`every_epoch`: the kNN
+/// monitor) or at each run's end (validation or test top-1), and one more after the runs
+/// (the chosen run's test top-1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StagePlan {
+    /// Its share of the budget, in seconds.
+    pub seconds: f64,
+    /// Measured: seconds per training step at the stage's batch size.
+    pub step_s: f64,
+    /// Measured: seconds per image of inference on one rank.
+    pub image_s: f64,
+    pub steps_per_epoch: usize,
+    pub runs: usize,
+    /// Estimated from `image_s`: seconds of each run's evaluation, and of the one after them.
+    pub eval_s: f64,
+    pub every_epoch: bool,
+    pub final_eval_s: f64,
+    /// The result: each run's steps.
+    pub steps: usize,
+}
+
+impl StagePlan {
+    /// Seconds that runs of `steps` steps take, evaluations included.
+    pub fn seconds_for(&self, steps: usize) -> f64 {
+        let evals = match self.every_epoch {
+            true => steps.div_ceil(self.steps_per_epoch),
+            false => 1,
+        };
+        let run = steps as f64 * self.step_s + evals as f64 * self.eval_s;
+        self.runs as f64 * run + self.final_eval_s
+    }
+
+    /// The plan with the most steps that fit in its seconds (0 when not even one does).
+    pub fn fit(self) -> StagePlan {
+        // seconds_for grows with the steps: the largest that fits, by bisection.
+        let (mut fits, mut over) = (0, ((self.seconds / self.step_s) as usize).saturating_add(1));
+        while over - fits > 1 {
+            let mid = fits + (over - fits) / 2;
+            match self.seconds_for(mid) <= self.seconds {
+                true => fits = mid,
+                false => over = mid,
+            }
+        }
+        let steps = if self.seconds_for(fits.max(1)) <= self.seconds {
+            fits.max(1)
+        } else {
+            0
+        };
+        StagePlan { steps, ..self }
+    }
+}
+
+/// Seconds per training step and per image of inference of `model` in `stage`, measured on
+/// a throwaway optimiser (at learning rate 0: the model does not change) and the stage's own
+/// batches, epoch after epoch as the trainer reads them. Every rank runs it (a step's
+/// collectives need them all), for the same number of steps.
+fn measure(ctx: &Context, mut model: Model, mut stage: Stage) -> Result<[f64; 2]> {
+    model.to_device(&ctx.device);
+    let cfg = &stage.cfg;
+    let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, &model.store);
+    let (mut done, mut timed) = (0, Instant::now());
+    for epoch in 0.. {
+        let mut loader = ctx.epoch_loader(
+            stage.key,
+            stage.images,
+            cfg.batch_size,
+            stage.views.clone(),
+            (epoch, 0),
+        );
+        for batch in &mut loader {
+            let loss = train_step(ctx, &mut model, &mut stage.objective, &mut opt, batch, 0.0);
+            // Waits for the device, so that each step is timed whole.
+            loss.to_f32_vec();
+            done += 1;
+            if done == WARMUP_STEPS {
+                timed = Instant::now();
+            }
+            if done == WARMUP_STEPS + TIMED_STEPS {
+                break;
+            }
+        }
+        loader.check()?;
+        if done == WARMUP_STEPS + TIMED_STEPS {
+            break;
+        }
+    }
+    let step_s = timed.elapsed().as_secs_f64() / TIMED_STEPS as f64;
+    let images = &ctx.train_indices[..ctx.train_indices.len().min(TIMED_IMAGES)];
+    let start = Instant::now();
+    forward_all(&mut model, &ctx.train, images, &ctx.norm, ctx.precision)?;
+    let image_s = start.elapsed().as_secs_f64() / images.len() as f64;
+    Ok([step_s, image_s])
+}
+
+/// Rank 0's `values` on every rank: the ranks act on one measurement.
+fn from_rank0(comm: &dyn Comm, values: &mut [f64]) {
+    if comm.rank() != 0 {
+        values.fill(0.0);
+    }
+    comm.all_reduce_sum(values);
+}
+
+/// The run's plan: with `--resume`, the one in `<out>/budget.json` when there is one; else
+/// measured now (rank 0 writes it there). `started` is when the pipeline began.
+pub fn plan(ctx: &Context, budget_s: f64, out: &Path, started: Instant) -> Result<Plan> {
+    let path = out.join("budget.json");
+    if ctx.cfg.resume && path.exists() {
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let plan: Plan = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Config(format!("{}: not a budget plan ({e})", path.display())))?;
+        if plan.budget_s != budget_s {
+            return Err(Error::Config(format!(
+                "--resume: {} was planned for a budget of {} s, not {budget_s} s: resume with \
+                 the flags of that run",
+                out.display(),
+                plan.budget_s
+            )));
+        }
+        return Ok(plan);
+    }
+    let cfg = &ctx.cfg;
+    let arch = ctx.arch(&cfg.arch, cfg.width, cfg.sk);
+    let classifier = || Model::new(&classifier_spec(ctx, arch.clone()), cfg.seed);
+    let stage = |name, recipe| stages::supervised_stage(ctx, name, recipe, Monitor::Validation);
+    let baseline = measure(ctx, classifier()?, stage("baseline", &cfg.baseline)?)?;
+    let pretrain_model = Model::new(&stages::pretrain_spec(ctx), cfg.seed)?;
+    let pretrain = measure(ctx, pretrain_model, stages::pretrain_stage(ctx)?)?;
+    let finetune = measure(ctx, classifier()?, stage("finetune", &cfg.finetune)?)?;
+    let mut teacher = classifier()?;
+    let student = Model::new(&stages::student_spec(ctx, Some(ctx.train.num_classes)), 0)?;
+    let distill = measure(ctx, student, stages::distill_stage(ctx, &mut teacher)?)?;
+    // Each stage's [step_s, image_s] in turn, then the seconds spent so far.
+    let mut measured = [baseline, pretrain, finetune, distill].concat();
+    measured.push(started.elapsed().as_secs_f64());
+    from_rank0(&*ctx.comm, &mut measured);
+    let at = |stage: usize| [measured[2 * stage], measured[2 * stage + 1]];
+    let measured_in_s = measured[8];
+    let left = budget_s - measured_in_s;
+
+    // An evaluation of n images: each rank infers its share.
+    let eval = |n: usize, image_s: f64| n.div_ceil(ctx.comm.size()) as f64 * image_s;
+    let (test, bank) = (ctx.test_indices.len(), ctx.knn_bank.len());
+    let per_epoch =
+        |recipe: &StageConfig, images: usize| images / recipe.batch_size.min(images).max(1);
+    let labelled = ctx.labelled()?.len();
+    // A supervised stage: each rate a run scored on the validation split, the chosen one on
+    // the test set; one rate, one run scored on the test set.
+    let supervised_plan = |share: f64, recipe: &StageConfig, [step_s, image_s]: [f64; 2]| {
+        let runs = learning_rates(ctx, recipe).len();
+        let searched = runs > 1;
+        StagePlan {
+            seconds: share * left,
+            step_s,
+            image_s,
+            steps_per_epoch: per_epoch(recipe, labelled),
+            runs,
+            eval_s: eval(
+                if searched {
+                    ctx.val_indices.len()
+                } else {
+                    test
+                },
+                image_s,
+            ),
+            every_epoch: false,
+            final_eval_s: if searched { eval(test, image_s) } else { 0.0 },
+            steps: 0,
+        }
+        .fit()
+    };
+    let unlabelled_plan = |share: f64, recipe: &StageConfig, [step_s, image_s]: [f64; 2], knn| {
+        StagePlan {
+            seconds: share * left,
+            step_s,
+            image_s,
+            steps_per_epoch: per_epoch(recipe, ctx.train_indices.len()),
+            runs: 1,
+            eval_s: eval(if knn { bank + test } else { test }, image_s),
+            every_epoch: knn,
+            final_eval_s: 0.0,
+            steps: 0,
+        }
+        .fit()
+    };
+    let plan = Plan {
+        budget_s,
+        measured_in_s,
+        baseline: supervised_plan(SHARES.baseline, &cfg.baseline, at(0)),
+        pretrain: unlabelled_plan(SHARES.pretrain, &cfg.pretrain, at(1), true),
+        finetune: supervised_plan(SHARES.finetune, &cfg.finetune, at(2)),
+        distill: unlabelled_plan(SHARES.distill, &cfg.distill, at(3), false),
+    };
+    for (name, p) in plan.stages() {
+        if p.steps == 0 {
+            return Err(Error::Config(format!(
+                "a budget of {budget_s} s is too short: {name} gets {:.1} s, less than one step \
+                 ({:.2} s) and its evaluations ({:.1} s) for each of its {} run(s)",
+                p.seconds, p.step_s, p.eval_s, p.runs
+            )));
+        }
+    }
+    if ctx.is_main() {
+        let json = serde_json::to_string_pretty(&plan).expect("plan serialises");
+        checkpoint::write_atomic(&path, json.as_bytes())?;
+    }
+    Ok(plan)
+}
+
+impl Plan {
+    pub fn stages(&self) -> [(&'static str, &StagePlan); 4] {
+        [
+            ("baseline", &self.baseline),
+            ("pretrain", &self.pretrain),
+            ("finetune", &self.finetune),
+            ("distill", &self.distill),
+        ]
+    }
+
+    /// Sets every stage's length in `cfg` to the plan's, and records the plan there.
+    pub fn apply(&self, cfg: &mut Config) {
+        for (stage, p) in [
+            (&mut cfg.baseline, &self.baseline),
+            (&mut cfg.pretrain, &self.pretrain),
+            (&mut cfg.finetune, &self.finetune),
+            (&mut cfg.distill, &self.distill),
+        ] {
+            stage.steps = Some(p.steps);
+            stage.epochs = p.steps.div_ceil(p.steps_per_epoch);
+        }
+        cfg.plan = Some(self.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        for (s, seconds) in [
+            ("90s", 90.0),
+            ("15m", 900.0),
+            ("1h", 3600.0),
+            ("1h30m", 5400.0),
+            ("2m30s", 150.0),
+            ("1h0m5s", 3605.0),
+        ] {
+            assert_eq!(parse(s).unwrap(), Some(seconds), "{s}");
+        }
+        assert_eq!(parse("off").unwrap(), None);
+        for bad in [
+            "",
+            "15",
+            "m",
+            "15x",
+            "1.5h",
+            "-5m",
+            "30m1h",
+            "1m1m",
+            "1h30",
+            " 15m",
+            "15 m",
+            "0s",
+            "0h0m",
+            "99999999999999999999h",
+            "5124095576030432h",
+        ] {
+            let e = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} parsed"));
+            assert!(
+                e.to_string().starts_with(&format!("--budget {bad}: ")),
+                "{e}"
+            );
+        }
+    }
+
+    fn stage(seconds: f64, runs: usize, every_epoch: bool) -> StagePlan {
+        StagePlan {
+            seconds,
+            step_s: 0.5,
+            image_s: 0.0,
+            steps_per_epoch: 10,
+            runs,
+            eval_s: 2.0,
+            every_epoch,
+            final_eval_s: 3.0,
+            steps: 0,
+        }
+    }
+
+    /// The steps are the most whose training and evaluations fit, worked out by hand.
+    #[test]
+    fn steps_fill_the_share_and_no_more() {
+        // 2 runs of s steps of 0.5 s and an evaluation of 2 s, then one of 3 s: s + 7 seconds.
+        assert_eq!(stage(50.0, 2, false).fit().steps, 43);
+        assert_eq!(stage(49.9, 2, false).fit().steps, 42);
+        // One run, an evaluation of 2 s per started epoch of 10 steps, then 3 s: 138 steps
+        // (14 epochs) take 69 + 28 + 3 = 100 s; 139 take 100.5 s.
+        assert_eq!(stage(100.0, 1, true).fit().steps, 138);
+        assert_eq!(stage(99.9, 1, true).fit().steps, 137);
+        // Just past an epoch's end, the next epoch's evaluation does not fit: 130 steps take
+        // 65 + 26 + 3 = 94 s, 131 would start a 14th epoch (96.5 s).
+        assert_eq!(stage(96.0, 1, true).fit().steps, 130);
+        // The whole range of shares: the steps fit, one more does not.
+        for tenths in 110..3000 {
+            for (runs, every) in [(1, true), (3, false), (1, false)] {
+                let p = stage(tenths as f64 / 10.0, runs, every).fit();
+                assert!(p.steps >= 1, "{p:?}");
+                assert!(p.seconds_for(p.steps) <= p.seconds, "{p:?}");
+                assert!(p.seconds_for(p.steps + 1) > p.seconds, "{p:?}");
+            }
+        }
+        // Too short for one step and its evaluations.
+        assert_eq!(stage(5.4, 1, true).fit().steps, 0);
+        assert_eq!(stage(5.5, 1, true).fit().steps, 1);
+    }
+
+    #[test]
+    fn the_shares_split_the_whole_budget() {
+        let s = SHARES;
+        assert!((s.baseline + s.pretrain + s.finetune + s.distill - 1.0).abs() < 1e-12);
+        assert!(s.pretrain > 0.5);
+    }
+}
