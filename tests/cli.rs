@@ -532,6 +532,8 @@ fn tiny_pipeline_runs_and_is_reproducible() {
         }
     }
     assert!(r["dataset"].is_string() && r["device"].is_string(), "{r}");
+    let isa = r["cpu_kernels"].as_str().unwrap_or_default();
+    assert!(["avx512", "avx2", "portable"].contains(&isa), "{r}");
     assert_eq!(r["labelled_examples"], 20, "{r}");
     let results = |r: &Value| -> Vec<f64> {
         let at = |stage: &str, key: &str| r[stage][key].as_f64().unwrap();

@@ -63,6 +63,8 @@ pub struct DistillReport {
 pub struct Report {
     pub dataset: String,
     pub device: String,
+    /// The instruction set of the CPU kernels (`device::cpu::isa`): avx512, avx2 or portable.
+    pub cpu_kernels: &'static str,
     pub label_fraction: f64,
     pub labelled_examples: usize,
     pub seed: u64,
@@ -151,6 +153,7 @@ pub fn pipeline(ctx: &mut Context, out: &Path) -> Result<Report> {
     let report = Report {
         dataset: cfg.data.display().to_string(),
         device: ctx.device.name(),
+        cpu_kernels: crate::device::cpu::isa::name(),
         label_fraction: ctx.label_fraction()?,
         labelled_examples: labelled,
         seed: cfg.seed,
