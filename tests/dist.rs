@@ -180,8 +180,8 @@ fn gathered_ntxent_matches_one_process() {
             ),
         ];
         for (device, full, local, tolerance) in cases {
-            let (loss, dz) = backend::of(&full).ntxent(&full, 0.1, &Solo);
-            let (my_loss, my_dz) = backend::of(&local).ntxent(&local, 0.1, &*comm);
+            let (loss, dz, _) = backend::of(&full).ntxent(&full, None, 0.1, &Solo);
+            let (my_loss, my_dz, _) = backend::of(&local).ntxent(&local, None, 0.1, &*comm);
             // The batch's loss is the mean of the ranks' (each the mean over its rows).
             let mut total = vec![my_loss.item()];
             comm.all_reduce_sum(&mut total);

@@ -73,6 +73,7 @@ pub fn pretrain(ctx: &Context, out: &Path) -> Result<Pretrained> {
         key: PRETRAIN,
         objective: Objective::Contrastive {
             temperature: cfg.temperature,
+            memory_size: cfg.memory_size,
         },
         monitor: Monitor::Knn,
     };
