@@ -362,6 +362,35 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// NT-Xent's memory buffer survives the round trip; one of another width than the
+    /// projection's is refused in one line.
+    #[test]
+    fn memory_buffer_round_trips_and_a_wrong_width_is_refused() {
+        let spec = small_spec();
+        let model = Model::new(&spec, 7).unwrap();
+        let dir = std::env::temp_dir().join(format!("simclr-ckpt-mem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = Meta::new("pretrain", 1, &spec, &Config::preset("tiny").unwrap());
+        let rows: Vec<f32> = (0..5 * 8).map(|i| i as f32 * 0.01).collect();
+        let memory = Tensor::from_vec(&[5, 8], rows.clone());
+        save(&dir, &model, None, Some(&memory), &meta).unwrap();
+        let back = load_training(&dir)
+            .unwrap()
+            .memory
+            .expect("a memory buffer");
+        assert_eq!(
+            (back.shape.as_slice(), back.to_f32_vec()),
+            (&[5, 8][..], rows)
+        );
+        save(&dir, &model, None, None, &meta).unwrap();
+        assert!(load_training(&dir).unwrap().memory.is_none());
+        let wrong = Tensor::from_vec(&[8, 5], vec![0.0f32; 40]);
+        save(&dir, &model, None, Some(&wrong), &meta).unwrap();
+        let e = load_training(&dir).err().expect("a wrong memory loaded");
+        assert!(e.to_string().contains("memory buffer"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A parameter gone non-finite is refused in one line, and the checkpoint there is kept.
     #[test]
     fn non_finite_parameters_are_not_saved() {
