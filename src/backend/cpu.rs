@@ -294,11 +294,11 @@ impl Backend for Cpu {
         if comm.size() == 1 {
             return with_dtype!(z.dtype(), T => {
                 let zs = z.as_slice::<T>();
-                let queued = memory.map_or(&[][..], |m| m.as_slice::<T>());
-                let (loss, dz) = loss_pair::<T>(z, ntxent::ntxent(zs, queued, d, temperature));
+                let past = memory.map_or(&[][..], |m| m.as_slice::<T>());
+                let (loss, dz) = loss_pair::<T>(z, ntxent::ntxent(zs, past, d, temperature));
                 let candidates = match memory {
                     None => z.clone(),
-                    Some(_) => Tensor::from_vec(&[zs.len() / d + queued.len() / d, d], [zs, queued].concat()),
+                    Some(_) => Tensor::from_vec(&[(zs.len() + past.len()) / d, d], [zs, past].concat()),
                 };
                 (loss, dz, candidates)
             });

@@ -139,7 +139,7 @@ pub fn train(
             Objective::Contrastive { memory_size, .. } => memory_size,
             _ => 0,
         },
-        rows: (pos.memory.take()).map(|m| m.to_device(&model.device())),
+        rows: pos.memory.take().map(|m| m.to_device(&model.device())),
     };
     let bar = match ctx.is_main() {
         true => progress(stage.name, total),
