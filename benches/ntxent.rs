@@ -47,7 +47,12 @@ fn main() {
             let z = &zs[i % zs.len()];
             match device {
                 Device::Cpu => {
-                    std::hint::black_box(cpu::ntxent(z.as_slice::<f32>(), D, TEMPERATURE as f64));
+                    std::hint::black_box(cpu::ntxent(
+                        z.as_slice::<f32>(),
+                        &[],
+                        D,
+                        TEMPERATURE as f64,
+                    ));
                 }
                 Device::Gpu(g) => gpu::ntxent(
                     g,

@@ -19,6 +19,11 @@
 // d times less traffic, and no column gradients stored. The −2 stays at j = pos(i): the pairing
 // is symmetric (pos(j) = first + i exactly when j = pos(i)).
 //
+// SimCLRv2's memory (MoCo-style queue): the last `queued` candidates are rows of past steps,
+// extra negatives in every anchor's lse and nothing else. They are never anchors, so they have
+// no lse and no G_ji: for j among them, ntxent_grad's weight is p_ij alone, and no gradient is
+// computed for them (they are constants). cols = the ranks' rows + queued; lse has the ranks'.
+//
 // Memory: the 2N×2N similarity matrix is never stored. Three launches:
 //   ntxent_lse   each block owns 64 anchors i and walks all candidates j in 64-wide tiles; a tile
 //                of s lives only in registers (4×4 per thread, built from 16-deep slabs of z
@@ -170,17 +175,18 @@ KERNEL void ntxent_loss_bf16(const bf16* __restrict__ z, int rows, int d, float 
 }
 
 // Pass 2: grad[i, c] for the block's 64 anchors i and 128 columns c (blockIdx.y picks which),
-// with lse [cols] every candidate's (every rank's, gathered). Grid: (ceil(rows/64), ceil(d/128))
-// blocks of 256 threads.
-KERNEL void ntxent_grad(const float* __restrict__ z, int rows, int cols, int first, int d,
-                        float inv_t, const float* __restrict__ lse, float* __restrict__ grad) {
+// with lse [cols − queued] every rank's candidate's, gathered. Grid: (ceil(rows/64),
+// ceil(d/128)) blocks of 256 threads.
+KERNEL void ntxent_grad(const float* __restrict__ z, int rows, int cols, int first, int queued,
+                        int d, float inv_t, const float* __restrict__ lse,
+                        float* __restrict__ grad) {
     __shared__ float zi[NT_DK][NT_TILE + 1];
     __shared__ float zj[NT_DK][NT_TILE + 1];
     __shared__ float w[NT_TILE][NT_TILE + 1];  // weights of the current 64×64 tile
     __shared__ float zv[NT_DK][NT_DC];         // 16 rows j of z, the block's 128 columns
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int i0 = blockIdx.x * NT_TILE, c0 = blockIdx.y * NT_DC;
-    const int half = rows / 2;
+    const int half = rows / 2, ranked = cols - queued;
 
     float lse_i[4];
 #pragma unroll
@@ -202,14 +208,15 @@ KERNEL void ntxent_grad(const float* __restrict__ z, int rows, int cols, int fir
 #pragma unroll
         for (int q = 0; q < 4; q++) {
             const int j = j0 + tx + 16 * q;
-            const float lse_j = j < cols ? lse[j] : 0.0f;
+            const float lse_j = j < ranked ? lse[j] : 0.0f;
 #pragma unroll
             for (int r = 0; r < 4; r++) {
                 const int i = i0 + ty + 16 * r;
                 float v = 0.0f;
                 if (i < rows && j < cols && j != first + i) {
                     const float x = s[r][q] * inv_t;
-                    v = expf(x - lse_i[r]) + expf(x - lse_j);
+                    v = expf(x - lse_i[r]);
+                    if (j < ranked) v += expf(x - lse_j);  // a queued row is no anchor
                     if (j == first + (i + half) % rows) v -= 2.0f;
                 }
                 w[ty + 16 * r][tx + 16 * q] = v;

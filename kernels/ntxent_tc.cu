@@ -15,7 +15,8 @@
 //                     128-column slice of the gradient (grid y: more slices when dp > 128).
 // Data parallelism as there: the kernels take (rows, cols, first), z is every rank's rows (the
 // candidates, padded together), the anchors are its rows first..first+rows, and
-// ntxent_grad_bf16's lse is every candidate's, gathered.
+// ntxent_grad_bf16's lse is every rank's candidate's, gathered. The last `queued` candidates are
+// the memory's past rows, negatives only, as there.
 // Shared memory: z_i and two z_j tiles of 64 × (dp + 8) bf16. The 8-element pad makes the row
 // stride an odd number of 16-byte units, so the 8 rows an ldmatrix phase reads fall in 8
 // different bank groups (no swizzle needed at this width). dp ≤ 256 (the host checks).
@@ -143,15 +144,16 @@ ntxent_lse_bf16(const bf16* __restrict__ z, int rows, int cols, int first, int d
 }
 
 // grad[i, c] (f32 math, stored bf16) for the block's 64 anchors and the 128 columns c0 = 128 ·
-// blockIdx.y onwards (c < d), with lse [cols] every candidate's. Grid (ceil(rows / 64),
-// ceil(dp / 128)), 128 threads, shared memory as ntxent_lse_bf16.
+// blockIdx.y onwards (c < d), with lse [cols − queued] every rank's candidate's. Grid
+// (ceil(rows / 64), ceil(dp / 128)), 128 threads, shared memory as ntxent_lse_bf16.
 KERNEL void __launch_bounds__(THREADS)
-ntxent_grad_bf16(const bf16* __restrict__ z, int rows, int cols, int first, int d, int dp,
-                 float inv_t, const float* __restrict__ lse, bf16* __restrict__ grad) {
+ntxent_grad_bf16(const bf16* __restrict__ z, int rows, int cols, int first, int queued, int d,
+                 int dp, float inv_t, const float* __restrict__ lse, bf16* __restrict__ grad) {
     DYNAMIC_SHARED(bf16, smem);
     const int ld = dp + 8, i0 = blockIdx.x * TILE, c0 = blockIdx.y * COLS;
     const int lane = threadIdx.x % 32, li = lane / 8, lj = lane % 8;
     const int half = rows / 2, ncols = min(COLS, dp - c0);  // a multiple of 16
+    const int ranked = cols - queued;
     bf16* zi = smem;
     // The two z_j buffers follow z_i: buffer b at smem + (1 + b) · 64 · ld.
     auto zj = [&](int b) { return smem + (1 + b) * TILE * ld; };
@@ -192,7 +194,8 @@ ntxent_grad_bf16(const bf16* __restrict__ z, int rows, int cols, int first, int 
                     float x = 0.0f;
                     if (i < rows && j < cols && j != first + i) {
                         const float t = s[nt][2 * h + v] * inv_t;
-                        x = expf(t - lse_i[h]) + expf(t - lse[j]);
+                        x = expf(t - lse_i[h]);
+                        if (j < ranked) x += expf(t - lse[j]);  // a queued row is no anchor
                         if (j == first + (i + half) % rows) x -= 2.0f;
                     }
                     wv[2 * h + v] = x;

@@ -184,6 +184,10 @@ struct Opts {
     /// NT-Xent temperature
     #[arg(long)]
     temperature: Option<f64>,
+    /// Pretraining: keep the last K projections (every view, K a multiple of 2 × the batch) as
+    /// extra NT-Xent negatives, SimCLRv2's memory buffer (0: off)
+    #[arg(long)]
+    memory_size: Option<usize>,
     /// Encoder: resnet8 (a small CPU model), resnet18, resnet34, resnet50, resnet101, resnet152
     #[arg(long)]
     arch: Option<String>,
@@ -379,6 +383,7 @@ impl Opts {
         set(&mut c.data, &self.data);
         set(&mut c.labels, &self.labels);
         set(&mut c.temperature, &self.temperature);
+        set(&mut c.memory_size, &self.memory_size);
         set(&mut c.arch, &self.arch);
         set(&mut c.width, &self.width);
         c.sk |= self.sk;

@@ -249,6 +249,20 @@ impl Tensor {
         }
     }
 
+    /// The first `n` rows of a [rows, d] tensor on its device: itself when it has no more.
+    pub fn first_rows(&self, n: usize) -> Tensor {
+        let (rows, d) = (self.shape[0], self.shape[1]);
+        if rows <= n {
+            return self.clone();
+        }
+        match self.gpu() {
+            Some(gpu) => Tensor::from_gpu(&[n, d], gpu.concat(&[(self.buffer(), n * d)])),
+            None => with_dtype!(self.dtype(), T => {
+                Tensor::from_vec(&[n, d], self.as_slice::<T>()[..n * d].to_vec())
+            }),
+        }
+    }
+
     /// Zeros of the same shape, dtype and device.
     pub fn zeros_like(&self) -> Tensor {
         match self.gpu() {

@@ -261,6 +261,11 @@ fn bad_config_values() {
         ("--device", "emu:fast", "schedule"),
         ("--precision", "fp8", "--precision fp8"),
         ("--augment-on", "gpu", "--augment-on gpu"),
+        (
+            "--memory-size",
+            "100",
+            "--memory-size 100 is not a multiple of the 128 views",
+        ),
     ] {
         t.fails(
             &tiny(&["pretrain", "--data", &data], &[flag, value]),
@@ -776,18 +781,32 @@ fn kill_once(args: &[&str], reached: impl Fn() -> bool) {
 /// weights to an uninterrupted run with the same seed.
 #[test]
 fn killed_run_resumes_bit_identically() {
-    let t = Tmp::new("resume");
+    resumes_bit_identically("resume", &[]);
+}
+
+/// The same with NT-Xent's memory buffer, which the checkpoints carry: two batches' views.
+#[test]
+fn killed_run_with_a_memory_buffer_resumes_bit_identically() {
+    resumes_bit_identically("resume-memory", &["--memory-size", "64"]);
+}
+
+fn resumes_bit_identically(name: &str, extra: &[&str]) {
+    let t = Tmp::new(name);
     let data = t.data("data");
     let flags = [
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--checkpoint-every",
-        "1",
-        "--device",
-        "cpu",
-    ];
+        &[
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--checkpoint-every",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        extra,
+    ]
+    .concat();
     let (whole, killed) = (t.path("whole"), t.path("killed"));
     let run = simclr(&tiny(
         &["pretrain", "--data", &data, "--out", &whole],
@@ -817,9 +836,9 @@ fn killed_run_resumes_bit_identically() {
         String::from_utf8_lossy(&resumed.stderr)
     );
     assert!(stdout.contains("resuming from epoch 1"), "{stdout}");
-    let (a, _) = simclr::train::checkpoint::load(std::path::Path::new(&whole)).unwrap();
-    let (b, _) = simclr::train::checkpoint::load(std::path::Path::new(&killed)).unwrap();
-    for (p, q) in a.store.params.iter().zip(&b.store.params) {
+    let load = |dir: &str| simclr::train::checkpoint::load_training(Path::new(dir)).unwrap();
+    let (a, b) = (load(&whole), load(&killed));
+    for (p, q) in a.model.store.params.iter().zip(&b.model.store.params) {
         assert_eq!(
             p.value.to_f32_vec(),
             q.value.to_f32_vec(),
@@ -827,6 +846,9 @@ fn killed_run_resumes_bit_identically() {
             p.name
         );
     }
+    let memory = |r: &simclr::train::checkpoint::Resume| r.memory.as_ref().map(|m| m.to_f32_vec());
+    assert_eq!(memory(&a), memory(&b), "the memory buffers differ");
+    assert_eq!(memory(&a).is_some(), !extra.is_empty());
     // Other settings than the run's are refused, as is --resume without --out.
     let other = [args.as_slice(), &["--resume", "--lr", "0.5"]].concat();
     fails_with(&other, "--resume");

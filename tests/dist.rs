@@ -1,8 +1,9 @@
 //! Data parallelism (`dist`) against one process on the whole batch, on 2 and 3 MPI ranks of
 //! the cpu device: global batch norm forward and backward (also on the emulated GPU, its
 //! partials gathered through the host), NT-Xent over every rank's views (also in the emulated
-//! GPU's fused kernels),
-//! three pretraining steps of a ResNet with its projection head, and the commands themselves:
+//! GPU's fused kernels), without and with a memory buffer of past rows,
+//! three pretraining steps of a ResNet with its projection head (also with a memory buffer,
+//! which every rank must hold alike), and the commands themselves:
 //! `simclr pretrain`, `finetune`, `distill`, `eval` and `pipeline`.
 //! The op tests start `mpirun` on this test binary, filtered to the test; every rank computes
 //! the one-process result on the whole batch too and compares its shard with it. Needs
@@ -153,6 +154,13 @@ fn gathered_ntxent_matches_one_process() {
         }
         let mine = shard_views(&z, d, images, &*comm);
         let (all_rows, my_rows) = (2 * images, 2 * per_rank);
+        // A memory of 11 past rows, the same on every rank.
+        let k = 11;
+        let mut past = common::random(k * d, 6);
+        for row in past.chunks_mut(d) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
         // The cpu (rows gathered, column gradients reduce-scattered) and the emulated GPU's
         // fused kernels (rows and log-sum-exps gathered, through the host) in f32 and bf16, each
         // against itself in one process; bf16 gradients differ by their rounding.
@@ -164,24 +172,41 @@ fn gathered_ntxent_matches_one_process() {
                 "cpu",
                 Tensor::from_vec(&[all_rows, d], z.clone()),
                 Tensor::from_vec(&[my_rows, d], mine.clone()),
+                Tensor::from_vec(&[k, d], past.clone()),
                 1e-4,
             ),
             (
                 "emu",
                 on_emu(&z, all_rows, Elem::F32),
                 on_emu(&mine, my_rows, Elem::F32),
+                on_emu(&past, k, Elem::F32),
                 1e-4,
             ),
             (
                 "emu bf16",
                 on_emu(&z, all_rows, Elem::Bf16),
                 on_emu(&mine, my_rows, Elem::Bf16),
+                on_emu(&past, k, Elem::Bf16),
                 1e-2,
             ),
         ];
-        for (device, full, local, tolerance) in cases {
-            let (loss, dz) = backend::of(&full).ntxent(&full, 0.1, &Solo);
-            let (my_loss, my_dz) = backend::of(&local).ntxent(&local, 0.1, &*comm);
+        for ((device, full, local, past, tolerance), with_memory) in
+            (cases.iter()).flat_map(|c| [(c, false), (c, true)])
+        {
+            let memory = with_memory.then_some(past);
+            let device = format!("{device}{}", memory.map_or("", |_| " with a memory"));
+            let (loss, dz, _) = backend::of(full).ntxent(full, memory, 0.1, &Solo);
+            let (my_loss, my_dz, candidates) =
+                backend::of(local).ntxent(local, memory, 0.1, &*comm);
+            // Every rank's candidates, the next memory's source, are the same: every rank's
+            // rows, then the memory's.
+            let candidates = candidates.to_f32_vec();
+            let everyone = comm.all_gather(&candidates);
+            for theirs in everyone.chunks(candidates.len()) {
+                assert_eq!(theirs, candidates, "{device}: the ranks' candidates differ");
+            }
+            let past = memory.map_or(vec![], |m| m.to_f32_vec());
+            assert_eq!(candidates[all_rows * d..], past[..], "{device}");
             // The batch's loss is the mean of the ranks' (each the mean over its rows).
             let mut total = vec![my_loss.item()];
             comm.all_reduce_sum(&mut total);
@@ -196,7 +221,7 @@ fn gathered_ntxent_matches_one_process() {
                 .map(|g| g * w as f32)
                 .collect();
             let what = format!("dz on {device}");
-            assert_close(&what, &my_dz.to_f32_vec(), &want, tolerance);
+            assert_close(&what, &my_dz.to_f32_vec(), &want, *tolerance);
         }
     });
 }
@@ -221,10 +246,15 @@ fn three_pretraining_steps_match_one_process() {
                 proj_dim: 8,
                 num_classes: None,
             };
-            // Three steps of SimCLR pretraining on `x` (two views of some images) over `comm`.
-            let train = |batches: &[Vec<f32>], comm: Arc<dyn Comm>| {
+            // Three steps of SimCLR pretraining on `x` (two views of some images) over `comm`,
+            // with a memory buffer of `memory_size` rows (0: none).
+            let train = |batches: &[Vec<f32>], comm: Arc<dyn Comm>, memory_size: usize| {
                 let mut model = Model::new(&spec, 3).unwrap();
                 let mut opt = Optimizer::new(OptimizerKind::Lars, 1e-4, &model.store);
+                let mut memory = ops::ntxent::Memory {
+                    size: memory_size,
+                    rows: None,
+                };
                 for x in batches {
                     let n = x.len() / (size * size);
                     let mut g = Graph::new(true);
@@ -232,7 +262,10 @@ fn three_pretraining_steps_match_one_process() {
                     let input = g.input(Tensor::from_vec(&[n, size, size, 1], x.clone()));
                     let (_, projection) = model.forward(&mut g, input, true);
                     let z = ops::normalize::l2_normalize(&mut g, projection);
-                    let loss = ops::ntxent::ntxent(&mut g, z, 0.1);
+                    let loss = match memory_size {
+                        0 => ops::ntxent::ntxent(&mut g, z, 0.1),
+                        _ => ops::ntxent::ntxent_with_memory(&mut g, z, &mut memory, 0.1),
+                    };
                     // 4 KB buckets: a dozen collectives, each started as the backward
                     // finishes its gradients (the trainer's are 25 MB).
                     let grads = dist::backward(&mut g, loss, &*comm, 4096);
@@ -249,18 +282,23 @@ fn three_pretraining_steps_match_one_process() {
             let batches: Vec<Vec<f32>> = (0..3)
                 .map(|s| common::random(2 * images * pixels, 10 + s))
                 .collect();
-            let want = train(&batches, dist::solo());
             let mine: Vec<Vec<f32>> = batches
                 .iter()
                 .map(|x| shard_views(x, pixels, images, &*comm))
                 .collect();
-            let got = train(&mine, comm.clone());
-            // The conv weights agree to 1e-7 (LARS keeps their steps small); BN's γ and β take
-            // plain steps of 0.5 times gradients that are sums with cancellation, where f32
-            // summed in another order differs by a few 1e-4 after three steps (measured: at
-            // most 3.6e-4). A shard-local BN or NT-Xent is off by far more.
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_close(&format!("parameter {i}"), g, w, 2e-3);
+            // Without a memory, and with one of two batches' views: the ranks hold its rows in
+            // another order than one process (rank-major), the same rows all the same.
+            for memory_size in [0, 4 * images] {
+                let want = train(&batches, dist::solo(), memory_size);
+                let got = train(&mine, comm.clone(), memory_size);
+                // The conv weights agree to 1e-7 (LARS keeps their steps small); BN's γ and β
+                // take plain steps of 0.5 times gradients that are sums with cancellation, where
+                // f32 summed in another order differs by a few 1e-4 after three steps
+                // (measured: at most 3.6e-4). A shard-local BN or NT-Xent is off by far more.
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let what = format!("parameter {i}, memory of {memory_size}");
+                    assert_close(&what, g, w, 2e-3);
+                }
             }
         },
     );

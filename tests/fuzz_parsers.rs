@@ -227,6 +227,7 @@ fn checkpoint_files() {
         &dir,
         &model,
         None,
+        None,
         &Meta::new("finetune", 1, &spec, &config),
     )
     .unwrap();

@@ -228,9 +228,22 @@ fn losses() {
     let mut rng = Rng::new(5);
     for (rows, d, t) in [(6, 5, 0.1), (10, 3, 0.5), (2, 4, 0.2)] {
         let z = random(&[rows, d], &mut rng);
-        check("ntxent∘l2_normalize", vec![z], |g, v| {
+        check("ntxent∘l2_normalize", vec![z.clone()], |g, v| {
             let z = ops::normalize::l2_normalize(g, v[0]);
             ops::ntxent::ntxent(g, z, t)
+        });
+        // With a memory of past rows (unit rows, as the memory holds): extra negatives, constants.
+        let mut pg = Graph::new(false);
+        let past = pg.input(random(&[rows + 3, d], &mut rng));
+        let past = ops::normalize::l2_normalize(&mut pg, past);
+        let past = pg.value(past).clone();
+        check("ntxent with memory∘l2_normalize", vec![z], |g, v| {
+            let z = ops::normalize::l2_normalize(g, v[0]);
+            let mut memory = ops::ntxent::Memory {
+                size: 2 * rows,
+                rows: Some(past.clone()),
+            };
+            ops::ntxent::ntxent_with_memory(g, z, &mut memory, t)
         });
     }
     let logits = random(&[6, 4], &mut rng);

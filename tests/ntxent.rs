@@ -3,7 +3,8 @@
 //! the f32 kernels, and the tensor-core kernels on bf16 rows (the reference computed from the
 //! same bf16-rounded rows; loss to 1e-5, gradient, stored in bf16, to relative L2 1e-2). Also
 //! one rank's part of NT-Xent over W ranks (`ntxent::Shard`), the ranks simulated in one
-//! process, against `cpu::ntxent::ntxent_rows`.
+//! process, against `cpu::ntxent::ntxent_rows`, without and with rows of SimCLRv2's memory
+//! buffer among the candidates.
 
 mod common;
 
@@ -42,7 +43,7 @@ fn check(elem: Elem) {
             let temperature = [0.1f32, 0.5, 1.0][case % 3];
             let z = common::as_stored(elem, normalised(rows, d, 300 + case as u64));
             let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
-            let (want_loss, want_grad) = cpu::ntxent(&z64, d, temperature as f64);
+            let (want_loss, want_grad) = cpu::ntxent(&z64, &[], d, temperature as f64);
             let want_grad: Vec<f32> = want_grad.iter().map(|&v| v as f32).collect();
 
             let z_dev = gpu.upload_as(&z, elem);
@@ -92,16 +93,25 @@ fn ntxent_is_deterministic() {
 
 #[test]
 fn gathered_ntxent_in_f32_and_bf16_matches_cpu() {
-    check_ranks(Elem::F32);
-    check_ranks(Elem::Bf16);
+    check_ranks(Elem::F32, &[2, 3], 0);
+    check_ranks(Elem::Bf16, &[2, 3], 0);
+}
+
+/// The memory's rows (an odd number, a 64-row tile of candidates straddling the ranks' rows and
+/// the memory's) in one process and on ranks.
+#[test]
+fn ntxent_with_memory_in_f32_and_bf16_matches_cpu() {
+    check_ranks(Elem::F32, &[1, 2], 45);
+    check_ranks(Elem::Bf16, &[1, 2], 45);
 }
 
 /// W ranks of 2n rows each, simulated in one process as the backend runs them on W: every
-/// rank's rows gathered into `all`, each rank's log-sum-exps computed by the kernel, gathered,
-/// then each rank's loss and gradient. The expected gradient of a rank's rows is what the cpu
-/// backend computes with its reduce-scatter: their gradient as its anchors plus, summed over
-/// every rank, as candidates of that rank's anchors.
-fn check_ranks(elem: Elem) {
+/// rank's rows gathered into `all`, followed by `queued` rows of a memory, each rank's
+/// log-sum-exps computed by the kernel, gathered (the ranks' alone: the memory's rows are no
+/// anchors), then each rank's loss and gradient. The expected gradient of a rank's rows is what
+/// the cpu backend computes with its reduce-scatter: their gradient as its anchors plus, summed
+/// over every rank, as candidates of that rank's anchors.
+fn check_ranks(elem: Elem, ranks: &[usize], queued: usize) {
     // Two schedules of the emulator (the cases are W times larger than one process's), and the
     // real GPU when present.
     let two = [Schedule::Rr, Schedule::WarpReverse].map(|s| format!("emu:{}", s.name()));
@@ -109,20 +119,23 @@ fn check_ranks(elem: Elem) {
     for (name, gpu) in gpus.filter(|(name, g)| !g.is_emulated() || two.contains(name)) {
         // Small shards, and 2n = 70 (first = 70, 140: a 64-row tile of candidates straddles two
         // ranks); widths odd (padded in bf16) and a multiple of 16 (not padded).
-        for (case, (w, n, d)) in [2, 3]
-            .into_iter()
-            .flat_map(|w| [(3, 33), (35, 17), (33, 16)].map(|(n, d)| (w, n, d)))
+        for (case, (w, n, d)) in (ranks.iter())
+            .flat_map(|&w| [(3, 33), (35, 17), (33, 16)].map(|(n, d)| (w, n, d)))
             .enumerate()
         {
             let rows = 2 * n;
             let temperature = [0.1f32, 0.5][case % 2];
-            let all = common::as_stored(elem, normalised(w * rows, d, 500 + case as u64));
-            let what = format!("rank of {w}, {elem:?} on {name}, 2n={rows} d={d} τ={temperature}");
+            let seed = 500 + case as u64 + 100 * queued as u64;
+            let all = common::as_stored(elem, normalised(w * rows + queued, d, seed));
+            let what = format!(
+                "rank of {w}, {elem:?} on {name}, 2n={rows} d={d} K={queued} τ={temperature}"
+            );
 
             let all64: Vec<f64> = all.iter().map(|&v| v as f64).collect();
             let shard = |r: usize| &all64[r * rows * d..(r + 1) * rows * d];
+            let t = temperature as f64;
             let parts: Vec<_> = (0..w)
-                .map(|r| cpu::ntxent_rows(shard(r), &all64, r * rows, d, temperature as f64))
+                .map(|r| cpu::ntxent_rows(shard(r), &all64, r * rows, queued, d, t))
                 .collect();
             let mut dcol = vec![0.0; w * rows * d];
             for (_, _, part) in &parts {
@@ -130,12 +143,14 @@ fn check_ranks(elem: Elem) {
             }
 
             let all_dev = gpu.upload_as(&all, elem);
-            let z_dev: Vec<_> = all
-                .chunks(rows * d)
-                .map(|z| gpu.upload_as(z, elem))
+            let z_dev: Vec<_> = (0..w)
+                .map(|r| gpu.upload_as(&all[r * rows * d..(r + 1) * rows * d], elem))
                 .collect();
             let shards: Vec<_> = (0..w)
-                .map(|r| ntxent::Shard::new(&gpu, &z_dev[r], &all_dev, r * rows, d, temperature))
+                .map(|r| {
+                    let first = r * rows;
+                    ntxent::Shard::new(&gpu, &z_dev[r], &all_dev, first, queued, d, temperature)
+                })
                 .collect();
             let lse: Vec<_> = shards
                 .iter()

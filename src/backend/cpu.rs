@@ -283,20 +283,41 @@ impl Backend for Cpu {
         }))
     }
 
-    fn ntxent(&self, z: &Tensor, temperature: f64, comm: &dyn Comm) -> (Tensor, Tensor) {
+    fn ntxent(
+        &self,
+        z: &Tensor,
+        memory: Option<&Tensor>,
+        temperature: f64,
+        comm: &dyn Comm,
+    ) -> (Tensor, Tensor, Tensor) {
         let d = z.shape[1];
         if comm.size() == 1 {
-            return with_dtype!(z.dtype(), T => loss_pair::<T>(z, ntxent::ntxent(z.as_slice(), d, temperature)));
+            return with_dtype!(z.dtype(), T => {
+                let zs = z.as_slice::<T>();
+                let past = memory.map_or(&[][..], |m| m.as_slice::<T>());
+                let (loss, dz) = loss_pair::<T>(z, ntxent::ntxent(zs, past, d, temperature));
+                let candidates = match memory {
+                    None => z.clone(),
+                    Some(_) => Tensor::from_vec(&[(zs.len() + past.len()) / d, d], [zs, past].concat()),
+                };
+                (loss, dz, candidates)
+            });
         }
-        // This rank's rows against the gathered rows of all; each candidate's gradient summed
-        // over the ranks that scored it, back to the rank that holds it.
+        // This rank's rows against the gathered rows of all and the memory's; each rank's
+        // candidate's gradient summed over the ranks that scored it, back to the rank that
+        // holds it.
         let z32 = z.as_slice::<f32>();
-        let all = comm.all_gather(z32);
+        let mut all = comm.all_gather(z32);
+        let queued = memory.map_or(0, |m| m.shape[0]);
+        if let Some(m) = memory {
+            all.extend_from_slice(m.as_slice::<f32>());
+        }
         let first = comm.rank() * z.shape[0];
-        let (loss, mut dz, dcol) = ntxent::ntxent_rows(z32, &all, first, d, temperature);
+        let (loss, mut dz, dcol) = ntxent::ntxent_rows(z32, &all, first, queued, d, temperature);
         let dcol = comm.reduce_scatter_sum(&dcol);
         dz.iter_mut().zip(&dcol).for_each(|(a, b)| *a += b);
-        loss_pair::<f32>(z, (loss, dz))
+        let (loss, dz) = loss_pair::<f32>(z, (loss, dz));
+        (loss, dz, Tensor::from_vec(&[all.len() / d, d], all))
     }
 
     fn softmax(&self, logits: &Tensor, temperature: f64) -> Tensor {

@@ -380,25 +380,48 @@ impl Backend for Gpu {
         })
     }
 
-    fn ntxent(&self, z: &Tensor, temperature: f64, comm: &dyn Comm) -> (Tensor, Tensor) {
+    fn ntxent(
+        &self,
+        z: &Tensor,
+        memory: Option<&Tensor>,
+        temperature: f64,
+        comm: &dyn Comm,
+    ) -> (Tensor, Tensor, Tensor) {
         let (rows, d, t) = (z.shape[0], z.shape[1], temperature as f32);
-        if comm.size() == 1 {
-            return self.loss_pair(z, |loss, grad| {
+        let one = comm.size() == 1;
+        if one && memory.is_none() {
+            let (loss, dz) = self.loss_pair(z, |loss, grad| {
                 ntxent::ntxent(self, rows, d, z.buffer(), t, loss, grad)
             });
+            return (loss, dz, z.clone());
         }
-        // This rank's rows against every rank's. Between the two passes the ranks gather their
-        // anchors' log-sum-exps, all that the other ranks' share of this rank's gradient needs
-        // (kernels/ntxent.cu): no column gradients to reduce-scatter, as on the cpu.
-        let all = comm.all_gather_device(self, z.buffer());
-        let shard = ntxent::Shard::new(self, z.buffer(), &all, comm.rank() * rows, d, t);
+        // This rank's rows against every rank's, then the memory's. Between the two passes the
+        // ranks gather their anchors' log-sum-exps, all that the other ranks' share of this
+        // rank's gradient needs (kernels/ntxent.cu): no column gradients to reduce-scatter, as
+        // on the cpu.
+        let ranks = match one {
+            true => Cow::Borrowed(z.buffer()),
+            false => Cow::Owned(comm.all_gather_device(self, z.buffer())),
+        };
+        let queued = memory.map_or(0, |m| m.shape[0]);
+        let all = match memory {
+            None => ranks,
+            Some(m) => Cow::Owned(self.concat(&[(&ranks, ranks.len()), (m.buffer(), m.numel())])),
+        };
+        let shard = ntxent::Shard::new(self, z.buffer(), &all, comm.rank() * rows, queued, d, t);
         let mut lse = self.alloc_f32(rows);
         shard.lse(&mut lse);
-        let lse_all = comm.all_gather_device(self, &lse);
-        self.loss_pair(z, |loss, grad| {
+        let lse_all = match one {
+            true => None,
+            false => Some(comm.all_gather_device(self, &lse)),
+        };
+        let (loss, dz) = self.loss_pair(z, |loss, grad| {
             shard.loss(&lse, loss);
-            shard.grad(&lse_all, grad);
-        })
+            shard.grad(lse_all.as_ref().unwrap_or(&lse), grad);
+        });
+        drop(shard);
+        let candidates = Tensor::from_gpu(&[all.len() / d, d], all.into_owned());
+        (loss, dz, candidates)
     }
 
     fn softmax(&self, logits: &Tensor, temperature: f64) -> Tensor {

@@ -154,9 +154,17 @@ pub trait Backend {
     fn l2_normalize_forward(&self, x: &Tensor) -> (Tensor, Tensor);
     fn l2_normalize_backward(&self, z: &Tensor, inv_norm: &Tensor, dz: &Tensor) -> Tensor;
 
-    // ntxent: each loss returns (loss [1], dloss/dinput). The rows are this rank's; the
-    // negatives are every rank's of `comm` (the gradient is that of the sum of the ranks' losses).
-    fn ntxent(&self, z: &Tensor, temperature: f64, comm: &dyn Comm) -> (Tensor, Tensor);
+    // ntxent: (loss [1], dloss/dz, the candidates). The rows z are this rank's; the negatives
+    // are every rank's of `comm` (the gradient is that of the sum of the ranks' losses), then the
+    // `memory`'s rows when given (past rows of z's type: negatives only, no gradient). The
+    // candidates are every rank's rows followed by the memory's: the next memory's source.
+    fn ntxent(
+        &self,
+        z: &Tensor,
+        memory: Option<&Tensor>,
+        temperature: f64,
+        comm: &dyn Comm,
+    ) -> (Tensor, Tensor, Tensor);
 
     // loss
     fn softmax(&self, logits: &Tensor, temperature: f64) -> Tensor;

@@ -13,6 +13,7 @@
 use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::nn::model::Model;
+use crate::ops::ntxent::Memory;
 use crate::optim::Optimizer;
 use crate::train::config::{Config, StageConfig};
 use crate::train::eval::forward_all;
@@ -152,6 +153,10 @@ fn measure(ctx: &Context, mut model: Model, mut stage: Stage) -> Result<[f64; 2]
     model.to_device(&ctx.device);
     let cfg = &stage.cfg;
     let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, &model.store);
+    let mut memory = Memory {
+        size: stage.objective.memory_size(),
+        rows: None,
+    };
     let (mut done, mut timed) = (0, Instant::now());
     for epoch in 0.. {
         let mut loader = ctx.epoch_loader(
@@ -162,7 +167,8 @@ fn measure(ctx: &Context, mut model: Model, mut stage: Stage) -> Result<[f64; 2]
             (epoch, 0),
         );
         for batch in &mut loader {
-            let loss = train_step(ctx, &mut model, &mut stage.objective, &mut opt, batch, 0.0);
+            let objective = (&mut stage.objective, &mut memory);
+            let loss = train_step(ctx, &mut model, objective, &mut opt, batch, 0.0);
             // Waits for the device, so that each step is timed whole.
             loss.to_f32_vec();
             done += 1;

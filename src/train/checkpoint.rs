@@ -6,7 +6,8 @@
 //! Checkpoints written during training also hold the optimiser's state (each velocity as
 //! `optimizer.velocity.<parameter>`) and the exact position (epoch, batch, the epoch's loss
 //! so far), in the same file, so that a killed run resumes where it stopped: the data order and
-//! augmentations are functions of (seed, epoch, image), so nothing else needs saving.
+//! augmentations are functions of (seed, epoch, image), so nothing else needs saving but, when
+//! pretraining with `--memory-size`, the memory buffer's rows (`ntxent.memory`).
 
 use crate::data::augment::Normalize;
 use crate::error::{Error, Result};
@@ -86,6 +87,7 @@ impl Meta {
 }
 
 const VELOCITY: &str = "optimizer.velocity.";
+const MEMORY: &str = "ntxent.memory";
 
 /// What a resumed stage starts from.
 pub struct Resume {
@@ -93,6 +95,8 @@ pub struct Resume {
     pub meta: Meta,
     /// Optimiser velocities by parameter index.
     pub velocity: Vec<(usize, Tensor)>,
+    /// NT-Xent's memory buffer, [rows, projection width] (`ops::ntxent::Memory`), if it had one.
+    pub memory: Option<Tensor>,
 }
 
 /// Writes `bytes` to `path` through a temporary file beside it (`<name>.tmp`, one per file),
@@ -112,10 +116,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Saves the model, and the optimiser's state when training. A parameter that is no longer
-/// finite (a step whose loss was finite but whose update was not) is refused in one line, and
-/// the last good checkpoint is kept.
-pub fn save(dir: &Path, model: &Model, opt: Option<&Optimizer>, meta: &Meta) -> Result<()> {
+/// Saves the model, and the optimiser's state and NT-Xent's memory buffer when training. A
+/// parameter that is no longer finite (a step whose loss was finite but whose update was not) is
+/// refused in one line, and the last good checkpoint is kept.
+pub fn save(
+    dir: &Path,
+    model: &Model,
+    opt: Option<&Optimizer>,
+    memory: Option<&Tensor>,
+    meta: &Meta,
+) -> Result<()> {
     let meta_json = serde_json::to_string_pretty(meta).expect("config serialises");
     let entry = |name: String, t: &Tensor| {
         let values = t.to_f32_vec();
@@ -139,6 +149,9 @@ pub fn save(dir: &Path, model: &Model, opt: Option<&Optimizer>, meta: &Meta) -> 
             let name = &model.store.params[id].name;
             bytes.push(entry(format!("{VELOCITY}{name}"), v)?);
         }
+    }
+    if let Some(m) = memory {
+        bytes.push(entry(MEMORY.into(), m)?);
     }
     let views = bytes.iter().map(|(name, data, shape)| {
         let view = TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes match");
@@ -236,10 +249,25 @@ pub fn load_training(path: &Path) -> Result<Resume> {
             velocity.push((id, Tensor::from_vec(&p.value.shape, f32s(t.data()))));
         }
     }
+    let memory = match tensors.tensor(MEMORY) {
+        Ok(t) => {
+            let d = meta.spec.proj_dim;
+            if t.dtype() != Dtype::F32 || t.shape().len() != 2 || t.shape()[1] != d {
+                return Err(not_ours(format!(
+                    "its memory buffer is {:?} {:?}, expected F32 rows of width {d}",
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+            Some(Tensor::from_vec(t.shape(), f32s(t.data())))
+        }
+        Err(_) => None,
+    };
     Ok(Resume {
         model,
         meta,
         velocity,
+        memory,
     })
 }
 
@@ -317,6 +345,7 @@ mod tests {
             &dir,
             &model,
             None,
+            None,
             &Meta::new("finetune", 2, &spec, &config),
         )
         .unwrap();
@@ -333,6 +362,35 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// NT-Xent's memory buffer survives the round trip; one of another width than the
+    /// projection's is refused in one line.
+    #[test]
+    fn memory_buffer_round_trips_and_a_wrong_width_is_refused() {
+        let spec = small_spec();
+        let model = Model::new(&spec, 7).unwrap();
+        let dir = std::env::temp_dir().join(format!("simclr-ckpt-mem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = Meta::new("pretrain", 1, &spec, &Config::preset("tiny").unwrap());
+        let rows: Vec<f32> = (0..5 * 8).map(|i| i as f32 * 0.01).collect();
+        let memory = Tensor::from_vec(&[5, 8], rows.clone());
+        save(&dir, &model, None, Some(&memory), &meta).unwrap();
+        let back = load_training(&dir)
+            .unwrap()
+            .memory
+            .expect("a memory buffer");
+        assert_eq!(
+            (back.shape.as_slice(), back.to_f32_vec()),
+            (&[5, 8][..], rows)
+        );
+        save(&dir, &model, None, None, &meta).unwrap();
+        assert!(load_training(&dir).unwrap().memory.is_none());
+        let wrong = Tensor::from_vec(&[8, 5], vec![0.0f32; 40]);
+        save(&dir, &model, None, Some(&wrong), &meta).unwrap();
+        let e = load_training(&dir).err().expect("a wrong memory loaded");
+        assert!(e.to_string().contains("memory buffer"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A parameter gone non-finite is refused in one line, and the checkpoint there is kept.
     #[test]
     fn non_finite_parameters_are_not_saved() {
@@ -341,14 +399,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("simclr-ckpt-nan-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let meta = Meta::new("finetune", 1, &spec, &Config::preset("tiny").unwrap());
-        save(&dir, &model, None, &meta).unwrap();
+        save(&dir, &model, None, None, &meta).unwrap();
         let good = std::fs::read(dir.join(FILE)).unwrap();
         let p = &mut model.store.params[3];
         let mut v = p.value.to_f64_vec();
         v[0] = f64::NAN;
         p.value = Tensor::from_f64(&p.value.shape, DType::F32, &v);
         let name = p.name.clone();
-        let err = save(&dir, &model, None, &meta).unwrap_err().to_string();
+        let err = save(&dir, &model, None, None, &meta)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&name) && err.contains("non-finite"), "{err}");
         assert_eq!(std::fs::read(dir.join(FILE)).unwrap(), good);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -367,7 +427,7 @@ mod tests {
             normalize: Some(Normalize { mean, std }),
             ..Meta::new("finetune", 1, &spec, &config)
         };
-        save(&dir, &model, None, &with(vec![0.3], vec![0.2])).unwrap();
+        save(&dir, &model, None, None, &with(vec![0.3], vec![0.2])).unwrap();
         let (_, meta) = load(&dir).unwrap();
         assert_eq!(meta.normalize, with(vec![0.3], vec![0.2]).normalize);
         for (mean, std) in [
@@ -375,7 +435,7 @@ mod tests {
             (vec![0.3, 0.3], vec![0.2, 0.2]),
             (vec![0.3], vec![0.0]),
         ] {
-            save(&dir, &model, None, &with(mean, std)).unwrap();
+            save(&dir, &model, None, None, &with(mean, std)).unwrap();
             let e = load(&dir)
                 .err()
                 .expect("a bad normalisation loaded")

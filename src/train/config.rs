@@ -82,6 +82,9 @@ pub struct Config {
     pub pretrain: StageConfig,
     /// NT-Xent temperature.
     pub temperature: f64,
+    /// Rows of SimCLRv2's memory buffer: past projections, extra negatives of NT-Xent (0: off).
+    #[serde(default)]
+    pub memory_size: usize,
     /// Colour-jitter strength s of the pretraining augmentation.
     pub color_strength: f64,
     /// Smallest crop area fraction of the random resized crop.
@@ -178,6 +181,7 @@ impl Config {
                 steps: None,
             },
             temperature: 0.1,
+            memory_size: 0,
             color_strength: 0.5,
             crop_min: 0.2,
             knn_k: 200,
@@ -348,6 +352,14 @@ impl Config {
             if !(t > 0.0 && t.is_finite()) {
                 return Err(Error::Config(format!("{flag} must be positive, got {t}")));
             }
+        }
+        let views = 2 * self.pretrain.batch_size;
+        if !self.memory_size.is_multiple_of(views) {
+            return Err(Error::Config(format!(
+                "--memory-size {} is not a multiple of the {views} views of a pretraining batch \
+                 (the memory holds whole batches)",
+                self.memory_size
+            )));
         }
         if !(0.0..=1.0).contains(&self.distill_label_weight) {
             return Err(Error::Config(

@@ -345,7 +345,7 @@ impl Context {
             ranks: self.comm.size(),
             ..Meta::new(stage, pos.epoch, &model.spec, &self.cfg)
         };
-        checkpoint::save(dir, model, Some(opt), &meta)
+        checkpoint::save(dir, model, Some(opt), pos.memory.as_ref(), &meta)
     }
 
     /// With --resume, the checkpoint `stage` left in `dir` (none: the stage starts afresh).
@@ -412,6 +412,7 @@ impl Context {
                     loss_sum: m.loss_sum,
                     elapsed_s: m.elapsed_s,
                     record: m.record,
+                    memory: r.memory,
                 };
                 (r.model, Some((pos, r.velocity)))
             }

@@ -76,6 +76,7 @@ pub fn pretrain_stage(ctx: &Context) -> Result<Stage<'_>> {
         key: PRETRAIN,
         objective: Objective::Contrastive {
             temperature: cfg.temperature,
+            memory_size: cfg.memory_size,
         },
         monitor: Monitor::Knn,
     })

@@ -11,6 +11,7 @@ use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
 use crate::nn::model::Model;
 use crate::ops;
+use crate::ops::ntxent::Memory;
 use crate::optim::schedule::{lr_at, scaled_lr};
 use crate::optim::Optimizer;
 use crate::tensor::{Storage, Tensor};
@@ -42,8 +43,12 @@ pub struct Stage<'a> {
 
 /// The loss a stage minimises.
 pub enum Objective<'a> {
-    /// NT-Xent between the projections of the two views of each image (pretraining).
-    Contrastive { temperature: f64 },
+    /// NT-Xent between the projections of the two views of each image (pretraining), with the
+    /// last `memory_size` projections as extra negatives (SimCLRv2's memory buffer; 0: none).
+    Contrastive {
+        temperature: f64,
+        memory_size: usize,
+    },
     /// Softmax cross-entropy against the labels. `frozen_encoder`: only the classifier
     /// learns, on features of the encoder in inference mode (linear evaluation).
     Supervised { frozen_encoder: bool },
@@ -55,6 +60,16 @@ pub enum Objective<'a> {
         label_weight: f64,
         labelled: HashSet<usize>,
     },
+}
+
+impl Objective<'_> {
+    /// The rows of NT-Xent's memory buffer (0: none, and for the other losses).
+    pub fn memory_size(&self) -> usize {
+        match self {
+            Objective::Contrastive { memory_size, .. } => *memory_size,
+            _ => 0,
+        }
+    }
 }
 
 /// What a stage measures at the end of an epoch.
@@ -88,6 +103,8 @@ pub struct Position {
     pub elapsed_s: f64,
     /// The last completed epoch's record.
     pub record: Value,
+    /// NT-Xent's memory buffer (`Objective::Contrastive`): the rows it holds, if any.
+    pub memory: Option<Tensor>,
 }
 
 /// Where a resumed stage starts, and the optimiser state saved there.
@@ -130,6 +147,11 @@ pub fn train(
         None => Position::default(),
     };
     let elapsed_before = pos.elapsed_s;
+    // The memory buffer lives on the model's device; the checkpoint gets it through `pos`.
+    let mut memory = Memory {
+        size: stage.objective.memory_size(),
+        rows: pos.memory.take().map(|m| m.to_device(&model.device())),
+    };
     let bar = match ctx.is_main() {
         true => progress(stage.name, total),
         false => ProgressBar::hidden(),
@@ -179,7 +201,14 @@ pub fn train(
             let lr = lr_at(base_lr, step, warmup, total);
 
             // The step, then the loss's copy back is queued.
-            let loss_value = train_step(ctx, model, &mut stage.objective, &mut opt, batch, lr);
+            let loss_value = train_step(
+                ctx,
+                model,
+                (&mut stage.objective, &mut memory),
+                &mut opt,
+                batch,
+                lr,
+            );
             let loss = Later::read(&loss_value);
             drop(loss_value);
 
@@ -212,6 +241,7 @@ pub fn train(
                 // The step's backward and update too must have run without a fault.
                 check_device(gpu.as_ref(), rows, true)?;
                 pos.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+                pos.memory = memory.rows.clone();
                 ctx.save(out, stage.name, (model, &opt), &pos)?;
             }
         }
@@ -254,6 +284,7 @@ pub fn train(
             loss_sum: 0.0,
             elapsed_s: pos.elapsed_s,
             record,
+            memory: memory.rows.clone(),
         };
         ctx.save(out, stage.name, (model, &opt), &pos)?;
     }
@@ -274,7 +305,7 @@ pub fn train(
 pub fn train_step(
     ctx: &Context,
     model: &mut Model,
-    objective: &mut Objective,
+    (objective, memory): (&mut Objective, &mut Memory),
     opt: &mut Optimizer,
     batch: Batch,
     lr: f64,
@@ -289,7 +320,7 @@ pub fn train_step(
     }
     let mut g = Graph::new(true);
     g.comm = ctx.comm.clone();
-    let loss_var = loss(ctx, &mut g, model, objective, batch);
+    let loss_var = loss(ctx, &mut g, model, objective, memory, batch);
     let grads = dist::backward(&mut g, loss_var, &*ctx.comm, dist::BUCKET_BYTES);
     opt.step(&mut model.store, &grads, lr);
     let loss_value = g.value(loss_var).clone();
@@ -460,21 +491,25 @@ impl Tally {
     }
 }
 
-/// The loss of one batch under `objective`, recorded on `g`.
+/// The loss of one batch under `objective`, recorded on `g` (NT-Xent also moves `memory`).
 fn loss(
     ctx: &Context,
     g: &mut Graph,
     model: &mut Model,
     objective: &mut Objective,
+    memory: &mut Memory,
     batch: Batch,
 ) -> Var {
     let images = ctx.images(batch.pixels, batch.rows);
     let x = g.input(images.clone());
     match objective {
-        Objective::Contrastive { temperature } => {
+        Objective::Contrastive { temperature, .. } => {
             let (_, projection) = model.forward(g, x, true);
             let z = ops::normalize::l2_normalize(g, projection);
-            ops::ntxent::ntxent(g, z, *temperature)
+            match memory.size {
+                0 => ops::ntxent::ntxent(g, z, *temperature),
+                _ => ops::ntxent::ntxent_with_memory(g, z, memory, *temperature),
+            }
         }
         Objective::Supervised { frozen_encoder } => {
             let logits = match frozen_encoder {

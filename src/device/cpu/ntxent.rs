@@ -16,30 +16,36 @@ use super::real::Real;
 /// dL/dz = (G + Gᵀ)·z / τ: z_i's gradient as an anchor (its row of G) plus as a candidate
 /// (its column), the two parts `ntxent_rows` returns apart.
 ///
-/// This reference materialises the 2N×2N similarity matrix; the CUDA kernel does not.
-pub fn ntxent<T: Real>(z: &[T], d: usize, temperature: f64) -> (f64, Vec<T>) {
-    let (loss, mut dz, dcol) = ntxent_rows(z, z, 0, d, temperature);
+/// `memory` holds past rows (SimCLRv2's buffer, possibly none): extra columns of s, in every
+/// anchor's denominator and nothing else (`ntxent_rows`).
+///
+/// This reference materialises the 2N×(2N + K) similarity matrix; the CUDA kernel does not.
+pub fn ntxent<T: Real>(z: &[T], memory: &[T], d: usize, temperature: f64) -> (f64, Vec<T>) {
+    let all = [z, memory].concat();
+    let (loss, mut dz, dcol) = ntxent_rows(z, &all, 0, memory.len() / d, d, temperature);
     dz.iter_mut().zip(&dcol).for_each(|(a, &b)| *a += b);
     (loss, dz)
 }
 
-/// NT-Xent of 2n anchor rows `z` against the candidate rows `all`, among which the anchors
-/// are rows `first..first + 2n` (data parallelism: one rank's views against every rank's, with
-/// its own at offset `first`; in one process, `all` is `z`). Anchor i's positive is candidate
-/// first + (i + n) mod 2n, its own row is masked out. Returns the mean loss over the anchors,
-/// the gradient as anchors (G·all / τ, 2n rows) and as candidates (Gᵀ·z / τ, one row per
-/// candidate), with G_ij = (p_ij − [j = pos(i)]) / 2n.
+/// NT-Xent of 2n anchor rows `z` against the candidate rows `all`: every rank's rows (data
+/// parallelism; in one process, `z` itself), among which the anchors are rows first..first + 2n,
+/// followed by the last `queued` rows, the memory's (SimCLRv2's buffer of past rows: negatives
+/// in every anchor's denominator, never anchors, never positives, no gradient). Anchor i's
+/// positive is candidate first + (i + n) mod 2n, its own row is masked out. Returns the mean loss
+/// over the anchors, the gradient as anchors (G·all / τ, 2n rows) and as candidates (Gᵀ·z / τ,
+/// one row per candidate but the queued), with G_ij = (p_ij − [j = pos(i)]) / 2n.
 pub fn ntxent_rows<T: Real>(
     z: &[T],
     all: &[T],
     first: usize,
+    queued: usize,
     d: usize,
     temperature: f64,
 ) -> (f64, Vec<T>, Vec<T>) {
     let (rows, cols) = (z.len() / d, all.len() / d);
     assert!(rows >= 2 && rows.is_multiple_of(2), "NT-Xent needs 2N rows");
     assert!(
-        first + rows <= cols,
+        first + rows + queued <= cols,
         "NT-Xent: the anchors lie outside the candidates"
     );
     let n = rows / 2;
@@ -65,7 +71,9 @@ pub fn ntxent_rows<T: Real>(
     }
     let mut drow = vec![T::zero(); rows * d];
     gemm(rows, d, cols, &g, cols, 1, all, d, 1, &mut drow, d, false);
-    let mut dcol = vec![T::zero(); cols * d];
-    gemm(cols, d, rows, &g, 1, cols, z, d, 1, &mut dcol, d, false);
+    // Column gradients for the ranks' rows alone: the queued rows are constants.
+    let ranked = cols - queued;
+    let mut dcol = vec![T::zero(); ranked * d];
+    gemm(ranked, d, rows, &g, 1, cols, z, d, 1, &mut dcol, d, false);
     (loss / rows as f64, drow, dcol)
 }

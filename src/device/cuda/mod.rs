@@ -584,6 +584,25 @@ impl Gpu {
         buf
     }
 
+    /// The first `len` elements of each buffer, one after another in a new buffer of their
+    /// type (device copies, recorded into a step like launches).
+    pub fn concat(&self, parts: &[(&Buffer, usize)]) -> Buffer {
+        let elem = parts[0].0.elem();
+        let out = self.alloc(parts.iter().map(|(_, len)| len).sum(), elem);
+        let mut at = out.ptr;
+        for &(buf, len) in parts {
+            assert!(
+                buf.elem() == elem && len <= buf.len(),
+                "concat: {len} elements of a {:?} buffer of {} into {elem:?}",
+                buf.elem(),
+                buf.len()
+            );
+            self.copy_device(at, buf.ptr, len * elem.size());
+            at += (len * elem.size()) as u64;
+        }
+        out
+    }
+
     pub fn zeros_f32(&self, len: usize) -> Buffer {
         self.zeros(len, Elem::F32)
     }

@@ -1,8 +1,8 @@
 //! Host side of `kernels/ntxent.cu` (f32) and `kernels/ntxent_tc.cu` (bf16 rows, tensor cores):
 //! the fused NT-Xent forward+backward, by z's element type. See ntxent.cu's top comment for the
 //! algorithm, why its extra memory is O(N), and how a rank of several scores its rows against
-//! every rank's: the workspace here is the 2N log-sum-exps (and, in bf16 when d is not a
-//! multiple of 16, a zero-padded copy of the candidate rows, O(N·d)).
+//! every rank's and the memory's past rows: the workspace here is the 2N log-sum-exps (and, in
+//! bf16 when d is not a multiple of 16, a zero-padded copy of the candidate rows, O(N·d)).
 
 use super::{Arg, Buffer, Elem, Gpu};
 use std::borrow::Cow;
@@ -29,7 +29,7 @@ pub fn ntxent(
 ) {
     assert!(z.len() == rows * d, "NT-Xent: z is not [{rows}, {d}]");
     // One process: z is every candidate, and its log-sum-exps are every candidate's.
-    let shard = Shard::new(gpu, z, z, 0, d, temperature);
+    let shard = Shard::new(gpu, z, z, 0, 0, d, temperature);
     let mut lse = gpu.alloc_f32(rows);
     shard.lse(&mut lse);
     shard.loss(&lse, loss);
@@ -38,9 +38,10 @@ pub fn ntxent(
 
 /// One rank's NT-Xent among W (data parallelism, docs/ARCHITECTURE.md): its `rows` = 2n
 /// L2-normalised rows z [rows, d] are rows first..first + 2n of the candidates `all` [cols, d],
-/// every rank's rows gathered rank-major (first = rank · 2n). Three steps, between which the
-/// caller gathers the ranks' log-sum-exps: `lse` of this rank's anchors, `loss`, and `grad`
-/// with every rank's lse. In one process (`ntxent`) `all` is z and nothing is gathered.
+/// every rank's rows gathered rank-major (first = rank · 2n), followed by `queued` rows of the
+/// memory (past rows: negatives only). Three steps, between which the caller gathers the ranks'
+/// log-sum-exps: `lse` of this rank's anchors, `loss`, and `grad` with every rank's lse. In one
+/// process without a memory (`ntxent`) `all` is z and nothing is gathered.
 pub struct Shard<'a> {
     gpu: &'a Gpu,
     /// This rank's rows, which the loss reads (its positives are among them).
@@ -50,6 +51,8 @@ pub struct Shard<'a> {
     rows: usize,
     cols: usize,
     first: usize,
+    /// The memory's rows, the last of the candidates.
+    queued: usize,
     d: usize,
     /// The candidates' row stride: d, or in bf16 d rounded up to the mma's 16.
     dp: usize,
@@ -57,13 +60,15 @@ pub struct Shard<'a> {
 }
 
 impl<'a> Shard<'a> {
-    /// This rank's rows `z` among the candidates `all`, at row `first` of them; in bf16 this
-    /// packs `all` to a multiple of 16 columns when d is not one.
+    /// This rank's rows `z` among the candidates `all`, at row `first` of them, the last
+    /// `queued` of which are the memory's; in bf16 this packs `all` to a multiple of 16 columns
+    /// when d is not one.
     pub fn new(
         gpu: &'a Gpu,
         z: &'a Buffer,
         all: &'a Buffer,
         first: usize,
+        queued: usize,
         d: usize,
         temperature: f32,
     ) -> Shard<'a> {
@@ -78,7 +83,7 @@ impl<'a> Shard<'a> {
             "NT-Xent needs 2N rows, got {rows}"
         );
         assert!(
-            first + rows <= cols,
+            first + rows + queued <= cols,
             "NT-Xent: the anchors lie outside the candidates"
         );
         let dp = match elem {
@@ -111,6 +116,7 @@ impl<'a> Shard<'a> {
             rows,
             cols,
             first,
+            queued,
             d,
             dp,
             inv_t: 1.0 / temperature,
@@ -174,11 +180,11 @@ impl<'a> Shard<'a> {
     }
 
     /// grad [rows, d] = this rank's rows' gradient of the sum of the ranks' losses, from every
-    /// candidate's log-sum-exps `lse_all` [cols] (rank-major, as `all`).
+    /// rank's candidate's log-sum-exps `lse_all` [cols − queued] (rank-major, as `all`).
     pub fn grad(&self, lse_all: &Buffer, grad: &mut Buffer) {
         Elem::common("ntxent", &[self.z, grad]);
         Elem::assert_f32("ntxent", [lse_all]);
-        assert!(lse_all.len() == self.cols && grad.len() == self.rows * self.d);
+        assert!(lse_all.len() == self.cols - self.queued && grad.len() == self.rows * self.d);
         let [rows, cols, first] = self.shape();
         let elem = self.z.elem();
         let mut args = vec![
@@ -186,6 +192,7 @@ impl<'a> Shard<'a> {
             rows,
             cols,
             first,
+            (self.queued as i32).into(),
             (self.d as i32).into(),
         ];
         // The tensor-core kernel reads the candidates padded: their row stride too.
