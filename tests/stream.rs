@@ -262,6 +262,23 @@ fn packed_shards_read_back_as_the_folder() {
         .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names[..3], ["000000.jpg", "000000.cls", "000000.path"]);
+    // Without the unlabelled images, the shards keep the folder's labelled ones.
+    let labelled = |dir: &std::path::Path| {
+        let opts = LoadOptions {
+            image_size: Some(16),
+            skip_unlabelled: true,
+            stream: Some(true),
+            ..LoadOptions::default()
+        };
+        let d = load(dir, &opts).unwrap();
+        (
+            d.train.labels.clone(),
+            epoch(&d, (0..d.train.n).collect(), false),
+        )
+    };
+    let ((packed_labels, packed), (folder_labels, folder)) = (labelled(&out), labelled(&t.0));
+    assert!(packed_labels.len() < 23 && packed_labels == folder_labels);
+    same(&packed, &folder);
 }
 
 /// The commands end to end: `simclr pack`, `simclr data` on the shards (headers only), and a

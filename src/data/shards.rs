@@ -192,6 +192,12 @@ pub fn load(dir: &Path, size: usize, with_unlabelled: bool, workers: usize) -> R
     })
 }
 
+/// Keeps the items of `v` whose flag in `keep` is set.
+fn retain_where<T>(v: &mut Vec<T>, keep: &[bool]) {
+    let mut k = keep.iter();
+    v.retain(|_| *k.next().unwrap());
+}
+
 /// Makes room for `shards` more open files (a shard stays open once read): raises the soft
 /// limit on open files towards the hard one when needed, or says why it cannot.
 fn room_for(shards: usize) -> std::result::Result<(), String> {
@@ -285,13 +291,10 @@ impl Images {
     /// Leaves the unlabelled images out (the stages that use labelled ones only).
     fn keep_labelled(&mut self) {
         let keep: Vec<bool> = self.labels.iter().map(|&l| l != UNLABELLED).collect();
-        let mut k = keep.iter();
-        self.at.retain(|_| *k.next().unwrap());
-        let mut k = keep.iter();
-        self.paths.retain(|_| *k.next().unwrap());
-        let mut k = keep.iter();
-        self.names.retain(|_| *k.next().unwrap());
-        self.labels.retain(|&l| l != UNLABELLED);
+        retain_where(&mut self.at, &keep);
+        retain_where(&mut self.paths, &keep);
+        retain_where(&mut self.names, &keep);
+        retain_where(&mut self.labels, &keep);
     }
 }
 
