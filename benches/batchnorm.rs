@@ -44,6 +44,8 @@ fn forward(device: &Device, rows: usize, c: usize, set: &[Tensor], y: &mut Tenso
             gamma.as_slice(),
             Some(beta.as_slice()),
             EPS,
+            None,
+            false,
             &Solo,
             y.as_mut_slice(),
         )),

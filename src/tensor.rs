@@ -11,6 +11,7 @@
 //! caller's back: `deep_copy` is the one explicit copy.
 
 use crate::device::cpu::real::Real;
+use crate::device::cpu::recycle;
 use crate::device::cuda::{Buffer, Elem, Gpu};
 use crate::device::Device;
 use std::sync::Arc;
@@ -48,6 +49,17 @@ pub enum Storage {
     CpuF32(Vec<f32>),
     CpuF64(Vec<f64>),
     Gpu(Buffer),
+}
+
+/// A cpu buffer goes to the recycle bin, for the backend's next output of its length.
+impl Drop for Storage {
+    fn drop(&mut self) {
+        match self {
+            Storage::CpuF32(v) => recycle::give_back(std::mem::take(v)),
+            Storage::CpuF64(v) => recycle::give_back(std::mem::take(v)),
+            Storage::Gpu(_) => {}
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -88,18 +88,18 @@ fn check_forward_train_and_running_update(elem: Elem) {
                     .collect();
                 let (mut rmean_want, mut rvar_want) =
                     (running[..c].to_vec(), running[c..].to_vec());
+                let reference = |skip, relu, y: &mut [f32]| {
+                    let beta = with_beta.then_some(&beta[..]);
+                    cpu::forward_train(&x, c, &gamma, beta, EPS, skip, relu, &Solo, y)
+                };
                 let mut want = vec![0.0; rows * c];
-                let stats = cpu::forward_train(
-                    &x,
-                    c,
-                    &gamma,
-                    with_beta.then_some(&beta[..]),
-                    EPS,
-                    &Solo,
-                    &mut want,
-                );
+                let stats = reference(None, false, &mut want);
                 cpu::update_running(&stats, MOMENTUM, &mut rmean_want, &mut rvar_want);
                 let want = add_then_relu(want, with_skip.then_some(&skip[..]), relu_fused);
+                // The reference's own fused ending is the same arithmetic, bit for bit.
+                let mut fused = vec![0.0; rows * c];
+                reference(with_skip.then_some(&skip[..]), relu_fused, &mut fused);
+                assert_eq!(fused, want, "cpu fused ending, {case}");
 
                 let beta_dev = gpu.upload(&beta);
                 let (mut y, mut mean, mut invstd) = (
@@ -205,18 +205,16 @@ fn check_forward_eval(elem: Elem) {
                     .iter()
                     .map(|v| v.abs() + 0.1)
                     .collect();
+                let reference = |skip, relu, y: &mut [f32]| {
+                    let beta = with_beta.then_some(&beta[..]);
+                    cpu::forward_eval(&x, c, &gamma, beta, &rmean, &rvar, EPS, skip, relu, y)
+                };
                 let mut want = vec![0.0; rows * c];
-                cpu::forward_eval(
-                    &x,
-                    c,
-                    &gamma,
-                    with_beta.then_some(&beta[..]),
-                    &rmean,
-                    &rvar,
-                    EPS,
-                    &mut want,
-                );
+                reference(None, false, &mut want);
                 let want = add_then_relu(want, with_skip.then_some(&skip[..]), relu_fused);
+                let mut fused = vec![0.0; rows * c];
+                reference(with_skip.then_some(&skip[..]), relu_fused, &mut fused);
+                assert_eq!(fused, want, "cpu fused ending, {case}");
 
                 let beta_dev = gpu.upload(&beta);
                 let mut y = gpu.alloc(rows * c, elem);
@@ -273,7 +271,8 @@ fn check_backward(elem: Elem) {
                 );
                 let dy = common::as_stored(elem, common::random(rows * c, seed + 3));
                 let mut y = vec![0.0; rows * c];
-                let stats = cpu::forward_train(&x, c, &gamma, Some(&beta), EPS, &Solo, &mut y);
+                let stats =
+                    cpu::forward_train(&x, c, &gamma, Some(&beta), EPS, None, false, &Solo, &mut y);
                 let y = common::as_stored(elem, relu(&y));
                 let dy_masked: Vec<f32> = if relu_fused {
                     dy.iter()

@@ -7,7 +7,7 @@ use crate::device::cpu::conv::ConvShape;
 use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
 use crate::device::cpu::real::Real;
 use crate::device::cpu::{
-    batchnorm, conv, elementwise, gemm, loss, normalize, ntxent, optim, pool, sk,
+    batchnorm, conv, elementwise, gemm, loss, normalize, ntxent, optim, pool, recycle, sk,
 };
 use crate::dist::Comm;
 use crate::tensor::{DType, Element, Tensor};
@@ -15,9 +15,10 @@ use crate::with_dtype;
 
 pub struct Cpu;
 
-/// A fresh tensor of `shape` written by `f`.
+/// A new tensor of `shape` written by `f`, which must write every element: its buffer may be a
+/// dropped tensor's (recycle.rs).
 fn out<T: Element>(shape: &[usize], f: impl FnOnce(&mut [T])) -> Tensor {
-    let mut y = vec![T::default(); shape.iter().product()];
+    let mut y = recycle::take(shape.iter().product());
     f(&mut y);
     Tensor::from_vec(shape, y)
 }
@@ -69,8 +70,8 @@ impl Backend for Cpu {
             let mut stats = None;
             let y = out::<T>(&x.shape, |y| {
                 let beta = beta.map(|b| b.as_slice::<T>());
-                let s = batchnorm::forward_train(x.as_slice(), c, gamma.as_slice(), beta, EPS, comm, y);
-                add_then_relu(y, skip.map(|s| s.as_slice::<T>()), relu);
+                let skip = skip.map(|s| s.as_slice::<T>());
+                let s = batchnorm::forward_train(x.as_slice(), c, gamma.as_slice(), beta, EPS, skip, relu, comm, y);
                 stats = Some(s);
             });
             let stats = stats.unwrap();
@@ -93,8 +94,7 @@ impl Backend for Cpu {
         with_dtype!(x.dtype(), T => out::<T>(&x.shape, |y| {
             let beta = beta.map(|b| b.as_slice::<T>());
             batchnorm::forward_eval(x.as_slice(), c, gamma.as_slice(), beta,
-                running_mean.as_slice(), running_var.as_slice(), EPS, y);
-            add_then_relu(y, skip.map(|s| s.as_slice::<T>()), relu);
+                running_mean.as_slice(), running_var.as_slice(), EPS, skip.map(|s| s.as_slice::<T>()), relu, y);
         }))
     }
 
@@ -192,6 +192,7 @@ impl Backend for Cpu {
             let dx = out::<T>(&x.shape, |dx| gemm::gemm(rows, inp, outs, dys, outs, 1, w.as_slice(), inp, 1, dx, inp, false));
             let dw = out::<T>(&w.shape, |dw| gemm::gemm(outs, inp, rows, dys, 1, outs, x.as_slice(), inp, 1, dw, inp, false));
             let db = with_bias.then(|| out::<T>(&[outs], |db| {
+                db.fill(T::default());
                 for row in dys.chunks(outs) {
                     for (d, &g) in db.iter_mut().zip(row) {
                         *d += g;
@@ -373,21 +374,6 @@ impl Backend for Cpu {
                 let (w, g, v) = (u.w.as_mut_slice::<T>(), u.g.as_slice::<T>(), u.v.as_mut_slice::<T>());
                 optim::sgd_update(w, g, v, p.lr, p.momentum, u.weight_decay, true)
             })
-        }
-    }
-}
-
-/// y += skip (a residual block's sum) when given, then y = max(y, 0) when `relu`: what the GPU's
-/// batch norm fuses into its pass, after the CPU reference's normalisation.
-fn add_then_relu<T: Real>(y: &mut [T], skip: Option<&[T]>, relu: bool) {
-    if let Some(skip) = skip {
-        for (v, &s) in y.iter_mut().zip(skip) {
-            *v += s;
-        }
-    }
-    if relu {
-        for v in y {
-            *v = v.max(T::zero());
         }
     }
 }

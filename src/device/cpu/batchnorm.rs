@@ -61,7 +61,7 @@ fn over_ranks(comm: &dyn Comm, mut sums: Vec<f64>, rows: usize) -> (Vec<f64>, us
 
 /// Training mode: normalise with the batch statistics (two passes: mean, then variance,
 /// which is stable where E[x²]−E[x]² is not), over all ranks' rows. `beta` is None for BN
-/// without centring.
+/// without centring; `skip` (a residual block's sum) is added and `relu` applied after.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_train<T: Real>(
     x: &[T],
@@ -69,6 +69,8 @@ pub fn forward_train<T: Real>(
     gamma: &[T],
     beta: Option<&[T]>,
     eps: f64,
+    skip: Option<&[T]>,
+    relu: bool,
     comm: &dyn Comm,
     y: &mut [T],
 ) -> BnStats {
@@ -95,7 +97,7 @@ pub fn forward_train<T: Real>(
         invstd,
         rows,
     };
-    affine(x, c, &stats.mean, &stats.invstd, gamma, beta, y);
+    affine(x, c, &stats.mean, &stats.invstd, gamma, beta, skip, relu, y);
     stats
 }
 
@@ -109,6 +111,8 @@ pub fn forward_eval<T: Real>(
     running_mean: &[T],
     running_var: &[T],
     eps: f64,
+    skip: Option<&[T]>,
+    relu: bool,
     y: &mut [T],
 ) {
     let mean: Vec<f64> = running_mean.iter().map(|&m| m.to_f64()).collect();
@@ -116,10 +120,12 @@ pub fn forward_eval<T: Real>(
         .iter()
         .map(|&v| 1.0 / (v.to_f64() + eps).sqrt())
         .collect();
-    affine(x, c, &mean, &invstd, gamma, beta, y);
+    affine(x, c, &mean, &invstd, gamma, beta, skip, relu, y);
 }
 
-/// y = (x − mean)·invstd·γ + β, folded into one scale and shift per channel.
+/// y = (x − mean)·invstd·γ + β, folded into one scale and shift per channel, then + skip and
+/// ReLU, each block of rows finished while it is in cache.
+#[allow(clippy::too_many_arguments)]
 fn affine<T: Real>(
     x: &[T],
     c: usize,
@@ -127,6 +133,8 @@ fn affine<T: Real>(
     invstd: &[f64],
     gamma: &[T],
     beta: Option<&[T]>,
+    skip: Option<&[T]>,
+    relu: bool,
     y: &mut [T],
 ) {
     let scale: Vec<T> = (0..c)
@@ -138,12 +146,24 @@ fn affine<T: Real>(
             T::from_f64(b - mean[i] * gamma[i].to_f64() * invstd[i])
         })
         .collect();
-    y.par_chunks_mut(c * CHUNK_ROWS)
-        .zip(x.par_chunks(c * CHUNK_ROWS))
-        .for_each(|(yc, xc)| {
+    let block = c * CHUNK_ROWS;
+    y.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .enumerate()
+        .for_each(|(i, (yc, xc))| {
             for (yr, xr) in yc.chunks_mut(c).zip(xc.chunks(c)) {
                 for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(scale.iter().zip(&shift)) {
                     *y = x * a + b;
+                }
+            }
+            if let Some(skip) = skip {
+                for (y, &s) in yc.iter_mut().zip(&skip[i * block..]) {
+                    *y += s;
+                }
+            }
+            if relu {
+                for y in yc.iter_mut() {
+                    *y = y.max(T::zero());
                 }
             }
         });
@@ -184,21 +204,27 @@ pub fn backward<T: Real>(
 ) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / c;
     let mean: Vec<T> = stats.mean.iter().map(|&m| T::from_f64(m)).collect();
-    let dbeta = channel_sums::<T>(rows, c, |r, acc| {
-        for (a, &g) in acc.iter_mut().zip(&dy[r * c..(r + 1) * c]) {
+    // Σ dy and Σ dy·(x − μ) in one pass: [dβ | dγ/invstd].
+    let sums = channel_sums::<T>(rows, 2 * c, |r, acc| {
+        let (sum_g, sum_gx) = acc.split_at_mut(c);
+        let (xr, gr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
+        for (((a, b), &g), (&v, &m)) in sum_g
+            .iter_mut()
+            .zip(sum_gx)
+            .zip(gr)
+            .zip(xr.iter().zip(&mean))
+        {
             *a += g;
+            *b += g * (v - m);
         }
     });
-    let dgamma: Vec<f64> = channel_sums::<T>(rows, c, |r, acc| {
-        let (xr, gr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        for ((a, &g), (&v, &m)) in acc.iter_mut().zip(gr).zip(xr.iter().zip(&mean)) {
-            *a += g * (v - m);
-        }
-    })
-    .iter()
-    .zip(&stats.invstd)
-    .map(|(s, is)| s * is)
-    .collect();
+    let (dbeta, sum_gx) = sums.split_at(c);
+    let dbeta = dbeta.to_vec();
+    let dgamma: Vec<f64> = sum_gx
+        .iter()
+        .zip(&stats.invstd)
+        .map(|(s, is)| s * is)
+        .collect();
     let (all, _) = over_ranks(comm, [dgamma.clone(), dbeta.clone()].concat(), rows);
     let (dgamma_all, dbeta_all) = all.split_at(c);
     let m = stats.rows as f64;

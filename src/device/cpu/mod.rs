@@ -13,6 +13,7 @@ pub mod ntxent;
 pub mod optim;
 pub mod pool;
 pub mod real;
+pub mod recycle;
 pub mod sk;
 
 /// Keeps freed buffers in the process. Every op allocates its output, and glibc serves large

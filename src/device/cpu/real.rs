@@ -3,11 +3,13 @@
 
 use super::gemm::{self, Kernel};
 use super::isa::{self, Isa};
+use super::recycle::Bin;
 use num_traits::Float;
 use std::cell::RefCell;
 use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::AddAssign;
+use std::sync::Mutex;
 use std::thread::LocalKey;
 
 /// Per-thread free lists of scratch buffers, one per element type (see gemm::Scratch).
@@ -18,6 +20,10 @@ thread_local! {
     static SCRATCH_F64: ScratchPool<f64> = const { RefCell::new(Vec::new()) };
 }
 
+/// Dropped tensors' buffers, one bin per element type (see recycle.rs).
+static BIN_F32: Mutex<Bin<f32>> = Mutex::new(Bin::empty());
+static BIN_F64: Mutex<Bin<f64>> = Mutex::new(Bin::empty());
+
 pub trait Real: Float + Sum + AddAssign + Default + Debug + Send + Sync + 'static {
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
@@ -26,6 +32,8 @@ pub trait Real: Float + Sum + AddAssign + Default + Debug + Send + Sync + 'stati
     fn microkernel(n: usize) -> Kernel<Self>;
     /// This thread's pool of reusable scratch buffers of this type.
     fn scratch_pool() -> &'static LocalKey<ScratchPool<Self>>;
+    /// The process's bin of dropped tensor buffers of this type.
+    fn bin() -> &'static Mutex<Bin<Self>>;
 }
 
 impl Real for f32 {
@@ -47,6 +55,9 @@ impl Real for f32 {
     fn scratch_pool() -> &'static LocalKey<ScratchPool<f32>> {
         &SCRATCH_F32
     }
+    fn bin() -> &'static Mutex<Bin<f32>> {
+        &BIN_F32
+    }
 }
 
 impl Real for f64 {
@@ -62,5 +73,8 @@ impl Real for f64 {
     }
     fn scratch_pool() -> &'static LocalKey<ScratchPool<f64>> {
         &SCRATCH_F64
+    }
+    fn bin() -> &'static Mutex<Bin<f64>> {
+        &BIN_F64
     }
 }
