@@ -113,7 +113,10 @@ fn check_gemm(kernel: Option<Kernel<f32>>, what: &str) {
 fn every_supported_microkernel_matches_the_reference() {
     for isa in Isa::ALL {
         if isa.is_supported() {
-            check_gemm(Some(kernel_f32(isa)), isa.name());
+            // Its kernels for narrow (at most 16 columns) and wider gemms.
+            for n in [16, 17] {
+                check_gemm(Some(kernel_f32(isa, n)), isa.name());
+            }
             println!("{}: gemm matches the reference", isa.name());
         } else {
             println!("{}: skipped, this processor lacks it", isa.name());

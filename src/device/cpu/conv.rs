@@ -5,7 +5,7 @@
 //! pixel's window sees, the three passes are plain matrix products:
 //!   forward      y  = col · Wᵀ        (W is K × RSC)
 //!   input grad   dcol = dy · W, then col2im scatters dcol back onto dx
-//!   weight grad  dW = dyᵀ · col
+//!   weight grad  dW = dyᵀ · col, computed as its transpose colᵀ · dy
 //! im2col is built block by block in small buffers, never for the whole batch. A 1×1,
 //! stride-1, unpadded conv needs none: x already is col.
 
@@ -129,59 +129,62 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
 /// dw = ∂L/∂w given x and dy, overwritten.
 pub fn conv2d_backward_weight<T: Real>(sh: &ConvShape, x: &[T], dy: &[T], dw: &mut [T]) {
     sh.check(x.len(), dw.len(), dy.len());
-    let (k, rsc, pixels) = (sh.k, sh.rsc(), sh.pixels());
-    // dW[k, p] += Σ_rows dy[row, k] · col[row, p] over a chunk of rows (A = dyᵀ by strides).
-    let chunk_dw = |row0: usize, rows: usize, dw: &mut [T]| {
+    let (k, rsc, pixels, len) = (sh.k, sh.rsc(), sh.pixels(), dw.len());
+    // Computed transposed, dWᵀ[p, k] += Σ_rows col[row, p] · dy[row, k] over a chunk of rows
+    // (A = colᵀ by strides): the gemm's short side is then its columns, K, which a narrow
+    // layer's (K = 16) tile covers exactly, rather than its rows, which a 14-row tile would pad.
+    let chunk_dwt = |row0: usize, rows: usize, dwt: &mut [T]| {
         let dy = &dy[row0 * k..];
         if sh.is_pointwise() {
             gemm(
-                k,
                 rsc,
+                k,
                 rows,
-                dy,
-                1,
-                k,
                 &x[row0 * rsc..],
-                rsc,
                 1,
-                dw,
                 rsc,
+                dy,
+                k,
+                1,
+                dwt,
+                k,
                 false,
             );
         } else {
-            // Blocks in a fixed order, each adding its share onto dw.
+            // Blocks in a fixed order, each adding its share onto dwt.
             let mut col = Scratch::new(DW_BLOCK.min(rows) * rsc);
             for q0 in (0..rows).step_by(DW_BLOCK) {
                 let n = DW_BLOCK.min(rows - q0);
                 let col = &mut col[..n * rsc];
                 im2col(sh, x, row0 + q0, col);
-                gemm(k, rsc, n, &dy[q0 * k..], 1, k, col, rsc, 1, dw, rsc, q0 > 0);
+                gemm(rsc, k, n, col, 1, rsc, &dy[q0 * k..], k, 1, dwt, k, q0 > 0);
             }
         }
     };
+    // Per-chunk partials, summed in chunk order into the first: the chunking depends only on
+    // the shape, so the result is the same whatever the thread count.
     let chunks = pixels.div_ceil(DW_CHUNK);
-    if chunks == 1 {
-        chunk_dw(0, pixels, dw);
-        return;
-    }
-    // Per-chunk partials, then a sum over chunks in chunk order: the chunking depends only
-    // on the shape, so the result is the same whatever the thread count.
-    let mut partial = Scratch::new(chunks * dw.len());
+    let mut partial = Scratch::new(chunks * len);
     partial
-        .par_chunks_mut(dw.len())
+        .par_chunks_mut(len)
         .enumerate()
         .for_each(|(i, part)| {
             let row0 = i * DW_CHUNK;
-            chunk_dw(row0, DW_CHUNK.min(pixels - row0), part);
+            chunk_dwt(row0, DW_CHUNK.min(pixels - row0), part);
         });
-    let len = dw.len();
-    dw.par_chunks_mut(4096).enumerate().for_each(|(blk, dw)| {
+    let (dwt, rest) = partial.split_at_mut(len);
+    dwt.par_chunks_mut(4096).enumerate().for_each(|(blk, dwt)| {
         let off = blk * 4096;
-        dw.copy_from_slice(&partial[off..off + dw.len()]);
-        for part in partial.chunks_exact(len).skip(1) {
-            for (d, &p) in dw.iter_mut().zip(&part[off..]) {
+        for part in rest.chunks_exact(len) {
+            for (d, &p) in dwt.iter_mut().zip(&part[off..]) {
                 *d += p;
             }
+        }
+    });
+    // dw[j, p] = dwt[p, j].
+    dw.par_chunks_mut(rsc).enumerate().for_each(|(j, dw)| {
+        for (p, d) in dw.iter_mut().enumerate() {
+            *d = dwt[p * k + j];
         }
     });
 }

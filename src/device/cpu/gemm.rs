@@ -9,7 +9,8 @@
 //! partial panels at the edges, and B when its columns are not contiguous.
 //!
 //! The microkernel, and with it the tile MR×NR, is chosen at run time for the processor
-//! (isa.rs): 14×32 in AVX-512 registers, 6×16 in AVX2 registers or in portable Rust.
+//! (isa.rs): 14×32 in AVX-512 registers (14×16 for gemms of at most 16 columns), 6×16 in AVX2
+//! registers or in portable Rust.
 //!
 //! Determinism: every element of C is owned by exactly one task and summed over k in the same
 //! order no matter how many threads run, so results are bit-identical run to run.
@@ -45,12 +46,18 @@ pub enum Kernel<T> {
     Tile6x16(Microkernel<T>),
     /// 14×32: AVX-512 (28 zmm accumulators; each pair of B loads feeds 28 FMAs).
     Tile14x32(Microkernel<T>),
+    /// 14×16: AVX-512 for narrow gemms (the width-16 ResNet-8's convolutions), where the
+    /// 32-column tile would compute half padding.
+    Tile14x16(Microkernel<T>),
 }
 
-/// The f32 kernel of an instruction set the processor supports (`Isa::is_supported`).
-pub fn kernel_f32(isa: Isa) -> Kernel<f32> {
+/// The f32 kernel of an instruction set the processor supports (`Isa::is_supported`) for a
+/// gemm of `n` columns.
+pub fn kernel_f32(isa: Isa, n: usize) -> Kernel<f32> {
     assert!(isa.is_supported(), "gemm: {} unsupported here", isa.name());
     match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if n <= 16 => Kernel::Tile14x16(kernel_avx512_narrow),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Kernel::Tile14x32(kernel_avx512),
         #[cfg(target_arch = "x86_64")]
@@ -149,6 +156,7 @@ pub fn gemm_with<T: Real>(
     match kernel {
         Kernel::Tile6x16(f) => tiled::<T, 6, 16>(f, &shape, &a, &bt, c, ldc, accumulate),
         Kernel::Tile14x32(f) => tiled::<T, 14, 32>(f, &shape, &a, &bt, c, ldc, accumulate),
+        Kernel::Tile14x16(f) => tiled::<T, 14, 16>(f, &shape, &a, &bt, c, ldc, accumulate),
     }
 }
 
@@ -509,12 +517,12 @@ lanes!(__m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fma
 #[cfg(target_arch = "x86_64")]
 lanes!(__m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps);
 
-/// MR×(2·WIDTH) f32 tile in 2·MR vector accumulators; per depth: 2 B loads, MR A broadcasts,
-/// 2·MR FMAs.
+/// MR×(NV·WIDTH) f32 tile in NV·MR vector accumulators; per depth: NV B loads, MR A
+/// broadcasts, NV·MR FMAs.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_x86<V: Lanes, const MR: usize>(
+unsafe fn kernel_x86<V: Lanes, const MR: usize, const NV: usize>(
     kc: usize,
     a: *const f32,
     a_rs: usize,
@@ -525,14 +533,15 @@ unsafe fn kernel_x86<V: Lanes, const MR: usize>(
     ldc: usize,
     accumulate: bool,
 ) {
-    let mut acc = [[V::zero(); 2]; MR];
+    let mut acc = [[V::zero(); NV]; MR];
     for p in 0..kc {
         let (ap, bp) = (a.add(p * a_ps), b.add(p * ldb));
-        let (b0, b1) = (V::load(bp), V::load(bp.add(V::WIDTH)));
+        let bv: [V; NV] = std::array::from_fn(|h| V::load(bp.add(h * V::WIDTH)));
         for (i, row) in acc.iter_mut().enumerate() {
             let ai = V::splat(ap.add(i * a_rs));
-            row[0] = V::fmadd(ai, b0, row[0]);
-            row[1] = V::fmadd(ai, b1, row[1]);
+            for (x, &bh) in row.iter_mut().zip(&bv) {
+                *x = V::fmadd(ai, bh, *x);
+            }
         }
     }
     for (i, row) in acc.iter().enumerate() {
@@ -566,7 +575,7 @@ unsafe fn kernel_avx2(
     accumulate: bool,
 ) {
     use std::arch::x86_64::__m256;
-    kernel_x86::<__m256, 6>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
+    kernel_x86::<__m256, 6, 2>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
 }
 
 /// 14×32 in 28 zmm registers (of 32; the broadcasts fold into the FMAs).
@@ -585,7 +594,26 @@ unsafe fn kernel_avx512(
     accumulate: bool,
 ) {
     use std::arch::x86_64::__m512;
-    kernel_x86::<__m512, 14>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
+    kernel_x86::<__m512, 14, 2>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
+}
+
+/// 14×16 in 14 zmm registers: one B load and 14 FMAs per depth.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512_narrow(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_ps: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::__m512;
+    kernel_x86::<__m512, 14, 1>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
 }
 
 #[cfg(test)]
@@ -646,14 +674,16 @@ mod tests {
     #[test]
     fn gemm_f32_matches_naive() {
         for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
-            check::<f32>(kernel_f32(isa), 1e-5);
+            for n in [16, 17] {
+                check::<f32>(kernel_f32(isa, n), 1e-5);
+            }
         }
     }
 
     #[test]
-    fn narrow_gemms_take_the_16_wide_tile_under_avx512() {
+    fn narrow_gemms_take_a_16_wide_tile() {
         let tile = |n| match f32::microkernel(n) {
-            Kernel::Tile6x16(_) => 16,
+            Kernel::Tile6x16(_) | Kernel::Tile14x16(_) => 16,
             Kernel::Tile14x32(_) => 32,
         };
         let wide = if crate::device::cpu::isa::active() == Isa::Avx512 {

@@ -2,7 +2,7 @@
 //! finite-difference gradient checks. Kernels are generic over `Real`.
 
 use super::gemm::{self, Kernel};
-use super::isa::{self, Isa};
+use super::isa;
 use super::recycle::Bin;
 use num_traits::Float;
 use std::cell::RefCell;
@@ -44,13 +44,7 @@ impl Real for f32 {
         self as f64
     }
     fn microkernel(n: usize) -> Kernel<f32> {
-        // AVX-512's tile is 32 columns wide: on a gemm of at most 16 (the width-16 ResNet-8's
-        // convolutions) half its FMAs would be padding, so AVX2's 6×16 tile (every AVX-512
-        // processor has AVX2) does those.
-        match isa::active() {
-            Isa::Avx512 if n <= 16 => gemm::kernel_f32(Isa::Avx2),
-            isa => gemm::kernel_f32(isa),
-        }
+        gemm::kernel_f32(isa::active(), n)
     }
     fn scratch_pool() -> &'static LocalKey<ScratchPool<f32>> {
         &SCRATCH_F32
