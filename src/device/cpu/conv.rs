@@ -7,7 +7,13 @@
 //!   input grad   dcol = dy · W, then col2im scatters dcol back onto dx
 //!   weight grad  dW = dyᵀ · col, computed as its transpose colᵀ · dy
 //! im2col is built block by block in small buffers, never for the whole batch. A 1×1,
-//! stride-1, unpadded conv needs none: x already is col.
+//! stride-1, unpadded conv needs none: x already is col. Nor does the input gradient of a
+//! stride-1 conv with a square window (3×3 pad 1, the ResNets' commonest), which is such a conv
+//! of dy with the window flipped: on a zero-padded copy of its input, each window row of every
+//! output pixel lies at a fixed stride, so gemm reads it in place (`implicit_forward`), and no
+//! col2im scatters the result. (The same for the forward pass and the weight gradient measured
+//! slower: at small spatial sizes many of its grid rows are dropped padding, and it splits the
+//! depth into R shallow gemms.)
 
 use super::gemm::{gemm, Scratch};
 use super::real::Real;
@@ -52,6 +58,15 @@ impl ConvShape {
     }
     fn is_pointwise(&self) -> bool {
         self.r == 1 && self.s == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// Its input gradient is computed on the padded dy without col2im: stride 1, a square window
+    /// wider than 1 and padding under its size (so that the flipped conv has padding ≥ 0).
+    fn is_implicit(&self) -> bool {
+        self.stride == 1 && self.r == self.s && self.r > 1 && self.pad < self.r
+    }
+    /// The padded input's height and width.
+    fn padded_hw(&self) -> (usize, usize) {
+        (self.h + 2 * self.pad, self.w + 2 * self.pad)
     }
     fn check(&self, x: usize, w: usize, y: usize) {
         assert!(
@@ -99,12 +114,104 @@ pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
         });
 }
 
+/// y = conv(x, w) for an `is_implicit` shape, given wt = Wᵀ (RSC×K). Output pixel (oy, ox) of
+/// image b is row q = (b·Hp + oy)·Wp + ox of a grid over the padded input xp (Hp×Wp per image),
+/// and its window row r is the S·C values at xp[(q + r·Wp)·C..]: for each r, all grid rows at
+/// once are a gemm with A read in place at row stride C. Grid rows with ox ≥ OW wrap across a
+/// row's end; they are computed in a small buffer and dropped.
+fn implicit_forward<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
+    let (oh, ow, k, sc) = (sh.out_h(), sh.out_w(), sh.k, sh.s * sh.c);
+    let (hp, wp) = sh.padded_hw();
+    let xp = padded(sh, x);
+    // One image's grid rows, up to its last output pixel's.
+    let rows = (oh - 1) * wp + ow;
+    y.par_chunks_mut(oh * ow * k)
+        .enumerate()
+        .for_each(|(b, y)| {
+            let mut grid = Scratch::new(FWD_BLOCK.min(rows) * k);
+            for q0 in (0..rows).step_by(FWD_BLOCK) {
+                let m = FWD_BLOCK.min(rows - q0);
+                let grid = &mut grid[..m * k];
+                let xb = &xp[(b * hp * wp + q0) * sh.c..];
+                for r in 0..sh.r {
+                    let wr = &wt[r * sc * k..];
+                    gemm(
+                        m,
+                        k,
+                        sc,
+                        &xb[r * wp * sh.c..],
+                        sh.c,
+                        1,
+                        wr,
+                        k,
+                        1,
+                        grid,
+                        k,
+                        r > 0,
+                    );
+                }
+                for (i, row) in grid.chunks_exact(k).enumerate() {
+                    let (oy, ox) = ((q0 + i) / wp, (q0 + i) % wp);
+                    if ox < ow {
+                        copy_short(&mut y[(oy * ow + ox) * k..][..k], row);
+                    }
+                }
+            }
+        });
+}
+
+/// x with `pad` zeros around each image: N×Hp×Wp×C.
+fn padded<T: Real>(sh: &ConvShape, x: &[T]) -> Scratch<T> {
+    let (hp, wp) = sh.padded_hw();
+    let (row, pad) = (sh.w * sh.c, sh.pad * sh.c);
+    let mut xp = Scratch::new(sh.n * hp * wp * sh.c);
+    xp.par_chunks_mut(hp * wp * sh.c)
+        .zip(x.par_chunks(sh.h * row))
+        .for_each(|(dst, src)| {
+            for (py, dst) in dst.chunks_exact_mut(wp * sh.c).enumerate() {
+                // The input row; above the image it wraps to a huge value.
+                let iy = py.wrapping_sub(sh.pad);
+                if iy < sh.h {
+                    dst[..pad].fill(T::zero());
+                    dst[pad..pad + row].copy_from_slice(&src[iy * row..][..row]);
+                    dst[pad + row..].fill(T::zero());
+                } else {
+                    dst.fill(T::zero());
+                }
+            }
+        });
+    xp
+}
+
 /// dx = ∂L/∂x given dy = ∂L/∂y, overwritten.
 pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mut [T]) {
     sh.check(dx.len(), w.len(), dy.len());
     let (k, rsc) = (sh.k, sh.rsc());
     if sh.is_pointwise() {
         gemm(sh.pixels(), rsc, k, dy, k, 1, w, rsc, 1, dx, rsc, false);
+        return;
+    }
+    if sh.is_implicit() {
+        // dx[iy, ix, c] = Σ dy[iy + pad − r, ix + pad − s, k] · w[k, r, s, c]: the stride-1
+        // conv of dy padded by R−1−pad with the window flipped (r' = R−1−r) and the channels'
+        // roles swapped, whose Bᵀ is wt[(r', s', k), c] = w[k, R−1−r', S−1−s', c].
+        let (r, s, c) = (sh.r, sh.s, sh.c);
+        let flipped = ConvShape {
+            h: sh.out_h(),
+            w: sh.out_w(),
+            c: k,
+            k: c,
+            pad: r - 1 - sh.pad,
+            ..*sh
+        };
+        let mut wt = Scratch::new(w.len());
+        for (j, w_k) in w.chunks_exact(rsc).enumerate() {
+            for (p, w_rs) in w_k.chunks_exact(c).enumerate() {
+                let (fr, fs) = (r - 1 - p / s, s - 1 - p % s);
+                wt[((fr * s + fs) * k + j) * c..][..c].copy_from_slice(w_rs);
+            }
+        }
+        implicit_forward(&flipped, dy, &wt, dx);
         return;
     }
     // Each task owns a group of whole images, so its col2im writes collide with no other's,
@@ -324,6 +431,8 @@ mod tests {
                     (3, 1, 1),
                     (3, 2, 1),
                     (3, 1, 0),
+                    (3, 1, 2),
+                    (5, 1, 1),
                     (7, 2, 3),
                     (7, 1, 3),
                 ] {
@@ -332,7 +441,7 @@ mod tests {
                     let sh = ConvShape {
                         n,
                         h: 7,
-                        w: 7,
+                        w: 6,
                         c,
                         k,
                         r,
@@ -340,7 +449,7 @@ mod tests {
                         stride,
                         pad,
                     };
-                    let x = random::<T>(n * 7 * 7 * c, seed);
+                    let x = random::<T>(n * 7 * 6 * c, seed);
                     let w = random::<T>(k * r * r * c, seed + 100);
                     let dy = random::<T>(sh.pixels() * k, seed + 200);
                     let (y_want, dx_want, dw_want) = naive(&sh, &x, &w, &dy);
