@@ -257,7 +257,7 @@ impl Context {
         )
     }
 
-    /// Crop and flip only: the augmentation of the supervised stages.
+    /// Crop and flip only: linear evaluation's augmentation.
     pub fn crop_flip(&self) -> Augment {
         Augment {
             crop_area: (self.cfg.crop_min, 1.0),
@@ -268,8 +268,9 @@ impl Context {
         }
     }
 
-    /// The baseline's augmentation: crop and flip, and colour jitter at the pretraining's
-    /// strength (a supervised recipe's usual defence against overfitting a few labels).
+    /// The baseline's and fine-tuning's augmentation: crop and flip, and colour jitter at the
+    /// pretraining's strength (a supervised recipe's usual defence against overfitting a few
+    /// labels).
     pub fn crop_flip_jitter(&self) -> Augment {
         Augment {
             crop_area: (self.cfg.crop_min, 1.0),

@@ -153,9 +153,9 @@ pub fn linear_classifier(ctx: &Context, pretrained: &Model) -> Result<Model> {
 }
 
 /// Stage 2 (and the baseline, and linear evaluation): softmax cross-entropy on the labelled
-/// subset with `recipe`, measured by `monitor`. `name` is "finetune" (crop and flip),
-/// "baseline" (the whole network from scratch; crop, flip and colour jitter) or "linear" (the
-/// encoder frozen, the classifier trained; crop and flip).
+/// subset with `recipe`, measured by `monitor`. `name` is "finetune" (from pretrained weights),
+/// "baseline" (the whole network from scratch), both on crop, flip and colour jitter, or
+/// "linear" (the encoder frozen, the classifier trained; crop and flip).
 pub fn supervised_stage<'a>(
     ctx: &'a Context,
     name: &'static str,
@@ -164,8 +164,8 @@ pub fn supervised_stage<'a>(
 ) -> Result<Stage<'a>> {
     let labelled = ctx.labelled()?;
     let aug = match name {
-        "baseline" => ctx.crop_flip_jitter(),
-        _ => ctx.crop_flip(),
+        "linear" => ctx.crop_flip(),
+        _ => ctx.crop_flip_jitter(),
     };
     Ok(Stage {
         name,
