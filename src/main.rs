@@ -188,6 +188,11 @@ struct Opts {
     /// extra NT-Xent negatives, SimCLRv2's memory buffer (0: off)
     #[arg(long)]
     memory_size: Option<usize>,
+    /// Pretraining: fill the memory buffer from a momentum encoder (MoCo's, as in SimCLRv2's
+    /// appendix) whose weights follow the trained network's, w ← m·w + (1 − m)·w_trained after
+    /// every step (0: from the trained network itself)
+    #[arg(long)]
+    memory_momentum: Option<f64>,
     /// Encoder: resnet8 (a small CPU model), resnet18, resnet34, resnet50, resnet101, resnet152
     #[arg(long)]
     arch: Option<String>,
@@ -384,6 +389,7 @@ impl Opts {
         set(&mut c.labels, &self.labels);
         set(&mut c.temperature, &self.temperature);
         set(&mut c.memory_size, &self.memory_size);
+        set(&mut c.memory_momentum, &self.memory_momentum);
         set(&mut c.arch, &self.arch);
         set(&mut c.width, &self.width);
         c.sk |= self.sk;

@@ -266,6 +266,16 @@ fn bad_config_values() {
             "100",
             "--memory-size 100 is not a multiple of the 128 views",
         ),
+        (
+            "--memory-momentum",
+            "1",
+            "--memory-momentum must be in [0, 1)",
+        ),
+        (
+            "--memory-momentum",
+            "0.9",
+            "--memory-momentum needs a memory buffer",
+        ),
     ] {
         t.fails(
             &tiny(&["pretrain", "--data", &data], &[flag, value]),
@@ -784,10 +794,15 @@ fn killed_run_resumes_bit_identically() {
     resumes_bit_identically("resume", &[]);
 }
 
-/// The same with NT-Xent's memory buffer, which the checkpoints carry: two batches' views.
+/// The same with NT-Xent's memory buffer, which the checkpoints carry (two batches' views), and
+/// with its momentum encoder, whose weights they carry too.
 #[test]
 fn killed_run_with_a_memory_buffer_resumes_bit_identically() {
     resumes_bit_identically("resume-memory", &["--memory-size", "64"]);
+    resumes_bit_identically(
+        "resume-momentum",
+        &["--memory-size", "64", "--memory-momentum", "0.9"],
+    );
 }
 
 fn resumes_bit_identically(name: &str, extra: &[&str]) {
@@ -846,9 +861,21 @@ fn resumes_bit_identically(name: &str, extra: &[&str]) {
             p.name
         );
     }
-    let memory = |r: &simclr::train::checkpoint::Resume| r.memory.as_ref().map(|m| m.to_f32_vec());
+    let memory = |r: &simclr::train::checkpoint::Resume| {
+        let q = &r.queued;
+        let keys = q.key_encoder.iter().flatten().map(|w| w.to_f32_vec());
+        (
+            q.rows.as_ref().map(|m| m.to_f32_vec()),
+            keys.collect::<Vec<_>>(),
+        )
+    };
     assert_eq!(memory(&a), memory(&b), "the memory buffers differ");
-    assert_eq!(memory(&a).is_some(), !extra.is_empty());
+    assert_eq!(memory(&a).0.is_some(), !extra.is_empty());
+    let momentum = extra.contains(&"--memory-momentum");
+    assert_eq!(
+        memory(&a).1.len(),
+        momentum as usize * a.model.store.params.len()
+    );
     // Other settings than the run's are refused, as is --resume without --out.
     let other = [args.as_slice(), &["--resume", "--lr", "0.5"]].concat();
     fails_with(&other, "--resume");
@@ -856,6 +883,56 @@ fn resumes_bit_identically(name: &str, extra: &[&str]) {
         &tiny(&["pretrain", "--data", &data], &["--resume"]),
         "--out",
     );
+}
+
+/// The momentum encoder fills the memory buffer. At a momentum of almost 0 it is the trained
+/// network itself, so every step's loss is that without one; at 0.9 the first two steps are
+/// still the same (the memory then holds rows the two networks made from the same weights) and
+/// the later ones part. On the emulated GPU the same run follows the cpu's.
+#[test]
+fn momentum_encoder_fills_the_memory_buffer() {
+    let t = Tmp::new("momentum");
+    let data = t.data("data");
+    let losses = |name: &str, extra: &[&str]| -> Vec<f64> {
+        let out = t.path(name);
+        let flags = ["--epochs", "1", "--batch-size", "16", "--memory-size", "64"];
+        let args = tiny(&["pretrain", "--data", &data, "--out", &out], &flags);
+        let run = simclr(&[args.as_slice(), extra].concat());
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let text = std::fs::read_to_string(t.0.join(name).join("metrics.jsonl")).unwrap();
+        (text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()))
+        .filter_map(|r| r["step"].is_u64().then(|| r["loss"].as_f64().unwrap()))
+        .collect()
+    };
+    let plain = losses("plain", &["--device", "cpu"]);
+    let almost_0 = losses("almost0", &["--device", "cpu", "--memory-momentum", "1e-9"]);
+    let m = losses("m", &["--device", "cpu", "--memory-momentum", "0.9"]);
+    let emu = losses("emu", &["--device", "emu", "--memory-momentum", "0.9"]);
+    assert!(plain.len() >= 4, "{plain:?}");
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b.abs();
+    for (step, ((&p, &a), (&m, &e))) in plain
+        .iter()
+        .zip(&almost_0)
+        .zip(m.iter().zip(&emu))
+        .enumerate()
+    {
+        assert!(
+            close(a, p, 1e-5),
+            "step {step}: momentum 1e-9 {a}, none {p}"
+        );
+        assert_eq!(
+            close(m, p, 1e-5),
+            step < 2,
+            "step {step}: momentum 0.9 {m}, none {p}"
+        );
+        assert!(close(e, m, 1e-3), "step {step}: emu {e}, cpu {m}");
+    }
 }
 
 /// A budgeted pipeline sets every stage's steps from its measured speed and records the plan,

@@ -247,8 +247,10 @@ fn three_pretraining_steps_match_one_process() {
                 num_classes: None,
             };
             // Three steps of SimCLR pretraining on `x` (two views of some images) over `comm`,
-            // with a memory buffer of `memory_size` rows (0: none).
-            let train = |batches: &[Vec<f32>], comm: Arc<dyn Comm>, memory_size: usize| {
+            // with a memory buffer of `memory_size` rows (0: none), filled through
+            // `ntxent_with_keys` when `keys` (with the rows scored: the same memory, gathered
+            // apart from them).
+            let train = |batches: &[Vec<f32>], comm: Arc<dyn Comm>, (memory_size, keys)| {
                 let mut model = Model::new(&spec, 3).unwrap();
                 let mut opt = Optimizer::new(OptimizerKind::Lars, 1e-4, &model.store);
                 let mut memory = ops::ntxent::Memory {
@@ -262,9 +264,13 @@ fn three_pretraining_steps_match_one_process() {
                     let input = g.input(Tensor::from_vec(&[n, size, size, 1], x.clone()));
                     let (_, projection) = model.forward(&mut g, input, true);
                     let z = ops::normalize::l2_normalize(&mut g, projection);
-                    let loss = match memory_size {
-                        0 => ops::ntxent::ntxent(&mut g, z, 0.1),
-                        _ => ops::ntxent::ntxent_with_memory(&mut g, z, &mut memory, 0.1),
+                    let zk = g.value(z).clone();
+                    let loss = match (memory_size, keys) {
+                        (0, _) => ops::ntxent::ntxent(&mut g, z, 0.1),
+                        (_, false) => ops::ntxent::ntxent_with_memory(&mut g, z, &mut memory, 0.1),
+                        (_, true) => {
+                            ops::ntxent::ntxent_with_keys(&mut g, z, &mut memory, &zk, 0.1)
+                        }
                     };
                     // 4 KB buckets: a dozen collectives, each started as the backward
                     // finishes its gradients (the trainer's are 25 MB).
@@ -288,15 +294,15 @@ fn three_pretraining_steps_match_one_process() {
                 .collect();
             // Without a memory, and with one of two batches' views: the ranks hold its rows in
             // another order than one process (rank-major), the same rows all the same.
-            for memory_size in [0, 4 * images] {
-                let want = train(&batches, dist::solo(), memory_size);
-                let got = train(&mine, comm.clone(), memory_size);
+            for setting in [(0, false), (4 * images, false), (4 * images, true)] {
+                let want = train(&batches, dist::solo(), setting);
+                let got = train(&mine, comm.clone(), setting);
                 // The conv weights agree to 1e-7 (LARS keeps their steps small); BN's γ and β
                 // take plain steps of 0.5 times gradients that are sums with cancellation, where
                 // f32 summed in another order differs by a few 1e-4 after three steps
                 // (measured: at most 3.6e-4). A shard-local BN or NT-Xent is off by far more.
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let what = format!("parameter {i}, memory of {memory_size}");
+                    let what = format!("parameter {i}, memory (rows, keys) {setting:?}");
                     assert_close(&what, g, w, 2e-3);
                 }
             }

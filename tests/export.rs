@@ -72,7 +72,7 @@ fn save_normalized(dir: &Path, model: &Model, normalize: Option<Normalize>) -> P
         normalize,
         ..Meta::new("finetune", 1, &model.spec, &Config::preset("tiny").unwrap())
     };
-    checkpoint::save(dir, model, None, None, &meta).unwrap();
+    checkpoint::save(dir, model, None, &Default::default(), &meta).unwrap();
     dir.join(checkpoint::FILE)
 }
 

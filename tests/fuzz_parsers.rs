@@ -227,7 +227,7 @@ fn checkpoint_files() {
         &dir,
         &model,
         None,
-        None,
+        &Default::default(),
         &Meta::new("finetune", 1, &spec, &config),
     )
     .unwrap();

@@ -1,7 +1,8 @@
 //! SimCLRv2's memory buffer in NT-Xent (`ops::ntxent::ntxent_with_memory`): the loss with the
 //! memory's rows as extra negatives against a direct computation from the definition (in f64,
 //! its gradient by central differences), and the memory as a first-in, first-out queue of every
-//! step's rows, on the cpu and on the emulated GPU in f32 and bf16.
+//! step's rows, on the cpu and on the emulated GPU in f32 and bf16, filled either with the rows
+//! scored or with a momentum encoder's (`ntxent_with_keys`).
 
 mod common;
 
@@ -86,10 +87,16 @@ fn loss_with_memory_matches_its_definition() {
 
 /// Four steps through the op on the cpu (`gpu` None) or a GPU in `elem`: each step's loss
 /// against the cpu reference with the memory the steps before should have left (their rows,
-/// newest first, K at most), and the memory left after each step.
-fn check_fifo(gpu: Option<&Gpu>, elem: Elem, tolerance: f64) {
+/// newest first, K at most), and the memory left after each step. `with_keys`: each step
+/// gives other rows (a momentum encoder's) to keep than those it scores.
+fn check_fifo(gpu: Option<&Gpu>, elem: Elem, with_keys: bool, tolerance: f64) {
     let (rows, d, k, t) = (6, 5, 15, 0.2);
     let what = gpu.map_or("cpu".to_string(), |g| format!("{} {elem:?}", g.name()));
+    let what = format!("{what}, keys {with_keys}");
+    let upload = |rows: &[f32]| match gpu {
+        Some(gpu) => Tensor::from_gpu(&[rows.len() / d, d], gpu.upload_as(rows, elem)),
+        None => Tensor::from_vec(&[rows.len() / d, d], rows.to_vec()),
+    };
     let mut memory = Memory {
         size: k,
         rows: None,
@@ -107,17 +114,28 @@ fn check_fifo(gpu: Option<&Gpu>, elem: Elem, tolerance: f64) {
         let (want, _) = cpu::ntxent(&z64, &m64, d, t);
 
         let mut g = Graph::new(true);
-        let zv = g.input(match gpu {
-            Some(gpu) => Tensor::from_gpu(&[rows, d], gpu.upload_as(&z, elem)),
-            None => Tensor::from_vec(&[rows, d], z.clone()),
-        });
-        let loss = ops::ntxent::ntxent_with_memory(&mut g, zv, &mut memory, t);
+        let zv = g.input(upload(&z));
+        let (loss, kept) = match with_keys {
+            false => (
+                ops::ntxent::ntxent_with_memory(&mut g, zv, &mut memory, t),
+                z,
+            ),
+            true => {
+                let keys: Vec<f32> = (unit_rows(rows, d, 50 + step).iter())
+                    .map(|&v| v as f32)
+                    .collect();
+                let keys = common::as_stored(elem, keys);
+                let loss =
+                    ops::ntxent::ntxent_with_keys(&mut g, zv, &mut memory, &upload(&keys), t);
+                (loss, keys)
+            }
+        };
         let got = g.value(loss).item();
         assert!(
             (got - want).abs() < tolerance * want.abs(),
             "{what}, step {step}: loss {got}, want {want}"
         );
-        history = [&z[..], &history[..]].concat();
+        history = [&kept[..], &history[..]].concat();
         let held = memory.rows.as_ref().expect("a memory after a step");
         let n = ((step as usize + 1) * rows).min(k);
         assert_eq!(held.shape, [n, d], "{what}, step {step}");
@@ -131,9 +149,11 @@ fn check_fifo(gpu: Option<&Gpu>, elem: Elem, tolerance: f64) {
 
 #[test]
 fn memory_keeps_the_newest_rows_first_in_first_out() {
-    check_fifo(None, Elem::F32, 1e-6);
     let gpu = Gpu::emu(Schedule::Rr);
-    for elem in [Elem::F32, Elem::Bf16] {
-        check_fifo(Some(&gpu), elem, 1e-5);
+    for with_keys in [false, true] {
+        check_fifo(None, Elem::F32, with_keys, 1e-6);
+        for elem in [Elem::F32, Elem::Bf16] {
+            check_fifo(Some(&gpu), elem, with_keys, 1e-5);
+        }
     }
 }

@@ -13,12 +13,12 @@
 use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::nn::model::Model;
-use crate::ops::ntxent::Memory;
 use crate::optim::Optimizer;
+use crate::train::checkpoint::Queued;
 use crate::train::config::{Config, StageConfig};
 use crate::train::eval::forward_all;
 use crate::train::stages::{self, classifier_spec, learning_rates};
-use crate::train::trainer::{train_step, Monitor, Stage};
+use crate::train::trainer::{train_step, Monitor, Queue, Stage};
 use crate::train::{checkpoint, Context};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -153,10 +153,7 @@ fn measure(ctx: &Context, mut model: Model, mut stage: Stage) -> Result<[f64; 2]
     model.to_device(&ctx.device);
     let cfg = &stage.cfg;
     let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, &model.store);
-    let mut memory = Memory {
-        size: stage.objective.memory_size(),
-        rows: None,
-    };
+    let mut queue = Queue::new(&stage.objective, &model, Queued::default());
     let (mut done, mut timed) = (0, Instant::now());
     for epoch in 0.. {
         let mut loader = ctx.epoch_loader(
@@ -167,7 +164,7 @@ fn measure(ctx: &Context, mut model: Model, mut stage: Stage) -> Result<[f64; 2]
             (epoch, 0),
         );
         for batch in &mut loader {
-            let objective = (&mut stage.objective, &mut memory);
+            let objective = (&mut stage.objective, &mut queue);
             let loss = train_step(ctx, &mut model, objective, &mut opt, batch, 0.0);
             // Waits for the device, so that each step is timed whole.
             loss.to_f32_vec();

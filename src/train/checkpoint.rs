@@ -7,7 +7,8 @@
 //! `optimizer.velocity.<parameter>`) and the exact position (epoch, batch, the epoch's loss
 //! so far), in the same file, so that a killed run resumes where it stopped: the data order and
 //! augmentations are functions of (seed, epoch, image), so nothing else needs saving but, when
-//! pretraining with `--memory-size`, the memory buffer's rows (`ntxent.memory`).
+//! pretraining with `--memory-size`, the memory buffer's rows (`ntxent.memory`) and, with
+//! `--memory-momentum`, its momentum encoder's weights (`ntxent.key_encoder.<parameter>`).
 
 use crate::data::augment::Normalize;
 use crate::error::{Error, Result};
@@ -88,6 +89,15 @@ impl Meta {
 
 const VELOCITY: &str = "optimizer.velocity.";
 const MEMORY: &str = "ntxent.memory";
+const KEY_ENCODER: &str = "ntxent.key_encoder.";
+
+/// NT-Xent's memory buffer as a checkpoint keeps it: its rows, [rows, projection width], and
+/// with `--memory-momentum` the momentum encoder's weights, in the model's parameter order.
+#[derive(Clone, Debug, Default)]
+pub struct Queued {
+    pub rows: Option<Tensor>,
+    pub key_encoder: Option<Vec<Tensor>>,
+}
 
 /// What a resumed stage starts from.
 pub struct Resume {
@@ -95,8 +105,8 @@ pub struct Resume {
     pub meta: Meta,
     /// Optimiser velocities by parameter index.
     pub velocity: Vec<(usize, Tensor)>,
-    /// NT-Xent's memory buffer, [rows, projection width] (`ops::ntxent::Memory`), if it had one.
-    pub memory: Option<Tensor>,
+    /// NT-Xent's memory buffer (`ops::ntxent::Memory`), if it had one.
+    pub queued: Queued,
 }
 
 /// Writes `bytes` to `path` through a temporary file beside it (`<name>.tmp`, one per file),
@@ -123,7 +133,7 @@ pub fn save(
     dir: &Path,
     model: &Model,
     opt: Option<&Optimizer>,
-    memory: Option<&Tensor>,
+    queued: &Queued,
     meta: &Meta,
 ) -> Result<()> {
     let meta_json = serde_json::to_string_pretty(meta).expect("config serialises");
@@ -150,8 +160,16 @@ pub fn save(
             bytes.push(entry(format!("{VELOCITY}{name}"), v)?);
         }
     }
-    if let Some(m) = memory {
+    if let Some(m) = &queued.rows {
         bytes.push(entry(MEMORY.into(), m)?);
+    }
+    for (p, w) in model
+        .store
+        .params
+        .iter()
+        .zip(queued.key_encoder.iter().flatten())
+    {
+        bytes.push(entry(format!("{KEY_ENCODER}{}", p.name), w)?);
     }
     let views = bytes.iter().map(|(name, data, shape)| {
         let view = TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes match");
@@ -249,7 +267,7 @@ pub fn load_training(path: &Path) -> Result<Resume> {
             velocity.push((id, Tensor::from_vec(&p.value.shape, f32s(t.data()))));
         }
     }
-    let memory = match tensors.tensor(MEMORY) {
+    let rows = match tensors.tensor(MEMORY) {
         Ok(t) => {
             let d = meta.spec.proj_dim;
             if t.dtype() != Dtype::F32 || t.shape().len() != 2 || t.shape()[1] != d {
@@ -263,11 +281,29 @@ pub fn load_training(path: &Path) -> Result<Resume> {
         }
         Err(_) => None,
     };
+    // All of the model's parameters, or none.
+    let mut key_encoder = Vec::new();
+    for p in &model.store.params {
+        if let Ok(t) = tensors.tensor(&format!("{KEY_ENCODER}{}", p.name)) {
+            if t.dtype() != Dtype::F32 || t.shape() != p.value.shape.as_slice() {
+                return Err(not_ours(format!(
+                    "its momentum encoder's {} has the wrong shape",
+                    p.name
+                )));
+            }
+            key_encoder.push(Tensor::from_vec(&p.value.shape, f32s(t.data())));
+        }
+    }
+    let key_encoder = match key_encoder.len() {
+        0 => None,
+        n if n == model.store.params.len() => Some(key_encoder),
+        _ => return Err(not_ours("its momentum encoder lacks weights".into())),
+    };
     Ok(Resume {
         model,
         meta,
         velocity,
-        memory,
+        queued: Queued { rows, key_encoder },
     })
 }
 
@@ -308,11 +344,11 @@ pub fn copy_params(from: &ParamStore, to: &mut ParamStore, prefixes: &[&str]) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::nn::resnet::Arch;
 
-    fn small_spec() -> ModelSpec {
+    pub(crate) fn small_spec() -> ModelSpec {
         ModelSpec {
             arch: Arch {
                 name: "resnet8".into(),
@@ -345,7 +381,7 @@ mod tests {
             &dir,
             &model,
             None,
-            None,
+            &Queued::default(),
             &Meta::new("finetune", 2, &spec, &config),
         )
         .unwrap();
@@ -372,20 +408,33 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let meta = Meta::new("pretrain", 1, &spec, &Config::preset("tiny").unwrap());
         let rows: Vec<f32> = (0..5 * 8).map(|i| i as f32 * 0.01).collect();
-        let memory = Tensor::from_vec(&[5, 8], rows.clone());
-        save(&dir, &model, None, Some(&memory), &meta).unwrap();
-        let back = load_training(&dir)
-            .unwrap()
-            .memory
-            .expect("a memory buffer");
+        // With a momentum encoder: another model's weights.
+        let keys = Model::new(&spec, 8).unwrap();
+        let weights: Vec<Tensor> = keys.store.params.iter().map(|p| p.value.clone()).collect();
+        let queued = Queued {
+            rows: Some(Tensor::from_vec(&[5, 8], rows.clone())),
+            key_encoder: Some(weights.clone()),
+        };
+        save(&dir, &model, None, &queued, &meta).unwrap();
+        let back = load_training(&dir).unwrap().queued;
+        let memory = back.rows.expect("a memory buffer");
         assert_eq!(
-            (back.shape.as_slice(), back.to_f32_vec()),
+            (memory.shape.as_slice(), memory.to_f32_vec()),
             (&[5, 8][..], rows)
         );
-        save(&dir, &model, None, None, &meta).unwrap();
-        assert!(load_training(&dir).unwrap().memory.is_none());
-        let wrong = Tensor::from_vec(&[8, 5], vec![0.0f32; 40]);
-        save(&dir, &model, None, Some(&wrong), &meta).unwrap();
+        let f32s = |ws: &[Tensor]| ws.iter().map(|w| w.to_f32_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            f32s(&back.key_encoder.expect("its encoder")),
+            f32s(&weights)
+        );
+        save(&dir, &model, None, &Queued::default(), &meta).unwrap();
+        let back = load_training(&dir).unwrap().queued;
+        assert!(back.rows.is_none() && back.key_encoder.is_none());
+        let wrong = Queued {
+            rows: Some(Tensor::from_vec(&[8, 5], vec![0.0f32; 40])),
+            key_encoder: None,
+        };
+        save(&dir, &model, None, &wrong, &meta).unwrap();
         let e = load_training(&dir).err().expect("a wrong memory loaded");
         assert!(e.to_string().contains("memory buffer"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -399,14 +448,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("simclr-ckpt-nan-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let meta = Meta::new("finetune", 1, &spec, &Config::preset("tiny").unwrap());
-        save(&dir, &model, None, None, &meta).unwrap();
+        save(&dir, &model, None, &Queued::default(), &meta).unwrap();
         let good = std::fs::read(dir.join(FILE)).unwrap();
         let p = &mut model.store.params[3];
         let mut v = p.value.to_f64_vec();
         v[0] = f64::NAN;
         p.value = Tensor::from_f64(&p.value.shape, DType::F32, &v);
         let name = p.name.clone();
-        let err = save(&dir, &model, None, None, &meta)
+        let err = save(&dir, &model, None, &Queued::default(), &meta)
             .unwrap_err()
             .to_string();
         assert!(err.contains(&name) && err.contains("non-finite"), "{err}");
@@ -427,7 +476,14 @@ mod tests {
             normalize: Some(Normalize { mean, std }),
             ..Meta::new("finetune", 1, &spec, &config)
         };
-        save(&dir, &model, None, None, &with(vec![0.3], vec![0.2])).unwrap();
+        save(
+            &dir,
+            &model,
+            None,
+            &Queued::default(),
+            &with(vec![0.3], vec![0.2]),
+        )
+        .unwrap();
         let (_, meta) = load(&dir).unwrap();
         assert_eq!(meta.normalize, with(vec![0.3], vec![0.2]).normalize);
         for (mean, std) in [
@@ -435,7 +491,7 @@ mod tests {
             (vec![0.3, 0.3], vec![0.2, 0.2]),
             (vec![0.3], vec![0.0]),
         ] {
-            save(&dir, &model, None, None, &with(mean, std)).unwrap();
+            save(&dir, &model, None, &Queued::default(), &with(mean, std)).unwrap();
             let e = load(&dir)
                 .err()
                 .expect("a bad normalisation loaded")

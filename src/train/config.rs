@@ -85,6 +85,10 @@ pub struct Config {
     /// Rows of SimCLRv2's memory buffer: past projections, extra negatives of NT-Xent (0: off).
     #[serde(default)]
     pub memory_size: usize,
+    /// Momentum m of the encoder that fills the memory buffer (w_k ← m·w_k + (1 − m)·w after
+    /// every step; 0: the trained network's own rows fill it).
+    #[serde(default)]
+    pub memory_momentum: f64,
     /// Colour-jitter strength s of the pretraining augmentation.
     pub color_strength: f64,
     /// Smallest crop area fraction of the random resized crop.
@@ -182,6 +186,7 @@ impl Config {
             },
             temperature: 0.1,
             memory_size: 0,
+            memory_momentum: 0.0,
             color_strength: 0.5,
             crop_min: 0.2,
             knn_k: 200,
@@ -365,6 +370,17 @@ impl Config {
                  (the memory holds whole batches)",
                 self.memory_size
             )));
+        }
+        if !(0.0..1.0).contains(&self.memory_momentum) {
+            return Err(Error::Config(format!(
+                "--memory-momentum must be in [0, 1), got {}",
+                self.memory_momentum
+            )));
+        }
+        if self.memory_momentum > 0.0 && self.memory_size == 0 {
+            return Err(Error::Config(
+                "--memory-momentum needs a memory buffer: give --memory-size too".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&self.distill_label_weight) {
             return Err(Error::Config(

@@ -346,7 +346,7 @@ impl Context {
             ranks: self.comm.size(),
             ..Meta::new(stage, pos.epoch, &model.spec, &self.cfg)
         };
-        checkpoint::save(dir, model, Some(opt), pos.memory.as_ref(), &meta)
+        checkpoint::save(dir, model, Some(opt), &pos.queued, &meta)
     }
 
     /// With --resume, the checkpoint `stage` left in `dir` (none: the stage starts afresh).
@@ -413,7 +413,7 @@ impl Context {
                     loss_sum: m.loss_sum,
                     elapsed_s: m.elapsed_s,
                     record: m.record,
-                    memory: r.memory,
+                    queued: r.queued,
                 };
                 (r.model, Some((pos, r.velocity)))
             }

@@ -77,6 +77,7 @@ pub fn pretrain_stage(ctx: &Context) -> Result<Stage<'_>> {
         objective: Objective::Contrastive {
             temperature: cfg.temperature,
             memory_size: cfg.memory_size,
+            memory_momentum: cfg.memory_momentum,
         },
         monitor: Monitor::Knn,
     })

@@ -5,6 +5,7 @@
 //! images, how many views, which objective, which monitor.
 
 use crate::autograd::{Graph, Var};
+use crate::backend;
 use crate::data::loader::{Batch, Views};
 use crate::device::cuda::{Counters, Gpu, GpuError, Pending};
 use crate::dist::{self, Comm};
@@ -15,6 +16,7 @@ use crate::ops::ntxent::Memory;
 use crate::optim::schedule::{lr_at, scaled_lr};
 use crate::optim::Optimizer;
 use crate::tensor::{Storage, Tensor};
+use crate::train::checkpoint::Queued;
 use crate::train::config::StageConfig;
 use crate::train::metrics::{progress, Metrics};
 use crate::train::Context;
@@ -44,10 +46,12 @@ pub struct Stage<'a> {
 /// The loss a stage minimises.
 pub enum Objective<'a> {
     /// NT-Xent between the projections of the two views of each image (pretraining), with the
-    /// last `memory_size` projections as extra negatives (SimCLRv2's memory buffer; 0: none).
+    /// last `memory_size` projections as extra negatives (SimCLRv2's memory buffer; 0: none),
+    /// those of a momentum encoder when `memory_momentum` > 0.
     Contrastive {
         temperature: f64,
         memory_size: usize,
+        memory_momentum: f64,
     },
     /// Softmax cross-entropy against the labels. `frozen_encoder`: only the classifier
     /// learns, on features of the encoder in inference mode (linear evaluation).
@@ -62,12 +66,81 @@ pub enum Objective<'a> {
     },
 }
 
-impl Objective<'_> {
-    /// The rows of NT-Xent's memory buffer (0: none, and for the other losses).
-    pub fn memory_size(&self) -> usize {
-        match self {
-            Objective::Contrastive { memory_size, .. } => *memory_size,
-            _ => 0,
+/// NT-Xent's memory buffer and, with `--memory-momentum` m, MoCo's momentum encoder that fills
+/// it (SimCLRv2's appendix): a copy of the network whose weights follow the trained one's,
+/// w_k ← m·w_k + (1 − m)·w after every step. Its projections of each batch (BN on the batch's
+/// statistics, no gradient) join the memory instead of the trained network's, so the rows
+/// there change slowly from step to step.
+pub struct Queue {
+    pub memory: Memory,
+    pub key_encoder: Option<(Model, f64)>,
+}
+
+impl Queue {
+    /// The queue of `objective` (empty for the other losses) for `model`, whose copy the
+    /// momentum encoder starts as, or from a checkpoint's `saved` state.
+    pub fn new(objective: &Objective, model: &Model, saved: Queued) -> Queue {
+        let (size, momentum) = match objective {
+            Objective::Contrastive {
+                memory_size,
+                memory_momentum,
+                ..
+            } => (*memory_size, *memory_momentum),
+            _ => (0, 0.0),
+        };
+        let device = model.device();
+        let key_encoder = (size > 0 && momentum > 0.0).then(|| {
+            let mut keys = Model::new(&model.spec, 0).expect("the trained model's own spec");
+            let weights = match saved.key_encoder {
+                Some(saved) => saved,
+                None => (model.store.params.iter())
+                    .map(|p| p.value.clone())
+                    .collect(),
+            };
+            for (p, w) in keys.store.params.iter_mut().zip(weights) {
+                p.value = w.to_device(&device).deep_copy();
+            }
+            (keys, momentum)
+        });
+        Queue {
+            memory: Memory {
+                size,
+                rows: saved.rows.map(|m| m.to_device(&device)),
+            },
+            key_encoder,
+        }
+    }
+
+    /// What a checkpoint keeps of it: copies of the momentum encoder's weights, as its forward
+    /// pass writes its BN statistics in place.
+    pub fn saved(&self) -> Queued {
+        Queued {
+            rows: self.memory.rows.clone(),
+            key_encoder: (self.key_encoder.as_ref())
+                .map(|(k, _)| k.store.params.iter().map(|p| p.value.deep_copy()).collect()),
+        }
+    }
+
+    /// The momentum encoder's projections of `images`, L2-normalised, if there is one.
+    fn keys(&mut self, g: &Graph, images: &Tensor) -> Option<Tensor> {
+        let (keys, _) = self.key_encoder.as_mut()?;
+        let mut kg = Graph::new(false);
+        kg.comm = g.comm.clone();
+        let x = kg.input(images.clone());
+        let (_, projection) = keys.forward(&mut kg, x, true);
+        let z = ops::normalize::l2_normalize(&mut kg, projection);
+        Some(kg.value(z).clone())
+    }
+
+    /// After a step: the momentum encoder's weights move toward `model`'s.
+    fn follow(&mut self, model: &Model) {
+        let Some((keys, m)) = self.key_encoder.as_mut() else {
+            return;
+        };
+        for (k, p) in keys.store.params.iter_mut().zip(&model.store.params) {
+            let b = backend::of(&p.value);
+            let scale = |x: &Tensor, s: f64| b.scale_by(x, &b.full(&[1], x.dtype(), s));
+            k.value = b.add(&scale(&k.value, *m), &scale(&p.value, 1.0 - *m));
         }
     }
 }
@@ -103,8 +176,8 @@ pub struct Position {
     pub elapsed_s: f64,
     /// The last completed epoch's record.
     pub record: Value,
-    /// NT-Xent's memory buffer (`Objective::Contrastive`): the rows it holds, if any.
-    pub memory: Option<Tensor>,
+    /// NT-Xent's memory buffer (`Objective::Contrastive`), if any.
+    pub queued: Queued,
 }
 
 /// Where a resumed stage starts, and the optimiser state saved there.
@@ -148,10 +221,7 @@ pub fn train(
     };
     let elapsed_before = pos.elapsed_s;
     // The memory buffer lives on the model's device; the checkpoint gets it through `pos`.
-    let mut memory = Memory {
-        size: stage.objective.memory_size(),
-        rows: pos.memory.take().map(|m| m.to_device(&model.device())),
-    };
+    let mut queue = Queue::new(&stage.objective, model, std::mem::take(&mut pos.queued));
     let bar = match ctx.is_main() {
         true => progress(stage.name, total),
         false => ProgressBar::hidden(),
@@ -204,7 +274,7 @@ pub fn train(
             let loss_value = train_step(
                 ctx,
                 model,
-                (&mut stage.objective, &mut memory),
+                (&mut stage.objective, &mut queue),
                 &mut opt,
                 batch,
                 lr,
@@ -241,7 +311,7 @@ pub fn train(
                 // The step's backward and update too must have run without a fault.
                 check_device(gpu.as_ref(), rows, true)?;
                 pos.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-                pos.memory = memory.rows.clone();
+                pos.queued = queue.saved();
                 ctx.save(out, stage.name, (model, &opt), &pos)?;
             }
         }
@@ -284,7 +354,7 @@ pub fn train(
             loss_sum: 0.0,
             elapsed_s: pos.elapsed_s,
             record,
-            memory: memory.rows.clone(),
+            queued: queue.saved(),
         };
         ctx.save(out, stage.name, (model, &opt), &pos)?;
     }
@@ -305,7 +375,7 @@ pub fn train(
 pub fn train_step(
     ctx: &Context,
     model: &mut Model,
-    (objective, memory): (&mut Objective, &mut Memory),
+    (objective, queue): (&mut Objective, &mut Queue),
     opt: &mut Optimizer,
     batch: Batch,
     lr: f64,
@@ -320,9 +390,10 @@ pub fn train_step(
     }
     let mut g = Graph::new(true);
     g.comm = ctx.comm.clone();
-    let loss_var = loss(ctx, &mut g, model, objective, memory, batch);
+    let loss_var = loss(ctx, &mut g, model, objective, queue, batch);
     let grads = dist::backward(&mut g, loss_var, &*ctx.comm, dist::BUCKET_BYTES);
     opt.step(&mut model.store, &grads, lr);
+    queue.follow(model);
     let loss_value = g.value(loss_var).clone();
     drop((g, grads));
     if let Some(gpu) = &graphs {
@@ -491,13 +562,13 @@ impl Tally {
     }
 }
 
-/// The loss of one batch under `objective`, recorded on `g` (NT-Xent also moves `memory`).
+/// The loss of one batch under `objective`, recorded on `g` (NT-Xent also moves the queue).
 fn loss(
     ctx: &Context,
     g: &mut Graph,
     model: &mut Model,
     objective: &mut Objective,
-    memory: &mut Memory,
+    queue: &mut Queue,
     batch: Batch,
 ) -> Var {
     let images = ctx.images(batch.pixels, batch.rows);
@@ -506,9 +577,13 @@ fn loss(
         Objective::Contrastive { temperature, .. } => {
             let (_, projection) = model.forward(g, x, true);
             let z = ops::normalize::l2_normalize(g, projection);
-            match memory.size {
-                0 => ops::ntxent::ntxent(g, z, *temperature),
-                _ => ops::ntxent::ntxent_with_memory(g, z, memory, *temperature),
+            let keys = queue.keys(g, &images);
+            match (queue.memory.size, keys) {
+                (0, _) => ops::ntxent::ntxent(g, z, *temperature),
+                (_, None) => ops::ntxent::ntxent_with_memory(g, z, &mut queue.memory, *temperature),
+                (_, Some(keys)) => {
+                    ops::ntxent::ntxent_with_keys(g, z, &mut queue.memory, &keys, *temperature)
+                }
             }
         }
         Objective::Supervised { frozen_encoder } => {
@@ -572,5 +647,51 @@ fn check_device(gpu: Option<&Gpu>, rows: usize, wait: bool) -> Result<()> {
             )))
         }
         Err(e) => Err(Error::Gpu(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::checkpoint::tests::small_spec;
+
+    /// The momentum encoder starts as the trained network's copy, then after each step holds
+    /// m·w_k + (1 − m)·w of its old weights w_k and the trained ones w.
+    #[test]
+    fn momentum_encoder_follows_the_trained_weights() {
+        let m = 0.75;
+        let mut model = Model::new(&small_spec(), 1).unwrap();
+        let objective = Objective::Contrastive {
+            temperature: 0.1,
+            memory_size: 16,
+            memory_momentum: m,
+        };
+        let mut queue = Queue::new(&objective, &model, Queued::default());
+        let weights = |model: &Model| -> Vec<Vec<f32>> {
+            (model.store.params.iter())
+                .map(|p| p.value.to_f32_vec())
+                .collect()
+        };
+        let start = weights(&model);
+        assert_eq!(weights(&queue.key_encoder.as_ref().unwrap().0), start);
+        // The trained network steps to other weights.
+        model = Model::new(&small_spec(), 2).unwrap();
+        queue.follow(&model);
+        let (now, keys) = (
+            weights(&model),
+            weights(&queue.key_encoder.as_ref().unwrap().0),
+        );
+        for ((k, old), new) in keys
+            .iter()
+            .flatten()
+            .zip(start.iter().flatten())
+            .zip(now.iter().flatten())
+        {
+            let want = m * *old as f64 + (1.0 - m) * *new as f64;
+            assert!(
+                (*k as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{k} vs {want}"
+            );
+        }
     }
 }

@@ -114,12 +114,13 @@ pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
         });
 }
 
-/// y = conv(x, w) for an `is_implicit` shape, given wt = Wᵀ (RSC×K). Output pixel (oy, ox) of
+/// y = conv(x, w) for a stride-1 shape, given wt = Wᵀ (RSC×K). Output pixel (oy, ox) of
 /// image b is row q = (b·Hp + oy)·Wp + ox of a grid over the padded input xp (Hp×Wp per image),
 /// and its window row r is the S·C values at xp[(q + r·Wp)·C..]: for each r, all grid rows at
 /// once are a gemm with A read in place at row stride C. Grid rows with ox ≥ OW wrap across a
 /// row's end; they are computed in a small buffer and dropped.
 fn implicit_forward<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
+    assert_eq!(sh.stride, 1, "implicit conv: stride");
     let (oh, ow, k, sc) = (sh.out_h(), sh.out_w(), sh.k, sh.s * sh.c);
     let (hp, wp) = sh.padded_hw();
     let xp = padded(sh, x);
@@ -300,8 +301,9 @@ pub fn conv2d_backward_weight<T: Real>(sh: &ConvShape, x: &[T], dy: &[T], dw: &m
 /// window hangs over the padding.
 fn im2col<T: Real>(sh: &ConvShape, x: &[T], row0: usize, col: &mut [T]) {
     let (oh, ow, c) = (sh.out_h(), sh.out_w(), sh.c);
-    for (q, col_row) in col.chunks_exact_mut(sh.rsc()).enumerate() {
-        let (b, oy, ox) = split_pixel(row0 + q, oh, ow);
+    // Output pixels in order: the divisions of split_pixel only for the first.
+    let (mut b, mut oy, mut ox) = split_pixel(row0, oh, ow);
+    for col_row in col.chunks_exact_mut(sh.rsc()) {
         // Input column of the window's left edge; negative values wrap to huge ones, so one
         // comparison `< h` / `< w` covers both edges.
         let ix0 = (ox * sh.stride).wrapping_sub(sh.pad);
@@ -324,6 +326,7 @@ fn im2col<T: Real>(sh: &ConvShape, x: &[T], row0: usize, col: &mut [T]) {
                 }
             }
         }
+        (b, oy, ox) = next_pixel((b, oy, ox), oh, ow);
     }
 }
 
@@ -331,8 +334,8 @@ fn im2col<T: Real>(sh: &ConvShape, x: &[T], row0: usize, col: &mut [T]) {
 /// the image that dx starts with).
 fn col2im<T: Real>(sh: &ConvShape, dcol: &[T], row0: usize, dx: &mut [T]) {
     let (oh, ow, c) = (sh.out_h(), sh.out_w(), sh.c);
-    for (q, col_row) in dcol.chunks_exact(sh.rsc()).enumerate() {
-        let (b, oy, ox) = split_pixel(row0 + q, oh, ow);
+    let (mut b, mut oy, mut ox) = split_pixel(row0, oh, ow);
+    for col_row in dcol.chunks_exact(sh.rsc()) {
         for (r, col_r) in col_row.chunks_exact(sh.s * c).enumerate() {
             let iy = (oy * sh.stride + r).wrapping_sub(sh.pad);
             for (s, src) in col_r.chunks_exact(c).enumerate() {
@@ -345,6 +348,7 @@ fn col2im<T: Real>(sh: &ConvShape, dcol: &[T], row0: usize, dx: &mut [T]) {
                 }
             }
         }
+        (b, oy, ox) = next_pixel((b, oy, ox), oh, ow);
     }
 }
 
@@ -364,6 +368,15 @@ fn copy_short<T: Real>(dst: &mut [T], src: &[T]) {
 /// Output pixel index → (image, output row, output column).
 fn split_pixel(q: usize, oh: usize, ow: usize) -> (usize, usize, usize) {
     (q / (oh * ow), q / ow % oh, q % ow)
+}
+
+/// The output pixel after (b, oy, ox), without split_pixel's divisions.
+fn next_pixel((b, oy, ox): (usize, usize, usize), oh: usize, ow: usize) -> (usize, usize, usize) {
+    match (ox + 1 < ow, oy + 1 < oh) {
+        (true, _) => (b, oy, ox + 1),
+        (false, true) => (b, oy + 1, 0),
+        (false, false) => (b + 1, 0, 0),
+    }
 }
 
 #[cfg(test)]
