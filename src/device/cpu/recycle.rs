@@ -21,6 +21,7 @@ pub struct Bin<T> {
 }
 
 impl<T> Bin<T> {
+    /// No buffers yet, at most MAX_BYTES of them later (a `const fn`, for the statics).
     pub const fn empty() -> Self {
         Bin {
             buffers: VecDeque::new(),
