@@ -137,10 +137,14 @@ impl Queue {
         let Some((keys, m)) = self.key_encoder.as_mut() else {
             return;
         };
+        // The weights share one device and type: m and 1 − m made there once per step.
+        let Some(first) = model.store.params.first() else {
+            return;
+        };
+        let (b, dtype) = (backend::of(&first.value), first.value.dtype());
+        let (keep, take) = (b.full(&[1], dtype, *m), b.full(&[1], dtype, 1.0 - *m));
         for (k, p) in keys.store.params.iter_mut().zip(&model.store.params) {
-            let b = backend::of(&p.value);
-            let scale = |x: &Tensor, s: f64| b.scale_by(x, &b.full(&[1], x.dtype(), s));
-            k.value = b.add(&scale(&k.value, *m), &scale(&p.value, 1.0 - *m));
+            k.value = b.add(&b.scale_by(&k.value, &keep), &b.scale_by(&p.value, &take));
         }
     }
 }

@@ -559,62 +559,45 @@ unsafe fn kernel_x86<V: Lanes, const MR: usize, const NV: usize>(
     }
 }
 
-/// 6×16 in 12 ymm registers.
+/// A `Microkernel` named `$name`: `kernel_x86` over `$v` registers, MR = `$mr`, NV = `$nv`,
+/// compiled for `$feature` (called only where the processor has it, isa.rs).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_avx2(
-    kc: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_ps: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    use std::arch::x86_64::__m256;
-    kernel_x86::<__m256, 6, 2>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
+macro_rules! x86_kernel {
+    ($(#[$doc:meta])* $name:ident, $feature:literal, $v:ident, $mr:literal, $nv:literal) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            kc: usize,
+            a: *const f32,
+            a_rs: usize,
+            a_ps: usize,
+            b: *const f32,
+            ldb: usize,
+            c: *mut f32,
+            ldc: usize,
+            accumulate: bool,
+        ) {
+            use std::arch::x86_64::$v;
+            kernel_x86::<$v, $mr, $nv>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
+        }
+    };
 }
-
-/// 14×32 in 28 zmm registers (of 32; the broadcasts fold into the FMAs).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_avx512(
-    kc: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_ps: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    use std::arch::x86_64::__m512;
-    kernel_x86::<__m512, 14, 2>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
-}
-
-/// 14×16 in 14 zmm registers: one B load and 14 FMAs per depth.
+x86_kernel!(
+    /// 6×16 in 12 ymm registers.
+    kernel_avx2, "avx2,fma", __m256, 6, 2
+);
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_avx512_narrow(
-    kc: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_ps: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    use std::arch::x86_64::__m512;
-    kernel_x86::<__m512, 14, 1>(kc, a, a_rs, a_ps, b, ldb, c, ldc, accumulate)
-}
+x86_kernel!(
+    /// 14×32 in 28 zmm registers (of 32; the broadcasts fold into the FMAs).
+    kernel_avx512, "avx512f", __m512, 14, 2
+);
+#[cfg(target_arch = "x86_64")]
+x86_kernel!(
+    /// 14×16 in 14 zmm registers: one B load and 14 FMAs per depth.
+    kernel_avx512_narrow, "avx512f", __m512, 14, 1
+);
 
 #[cfg(test)]
 mod tests {
