@@ -18,13 +18,14 @@ mod common;
 use common::Work;
 use criterion::Criterion;
 use simclr::autograd::Graph;
+use simclr::device::cpu::gemm_bf16;
 use simclr::device::Device;
 use simclr::nn::model::{Model, ModelSpec};
 use simclr::nn::resnet::Arch;
 use simclr::ops;
 use simclr::optim::{Optimizer, OptimizerKind};
 use simclr::rng::Rng;
-use simclr::tensor::Tensor;
+use simclr::tensor::{DType, Tensor};
 
 #[derive(Clone, Copy)]
 enum Variant {
@@ -96,13 +97,25 @@ fn bench_step(c: &mut Criterion, device: &Device, case: &Case) {
         .collect();
     let x = Tensor::from_vec(&shape, values).to_device(device);
     let labels: Vec<u32> = (0..case.batch).map(|_| rng.below(10) as u32).collect();
-    for (&variant, dtype) in case
+    // On the cpu, bf16 keeps f32 activations and takes bf16 products in every gemm, as
+    // `--precision bf16` does there.
+    let precisions = match device {
+        Device::Cpu => vec![DType::F32, DType::BF16],
+        Device::Gpu(_) => common::precisions(device),
+    };
+    for (&variant, &dtype) in case
         .variants
         .iter()
-        .flat_map(|v| common::precisions(device).into_iter().map(move |p| (v, p)))
+        .flat_map(|v| precisions.iter().map(move |p| (v, p)))
     {
-        // bf16 images run the network in bf16, as `--precision bf16` does.
-        let x = common::cast(&x, dtype);
+        let products = matches!(device, Device::Cpu) && dtype == DType::BF16;
+        gemm_bf16::set_products(products);
+        // On a GPU, bf16 images run the network in bf16, as `--precision bf16` does.
+        let x = if products {
+            x.clone()
+        } else {
+            common::cast(&x, dtype)
+        };
         let mut model = Model::new(&spec(case, variant), 0).unwrap();
         model.to_device(device);
         let mut opt = Optimizer::new(OptimizerKind::Lars, 1e-6, &model.store);
@@ -133,6 +146,7 @@ fn bench_step(c: &mut Criterion, device: &Device, case: &Case) {
             });
         }
     }
+    gemm_bf16::set_products(false);
 }
 
 fn main() {

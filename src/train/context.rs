@@ -50,16 +50,16 @@ pub struct Context {
     pub comm: Arc<dyn Comm>,
 }
 
-/// `--precision` on `device`: bf16 needs a GPU; auto is bf16 on a real GPU and f32 on the CPU
-/// and the emulator (where f32 keeps results comparable with the CPU's).
+/// `--precision` on `device`: the activations' element type. On a GPU bf16 stores them in
+/// bf16; on the cpu they stay f32 and bf16 means bf16 products in every gemm (see
+/// `cpu_bf16_products`). Auto is bf16 on a real GPU and f32 on the CPU and the emulator (where
+/// f32 keeps results comparable with the CPU's).
 pub fn precision(flag: &str, device: &Device) -> Result<DType> {
     let gpu = device.gpu();
     match flag {
         "f32" => Ok(DType::F32),
         "bf16" if gpu.is_some() => Ok(DType::BF16),
-        "bf16" => Err(Error::Config(
-            "--precision bf16 needs a GPU device (--device cuda or emu)".into(),
-        )),
+        "bf16" => Ok(DType::F32),
         "auto" => Ok(match gpu {
             Some(gpu) if !gpu.is_emulated() => DType::BF16,
             _ => DType::F32,
@@ -105,8 +105,16 @@ impl Context {
             println!("data parallel: rank {} of {}", comm.rank(), comm.size());
         }
         let on = if augment_on_device { "device" } else { "cpu" };
+        // On the cpu, --precision bf16 rounds the gemms' operands (gemm_bf16.rs).
+        let bf16_products = cfg.precision == "bf16" && device.gpu().is_none();
+        crate::device::cpu::gemm_bf16::set_products(bf16_products);
+        let products = if bf16_products {
+            format!(", {}", crate::device::cpu::gemm_bf16::describe())
+        } else {
+            String::new()
+        };
         println!(
-            "{why}, {} activations, augmentation on the {on}",
+            "{why}, {} activations{products}, augmentation on the {on}",
             precision.name()
         );
         let opts = crate::data::LoadOptions {

@@ -16,6 +16,7 @@
 //! depth into R shallow gemms.)
 
 use super::gemm::{gemm, Scratch};
+use super::gemm_bf16;
 use super::real::Real;
 use rayon::prelude::*;
 
@@ -49,7 +50,7 @@ impl ConvShape {
         [self.n, self.out_h(), self.out_w(), self.k]
     }
     /// Output pixels over the whole batch: the row count of every gemm here.
-    fn pixels(&self) -> usize {
+    pub(super) fn pixels(&self) -> usize {
         self.n * self.out_h() * self.out_w()
     }
     /// Length of one im2col row: a filter's R×S×C window.
@@ -65,7 +66,7 @@ impl ConvShape {
         self.stride == 1 && self.r == self.s && self.r > 1 && self.pad < self.r
     }
     /// The padded input's height and width.
-    fn padded_hw(&self) -> (usize, usize) {
+    pub(super) fn padded_hw(&self) -> (usize, usize) {
         (self.h + 2 * self.pad, self.w + 2 * self.pad)
     }
     fn check(&self, x: usize, w: usize, y: usize) {
@@ -102,6 +103,11 @@ pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
     }
     if sh.is_pointwise() {
         gemm(sh.pixels(), k, rsc, x, rsc, 1, &wt, k, 1, y, k, false);
+        return;
+    }
+    // With AMX tiles, which read xp in place, the implicit form beats im2col.
+    if sh.stride == 1 && gemm_bf16::amx_products() {
+        implicit(sh, x, &wt, y);
         return;
     }
     y.par_chunks_mut(FWD_BLOCK * k)
@@ -161,6 +167,17 @@ fn implicit_forward<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
         });
 }
 
+/// `implicit_forward`, on AMX tiles when the run takes bf16 products there (conv_bf16.rs).
+fn implicit<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if gemm_bf16::amx_products() {
+        if let (Some(x), Some(wt), Some(y)) = (T::as_f32(x), T::as_f32(wt), T::as_f32_mut(y)) {
+            return super::conv_bf16::implicit_forward(sh, x, wt, y);
+        }
+    }
+    implicit_forward(sh, x, wt, y);
+}
+
 /// x with `pad` zeros around each image: N×Hp×Wp×C.
 fn padded<T: Real>(sh: &ConvShape, x: &[T]) -> Scratch<T> {
     let (hp, wp) = sh.padded_hw();
@@ -212,7 +229,7 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
                 wt[((fr * s + fs) * k + j) * c..][..c].copy_from_slice(w_rs);
             }
         }
-        implicit_forward(&flipped, dy, &wt, dx);
+        implicit(&flipped, dy, &wt, dx);
         return;
     }
     // Each task owns a group of whole images, so its col2im writes collide with no other's,
@@ -237,6 +254,13 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
 /// dw = ∂L/∂w given x and dy, overwritten.
 pub fn conv2d_backward_weight<T: Real>(sh: &ConvShape, x: &[T], dy: &[T], dw: &mut [T]) {
     sh.check(x.len(), dw.len(), dy.len());
+    // With AMX tiles, the implicit form reads the window rows from a bf16 copy of x.
+    #[cfg(target_arch = "x86_64")]
+    if sh.stride == 1 && !sh.is_pointwise() && gemm_bf16::amx_products() {
+        if let (Some(x), Some(dy), Some(dw)) = (T::as_f32(x), T::as_f32(dy), T::as_f32_mut(dw)) {
+            return super::conv_bf16::implicit_backward_weight(sh, x, dy, dw);
+        }
+    }
     let (k, rsc, pixels, len) = (sh.k, sh.rsc(), sh.pixels(), dw.len());
     // Computed transposed, dWᵀ[p, k] += Σ_rows col[row, p] · dy[row, k] over a chunk of rows
     // (A = colᵀ by strides): the gemm's short side is then its columns, K, which a narrow
@@ -380,12 +404,12 @@ fn next_pixel((b, oy, ox): (usize, usize, usize), oh: usize, ow: usize) -> (usiz
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::device::cpu::random_vec as random;
 
     /// Direct loops in f64: y, and the two gradients of L = Σ y·dy.
-    fn naive<T: Real>(
+    pub(crate) fn naive<T: Real>(
         sh: &ConvShape,
         x: &[T],
         w: &[T],
@@ -424,7 +448,7 @@ mod tests {
         (y, dx, dw)
     }
 
-    fn rel_err<T: Real>(got: &[T], want: &[f64]) -> f64 {
+    pub(crate) fn rel_err<T: Real>(got: &[T], want: &[f64]) -> f64 {
         let err: f64 = got
             .iter()
             .zip(want)

@@ -15,6 +15,7 @@
 //! Determinism: every element of C is owned by exactly one task and summed over k in the same
 //! order no matter how many threads run, so results are bit-identical run to run.
 
+use super::gemm_bf16;
 use super::isa::Isa;
 use super::real::Real;
 use rayon::prelude::*;
@@ -68,7 +69,8 @@ pub fn kernel_f32(isa: Isa, n: usize) -> Kernel<f32> {
 
 /// C[m×n] = A[m×k]·B[k×n] (+ C if accumulate). A's element (i,p) is a[i*a_rs + p*a_cs],
 /// B's element (p,j) is b[p*b_rs + j*b_cs] (so transposes are just strides); C is row-major
-/// with row stride ldc. Runs the microkernel of this process's instruction set.
+/// with row stride ldc. Runs the microkernel of this process's instruction set, or in f32
+/// under `--precision bf16` the bf16 products of gemm_bf16.rs.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Real>(
     m: usize,
@@ -84,6 +86,11 @@ pub fn gemm<T: Real>(
     ldc: usize,
     accumulate: bool,
 ) {
+    if gemm_bf16::products() {
+        if let (Some(a), Some(b), Some(c)) = (T::as_f32(a), T::as_f32(b), T::as_f32_mut(c)) {
+            return gemm_bf16::gemm_bf16(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc, accumulate);
+        }
+    }
     gemm_with(
         T::microkernel(n),
         m,
@@ -276,12 +283,12 @@ impl<T: Real> std::ops::DerefMut for Scratch<T> {
 
 /// A raw pointer that may cross threads; used only for disjoint tiles of C.
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
+pub(super) struct SendPtr<T>(pub(super) *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
     // A method, so closures capture the whole Send wrapper rather than the bare pointer field.
-    fn get(self) -> *mut T {
+    pub(super) fn get(self) -> *mut T {
         self.0
     }
 }

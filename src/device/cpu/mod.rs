@@ -2,10 +2,15 @@
 //! reference every other device's kernels are checked against, and generic over the element
 //! type so that the gradient checks can run them in f64.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod batchnorm;
 pub mod conv;
+#[cfg(target_arch = "x86_64")]
+pub mod conv_bf16;
 pub mod elementwise;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod isa;
 pub mod loss;
 pub mod normalize;

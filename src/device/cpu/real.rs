@@ -30,6 +30,9 @@ pub trait Real: Float + Sum + AddAssign + Default + Debug + Send + Sync + 'stati
     /// The gemm register-tile kernel for this type on this CPU for a gemm of `n` columns (see
     /// gemm.rs).
     fn microkernel(n: usize) -> Kernel<Self>;
+    /// The values as f32, if this is f32: the kernels that exist only in f32 (bf16 products).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
     /// This thread's pool of reusable scratch buffers of this type.
     fn scratch_pool() -> &'static LocalKey<ScratchPool<Self>>;
     /// The process's bin of dropped tensor buffers of this type.
@@ -45,6 +48,12 @@ impl Real for f32 {
     }
     fn microkernel(n: usize) -> Kernel<f32> {
         gemm::kernel_f32(isa::active(), n)
+    }
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
     }
     fn scratch_pool() -> &'static LocalKey<ScratchPool<f32>> {
         &SCRATCH_F32
@@ -64,6 +73,12 @@ impl Real for f64 {
     // f64 only serves the gradient checks: correctness matters, speed does not.
     fn microkernel(_n: usize) -> Kernel<f64> {
         Kernel::Tile6x16(gemm::kernel_generic::<f64, 6, 16>)
+    }
+    fn as_f32(_: &[f64]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
     }
     fn scratch_pool() -> &'static LocalKey<ScratchPool<f64>> {
         &SCRATCH_F64

@@ -1,0 +1,276 @@
+//! Stride-1 convolutions with bf16 products on AMX tiles (`--precision bf16` on a processor
+//! with AMX), with no im2col. As in `conv::implicit_forward`, output pixel (oy, ox) of image b
+//! is row q = oy·Wp + ox of a grid over the padded input (Hp×Wp per image), and its window row
+//! r is the S·C values at xp[(q + r·Wp)·C..]. Here xp is kept in bf16, so an A tile, 16 grid
+//! rows by 32 of those values, is loaded straight from it with a row stride of C values: the
+//! only copy of the input is xp itself. A tile may read past a window row's S·C values (S·C is
+//! rarely a multiple of 32); the B rows it meets there are zero, so what it reads adds nothing.
+
+use super::amx;
+use super::conv::ConvShape;
+use super::gemm_bf16::{pack_b, to_bf16, View};
+use rayon::prelude::*;
+
+/// y = conv(x, W) for a stride-1 shape, overwritten, given wt = Wᵀ (RSC×K, row-major).
+pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
+    assert!(amx::available(), "conv: this processor has no AMX tiles");
+    assert_eq!(sh.stride, 1, "implicit conv: stride");
+    let (oh, ow, k, c, sc) = (sh.out_h(), sh.out_w(), sh.k, sh.c, sh.s * sh.c);
+    let (hp, wp) = sh.padded_hw();
+    let image = hp * wp * c;
+    // Depth tiles per window row.
+    let kt = sc.div_ceil(32);
+    // Grid rows per image, up to its last output pixel's.
+    let rows = (oh - 1) * wp + ow;
+
+    let xp = padded(sh, x);
+    // Wᵀ in B tiles: window row r's panel q (16 output channels) at (r·panels + q)·kt tiles.
+    let nb = if k <= 16 { 1 } else { 2 };
+    let panels = k.div_ceil(16 * nb) * nb;
+    let mut b_tiles = vec![0u32; sh.r * panels * kt * amx::TILE];
+    b_tiles
+        .par_chunks_mut(kt * amx::TILE)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let (r, q) = (i / panels, i % panels);
+            let b = View {
+                data: &wt[r * sc * k..],
+                rs: k,
+                cs: 1,
+            };
+            // SAFETY: AMX processors have AVX-512 (asserted above).
+            unsafe { pack_b(dst, &b, q * 16, k, sc) };
+        });
+
+    let width = 16 * nb;
+    y.par_chunks_mut(oh * ow * k)
+        .enumerate()
+        .for_each(|(b, y)| {
+            let xb = &xp[b * image..];
+            let mut block = [0f32; 32 * 32];
+            // SAFETY: available() was asserted. Every A tile lies inside xp: its last value is
+            // less than (rows + 31 + (R−1)·Wp)·C + 32·kt ≤ image + 31·C + 32·kt values past
+            // xb, which `padded`'s tail covers; B tiles are whole; the block holds 32×32 floats.
+            unsafe {
+                amx::configure();
+                for q0 in (0..rows).step_by(32) {
+                    for j in (0..k).step_by(width) {
+                        let q = j / 16;
+                        let steps = (0..sh.r).flat_map(|r| {
+                            let a = xb[(q0 + r * wp) * c..].as_ptr();
+                            let bt = b_tiles[(r * panels + q) * kt * amx::TILE..].as_ptr();
+                            (0..kt).map(move |t| amx::Step {
+                                a0: a.add(32 * t),
+                                a1: a.add(32 * t + 16 * c),
+                                b0: bt.add(t * amx::TILE),
+                                b1: bt.add((kt + t) * amx::TILE),
+                            })
+                        });
+                        if nb == 2 {
+                            amx::product::<2>(steps, 2 * c, block.as_mut_ptr(), width, false);
+                        } else {
+                            amx::product::<1>(steps, 2 * c, block.as_mut_ptr(), width, false);
+                        }
+                        // Grid rows with ox ≥ OW wrap across a row's end: dropped.
+                        let cols = width.min(k - j);
+                        for (i, out) in block.chunks_exact(width).enumerate() {
+                            let q = q0 + i;
+                            if q >= rows {
+                                break;
+                            }
+                            let (oy, ox) = (q / wp, q % wp);
+                            if ox < ow {
+                                y[(oy * ow + ox) * k + j..][..cols].copy_from_slice(&out[..cols]);
+                            }
+                        }
+                    }
+                }
+                amx::release();
+            }
+        });
+}
+
+/// x with `pad` zeros around each image (N×Hp×Wp×C) in bf16, then zeros for what the last
+/// image's tiles read past its end: 32 grid rows, and 32 values past the widest window row.
+fn padded(sh: &ConvShape, x: &[f32]) -> Vec<u16> {
+    let (hp, wp) = sh.padded_hw();
+    let (c, image, row) = (sh.c, hp * wp * sh.c, sh.w * sh.c);
+    let tail = 32 * c + 32 * (sh.s * c).div_ceil(32) + 32;
+    let mut xp = vec![0u16; sh.n * image + tail];
+    xp.par_chunks_mut(image)
+        .zip(x.par_chunks(sh.h * row))
+        .for_each(|(dst, src)| {
+            for (iy, src) in src.chunks_exact(row).enumerate() {
+                let dst = &mut dst[((iy + sh.pad) * wp + sh.pad) * c..][..row];
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = to_bf16(v);
+                }
+            }
+        });
+    xp
+}
+
+/// Images per weight-gradient task: the partial sums are per task, so how the batch is split
+/// depends on the shape alone (the result is the same whatever the thread count).
+const DW_TASKS: usize = 8;
+
+/// dw = ∂L/∂w given x and dy for a stride-1 shape, overwritten: for each window row r,
+/// dW_r[k, s·C + c] = Σ_q dy_grid[q, k] · xp[(q + r·Wp)·C + s·C + c] over the grid rows q of
+/// every image, dy_grid being dy on the grid with zeros where it wraps. A = dy_gridᵀ, packed
+/// per image (the output's size); B = the window rows, their grid-row pairs interleaved from xp.
+pub fn implicit_backward_weight(sh: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    assert!(amx::available(), "conv: this processor has no AMX tiles");
+    assert_eq!(sh.stride, 1, "implicit conv: stride");
+    let (oh, ow, k, c, sc) = (sh.out_h(), sh.out_w(), sh.k, sh.c, sh.s * sh.c);
+    let (hp, wp) = sh.padded_hw();
+    let image = hp * wp * c;
+    let rows = (oh - 1) * wp + ow;
+    let qt = rows.div_ceil(32);
+    // dW_r's rows (k) in pairs of 16-row tiles; its columns (s·C + c) in panels of 16.
+    let row_tiles = k.div_ceil(32) * 2;
+    let nb = if sc <= 16 { 1 } else { 2 };
+    let panels = sc.div_ceil(16 * nb) * nb;
+    let (k_pad, sc_pad) = (16 * row_tiles, 16 * panels);
+    let xp = padded(sh, x);
+    let group = sh.n.div_ceil(DW_TASKS);
+    // Per task: dW_r for each r, k_pad × sc_pad, whole blocks so they are updated in place.
+    let mut partial = vec![0f32; sh.n.div_ceil(group) * sh.r * k_pad * sc_pad];
+    partial
+        .par_chunks_mut(sh.r * k_pad * sc_pad)
+        .enumerate()
+        .for_each(|(g, part)| {
+            let mut a_tiles = vec![0u32; row_tiles * qt * amx::TILE];
+            let mut b_tiles = vec![0u32; panels * qt * amx::TILE];
+            for b in g * group..sh.n.min((g + 1) * group) {
+                pack_dy_transposed(&mut a_tiles, &dy[b * oh * ow * k..][..oh * ow * k], sh, qt);
+                for r in 0..sh.r {
+                    let xr = &xp[b * image + r * wp * c..];
+                    pack_window(&mut b_tiles, xr, c, sc_pad, qt);
+                    let part = &mut part[r * k_pad * sc_pad..][..k_pad * sc_pad];
+                    // SAFETY: available() was asserted; the tiles are whole (row_tiles × qt
+                    // and panels × qt of them); each block of `part` is a whole 32×16·nb one.
+                    unsafe {
+                        amx::configure();
+                        for i in (0..k_pad).step_by(32) {
+                            for j in (0..sc_pad).step_by(16 * nb) {
+                                let (at, bt) = (&a_tiles[(i / 16) * qt * amx::TILE..], &b_tiles[(j / 16) * qt * amx::TILE..]);
+                                let steps = (0..qt).map(|t| amx::Step {
+                                    a0: at[t * amx::TILE..].as_ptr().cast(),
+                                    a1: at[(qt + t) * amx::TILE..].as_ptr().cast(),
+                                    b0: bt[t * amx::TILE..].as_ptr(),
+                                    b1: bt[((nb - 1) * qt + t) * amx::TILE..].as_ptr(),
+                                });
+                                let cp = part[i * sc_pad + j..].as_mut_ptr();
+                                let acc = b > g * group;
+                                if nb == 2 {
+                                    amx::product::<2>(steps, 64, cp, sc_pad, acc);
+                                } else {
+                                    amx::product::<1>(steps, 64, cp, sc_pad, acc);
+                                }
+                            }
+                        }
+                        amx::release();
+                    }
+                }
+            }
+        });
+    // The tasks' sums, added in task order.
+    let rsc = sh.r * sc;
+    for (kk, dw_k) in dw.chunks_exact_mut(rsc).enumerate() {
+        for (r, dw_r) in dw_k.chunks_exact_mut(sc).enumerate() {
+            for (d, out) in dw_r.iter_mut().enumerate() {
+                *out = partial
+                    .chunks_exact(sh.r * k_pad * sc_pad)
+                    .map(|part| part[(r * k_pad + kk) * sc_pad + d])
+                    .sum();
+            }
+        }
+    }
+}
+
+/// One image's dy_gridᵀ in A tiles: row tile i's depth tile t at (i·qt + t)·TILE holds output
+/// channels 16i.. by grid rows 32t..; wrapped grid rows, rows past the last and channels past
+/// K are zero.
+fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, qt: usize) {
+    let (ow, k) = (sh.out_w(), sh.k);
+    let wp = sh.padded_hw().1;
+    dst.fill(0);
+    let dst: &mut [u16] = bytemuck::cast_slice_mut(dst);
+    for (p, src) in dy.chunks_exact(k).enumerate() {
+        let q = (p / ow) * wp + p % ow;
+        let (t, qq) = (q / 32, q % 32);
+        for (kk, &v) in src.iter().enumerate() {
+            dst[((kk / 16) * qt + t) * 2 * amx::TILE + (kk % 16) * 32 + qq] = to_bf16(v);
+        }
+    }
+}
+
+/// The window rows of one image and window row r (xr = its xp from row r·Wp on) in B tiles:
+/// panel p's depth tile t at (p·qt + t)·TILE; row t' of it interleaves grid rows 32t + 2t'
+/// and the next, over columns 16p.. of their S·C values (values past S·C are the next pixels':
+/// they only reach columns of dW_r that are dropped).
+fn pack_window(dst: &mut [u32], xr: &[u16], c: usize, sc_pad: usize, qt: usize) {
+    let panels = sc_pad / 16;
+    for t in 0..qt {
+        for pair in 0..16 {
+            let q = 32 * t + 2 * pair;
+            let (lo, hi) = (&xr[q * c..][..sc_pad], &xr[(q + 1) * c..][..sc_pad]);
+            for p in 0..panels {
+                let out = &mut dst[(p * qt + t) * amx::TILE + pair * 16..][..16];
+                for (jj, o) in out.iter_mut().enumerate() {
+                    *o = lo[16 * p + jj] as u32 | (hi[16 * p + jj] as u32) << 16;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::cpu::conv::tests::{naive, rel_err};
+    use crate::device::cpu::gemm_bf16::round;
+    use crate::device::cpu::random_vec as random;
+
+    /// Against f64 loops over the bf16-rounded input, weights and dy, on odd sizes, batches of
+    /// 1 and 3 and 9 (more images than weight-gradient tasks): one input
+    /// channel (the stem) to more than a tile's depth, output channels around the 16- and
+    /// 32-wide blocks, windows of 1 to 5 with and without padding.
+    #[test]
+    fn implicit_conv_and_weight_gradient_match_the_rounded_direct_ones() {
+        if !amx::available() {
+            eprintln!("no AMX here: nothing to test");
+            return;
+        }
+        let mut seed = 100;
+        for &(n, h, w) in &[(1, 7, 9), (3, 5, 6), (9, 4, 3)] {
+            for &c in &[1, 3, 13, 40] {
+                for &(r, s, pad) in &[(1, 1, 0), (3, 3, 1), (3, 3, 0), (5, 5, 2), (1, 3, 1)] {
+                    seed += 1;
+                    let k = [5, 16, 19, 40][seed as usize % 4];
+                    let sh = ConvShape { n, h, w, c, k, r, s, stride: 1, pad };
+                    let x: Vec<f32> = random(n * h * w * c, seed);
+                    let wk: Vec<f32> = random(k * r * s * c, seed + 1);
+                    let rsc = r * s * c;
+                    let mut wt = vec![0.0; wk.len()];
+                    for (j, row) in wk.chunks_exact(rsc).enumerate() {
+                        for (p, &v) in row.iter().enumerate() {
+                            wt[p * k + j] = v;
+                        }
+                    }
+                    let mut y = vec![f32::NAN; sh.pixels() * k];
+                    implicit_forward(&sh, &x, &wt, &mut y);
+                    let dy: Vec<f32> = random(y.len(), seed + 2);
+                    let mut dw = vec![f32::NAN; wk.len()];
+                    implicit_backward_weight(&sh, &x, &dy, &mut dw);
+                    let rounded = |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| round(v)).collect() };
+                    let (want_y, _, want_dw) = naive(&sh, &rounded(&x), &rounded(&wk), &rounded(&dy));
+                    let err = rel_err(&y, &want_y);
+                    assert!(err < 1e-6, "{sh:?}: y rel err {err}");
+                    let err = rel_err(&dw, &want_dw);
+                    assert!(err < 1e-6, "{sh:?}: dw rel err {err}");
+                }
+            }
+        }
+    }
+}
