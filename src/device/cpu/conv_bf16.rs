@@ -8,8 +8,9 @@
 
 use super::amx;
 use super::conv::ConvShape;
-use super::gemm_bf16::{pack_b, to_bf16, View};
+use super::gemm_bf16::{convert, pack_b, to_bf16, View};
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// y = conv(x, W) for a stride-1 shape, overwritten, given wt = Wᵀ (RSC×K, row-major).
 pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
@@ -88,22 +89,39 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
                 amx::release();
             }
         });
+    XP.set(xp);
+}
+
+thread_local! {
+    /// The last padded input's buffer, reused by the next convolution on this thread.
+    static XP: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
 }
 
 /// x with `pad` zeros around each image (N×Hp×Wp×C) in bf16, then zeros for what the last
 /// image's tiles read past its end: 32 grid rows, and 32 values past the widest window row.
+/// Every value is written, so the buffer can be a reused one (give it back with `XP.set`).
 fn padded(sh: &ConvShape, x: &[f32]) -> Vec<u16> {
     let (hp, wp) = sh.padded_hw();
-    let (c, image, row) = (sh.c, hp * wp * sh.c, sh.w * sh.c);
+    let (c, image, row, pad) = (sh.c, hp * wp * sh.c, sh.w * sh.c, sh.pad * sh.c);
     let tail = 32 * c + 32 * (sh.s * c).div_ceil(32) + 32;
-    let mut xp = vec![0u16; sh.n * image + tail];
-    xp.par_chunks_mut(image)
+    let mut xp = XP.take();
+    xp.resize(sh.n * image + tail, 0);
+    let (images, rest) = xp.split_at_mut(sh.n * image);
+    rest.fill(0);
+    images
+        .par_chunks_mut(image)
         .zip(x.par_chunks(sh.h * row))
         .for_each(|(dst, src)| {
-            for (iy, src) in src.chunks_exact(row).enumerate() {
-                let dst = &mut dst[((iy + sh.pad) * wp + sh.pad) * c..][..row];
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = to_bf16(v);
+            for (py, dst) in dst.chunks_exact_mut(wp * c).enumerate() {
+                // The input row; above the image it wraps to a huge value.
+                let iy = py.wrapping_sub(sh.pad);
+                if iy < sh.h {
+                    dst[..pad].fill(0);
+                    // SAFETY: only called where AMX, and so AVX-512, is present.
+                    unsafe { convert(&mut dst[pad..pad + row], &src[iy * row..][..row]) };
+                    dst[pad + row..].fill(0);
+                } else {
+                    dst.fill(0);
                 }
             }
         });
@@ -142,10 +160,13 @@ pub fn implicit_backward_weight(sh: &ConvShape, x: &[f32], dy: &[f32], dw: &mut 
             let mut a_tiles = vec![0u32; row_tiles * qt * amx::TILE];
             let mut b_tiles = vec![0u32; panels * qt * amx::TILE];
             for b in g * group..sh.n.min((g + 1) * group) {
-                pack_dy_transposed(&mut a_tiles, &dy[b * oh * ow * k..][..oh * ow * k], sh, qt);
+                let dy = &dy[b * oh * ow * k..][..oh * ow * k];
+                // SAFETY: AMX processors have AVX-512 (asserted above).
+                unsafe { pack_dy_transposed(&mut a_tiles, dy, sh, qt) };
                 for r in 0..sh.r {
                     let xr = &xp[b * image + r * wp * c..];
-                    pack_window(&mut b_tiles, xr, c, sc_pad, qt);
+                    // SAFETY: as above.
+                    unsafe { pack_window(&mut b_tiles, xr, c, sc_pad, qt) };
                     let part = &mut part[r * k_pad * sc_pad..][..k_pad * sc_pad];
                     // SAFETY: available() was asserted; the tiles are whole (row_tiles × qt
                     // and panels × qt of them); each block of `part` is a whole 32×16·nb one.
@@ -174,6 +195,7 @@ pub fn implicit_backward_weight(sh: &ConvShape, x: &[f32], dy: &[f32], dw: &mut 
                 }
             }
         });
+    XP.set(xp);
     // The tasks' sums, added in task order.
     let rsc = sh.r * sc;
     for (kk, dw_k) in dw.chunks_exact_mut(rsc).enumerate() {
@@ -191,7 +213,8 @@ pub fn implicit_backward_weight(sh: &ConvShape, x: &[f32], dy: &[f32], dw: &mut 
 /// One image's dy_gridᵀ in A tiles: row tile i's depth tile t at (i·qt + t)·TILE holds output
 /// channels 16i.. by grid rows 32t..; wrapped grid rows, rows past the last and channels past
 /// K are zero.
-fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, qt: usize) {
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, qt: usize) {
     let (ow, k) = (sh.out_w(), sh.k);
     let wp = sh.padded_hw().1;
     dst.fill(0);
@@ -209,16 +232,16 @@ fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, qt: usize) {
 /// panel p's depth tile t at (p·qt + t)·TILE; row t' of it interleaves grid rows 32t + 2t'
 /// and the next, over columns 16p.. of their S·C values (values past S·C are the next pixels':
 /// they only reach columns of dW_r that are dropped).
-fn pack_window(dst: &mut [u32], xr: &[u16], c: usize, sc_pad: usize, qt: usize) {
-    let panels = sc_pad / 16;
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_window(dst: &mut [u32], xr: &[u16], c: usize, sc_pad: usize, qt: usize) {
     for t in 0..qt {
         for pair in 0..16 {
             let q = 32 * t + 2 * pair;
             let (lo, hi) = (&xr[q * c..][..sc_pad], &xr[(q + 1) * c..][..sc_pad]);
-            for p in 0..panels {
+            for (p, (lo, hi)) in lo.chunks_exact(16).zip(hi.chunks_exact(16)).enumerate() {
                 let out = &mut dst[(p * qt + t) * amx::TILE + pair * 16..][..16];
-                for (jj, o) in out.iter_mut().enumerate() {
-                    *o = lo[16 * p + jj] as u32 | (hi[16 * p + jj] as u32) << 16;
+                for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                    *o = l as u32 | (h as u32) << 16;
                 }
             }
         }

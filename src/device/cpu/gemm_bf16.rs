@@ -38,6 +38,18 @@ pub fn to_bf16(x: f32) -> u16 {
     (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
+/// dst[i] = to_bf16(src[i]) for the length of the shorter, in AVX-512 registers.
+///
+/// # Safety
+/// The processor must have AVX-512F and BW (every one with AMX does).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn convert(dst: &mut [u16], src: &[f32]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = to_bf16(x);
+    }
+}
+
 /// x rounded to the nearest bf16 value, as f32.
 pub fn round(x: f32) -> f32 {
     f32::from_bits((to_bf16(x) as u32) << 16)
@@ -325,10 +337,7 @@ unsafe fn pack_a(dst: &mut [u32], a: &View, i0: usize, rows: usize, k: usize) {
                     let row = &src[rr * a.rs..];
                     if a.cs == 1 {
                         // Depth pairs in memory order are just the row's bf16 values in turn.
-                        let out: &mut [u16] = bytemuck::cast_slice_mut(out);
-                        for (d, &x) in out.iter_mut().zip(&row[..depths]) {
-                            *d = to_bf16(x);
-                        }
+                        convert(bytemuck::cast_slice_mut(out), &row[..depths]);
                         continue;
                     } else {
                         for (pp, d) in out.iter_mut().enumerate().take(depths / 2) {
