@@ -1,12 +1,13 @@
 //! Square GEMMs (kernels/gemm.cu) of 4096: the f32 tiled SGEMM (C = A·B) and the bf16 tensor-core
 //! GEMM through mma.sync m16n8k16 (C = A·Bᵀ, f32 accumulation; inputs converted to bf16 once,
 //! outside the timing). Rate: 2·m·n·k FLOPs. Without a GPU: the emulator and the cpu reference
-//! at 256 (the cpu has no bf16 GEMM, so that case runs on the emulator alone).
+//! at 256; the cpu's bf16 case is its `gemm_bf16` on f32 operands (AMX tiles where present).
 
 mod common;
 
 use common::Work;
 use simclr::device::cpu::gemm as cpu;
+use simclr::device::cpu::gemm_bf16 as bf16;
 use simclr::device::cuda::{elementwise, gemm as gpu, Buffer, Elem};
 use simclr::device::Device;
 
@@ -48,7 +49,24 @@ fn main() {
             },
         );
 
-        // bf16: A [n,n] · Bᵀ with B stored [n,n], both converted once.
+        // bf16 on the cpu: the same f32 operands, rounded to bf16 as they are packed (AMX
+        // tiles where the processor has them, else the rounding reference).
+        if let Device::Cpu = device {
+            common::time(
+                &mut c,
+                "gemm",
+                &format!("bf16_{n}x{n}x{n}"),
+                device,
+                flops,
+                |i| {
+                    let (a, b) = (&sets[i % sets.len()][0], &sets[i % sets.len()][1]);
+                    let (a, b) = (a.as_slice::<f32>(), b.as_slice::<f32>());
+                    bf16::gemm_bf16(n, n, n, a, n, 1, b, n, 1, out.as_mut_slice(), n, false)
+                },
+            );
+        }
+
+        // bf16 on a GPU: A [n,n] · Bᵀ with B stored [n,n], both converted once.
         let Device::Gpu(g) = device else { continue };
         let bf16 = |t: &simclr::tensor::Tensor| -> Buffer {
             let mut y = g.alloc(n * n, Elem::Bf16);

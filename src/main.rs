@@ -208,7 +208,8 @@ struct Opts {
     /// auto, cpu, cuda, cuda:N or emu (the CUDA kernels on the CPU emulator) [default: auto]
     #[arg(long)]
     device: Option<String>,
-    /// Activations on a GPU: bf16 (tensor cores; f32 weights, statistics and losses) or f32;
+    /// bf16: on a GPU, bf16 activations (tensor cores; f32 weights, statistics and losses);
+    /// on the cpu, f32 activations and bf16 products in every gemm (AMX tiles where present).
     /// auto = bf16 on cuda, f32 on cpu and emu [default: auto]
     #[arg(long)]
     precision: Option<String>,

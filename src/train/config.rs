@@ -38,7 +38,8 @@ pub struct Config {
     pub labels: String,
     pub seed: u64,
     pub device: String,
-    /// Activations' storage on a GPU: auto (bf16 on cuda, f32 elsewhere), bf16 or f32.
+    /// auto (bf16 on cuda, f32 elsewhere), bf16 or f32: on a GPU the activations' storage, on
+    /// the cpu the gemms' products (activations stay f32).
     #[serde(default = "auto")]
     pub precision: String,
     /// Where the training views are augmented: auto (the device on cuda, else the cpu), cpu

@@ -108,10 +108,9 @@ impl Context {
         // On the cpu, --precision bf16 rounds the gemms' operands (gemm_bf16.rs).
         let bf16_products = cfg.precision == "bf16" && device.gpu().is_none();
         crate::device::cpu::gemm_bf16::set_products(bf16_products);
-        let products = if bf16_products {
-            format!(", {}", crate::device::cpu::gemm_bf16::describe())
-        } else {
-            String::new()
+        let products = match bf16_products {
+            true => format!(", {}", crate::device::cpu::gemm_bf16::describe()),
+            false => String::new(),
         };
         println!(
             "{why}, {} activations{products}, augmentation on the {on}",

@@ -65,6 +65,9 @@ pub struct Report {
     pub device: String,
     /// The instruction set of the CPU kernels (`device::cpu::isa`): avx512, avx2 or portable.
     pub cpu_kernels: &'static str,
+    /// How the CPU's gemms multiply (`device::cpu::gemm_bf16`): f32, or bf16 products under
+    /// `--precision bf16` on the cpu.
+    pub cpu_products: &'static str,
     pub label_fraction: f64,
     pub labelled_examples: usize,
     pub seed: u64,
@@ -154,6 +157,7 @@ pub fn pipeline(ctx: &mut Context, out: &Path) -> Result<Report> {
         dataset: cfg.data.display().to_string(),
         device: ctx.device.name(),
         cpu_kernels: crate::device::cpu::isa::name(),
+        cpu_products: crate::device::cpu::gemm_bf16::describe(),
         label_fraction: ctx.label_fraction()?,
         labelled_examples: labelled,
         seed: cfg.seed,

@@ -167,12 +167,12 @@ fn implicit_forward<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
         });
 }
 
-/// `implicit_forward`, on AMX tiles when the run takes bf16 products there (conv_bf16.rs).
+/// `implicit_forward`, on AMX tiles when the run takes bf16 products there (conv_amx.rs).
 fn implicit<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     if gemm_bf16::amx_products() {
         if let (Some(x), Some(wt), Some(y)) = (T::as_f32(x), T::as_f32(wt), T::as_f32_mut(y)) {
-            return super::conv_bf16::implicit_forward(sh, x, wt, y);
+            return super::conv_amx::implicit_forward(sh, x, wt, y);
         }
     }
     implicit_forward(sh, x, wt, y);
@@ -258,7 +258,7 @@ pub fn conv2d_backward_weight<T: Real>(sh: &ConvShape, x: &[T], dy: &[T], dw: &m
     #[cfg(target_arch = "x86_64")]
     if sh.stride == 1 && !sh.is_pointwise() && gemm_bf16::amx_products() {
         if let (Some(x), Some(dy), Some(dw)) = (T::as_f32(x), T::as_f32(dy), T::as_f32_mut(dw)) {
-            return super::conv_bf16::implicit_backward_weight(sh, x, dy, dw);
+            return super::conv_amx::implicit_backward_weight(sh, x, dy, dw);
         }
     }
     let (k, rsc, pixels, len) = (sh.k, sh.rsc(), sh.pixels(), dw.len());

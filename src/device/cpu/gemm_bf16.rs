@@ -1,32 +1,18 @@
 //! GEMM with bf16 products: C = A·B (+ C) for f32 operands rounded to bf16 (to nearest, ties to
 //! even), multiplied exactly and summed in f32, what PyTorch's CPU autocast does in its
 //! convolutions and linear layers. The tensors stay f32; only the products lose precision
-//! (8 significant bits per operand instead of 24).
+//! (8 significant bits per operand instead of 24). `--precision bf16` on the cpu turns it on
+//! for every f32 gemm of the process (`set_products`).
 //!
 //! Two ways to compute it, both with the strided operands of `gemm::gemm`:
-//! - `gemm_amx`: AMX tiles (amx.rs) where the processor has them. A and B are packed into bf16
-//!   tiles, zero-padded to whole tiles, and C is cut into MC×NC tasks as in gemm.rs; each task
-//!   runs 32×32 (or, for gemms of at most 16 columns, 32×16) blocks of C through the tile unit.
+//! - `gemm_amx::gemm_amx`, on AMX tiles where the processor has them (and conv_amx.rs, the
+//!   stride-1 convolutions without im2col);
 //! - `gemm_reference`: the operands rounded into f32 copies, then the f32 gemm. The meaning of
 //!   the other, and what runs where AMX is absent.
-//!
-//! Determinism: each element of C is summed over k in an order fixed by the shape alone.
 
-use super::amx;
-use super::gemm::{gemm_with, SendPtr};
+use super::gemm::gemm_with;
 use super::real::Real;
-use rayon::prelude::*;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Rows of C per task: an even number of 16-row tiles.
-const MC: usize = 64;
-/// Columns of C per task: an even number of 16-column tiles.
-const NC: usize = 256;
-/// Depths per tile.
-const KT: usize = 32;
-/// Gemms of fewer multiply-adds than this run on the calling thread alone.
-const SMALL: usize = 1 << 21;
 
 /// f32 → bf16 bits, rounded to nearest with ties to even; NaN stays NaN.
 #[inline(always)]
@@ -36,18 +22,6 @@ pub fn to_bf16(x: f32) -> u16 {
         return ((b >> 16) | 0x40) as u16;
     }
     (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
-
-/// dst[i] = to_bf16(src[i]) for the length of the shorter, in AVX-512 registers.
-///
-/// # Safety
-/// The processor must have AVX-512F and BW (every one with AMX does).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn convert(dst: &mut [u16], src: &[f32]) {
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = to_bf16(x);
-    }
 }
 
 /// x rounded to the nearest bf16 value, as f32.
@@ -70,12 +44,12 @@ pub fn products() -> bool {
     PRODUCTS.load(Ordering::Relaxed)
 }
 
-/// How this process computes bf16 products, for run headers and reports.
+/// How this process's f32 gemms multiply, for run headers and reports.
 pub fn describe() -> &'static str {
-    if uses_amx() {
-        "bf16 products on AMX tiles"
-    } else {
-        "bf16 products by rounding (no AMX here: slower than f32)"
+    match (products(), uses_amx()) {
+        (false, _) => "f32 products",
+        (true, true) => "bf16 products on AMX tiles",
+        (true, false) => "bf16 products by rounding (no AMX here: slower than f32)",
     }
 }
 
@@ -87,7 +61,7 @@ pub fn amx_products() -> bool {
 /// Whether `gemm_bf16` runs on AMX tiles here (else on `gemm_reference`).
 pub fn uses_amx() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return amx::available();
+    return super::amx::available();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -110,7 +84,9 @@ pub fn gemm_bf16(
 ) {
     #[cfg(target_arch = "x86_64")]
     if uses_amx() {
-        return gemm_amx(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc, accumulate);
+        return super::gemm_amx::gemm_amx(
+            m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc, accumulate,
+        );
     }
     gemm_reference(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc, accumulate);
 }
@@ -141,249 +117,6 @@ pub fn gemm_reference(
     gemm_with(kernel, m, n, k, &ar, k, 1, &br, n, 1, c, ldc, accumulate);
 }
 
-/// bf16 bits of `lo` and `hi` in one u32, `lo` first in memory: the depth pair a tile row holds.
-#[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
-    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
-}
-
-thread_local! {
-    /// This thread's buffer for packed A tiles, kept between calls (pack_a writes all of it).
-    static A_TILES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A strided f32 matrix: element (i, j) at data[i·rs + j·cs].
-#[derive(Clone, Copy)]
-pub(super) struct View<'a> {
-    pub data: &'a [f32],
-    pub rs: usize,
-    pub cs: usize,
-}
-
-/// `gemm_bf16` on AMX tiles.
-///
-/// # Panics
-/// Where AMX is not `available()`, or on operands smaller than their strides say.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_amx(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
-    assert!(uses_amx(), "gemm_amx: this processor has no AMX tiles");
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(n <= ldc && c.len() >= (m - 1) * ldc + n, "gemm: C too small");
-    if k > 0 {
-        assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "gemm: A too small");
-        assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "gemm: B too small");
-    }
-    let (a, b) = (View { data: a, rs: a_rs, cs: a_cs }, View { data: b, rs: b_rs, cs: b_cs });
-    let c_ptr = SendPtr(c.as_mut_ptr());
-    // The tiles want A's rows and B's columns contiguous along k. When neither is (both stored
-    // k-major, as in a weight gradient), the operand transposed into tiles had better be the
-    // smaller one: then compute Cᵀ = Bᵀ·Aᵀ, B's columns as rows.
-    if a.rs == 1 && a.cs != 1 && b.cs == 1 && n < m {
-        let (bt, at) = (View { rs: b.cs, cs: b.rs, ..b }, View { rs: a.cs, cs: a.rs, ..a });
-        tiled(n, m, k, bt, at, c_ptr, (1, ldc), accumulate);
-    } else {
-        tiled(m, n, k, a, b, c_ptr, (ldc, 1), accumulate);
-    }
-}
-
-/// C = A·B (+ C) on AMX tiles, C's element (i, j) at c[i·c_rs + j·c_cs] for (c_rs, c_cs) = `cs`.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn tiled(m: usize, n: usize, k: usize, a: View, b: View, c: SendPtr<f32>, cs: (usize, usize), accumulate: bool) {
-    let (c_rs, c_cs) = cs;
-    let kt = k.div_ceil(KT).max(1);
-    // Blocks of 32 columns, or one of 16 for a gemm of at most 16.
-    let nb = if n <= 16 { 1 } else { 2 };
-    let panels = n.div_ceil(16 * nb) * nb;
-    // B, packed once for every task: panel q's depth tile t at (q·kt + t)·TILE.
-    let mut b_tiles = vec![0u32; panels * kt * amx::TILE];
-    // SAFETY: AMX processors have AVX-512 (asserted with available() above).
-    let pack = |(q, dst): (usize, &mut [u32])| unsafe { pack_b(dst, &b, q * 16, n, k) };
-    // A small gemm runs on this thread alone: splitting it costs more than it saves (the
-    // convolutions call many, from tasks of their own).
-    let small = m * n * k < SMALL;
-    if small {
-        b_tiles.chunks_mut(kt * amx::TILE).enumerate().for_each(pack);
-    } else {
-        b_tiles.par_chunks_mut(kt * amx::TILE).enumerate().for_each(pack);
-    }
-    let b_tiles = &b_tiles;
-    let tiles_n = n.div_ceil(NC);
-    let tasks = m.div_ceil(MC) * tiles_n;
-    let task = |task: usize| {
-        let (i0, j0) = ((task / tiles_n) * MC, (task % tiles_n) * NC);
-        let (mb, nc) = (MC.min(m - i0), NC.min(n - j0));
-        let row_tiles = mb.div_ceil(32) * 2;
-        A_TILES.with(|buf| {
-            let mut a_tiles = buf.borrow_mut();
-            let len = row_tiles * kt * amx::TILE;
-            if a_tiles.len() < len {
-                a_tiles.resize(len, 0);
-            }
-            let a_tiles = &mut a_tiles[..len];
-            // SAFETY: as for pack_b.
-            unsafe { pack_a(a_tiles, &a, i0, mb, k) };
-            // A partial or transposed block of C is computed here and copied.
-            let mut edge = [0f32; 32 * 32];
-            // SAFETY: available() was asserted; the tiles hold kt depth tiles for every row
-            // and column tile read; a block written in place lies inside C, the edge buffer
-            // holds a whole one; the task's part of C lies inside C (asserted in gemm_amx)
-            // and no other task writes it.
-            unsafe {
-                amx::configure();
-                for j in (0..nc).step_by(16 * nb) {
-                    let q = (j0 + j) / 16;
-                    let b0 = b_tiles[q * kt * amx::TILE..].as_ptr();
-                    let b1 = b_tiles[(q + nb - 1) * kt * amx::TILE..].as_ptr();
-                    let width = 16 * nb;
-                    for i in (0..mb).step_by(32) {
-                        let r = i / 16;
-                        let a0 = a_tiles[r * kt * amx::TILE..].as_ptr();
-                        let a1 = a_tiles[(r + 1) * kt * amx::TILE..].as_ptr();
-                        let cp = c.get().add((i0 + i) * c_rs + (j0 + j) * c_cs);
-                        let (rows, cols) = (32.min(mb - i), width.min(nc - j));
-                        let in_place = rows == 32 && cols == width && c_cs == 1;
-                        let (dst, ld) = if in_place {
-                            (cp, c_rs)
-                        } else {
-                            for ii in 0..rows {
-                                for jj in 0..cols {
-                                    edge[ii * width + jj] = *cp.add(ii * c_rs + jj * c_cs);
-                                }
-                            }
-                            (edge.as_mut_ptr(), width)
-                        };
-                        let steps = (0..kt).map(|t| amx::Step {
-                            a0: a0.add(t * amx::TILE).cast(),
-                            a1: a1.add(t * amx::TILE).cast(),
-                            b0: b0.add(t * amx::TILE),
-                            b1: b1.add(t * amx::TILE),
-                        });
-                        if nb == 2 {
-                            amx::product::<2>(steps, 64, dst, ld, accumulate);
-                        } else {
-                            amx::product::<1>(steps, 64, dst, ld, accumulate);
-                        }
-                        if !in_place {
-                            for ii in 0..rows {
-                                for jj in 0..cols {
-                                    *cp.add(ii * c_rs + jj * c_cs) = edge[ii * width + jj];
-                                }
-                            }
-                        }
-                    }
-                }
-                amx::release();
-            }
-        });
-    };
-    if small {
-        (0..tasks).for_each(task);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
-    }
-}
-
-/// Packs rows i0..i0+rows of A (all k depths) into whole 16-row tiles, rows past the end and
-/// depths past k zero: row tile r's depth tile t at (r·kt + t)·TILE, each row 16 depth pairs.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_a(dst: &mut [u32], a: &View, i0: usize, rows: usize, k: usize) {
-    let kt = k.div_ceil(KT).max(1);
-    for (r, tiles) in dst.chunks_exact_mut(kt * amx::TILE).enumerate() {
-        let live = 16.min(rows.saturating_sub(r * 16));
-        for (t, tile) in tiles.chunks_exact_mut(amx::TILE).enumerate() {
-            let (p0, depths) = (t * KT, KT.min(k.saturating_sub(t * KT)));
-            if depths < KT || live < 16 {
-                tile.fill(0);
-            }
-            if live == 0 {
-                continue;
-            }
-            let src = &a.data[(i0 + r * 16) * a.rs + p0 * a.cs..];
-            if a.rs == 1 {
-                // A's rows adjacent: each depth pair's 16 values are read together and
-                // scattered down the tile's column.
-                for pp in 0..depths / 2 {
-                    let (lo, hi) = (&src[2 * pp * a.cs..][..live], &src[(2 * pp + 1) * a.cs..][..live]);
-                    for (rr, (&x, &y)) in lo.iter().zip(hi).enumerate() {
-                        tile[rr * 16 + pp] = pair(x, y);
-                    }
-                }
-                if depths % 2 == 1 {
-                    let pp = depths / 2;
-                    for (rr, &x) in src[2 * pp * a.cs..][..live].iter().enumerate() {
-                        tile[rr * 16 + pp] = pair(x, 0.0);
-                    }
-                }
-            } else {
-                for (rr, out) in tile.chunks_exact_mut(16).enumerate().take(live) {
-                    let row = &src[rr * a.rs..];
-                    if a.cs == 1 {
-                        // Depth pairs in memory order are just the row's bf16 values in turn.
-                        convert(bytemuck::cast_slice_mut(out), &row[..depths]);
-                        continue;
-                    } else {
-                        for (pp, d) in out.iter_mut().enumerate().take(depths / 2) {
-                            *d = pair(row[2 * pp * a.cs], row[(2 * pp + 1) * a.cs]);
-                        }
-                    }
-                    if depths % 2 == 1 {
-                        out[depths / 2] = pair(row[(depths - 1) * a.cs], 0.0);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Packs columns j0..j0+16 of B (all k depths) into B tiles: depth tile t at t·TILE, its row
-/// t' holding, column after column, the pair of depths 2t' and 2t'+1. dst arrives zeroed, so
-/// columns past n and depths past k stay zero.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn pack_b(dst: &mut [u32], b: &View, j0: usize, n: usize, k: usize) {
-    let cols = 16.min(n.saturating_sub(j0));
-    if cols == 0 {
-        return; // a padding panel
-    }
-    for (pp, out) in dst.chunks_exact_mut(16).enumerate().take(k / 2) {
-        let lo = &b.data[2 * pp * b.rs + j0 * b.cs..];
-        let hi = &b.data[(2 * pp + 1) * b.rs + j0 * b.cs..];
-        if b.cs == 1 {
-            for (d, (&x, &y)) in out.iter_mut().zip(lo[..cols].iter().zip(&hi[..cols])) {
-                *d = pair(x, y);
-            }
-        } else {
-            for (jj, d) in out.iter_mut().enumerate().take(cols) {
-                *d = pair(lo[jj * b.cs], hi[jj * b.cs]);
-            }
-        }
-    }
-    if k % 2 == 1 {
-        let lo = &b.data[(k - 1) * b.rs + j0 * b.cs..];
-        for (jj, d) in dst[k / 2 * 16..][..cols].iter_mut().enumerate() {
-            *d = pair(lo[jj * b.cs], 0.0);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,10 +126,24 @@ mod tests {
     /// sizes, both operand layouts, with and without accumulation.
     #[test]
     fn bf16_gemms_match_the_rounded_f64_product() {
-        type Gemm = fn(usize, usize, usize, &[f32], usize, usize, &[f32], usize, usize, &mut [f32], usize, bool);
+        type Gemm = fn(
+            usize,
+            usize,
+            usize,
+            &[f32],
+            usize,
+            usize,
+            &[f32],
+            usize,
+            usize,
+            &mut [f32],
+            usize,
+            bool,
+        );
         let mut ways: Vec<(&str, Gemm)> = vec![("reference", gemm_reference)];
+        #[cfg(target_arch = "x86_64")]
         if uses_amx() {
-            ways.push(("amx", gemm_amx));
+            ways.push(("amx", crate::device::cpu::gemm_amx::gemm_amx));
         }
         let sizes = [1, 7, 33, 100, 257];
         let mut case = 0u64;
@@ -413,10 +160,16 @@ mod tests {
                     let c0 = random::<f32>(m * ldc, case + 2000);
                     for (name, f) in &ways {
                         let mut c = c0.clone();
-                        f(m, n, k, &a, a_rs, a_cs, &b, b_rs, b_cs, &mut c, ldc, accumulate);
+                        f(
+                            m, n, k, &a, a_rs, a_cs, &b, b_rs, b_cs, &mut c, ldc, accumulate,
+                        );
                         for i in 0..m {
                             for j in 0..n {
-                                let mut want = if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
+                                let mut want = if accumulate {
+                                    c0[i * ldc + j] as f64
+                                } else {
+                                    0.0
+                                };
                                 let mut size = want.abs();
                                 for p in 0..k {
                                     let x = round(a[i * a_rs + p * a_cs]) as f64
@@ -430,7 +183,10 @@ mod tests {
                                     "{name} m={m} n={n} k={k} ta={ta} tb={tb} ({i},{j}): {got} vs {want}"
                                 );
                             }
-                            assert_eq!(&c[i * ldc + n..(i + 1) * ldc], &c0[i * ldc + n..(i + 1) * ldc]);
+                            assert_eq!(
+                                &c[i * ldc + n..(i + 1) * ldc],
+                                &c0[i * ldc + n..(i + 1) * ldc]
+                            );
                         }
                     }
                 }

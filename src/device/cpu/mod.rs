@@ -7,9 +7,11 @@ pub mod amx;
 pub mod batchnorm;
 pub mod conv;
 #[cfg(target_arch = "x86_64")]
-pub mod conv_bf16;
+pub mod conv_amx;
 pub mod elementwise;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm_amx;
 pub mod gemm_bf16;
 pub mod isa;
 pub mod loss;

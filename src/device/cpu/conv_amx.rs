@@ -8,7 +8,8 @@
 
 use super::amx;
 use super::conv::ConvShape;
-use super::gemm_bf16::{convert, pack_b, to_bf16, View};
+use super::gemm_amx::{convert, pack_b, View};
+use super::gemm_bf16::to_bf16;
 use rayon::prelude::*;
 use std::cell::Cell;
 
@@ -174,7 +175,10 @@ pub fn implicit_backward_weight(sh: &ConvShape, x: &[f32], dy: &[f32], dw: &mut 
                         amx::configure();
                         for i in (0..k_pad).step_by(32) {
                             for j in (0..sc_pad).step_by(16 * nb) {
-                                let (at, bt) = (&a_tiles[(i / 16) * qt * amx::TILE..], &b_tiles[(j / 16) * qt * amx::TILE..]);
+                                let (at, bt) = (
+                                    &a_tiles[(i / 16) * qt * amx::TILE..],
+                                    &b_tiles[(j / 16) * qt * amx::TILE..],
+                                );
                                 let steps = (0..qt).map(|t| amx::Step {
                                     a0: at[t * amx::TILE..].as_ptr().cast(),
                                     a1: at[(qt + t) * amx::TILE..].as_ptr().cast(),
@@ -271,7 +275,17 @@ mod tests {
                 for &(r, s, pad) in &[(1, 1, 0), (3, 3, 1), (3, 3, 0), (5, 5, 2), (1, 3, 1)] {
                     seed += 1;
                     let k = [5, 16, 19, 40][seed as usize % 4];
-                    let sh = ConvShape { n, h, w, c, k, r, s, stride: 1, pad };
+                    let sh = ConvShape {
+                        n,
+                        h,
+                        w,
+                        c,
+                        k,
+                        r,
+                        s,
+                        stride: 1,
+                        pad,
+                    };
                     let x: Vec<f32> = random(n * h * w * c, seed);
                     let wk: Vec<f32> = random(k * r * s * c, seed + 1);
                     let rsc = r * s * c;
@@ -287,7 +301,8 @@ mod tests {
                     let mut dw = vec![f32::NAN; wk.len()];
                     implicit_backward_weight(&sh, &x, &dy, &mut dw);
                     let rounded = |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| round(v)).collect() };
-                    let (want_y, _, want_dw) = naive(&sh, &rounded(&x), &rounded(&wk), &rounded(&dy));
+                    let (want_y, _, want_dw) =
+                        naive(&sh, &rounded(&x), &rounded(&wk), &rounded(&dy));
                     let err = rel_err(&y, &want_y);
                     assert!(err < 1e-6, "{sh:?}: y rel err {err}");
                     let err = rel_err(&dw, &want_dw);
