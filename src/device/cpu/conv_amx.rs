@@ -132,12 +132,25 @@ fn padded(sh: &ConvShape, x: &[f32]) -> Vec<u16> {
 /// Images per weight-gradient task: the partial sums are per task, so how the batch is split
 /// depends on the shape alone (the result is the same whatever the thread count).
 const DW_TASKS: usize = 8;
+/// About how many bytes of packed tiles a weight-gradient task holds at a time (in L2).
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// dw = ∂L/∂w given x and dy for a stride-1 shape, overwritten: for each window row r,
 /// dW_r[k, s·C + c] = Σ_q dy_grid[q, k] · xp[(q + r·Wp)·C + s·C + c] over the grid rows q of
 /// every image, dy_grid being dy on the grid with zeros where it wraps. A = dy_gridᵀ, packed
 /// per image (the output's size); B = the window rows, their grid-row pairs interleaved from xp.
 pub fn implicit_backward_weight(sh: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    backward_weight_in_chunks(sh, x, dy, dw, CHUNK_BYTES);
+}
+
+/// `implicit_backward_weight` packing about `chunk_bytes` of tiles at a time.
+fn backward_weight_in_chunks(
+    sh: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    chunk_bytes: usize,
+) {
     assert!(amx::available(), "conv: this processor has no AMX tiles");
     assert_eq!(sh.stride, 1, "implicit conv: stride");
     let (oh, ow, k, c, sc) = (sh.out_h(), sh.out_w(), sh.k, sh.c, sh.s * sh.c);
@@ -152,45 +165,58 @@ pub fn implicit_backward_weight(sh: &ConvShape, x: &[f32], dy: &[f32], dw: &mut 
     let (k_pad, sc_pad) = (16 * row_tiles, 16 * panels);
     let xp = padded(sh, x);
     let group = sh.n.div_ceil(DW_TASKS);
+    // A task packs CHUNK_BYTES' worth of images at a time, so each block of dW_r is loaded
+    // into tiles and stored once per chunk rather than once per image.
+    let chunk = (chunk_bytes / ((k_pad + sc_pad) * qt * 64)).clamp(1, group);
     // Per task: dW_r for each r, k_pad × sc_pad, whole blocks so they are updated in place.
     let mut partial = vec![0f32; sh.n.div_ceil(group) * sh.r * k_pad * sc_pad];
     partial
         .par_chunks_mut(sh.r * k_pad * sc_pad)
         .enumerate()
         .for_each(|(g, part)| {
-            let mut a_tiles = vec![0u32; row_tiles * qt * amx::TILE];
-            let mut b_tiles = vec![0u32; panels * qt * amx::TILE];
-            for b in g * group..sh.n.min((g + 1) * group) {
-                let dy = &dy[b * oh * ow * k..][..oh * ow * k];
-                // SAFETY: AMX processors have AVX-512 (asserted above).
-                unsafe { pack_dy_transposed(&mut a_tiles, dy, sh, qt) };
+            let images = g * group..sh.n.min((g + 1) * group);
+            let mut a_tiles = vec![0u32; row_tiles * chunk * qt * amx::TILE];
+            let mut b_tiles = vec![0u32; panels * chunk * qt * amx::TILE];
+            for (i0, b0) in images.clone().step_by(chunk).enumerate() {
+                let batch = b0..images.end.min(b0 + chunk);
+                // Depth tiles of the chunk: image b's tile t is (b − b0)·qt + t.
+                let dt = batch.len() * qt;
+                let a_tiles = &mut a_tiles[..row_tiles * dt * amx::TILE];
+                a_tiles.fill(0);
+                for b in batch.clone() {
+                    let dy = &dy[b * oh * ow * k..][..oh * ow * k];
+                    // SAFETY: AMX processors have AVX-512 (asserted above).
+                    unsafe { pack_dy_transposed(a_tiles, dy, sh, dt, (b - b0) * qt) };
+                }
                 for r in 0..sh.r {
-                    let xr = &xp[b * image + r * wp * c..];
-                    // SAFETY: as above.
-                    unsafe { pack_window(&mut b_tiles, xr, c, sc_pad, qt) };
+                    let b_tiles = &mut b_tiles[..panels * dt * amx::TILE];
+                    for b in batch.clone() {
+                        let xr = &xp[b * image + r * wp * c..];
+                        // SAFETY: as above.
+                        unsafe { pack_window(b_tiles, xr, c, sc_pad, qt, dt, (b - b0) * qt) };
+                    }
                     let part = &mut part[r * k_pad * sc_pad..][..k_pad * sc_pad];
-                    // SAFETY: available() was asserted; the tiles are whole (row_tiles × qt
-                    // and panels × qt of them); each block of `part` is a whole 32×16·nb one.
+                    // SAFETY: available() was asserted; the tiles are whole (row_tiles × dt
+                    // and panels × dt of them); each block of `part` is a whole 32×16·nb one.
                     unsafe {
                         amx::configure();
                         for i in (0..k_pad).step_by(32) {
                             for j in (0..sc_pad).step_by(16 * nb) {
                                 let (at, bt) = (
-                                    &a_tiles[(i / 16) * qt * amx::TILE..],
-                                    &b_tiles[(j / 16) * qt * amx::TILE..],
+                                    &a_tiles[(i / 16) * dt * amx::TILE..],
+                                    &b_tiles[(j / 16) * dt * amx::TILE..],
                                 );
-                                let steps = (0..qt).map(|t| amx::Step {
+                                let steps = (0..dt).map(|t| amx::Step {
                                     a0: at[t * amx::TILE..].as_ptr().cast(),
-                                    a1: at[(qt + t) * amx::TILE..].as_ptr().cast(),
+                                    a1: at[(dt + t) * amx::TILE..].as_ptr().cast(),
                                     b0: bt[t * amx::TILE..].as_ptr(),
-                                    b1: bt[((nb - 1) * qt + t) * amx::TILE..].as_ptr(),
+                                    b1: bt[((nb - 1) * dt + t) * amx::TILE..].as_ptr(),
                                 });
                                 let cp = part[i * sc_pad + j..].as_mut_ptr();
-                                let acc = b > g * group;
                                 if nb == 2 {
-                                    amx::product::<2>(steps, 64, cp, sc_pad, acc);
+                                    amx::product::<2>(steps, 64, cp, sc_pad, i0 > 0);
                                 } else {
-                                    amx::product::<1>(steps, 64, cp, sc_pad, acc);
+                                    amx::product::<1>(steps, 64, cp, sc_pad, i0 > 0);
                                 }
                             }
                         }
@@ -214,36 +240,45 @@ pub fn implicit_backward_weight(sh: &ConvShape, x: &[f32], dy: &[f32], dw: &mut 
     }
 }
 
-/// One image's dy_gridᵀ in A tiles: row tile i's depth tile t at (i·qt + t)·TILE holds output
-/// channels 16i.. by grid rows 32t..; wrapped grid rows, rows past the last and channels past
-/// K are zero.
+/// One image's dy_gridᵀ into A tiles of `dt` depth tiles per row tile, from depth tile t0:
+/// row tile i's depth tile t0 + t at (i·dt + t0 + t)·TILE holds output channels 16i.. by grid
+/// rows 32t..; wrapped grid rows, rows past the last and channels past K are left as they
+/// are (zeroed by the caller).
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, qt: usize) {
+unsafe fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, dt: usize, t0: usize) {
     let (ow, k) = (sh.out_w(), sh.k);
     let wp = sh.padded_hw().1;
-    dst.fill(0);
     let dst: &mut [u16] = bytemuck::cast_slice_mut(dst);
     for (p, src) in dy.chunks_exact(k).enumerate() {
         let q = (p / ow) * wp + p % ow;
-        let (t, qq) = (q / 32, q % 32);
+        let (t, qq) = (t0 + q / 32, q % 32);
         for (kk, &v) in src.iter().enumerate() {
-            dst[((kk / 16) * qt + t) * 2 * amx::TILE + (kk % 16) * 32 + qq] = to_bf16(v);
+            dst[((kk / 16) * dt + t) * 2 * amx::TILE + (kk % 16) * 32 + qq] = to_bf16(v);
         }
     }
 }
 
-/// The window rows of one image and window row r (xr = its xp from row r·Wp on) in B tiles:
-/// panel p's depth tile t at (p·qt + t)·TILE; row t' of it interleaves grid rows 32t + 2t'
-/// and the next, over columns 16p.. of their S·C values (values past S·C are the next pixels':
-/// they only reach columns of dW_r that are dropped).
+/// The window rows of one image and window row r (xr = its xp from row r·Wp on) into B tiles
+/// of `dt` depth tiles per panel, from depth tile t0: panel p's depth tile t0 + t at
+/// (p·dt + t0 + t)·TILE; row t' of it interleaves grid rows 32t + 2t' and the next, over
+/// columns 16p.. of their S·C values (values past S·C are the next pixels': they only reach
+/// columns of dW_r that are dropped).
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_window(dst: &mut [u32], xr: &[u16], c: usize, sc_pad: usize, qt: usize) {
+unsafe fn pack_window(
+    dst: &mut [u32],
+    xr: &[u16],
+    c: usize,
+    sc_pad: usize,
+    qt: usize,
+    dt: usize,
+    t0: usize,
+) {
     for t in 0..qt {
         for pair in 0..16 {
             let q = 32 * t + 2 * pair;
             let (lo, hi) = (&xr[q * c..][..sc_pad], &xr[(q + 1) * c..][..sc_pad]);
             for (p, (lo, hi)) in lo.chunks_exact(16).zip(hi.chunks_exact(16)).enumerate() {
-                let out = &mut dst[(p * qt + t) * amx::TILE + pair * 16..][..16];
+                let out = &mut dst[(p * dt + t0 + t) * amx::TILE + pair * 16..][..16];
                 for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
                     *o = l as u32 | (h as u32) << 16;
                 }
@@ -300,13 +335,18 @@ mod tests {
                     let dy: Vec<f32> = random(y.len(), seed + 2);
                     let mut dw = vec![f32::NAN; wk.len()];
                     implicit_backward_weight(&sh, &x, &dy, &mut dw);
+                    // One image per chunk: the tiles of dW loaded and added to between chunks.
+                    let mut dw1 = vec![f32::NAN; wk.len()];
+                    backward_weight_in_chunks(&sh, &x, &dy, &mut dw1, 1);
                     let rounded = |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| round(v)).collect() };
                     let (want_y, _, want_dw) =
                         naive(&sh, &rounded(&x), &rounded(&wk), &rounded(&dy));
                     let err = rel_err(&y, &want_y);
                     assert!(err < 1e-6, "{sh:?}: y rel err {err}");
-                    let err = rel_err(&dw, &want_dw);
-                    assert!(err < 1e-6, "{sh:?}: dw rel err {err}");
+                    for dw in [&dw, &dw1] {
+                        let err = rel_err(dw, &want_dw);
+                        assert!(err < 1e-6, "{sh:?}: dw rel err {err}");
+                    }
                 }
             }
         }
