@@ -181,24 +181,36 @@ fn implicit<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
 /// x with `pad` zeros around each image: N×Hp×Wp×C.
 fn padded<T: Real>(sh: &ConvShape, x: &[T]) -> Scratch<T> {
     let (hp, wp) = sh.padded_hw();
-    let (row, pad) = (sh.w * sh.c, sh.pad * sh.c);
     let mut xp = Scratch::new(sh.n * hp * wp * sh.c);
-    xp.par_chunks_mut(hp * wp * sh.c)
-        .zip(x.par_chunks(sh.h * row))
+    pad_into(sh, x, &mut xp, |dst, src| dst.copy_from_slice(src));
+    xp
+}
+
+/// Writes x with `pad` zeros around each image into dst (N×Hp×Wp×C, every value), each of
+/// x's rows through `row` (a copy, or a conversion).
+pub(super) fn pad_into<T: Sync, U: Copy + Default + Send>(
+    sh: &ConvShape,
+    x: &[T],
+    dst: &mut [U],
+    row: impl Fn(&mut [U], &[T]) + Sync,
+) {
+    let (hp, wp) = sh.padded_hw();
+    let (width, pad) = (sh.w * sh.c, sh.pad * sh.c);
+    dst.par_chunks_mut(hp * wp * sh.c)
+        .zip(x.par_chunks(sh.h * width))
         .for_each(|(dst, src)| {
             for (py, dst) in dst.chunks_exact_mut(wp * sh.c).enumerate() {
                 // The input row; above the image it wraps to a huge value.
                 let iy = py.wrapping_sub(sh.pad);
                 if iy < sh.h {
-                    dst[..pad].fill(T::zero());
-                    dst[pad..pad + row].copy_from_slice(&src[iy * row..][..row]);
-                    dst[pad + row..].fill(T::zero());
+                    dst[..pad].fill(U::default());
+                    row(&mut dst[pad..pad + width], &src[iy * width..][..width]);
+                    dst[pad + width..].fill(U::default());
                 } else {
-                    dst.fill(T::zero());
+                    dst.fill(U::default());
                 }
             }
         });
-    xp
 }
 
 /// dx = ∂L/∂x given dy = ∂L/∂y, overwritten.

@@ -7,8 +7,9 @@
 //! rarely a multiple of 32); the B rows it meets there are zero, so what it reads adds nothing.
 
 use super::amx;
-use super::conv::ConvShape;
-use super::gemm_amx::{convert, pack_b, View};
+use super::conv::{pad_into, ConvShape};
+use super::gemm::Strided;
+use super::gemm_amx::{convert, pack_b};
 use super::gemm_bf16::to_bf16;
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -35,13 +36,14 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
         .enumerate()
         .for_each(|(i, dst)| {
             let (r, q) = (i / panels, i % panels);
-            let b = View {
+            // Bᵀ: output channel j, depth p (window row r's s·C + c) at wt[(r·S·C + p)·K + j].
+            let bt = Strided {
                 data: &wt[r * sc * k..],
-                rs: k,
-                cs: 1,
+                rs: 1,
+                ps: k,
             };
             // SAFETY: AMX processors have AVX-512 (asserted above).
-            unsafe { pack_b(dst, &b, q * 16, k, sc) };
+            unsafe { pack_b(dst, &bt, q * 16, k, sc) };
         });
 
     let width = 16 * nb;
@@ -103,29 +105,14 @@ thread_local! {
 /// Every value is written, so the buffer can be a reused one (give it back with `XP.set`).
 fn padded(sh: &ConvShape, x: &[f32]) -> Vec<u16> {
     let (hp, wp) = sh.padded_hw();
-    let (c, image, row, pad) = (sh.c, hp * wp * sh.c, sh.w * sh.c, sh.pad * sh.c);
+    let (c, image) = (sh.c, hp * wp * sh.c);
     let tail = 32 * c + 32 * (sh.s * c).div_ceil(32) + 32;
     let mut xp = XP.take();
     xp.resize(sh.n * image + tail, 0);
     let (images, rest) = xp.split_at_mut(sh.n * image);
     rest.fill(0);
-    images
-        .par_chunks_mut(image)
-        .zip(x.par_chunks(sh.h * row))
-        .for_each(|(dst, src)| {
-            for (py, dst) in dst.chunks_exact_mut(wp * c).enumerate() {
-                // The input row; above the image it wraps to a huge value.
-                let iy = py.wrapping_sub(sh.pad);
-                if iy < sh.h {
-                    dst[..pad].fill(0);
-                    // SAFETY: only called where AMX, and so AVX-512, is present.
-                    unsafe { convert(&mut dst[pad..pad + row], &src[iy * row..][..row]) };
-                    dst[pad + row..].fill(0);
-                } else {
-                    dst.fill(0);
-                }
-            }
-        });
+    // SAFETY: only called where AMX, and so AVX-512, is present.
+    pad_into(sh, x, images, |dst, src| unsafe { convert(dst, src) });
     xp
 }
 

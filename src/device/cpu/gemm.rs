@@ -128,9 +128,13 @@ pub fn gemm_with<T: Real>(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        n <= ldc && c.len() >= (m - 1) * ldc + n,
-        "gemm: C too small"
+    check_operands(
+        m,
+        n,
+        k,
+        (a.len(), a_rs, a_cs),
+        (b.len(), b_rs, b_cs),
+        (c.len(), ldc),
     );
     if k == 0 {
         if !accumulate {
@@ -140,14 +144,6 @@ pub fn gemm_with<T: Real>(
         }
         return;
     }
-    assert!(
-        a.len() > (m - 1) * a_rs + (k - 1) * a_cs,
-        "gemm: A too small"
-    );
-    assert!(
-        b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
-        "gemm: B too small"
-    );
     let a = Strided {
         data: a,
         rs: a_rs,
@@ -164,6 +160,23 @@ pub fn gemm_with<T: Real>(
         Kernel::Tile6x16(f) => tiled::<T, 6, 16>(f, &shape, &a, &bt, c, ldc, accumulate),
         Kernel::Tile14x32(f) => tiled::<T, 14, 32>(f, &shape, &a, &bt, c, ldc, accumulate),
         Kernel::Tile14x16(f) => tiled::<T, 14, 16>(f, &shape, &a, &bt, c, ldc, accumulate),
+    }
+}
+
+/// Panics unless C (m×n, given as its length and row stride) and, when k > 0, A and B (their
+/// lengths and strides, as `gemm` takes them) hold what their strides say; m and n are > 0.
+pub(super) fn check_operands(
+    m: usize,
+    n: usize,
+    k: usize,
+    (a, a_rs, a_cs): (usize, usize, usize),
+    (b, b_rs, b_cs): (usize, usize, usize),
+    (c, ldc): (usize, usize),
+) {
+    assert!(n <= ldc && c >= (m - 1) * ldc + n, "gemm: C too small");
+    if k > 0 {
+        assert!(a > (m - 1) * a_rs + (k - 1) * a_cs, "gemm: A too small");
+        assert!(b > (k - 1) * b_rs + (n - 1) * b_cs, "gemm: B too small");
     }
 }
 
@@ -294,10 +307,10 @@ impl<T> SendPtr<T> {
 }
 
 /// A strided view: "row" r, depth p is data[r*rs + p*ps].
-struct Strided<'a, T> {
-    data: &'a [T],
-    rs: usize,
-    ps: usize,
+pub(super) struct Strided<'a, T> {
+    pub data: &'a [T],
+    pub rs: usize,
+    pub ps: usize,
 }
 
 /// Extent of a block of C (a task's tile, or the whole of C), and the full depth k.
@@ -607,57 +620,104 @@ x86_kernel!(
 );
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::device::cpu::random_vec as random;
 
-    fn check<T: Real>(kernel: Kernel<T>, tol: f64) {
+    /// One product to check: A (m×k) stored row-major or transposed (ta), the same for B (tb),
+    /// and C (m×n, row stride ldc, padding between rows) before it.
+    pub(crate) struct Case<T> {
+        pub m: usize,
+        pub n: usize,
+        pub k: usize,
+        pub a: Vec<T>,
+        pub a_rs: usize,
+        pub a_cs: usize,
+        pub b: Vec<T>,
+        pub b_rs: usize,
+        pub b_cs: usize,
+        pub c0: Vec<T>,
+        pub ldc: usize,
+        pub accumulate: bool,
+        /// "m=.. n=.. k=.. ta=.. tb=..", for messages.
+        pub name: String,
+    }
+
+    /// Odd sizes of 1 to 257 on every side, fresh random operands, both layouts of A and B,
+    /// with and without accumulation.
+    pub(crate) fn cases<T: Real>() -> impl Iterator<Item = Case<T>> {
         let sizes = [1, 7, 33, 100, 257];
-        let mut case = 0u64;
-        for &m in &sizes {
-            for &n in &sizes {
-                for &k in &sizes {
-                    case += 1;
-                    let (ta, tb, accumulate) = (case % 2 == 1, case % 3 == 1, case % 4 < 2);
-                    let a = random::<T>(m * k, case);
-                    let b = random::<T>(k * n, case + 1000);
-                    // A stored row-major m×k or transposed (k×m); same for B.
-                    let (a_rs, a_cs) = if ta { (1, m) } else { (k, 1) };
-                    let (b_rs, b_cs) = if tb { (1, k) } else { (n, 1) };
-                    let ldc = n + 3;
-                    let c0 = random::<T>(m * ldc, case + 2000);
-                    let mut c = c0.clone();
-                    gemm_with(
-                        kernel, m, n, k, &a, a_rs, a_cs, &b, b_rs, b_cs, &mut c, ldc, accumulate,
-                    );
-                    let (mut err, mut norm) = (0.0, 0.0);
-                    for i in 0..m {
-                        for j in 0..n {
-                            let mut want = if accumulate {
-                                c0[i * ldc + j].to_f64()
-                            } else {
-                                0.0
-                            };
-                            for p in 0..k {
-                                want += a[i * a_rs + p * a_cs].to_f64()
-                                    * b[p * b_rs + j * b_cs].to_f64();
-                            }
-                            err += (c[i * ldc + j].to_f64() - want).powi(2);
-                            norm += want * want;
-                        }
-                        // The padding between rows must be untouched.
-                        assert_eq!(
-                            &c[i * ldc + n..(i + 1) * ldc],
-                            &c0[i * ldc + n..(i + 1) * ldc]
-                        );
-                    }
-                    let rel = (err / norm.max(1e-300)).sqrt();
-                    assert!(
-                        rel < tol,
-                        "m={m} n={n} k={k} ta={ta} tb={tb}: rel err {rel}"
-                    );
-                }
+        let shapes = sizes.into_iter().flat_map(move |m| {
+            sizes
+                .into_iter()
+                .flat_map(move |n| sizes.into_iter().map(move |k| (m, n, k)))
+        });
+        shapes.zip(1u64..).map(|((m, n, k), case)| {
+            let (ta, tb, accumulate) = (case % 2 == 1, case % 3 == 1, case % 4 < 2);
+            let (a_rs, a_cs) = if ta { (1, m) } else { (k, 1) };
+            let (b_rs, b_cs) = if tb { (1, k) } else { (n, 1) };
+            let ldc = n + 3;
+            Case {
+                m,
+                n,
+                k,
+                a: random::<T>(m * k, case),
+                a_rs,
+                a_cs,
+                b: random::<T>(k * n, case + 1000),
+                b_rs,
+                b_cs,
+                c0: random::<T>(m * ldc, case + 2000),
+                ldc,
+                accumulate,
+                name: format!("m={m} n={n} k={k} ta={ta} tb={tb}"),
             }
+        })
+    }
+
+    fn check<T: Real>(kernel: Kernel<T>, tol: f64) {
+        for Case {
+            m,
+            n,
+            k,
+            a,
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            b_cs,
+            c0,
+            ldc,
+            accumulate,
+            name,
+        } in cases::<T>()
+        {
+            let mut c = c0.clone();
+            gemm_with(
+                kernel, m, n, k, &a, a_rs, a_cs, &b, b_rs, b_cs, &mut c, ldc, accumulate,
+            );
+            let (mut err, mut norm) = (0.0, 0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    let mut want = if accumulate {
+                        c0[i * ldc + j].to_f64()
+                    } else {
+                        0.0
+                    };
+                    for p in 0..k {
+                        want += a[i * a_rs + p * a_cs].to_f64() * b[p * b_rs + j * b_cs].to_f64();
+                    }
+                    err += (c[i * ldc + j].to_f64() - want).powi(2);
+                    norm += want * want;
+                }
+                // The padding between rows must be untouched.
+                assert_eq!(
+                    &c[i * ldc + n..(i + 1) * ldc],
+                    &c0[i * ldc + n..(i + 1) * ldc]
+                );
+            }
+            let rel = (err / norm.max(1e-300)).sqrt();
+            assert!(rel < tol, "{name}: rel err {rel}");
         }
     }
 

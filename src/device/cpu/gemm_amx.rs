@@ -7,7 +7,7 @@
 //! Determinism: each element of C is summed over k in an order fixed by the shape alone.
 
 use super::amx;
-use super::gemm::SendPtr;
+use super::gemm::{check_operands, SendPtr, Strided};
 use super::gemm_bf16::to_bf16;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -44,14 +44,6 @@ thread_local! {
     static A_TILES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A strided f32 matrix: element (i, j) at data[i·rs + j·cs].
-#[derive(Clone, Copy)]
-pub(super) struct View<'a> {
-    pub data: &'a [f32],
-    pub rs: usize,
-    pub cs: usize,
-}
-
 /// `gemm_bf16` on AMX tiles.
 ///
 /// # Panics
@@ -79,52 +71,33 @@ pub fn gemm_amx(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        n <= ldc && c.len() >= (m - 1) * ldc + n,
-        "gemm: C too small"
+    check_operands(
+        m,
+        n,
+        k,
+        (a.len(), a_rs, a_cs),
+        (b.len(), b_rs, b_cs),
+        (c.len(), ldc),
     );
-    if k > 0 {
-        assert!(
-            a.len() > (m - 1) * a_rs + (k - 1) * a_cs,
-            "gemm: A too small"
-        );
-        assert!(
-            b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
-            "gemm: B too small"
-        );
-    }
-    let (a, b) = (
-        View {
-            data: a,
-            rs: a_rs,
-            cs: a_cs,
-        },
-        View {
-            data: b,
-            rs: b_rs,
-            cs: b_cs,
-        },
-    );
+    // A's row i, depth p; Bᵀ's row j (B's column), depth p.
+    let a = Strided {
+        data: a,
+        rs: a_rs,
+        ps: a_cs,
+    };
+    let bt = Strided {
+        data: b,
+        rs: b_cs,
+        ps: b_rs,
+    };
     let c_ptr = SendPtr(c.as_mut_ptr());
     // The tiles want A's rows and B's columns contiguous along k. When neither is (both stored
     // k-major, as in a weight gradient), the operand transposed into tiles had better be the
     // smaller one: then compute Cᵀ = Bᵀ·Aᵀ, B's columns as rows.
-    if a.rs == 1 && a.cs != 1 && b.cs == 1 && n < m {
-        let (bt, at) = (
-            View {
-                rs: b.cs,
-                cs: b.rs,
-                ..b
-            },
-            View {
-                rs: a.cs,
-                cs: a.rs,
-                ..a
-            },
-        );
-        tiled(n, m, k, bt, at, c_ptr, (1, ldc), accumulate);
+    if a.rs == 1 && a.ps != 1 && bt.rs == 1 && n < m {
+        tiled(n, m, k, &bt, &a, c_ptr, (1, ldc), accumulate);
     } else {
-        tiled(m, n, k, a, b, c_ptr, (ldc, 1), accumulate);
+        tiled(m, n, k, &a, &bt, c_ptr, (ldc, 1), accumulate);
     }
 }
 
@@ -135,8 +108,8 @@ fn tiled(
     m: usize,
     n: usize,
     k: usize,
-    a: View,
-    b: View,
+    a: &Strided<f32>,
+    bt: &Strided<f32>,
     c: SendPtr<f32>,
     cs: (usize, usize),
     accumulate: bool,
@@ -149,7 +122,7 @@ fn tiled(
     // B, packed once for every task: panel q's depth tile t at (q·kt + t)·TILE.
     let mut b_tiles = vec![0u32; panels * kt * amx::TILE];
     // SAFETY: AMX processors have AVX-512 (asserted with available() above).
-    let pack = |(q, dst): (usize, &mut [u32])| unsafe { pack_b(dst, &b, q * 16, n, k) };
+    let pack = |(q, dst): (usize, &mut [u32])| unsafe { pack_b(dst, bt, q * 16, n, k) };
     // A small gemm runs on this thread alone: splitting it costs more than it saves (the
     // convolutions call many, from tasks of their own).
     let small = m * n * k < SMALL;
@@ -179,7 +152,7 @@ fn tiled(
             }
             let a_tiles = &mut a_tiles[..len];
             // SAFETY: as for pack_b.
-            unsafe { pack_a(a_tiles, &a, i0, mb, k) };
+            unsafe { pack_a(a_tiles, a, i0, mb, k) };
             // A partial or transposed block of C is computed here and copied.
             let mut edge = [0f32; 32 * 32];
             // SAFETY: available() was asserted; the tiles hold kt depth tiles for every row
@@ -245,7 +218,7 @@ fn tiled(
 /// depths past k zero: row tile r's depth tile t at (r·kt + t)·TILE, each row 16 depth pairs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_a(dst: &mut [u32], a: &View, i0: usize, rows: usize, k: usize) {
+unsafe fn pack_a(dst: &mut [u32], a: &Strided<f32>, i0: usize, rows: usize, k: usize) {
     let kt = k.div_ceil(KT).max(1);
     for (r, tiles) in dst.chunks_exact_mut(kt * amx::TILE).enumerate() {
         let live = 16.min(rows.saturating_sub(r * 16));
@@ -257,14 +230,14 @@ unsafe fn pack_a(dst: &mut [u32], a: &View, i0: usize, rows: usize, k: usize) {
             if live == 0 {
                 continue;
             }
-            let src = &a.data[(i0 + r * 16) * a.rs + p0 * a.cs..];
+            let src = &a.data[(i0 + r * 16) * a.rs + p0 * a.ps..];
             if a.rs == 1 {
                 // A's rows adjacent: each depth pair's 16 values are read together and
                 // scattered down the tile's column.
                 for pp in 0..depths / 2 {
                     let (lo, hi) = (
-                        &src[2 * pp * a.cs..][..live],
-                        &src[(2 * pp + 1) * a.cs..][..live],
+                        &src[2 * pp * a.ps..][..live],
+                        &src[(2 * pp + 1) * a.ps..][..live],
                     );
                     for (rr, (&x, &y)) in lo.iter().zip(hi).enumerate() {
                         tile[rr * 16 + pp] = pair(x, y);
@@ -272,24 +245,24 @@ unsafe fn pack_a(dst: &mut [u32], a: &View, i0: usize, rows: usize, k: usize) {
                 }
                 if depths % 2 == 1 {
                     let pp = depths / 2;
-                    for (rr, &x) in src[2 * pp * a.cs..][..live].iter().enumerate() {
+                    for (rr, &x) in src[2 * pp * a.ps..][..live].iter().enumerate() {
                         tile[rr * 16 + pp] = pair(x, 0.0);
                     }
                 }
             } else {
                 for (rr, out) in tile.chunks_exact_mut(16).enumerate().take(live) {
                     let row = &src[rr * a.rs..];
-                    if a.cs == 1 {
+                    if a.ps == 1 {
                         // Depth pairs in memory order are just the row's bf16 values in turn.
                         convert(bytemuck::cast_slice_mut(out), &row[..depths]);
                         continue;
                     } else {
                         for (pp, d) in out.iter_mut().enumerate().take(depths / 2) {
-                            *d = pair(row[2 * pp * a.cs], row[(2 * pp + 1) * a.cs]);
+                            *d = pair(row[2 * pp * a.ps], row[(2 * pp + 1) * a.ps]);
                         }
                     }
                     if depths % 2 == 1 {
-                        out[depths / 2] = pair(row[(depths - 1) * a.cs], 0.0);
+                        out[depths / 2] = pair(row[(depths - 1) * a.ps], 0.0);
                     }
                 }
             }
@@ -297,33 +270,33 @@ unsafe fn pack_a(dst: &mut [u32], a: &View, i0: usize, rows: usize, k: usize) {
     }
 }
 
-/// Packs columns j0..j0+16 of B (all k depths) into B tiles: depth tile t at t·TILE, its row
+/// Packs columns j0..j0+16 of B, given as Bᵀ (all k depths), into B tiles: depth tile t at t·TILE, its row
 /// t' holding, column after column, the pair of depths 2t' and 2t'+1. dst arrives zeroed, so
 /// columns past n and depths past k stay zero.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn pack_b(dst: &mut [u32], b: &View, j0: usize, n: usize, k: usize) {
+pub(super) unsafe fn pack_b(dst: &mut [u32], bt: &Strided<f32>, j0: usize, n: usize, k: usize) {
     let cols = 16.min(n.saturating_sub(j0));
     if cols == 0 {
         return; // a padding panel
     }
     for (pp, out) in dst.chunks_exact_mut(16).enumerate().take(k / 2) {
-        let lo = &b.data[2 * pp * b.rs + j0 * b.cs..];
-        let hi = &b.data[(2 * pp + 1) * b.rs + j0 * b.cs..];
-        if b.cs == 1 {
+        let lo = &bt.data[2 * pp * bt.ps + j0 * bt.rs..];
+        let hi = &bt.data[(2 * pp + 1) * bt.ps + j0 * bt.rs..];
+        if bt.rs == 1 {
             for (d, (&x, &y)) in out.iter_mut().zip(lo[..cols].iter().zip(&hi[..cols])) {
                 *d = pair(x, y);
             }
         } else {
             for (jj, d) in out.iter_mut().enumerate().take(cols) {
-                *d = pair(lo[jj * b.cs], hi[jj * b.cs]);
+                *d = pair(lo[jj * bt.rs], hi[jj * bt.rs]);
             }
         }
     }
     if k % 2 == 1 {
-        let lo = &b.data[(k - 1) * b.rs + j0 * b.cs..];
+        let lo = &bt.data[(k - 1) * bt.ps + j0 * bt.rs..];
         for (jj, d) in dst[k / 2 * 16..][..cols].iter_mut().enumerate() {
-            *d = pair(lo[jj * b.cs], 0.0);
+            *d = pair(lo[jj * bt.rs], 0.0);
         }
     }
 }

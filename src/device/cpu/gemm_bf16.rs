@@ -120,7 +120,7 @@ pub fn gemm_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::cpu::random_vec as random;
+    use crate::device::cpu::gemm::tests::{cases, Case};
 
     /// Every way of computing it against f64 sums of the rounded operands' products, on odd
     /// sizes, both operand layouts, with and without accumulation.
@@ -145,50 +145,51 @@ mod tests {
         if uses_amx() {
             ways.push(("amx", crate::device::cpu::gemm_amx::gemm_amx));
         }
-        let sizes = [1, 7, 33, 100, 257];
-        let mut case = 0u64;
-        for &m in &sizes {
-            for &n in &sizes {
-                for &k in &sizes {
-                    case += 1;
-                    let (ta, tb, accumulate) = (case % 2 == 1, case % 3 == 1, case % 4 < 2);
-                    let a = random::<f32>(m * k, case);
-                    let b = random::<f32>(k * n, case + 1000);
-                    let (a_rs, a_cs) = if ta { (1, m) } else { (k, 1) };
-                    let (b_rs, b_cs) = if tb { (1, k) } else { (n, 1) };
-                    let ldc = n + 3;
-                    let c0 = random::<f32>(m * ldc, case + 2000);
-                    for (name, f) in &ways {
-                        let mut c = c0.clone();
-                        f(
-                            m, n, k, &a, a_rs, a_cs, &b, b_rs, b_cs, &mut c, ldc, accumulate,
-                        );
-                        for i in 0..m {
-                            for j in 0..n {
-                                let mut want = if accumulate {
-                                    c0[i * ldc + j] as f64
-                                } else {
-                                    0.0
-                                };
-                                let mut size = want.abs();
-                                for p in 0..k {
-                                    let x = round(a[i * a_rs + p * a_cs]) as f64
-                                        * round(b[p * b_rs + j * b_cs]) as f64;
-                                    want += x;
-                                    size += x.abs();
-                                }
-                                let got = c[i * ldc + j] as f64;
-                                assert!(
-                                    (got - want).abs() <= 1e-6 * size.max(1.0),
-                                    "{name} m={m} n={n} k={k} ta={ta} tb={tb} ({i},{j}): {got} vs {want}"
-                                );
-                            }
-                            assert_eq!(
-                                &c[i * ldc + n..(i + 1) * ldc],
-                                &c0[i * ldc + n..(i + 1) * ldc]
-                            );
+        for Case {
+            m,
+            n,
+            k,
+            a,
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            b_cs,
+            c0,
+            ldc,
+            accumulate,
+            name: case,
+        } in cases::<f32>()
+        {
+            for (name, f) in &ways {
+                let mut c = c0.clone();
+                f(
+                    m, n, k, &a, a_rs, a_cs, &b, b_rs, b_cs, &mut c, ldc, accumulate,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut want = if accumulate {
+                            c0[i * ldc + j] as f64
+                        } else {
+                            0.0
+                        };
+                        let mut size = want.abs();
+                        for p in 0..k {
+                            let x = round(a[i * a_rs + p * a_cs]) as f64
+                                * round(b[p * b_rs + j * b_cs]) as f64;
+                            want += x;
+                            size += x.abs();
                         }
+                        let got = c[i * ldc + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-6 * size.max(1.0),
+                            "{name} {case} ({i},{j}): {got} vs {want}"
+                        );
                     }
+                    assert_eq!(
+                        &c[i * ldc + n..(i + 1) * ldc],
+                        &c0[i * ldc + n..(i + 1) * ldc]
+                    );
                 }
             }
         }
