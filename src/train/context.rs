@@ -51,8 +51,8 @@ pub struct Context {
 }
 
 /// `--precision` on `device`: the activations' element type. On a GPU bf16 stores them in
-/// bf16; on the cpu they stay f32 and bf16 means bf16 products in every gemm (see
-/// `cpu_bf16_products`). Auto is bf16 on a real GPU and f32 on the CPU and the emulator (where
+/// bf16; on the cpu they stay f32 and bf16 means bf16 products in every gemm, which
+/// `Context::new` turns on (`gemm_bf16::set_products`). Auto is bf16 on a real GPU and f32 on the CPU and the emulator (where
 /// f32 keeps results comparable with the CPU's).
 pub fn precision(flag: &str, device: &Device) -> Result<DType> {
     let gpu = device.gpu();
