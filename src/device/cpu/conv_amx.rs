@@ -9,8 +9,7 @@
 use super::amx;
 use super::conv::{pad_into, ConvShape};
 use super::gemm::Strided;
-use super::gemm_amx::{convert, pack_b};
-use super::gemm_bf16::to_bf16;
+use super::gemm_amx::{convert, pack_b, to_bf16_x16};
 use rayon::prelude::*;
 use std::cell::Cell;
 
@@ -229,18 +228,42 @@ fn backward_weight_in_chunks(
 
 /// One image's dy_gridᵀ into A tiles of `dt` depth tiles per row tile, from depth tile t0:
 /// row tile i's depth tile t0 + t at (i·dt + t0 + t)·TILE holds output channels 16i.. by grid
-/// rows 32t..; wrapped grid rows, rows past the last and channels past K are left as they
-/// are (zeroed by the caller).
+/// rows 32t..; wrapped grid rows and rows past the last are written as zeros, channels past K
+/// are left as they are (zeroed by the caller). A tile row is 32 grid rows of one channel: it
+/// is gathered from dy (a stride of K between pixels) so that it is stored whole, rather than
+/// scattered a value at a time.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, dt: usize, t0: usize) {
-    let (ow, k) = (sh.out_w(), sh.k);
+    use std::arch::x86_64::*;
+    let (oh, ow, k) = (sh.out_h(), sh.out_w(), sh.k);
     let wp = sh.padded_hw().1;
+    let rows = (oh - 1) * wp + ow;
+    assert!(dy.len() >= oh * ow * k && dy.len() <= i32::MAX as usize);
     let dst: &mut [u16] = bytemuck::cast_slice_mut(dst);
-    for (p, src) in dy.chunks_exact(k).enumerate() {
-        let q = (p / ow) * wp + p % ow;
-        let (t, qq) = (t0 + q / 32, q % 32);
-        for (kk, &v) in src.iter().enumerate() {
-            dst[((kk / 16) * dt + t) * 2 * amx::TILE + (kk % 16) * 32 + qq] = to_bf16(v);
+    assert!(dst.len() >= (k.div_ceil(16) * dt).max(t0 + rows.div_ceil(32)) * 2 * amx::TILE);
+    for t in 0..rows.div_ceil(32) {
+        // Each lane's pixel (its offset in dy), and which lanes are pixels at all.
+        let (mut offsets, mut pixels) = ([0i32; 32], 0u32);
+        for (j, o) in offsets.iter_mut().enumerate() {
+            let q = 32 * t + j;
+            if q < rows && q % wp < ow {
+                *o = (((q / wp) * ow + q % wp) * k) as i32;
+                pixels |= 1 << j;
+            }
+        }
+        let lo = _mm512_loadu_si512(offsets.as_ptr().cast());
+        let hi = _mm512_loadu_si512(offsets[16..].as_ptr().cast());
+        for kk in 0..k {
+            // SAFETY: every offset + kk is inside dy (asserted), and the 32 values stored
+            // are one tile row of dst (asserted long enough).
+            let channel = dy.as_ptr().add(kk);
+            let zero = _mm512_setzero_ps();
+            let a = _mm512_mask_i32gather_ps::<4>(zero, pixels as u16, lo, channel);
+            let b = _mm512_mask_i32gather_ps::<4>(zero, (pixels >> 16) as u16, hi, channel);
+            let out = dst[((kk / 16) * dt + t0 + t) * 2 * amx::TILE + (kk % 16) * 32..]
+                .as_mut_ptr();
+            _mm256_storeu_si256(out.cast(), to_bf16_x16(a));
+            _mm256_storeu_si256(out.add(16).cast(), to_bf16_x16(b));
         }
     }
 }

@@ -33,6 +33,27 @@ pub(super) unsafe fn convert(dst: &mut [u16], src: &[f32]) {
     }
 }
 
+/// `to_bf16` of 16 values at once (the same bits, NaN included).
+///
+/// # Safety
+/// The processor must have AVX-512F and BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn to_bf16_x16(
+    x: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let b = _mm512_castps_si512(x);
+    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+    let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+        b,
+        _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)),
+    ));
+    let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+    _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet))
+}
+
 /// bf16 bits of `lo` and `hi` in one u32, `lo` first in memory: the depth pair a tile row holds.
 #[inline(always)]
 fn pair(lo: f32, hi: f32) -> u32 {
@@ -297,6 +318,48 @@ pub(super) unsafe fn pack_b(dst: &mut [u32], bt: &Strided<f32>, j0: usize, n: us
         let lo = &bt.data[(k - 1) * bt.ps + j0 * bt.rs..];
         for (jj, d) in dst[k / 2 * 16..][..cols].iter_mut().enumerate() {
             *d = pair(lo[jj * bt.rs], 0.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The vector rounding gives `to_bf16`'s bits: on ties, the largest values, infinities,
+    /// NaNs and any bit pattern at all.
+    #[test]
+    fn vector_rounding_matches_the_scalar_one() {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
+            return;
+        }
+        let special = [
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            -0.0,
+            f32::MAX,
+            f32::MIN_POSITIVE / 3.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+        ];
+        let mut rng = Rng::new(7);
+        let mut values: Vec<f32> = special.to_vec();
+        values.extend((0..4000).map(|_| f32::from_bits(rng.next_u64() as u32)));
+        values.resize(values.len().next_multiple_of(16), 0.5);
+        for chunk in values.chunks_exact(16) {
+            let mut got = [0u16; 16];
+            // SAFETY: AVX-512F and BW were detected above.
+            unsafe {
+                use std::arch::x86_64::*;
+                let v = to_bf16_x16(_mm512_loadu_ps(chunk.as_ptr()));
+                _mm256_storeu_si256(got.as_mut_ptr().cast(), v);
+            }
+            let want: Vec<u16> = chunk.iter().map(|&x| to_bf16(x)).collect();
+            assert_eq!(got.as_slice(), want.as_slice(), "{chunk:?}");
         }
     }
 }
