@@ -260,8 +260,8 @@ unsafe fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, dt: us
             let zero = _mm512_setzero_ps();
             let a = _mm512_mask_i32gather_ps::<4>(zero, pixels as u16, lo, channel);
             let b = _mm512_mask_i32gather_ps::<4>(zero, (pixels >> 16) as u16, hi, channel);
-            let out = dst[((kk / 16) * dt + t0 + t) * 2 * amx::TILE + (kk % 16) * 32..]
-                .as_mut_ptr();
+            let out =
+                dst[((kk / 16) * dt + t0 + t) * 2 * amx::TILE + (kk % 16) * 32..].as_mut_ptr();
             _mm256_storeu_si256(out.cast(), to_bf16_x16(a));
             _mm256_storeu_si256(out.add(16).cast(), to_bf16_x16(b));
         }

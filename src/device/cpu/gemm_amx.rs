@@ -39,9 +39,7 @@ pub(super) unsafe fn convert(dst: &mut [u16], src: &[f32]) {
 /// The processor must have AVX-512F and BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn to_bf16_x16(
-    x: std::arch::x86_64::__m512,
-) -> std::arch::x86_64::__m256i {
+pub(super) unsafe fn to_bf16_x16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     let b = _mm512_castps_si512(x);
     let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
