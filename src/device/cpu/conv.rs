@@ -96,11 +96,7 @@ pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
     // B = Wᵀ, transposed once into a row-major RSC×K copy: gemm packs a row-major B with
     // plain copies, whereas gathering a strided Wᵀ for every block is slow when W is large.
     let mut wt = Scratch::new(w.len());
-    for (j, w_row) in w.chunks_exact(rsc).enumerate() {
-        for (p, &v) in w_row.iter().enumerate() {
-            wt[p * k + j] = v;
-        }
-    }
+    transpose(w, k, rsc, &mut wt);
     if sh.is_pointwise() {
         gemm(sh.pixels(), k, rsc, x, rsc, 1, &wt, k, 1, y, k, false);
         return;
@@ -325,12 +321,27 @@ pub fn conv2d_backward_weight<T: Real>(sh: &ConvShape, x: &[T], dy: &[T], dw: &m
             }
         }
     });
-    // dw[j, p] = dwt[p, j].
-    dw.par_chunks_mut(rsc).enumerate().for_each(|(j, dw)| {
-        for (p, d) in dw.iter_mut().enumerate() {
-            *d = dwt[p * k + j];
-        }
-    });
+    transpose(dwt, rsc, k, dw);
+}
+
+/// dst (cols × rows) = srcᵀ (src rows × cols), both row-major. In 32×32 blocks: value by value
+/// down a column, every store would touch another cache line (8% of a ResNet-18 step for the
+/// weights alone).
+fn transpose<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const BLOCK: usize = 32;
+    assert!(src.len() == rows * cols && dst.len() == rows * cols);
+    dst.par_chunks_mut(BLOCK * rows)
+        .enumerate()
+        .for_each(|(jb, dst)| {
+            let (j0, width) = (jb * BLOCK, dst.len() / rows);
+            for i0 in (0..rows).step_by(BLOCK) {
+                for i in i0..(i0 + BLOCK).min(rows) {
+                    for (jj, &v) in src[i * cols + j0..][..width].iter().enumerate() {
+                        dst[jj * rows + i] = v;
+                    }
+                }
+            }
+        });
 }
 
 /// Fills col (rows × RSC) with the input windows of output pixels row0.., zero where a
@@ -528,6 +539,24 @@ pub(super) mod tests {
     #[test]
     fn conv_f64_matches_naive() {
         check::<f64>(1e-12);
+    }
+
+    #[test]
+    fn transpose_moves_every_value_once() {
+        for &(rows, cols) in &[(1, 1), (3, 70), (33, 5), (64, 96), (37, 41)] {
+            let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let mut dst = random::<f32>(rows * cols, 1);
+            transpose(&src, rows, cols, &mut dst);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        dst[j * rows + i],
+                        src[i * cols + j],
+                        "{rows}×{cols} ({i},{j})"
+                    );
+                }
+            }
+        }
     }
 
     /// Big enough for several forward blocks and weight-gradient chunks.
