@@ -46,44 +46,53 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
         });
 
     let width = 16 * nb;
-    y.par_chunks_mut(oh * ow * k)
+    // A task's images share each panel of B tiles: it runs one panel over all of them before
+    // the next. A deep layer's Wᵀ does not fit in L2 (4.7 MB in ResNet-18's last stage) and its
+    // images have one or two blocks of grid rows each, so a task of one image would stream
+    // all of Wᵀ from memory per image. The task's padded images stay in L2 meanwhile.
+    let group =
+        (GROUP_BYTES / (2 * image)).clamp(1, sh.n.div_ceil(rayon::current_num_threads()).max(1));
+    y.par_chunks_mut(group * oh * ow * k)
         .enumerate()
-        .for_each(|(b, y)| {
-            let xb = &xp[b * image..];
+        .for_each(|(g, y)| {
             let mut block = [0f32; 32 * 32];
             // SAFETY: available() was asserted. Every A tile lies inside xp: its last value is
             // less than (rows + 31 + (R−1)·Wp)·C + 32·kt ≤ image + 31·C + 32·kt values past
             // xb, which `padded`'s tail covers; B tiles are whole; the block holds 32×32 floats.
             unsafe {
                 amx::configure();
-                for q0 in (0..rows).step_by(32) {
-                    for j in (0..k).step_by(width) {
-                        let q = j / 16;
-                        let steps = (0..sh.r).flat_map(|r| {
-                            let a = xb[(q0 + r * wp) * c..].as_ptr();
-                            let bt = b_tiles[(r * panels + q) * kt * amx::TILE..].as_ptr();
-                            (0..kt).map(move |t| amx::Step {
-                                a0: a.add(32 * t),
-                                a1: a.add(32 * t + 16 * c),
-                                b0: bt.add(t * amx::TILE),
-                                b1: bt.add((kt + t) * amx::TILE),
-                            })
-                        });
-                        if nb == 2 {
-                            amx::product::<2>(steps, 2 * c, block.as_mut_ptr(), width, false);
-                        } else {
-                            amx::product::<1>(steps, 2 * c, block.as_mut_ptr(), width, false);
-                        }
-                        // Grid rows with ox ≥ OW wrap across a row's end: dropped.
-                        let cols = width.min(k - j);
-                        for (i, out) in block.chunks_exact(width).enumerate() {
-                            let q = q0 + i;
-                            if q >= rows {
-                                break;
+                for j in (0..k).step_by(width) {
+                    let q = j / 16;
+                    for (i, y) in y.chunks_exact_mut(oh * ow * k).enumerate() {
+                        let xb = &xp[(g * group + i) * image..];
+                        for q0 in (0..rows).step_by(32) {
+                            let steps = (0..sh.r).flat_map(|r| {
+                                let a = xb[(q0 + r * wp) * c..].as_ptr();
+                                let bt = b_tiles[(r * panels + q) * kt * amx::TILE..].as_ptr();
+                                (0..kt).map(move |t| amx::Step {
+                                    a0: a.add(32 * t),
+                                    a1: a.add(32 * t + 16 * c),
+                                    b0: bt.add(t * amx::TILE),
+                                    b1: bt.add((kt + t) * amx::TILE),
+                                })
+                            });
+                            if nb == 2 {
+                                amx::product::<2>(steps, 2 * c, block.as_mut_ptr(), width, false);
+                            } else {
+                                amx::product::<1>(steps, 2 * c, block.as_mut_ptr(), width, false);
                             }
-                            let (oy, ox) = (q / wp, q % wp);
-                            if ox < ow {
-                                y[(oy * ow + ox) * k + j..][..cols].copy_from_slice(&out[..cols]);
+                            // Grid rows with ox ≥ OW wrap across a row's end: dropped.
+                            let cols = width.min(k - j);
+                            for (row, out) in block.chunks_exact(width).enumerate() {
+                                let q = q0 + row;
+                                if q >= rows {
+                                    break;
+                                }
+                                let (oy, ox) = (q / wp, q % wp);
+                                if ox < ow {
+                                    y[(oy * ow + ox) * k + j..][..cols]
+                                        .copy_from_slice(&out[..cols]);
+                                }
                             }
                         }
                     }
@@ -114,6 +123,10 @@ fn padded(sh: &ConvShape, x: &[f32]) -> Vec<u16> {
     pad_into(sh, x, images, |dst, src| unsafe { convert(dst, src) });
     xp
 }
+
+/// About how many bytes of padded bf16 images a forward task holds (in L2) while a panel of
+/// B tiles serves them all.
+const GROUP_BYTES: usize = 1 << 20;
 
 /// Images per weight-gradient task: the partial sums are per task, so how the batch is split
 /// depends on the shape alone (the result is the same whatever the thread count).
