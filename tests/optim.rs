@@ -79,19 +79,9 @@ fn lars_matches_cpu() {
     for _ in 0..2 {
         for t in &mut want {
             // The trust ratio as the CPU backend computes it.
-            let trust = if t.adapt {
-                let w_norm = cpu::sum_sq(&t.w).sqrt();
-                let g_norm = (t.g.iter().zip(&t.w))
-                    .map(|(&g, &w)| (g as f64 + t.wd * w as f64).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
-                if w_norm > 0.0 && g_norm > 0.0 {
-                    eta * w_norm / g_norm
-                } else {
-                    1.0
-                }
-            } else {
-                1.0
+            let trust = match t.adapt {
+                true => cpu::lars_trust(&t.w, &t.g, t.wd, eta),
+                false => 1.0,
             };
             cpu::lars_update(&mut t.w, &t.g, &mut t.v, lr * trust, momentum, t.wd);
         }

@@ -5,7 +5,6 @@ use super::{nhwc, Backend, BnGrads, BnSaved, StepParams, Update};
 use crate::device::cpu::batchnorm::{EPS, MOMENTUM};
 use crate::device::cpu::conv::ConvShape;
 use crate::device::cpu::pool::{AvgPoolShape, PoolShape};
-use crate::device::cpu::real::Real;
 use crate::device::cpu::{
     batchnorm, conv, elementwise, gemm, loss, normalize, ntxent, optim, pool, recycle, sk,
 };
@@ -353,16 +352,8 @@ impl Backend for Cpu {
             with_dtype!(u.w.dtype(), T => {
                 let (w, g, v) = (u.w.as_mut_slice::<T>(), u.g.as_slice::<T>(), u.v.as_mut_slice::<T>());
                 let wd = u.weight_decay;
-                let trust = if u.adapt {
-                    let w_norm = optim::sum_sq(w).sqrt();
-                    // The trust ratio uses the gradient with weight decay added.
-                    let g_norm = g.iter().zip(w.iter())
-                        .map(|(&g, &w)| { let d = g.to_f64() + wd * w.to_f64(); d * d })
-                        .sum::<f64>().sqrt();
-                    if w_norm > 0.0 && g_norm > 0.0 { p.eta * w_norm / g_norm } else { 1.0 }
-                } else {
-                    1.0
-                };
+                // The trust ratio uses the gradient with weight decay added.
+                let trust = if u.adapt { optim::lars_trust(w, g, wd, p.eta) } else { 1.0 };
                 optim::lars_update(w, g, v, p.lr * trust, p.momentum, wd);
             })
         }
