@@ -10,6 +10,7 @@ use super::amx;
 use super::conv::{pad_into, ConvShape};
 use super::gemm::Strided;
 use super::gemm_amx::{convert, pack_b, to_bf16_x16};
+use super::recycle;
 use rayon::prelude::*;
 use std::cell::Cell;
 
@@ -168,7 +169,10 @@ fn backward_weight_in_chunks(
     // into tiles and stored once per chunk rather than once per image.
     let chunk = (chunk_bytes / ((k_pad + sc_pad) * qt * 64)).clamp(1, group);
     // Per task: dW_r for each r, k_pad × sc_pad, whole blocks so they are updated in place.
-    let mut partial = vec![0f32; sh.n.div_ceil(group) * sh.r * k_pad * sc_pad];
+    // A recycled buffer: a deep layer's partials are tens of MB, which a fresh allocation
+    // would have the kernel fault in and zero every call; each task's first chunk overwrites
+    // every block of its part.
+    let mut partial = recycle::take::<f32>(sh.n.div_ceil(group) * sh.r * k_pad * sc_pad);
     partial
         .par_chunks_mut(sh.r * k_pad * sc_pad)
         .enumerate()
@@ -227,16 +231,19 @@ fn backward_weight_in_chunks(
     XP.set(xp);
     // The tasks' sums, added in task order.
     let rsc = sh.r * sc;
-    for (kk, dw_k) in dw.chunks_exact_mut(rsc).enumerate() {
-        for (r, dw_r) in dw_k.chunks_exact_mut(sc).enumerate() {
-            for (d, out) in dw_r.iter_mut().enumerate() {
-                *out = partial
-                    .chunks_exact(sh.r * k_pad * sc_pad)
-                    .map(|part| part[(r * k_pad + kk) * sc_pad + d])
-                    .sum();
+    dw.par_chunks_exact_mut(rsc)
+        .enumerate()
+        .for_each(|(kk, dw_k)| {
+            for (r, dw_r) in dw_k.chunks_exact_mut(sc).enumerate() {
+                for (d, out) in dw_r.iter_mut().enumerate() {
+                    *out = partial
+                        .chunks_exact(sh.r * k_pad * sc_pad)
+                        .map(|part| part[(r * k_pad + kk) * sc_pad + d])
+                        .sum();
+                }
             }
-        }
-    }
+        });
+    recycle::give_back(partial);
 }
 
 /// One image's dy_gridᵀ into A tiles of `dt` depth tiles per row tile, from depth tile t0:
