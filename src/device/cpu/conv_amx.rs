@@ -185,7 +185,9 @@ fn backward_weight_in_chunks(
                 // Depth tiles of the chunk: image b's tile t is (b − b0)·qt + t.
                 let dt = batch.len() * qt;
                 let a_tiles = &mut a_tiles[..row_tiles * dt * amx::TILE];
-                a_tiles.fill(0);
+                // Not zeroed: packing writes every channel's row of every tile (wrapped grid
+                // rows as zeros), and what rows past K hold reaches only rows of dW past K,
+                // which are dropped.
                 for b in batch.clone() {
                     let dy = &dy[b * oh * ow * k..][..oh * ow * k];
                     // SAFETY: AMX processors have AVX-512 (asserted above).
@@ -248,8 +250,8 @@ fn backward_weight_in_chunks(
 
 /// One image's dy_gridᵀ into A tiles of `dt` depth tiles per row tile, from depth tile t0:
 /// row tile i's depth tile t0 + t at (i·dt + t0 + t)·TILE holds output channels 16i.. by grid
-/// rows 32t..; wrapped grid rows and rows past the last are written as zeros, channels past K
-/// are left as they are (zeroed by the caller). A tile row is 32 grid rows of one channel: it
+/// rows 32t..; wrapped grid rows and rows past the last are written as zeros, rows of channels
+/// past K are left as they are. A tile row is 32 grid rows of one channel: it
 /// is gathered from dy (a stride of K between pixels) so that it is stored whole, rather than
 /// scattered a value at a time.
 #[target_feature(enable = "avx512f,avx512bw")]
