@@ -59,13 +59,9 @@ fn over_ranks(comm: &dyn Comm, mut sums: Vec<f64>, rows: usize) -> (Vec<f64>, us
     (sums, rows)
 }
 
-/// Training mode: normalise with the batch statistics, over all ranks' rows. `beta` is None
-/// for BN without centring; `skip` (a residual block's sum) is added and `relu` applied after.
-///
-/// The variance is not E[x²]−E[x]² (unstable): each chunk of rows gives its sum s and its
-/// squared deviations from its own mean m (a second pass over the chunk while it is in cache),
-/// and Σ(x − μ)² over the chunk is those deviations + 2(m − μ)(s − n·m) + n·(m − μ)². So x is
-/// read from memory once for the statistics, not twice.
+/// Training mode: normalise with the batch statistics (two passes: mean, then variance,
+/// which is stable where E[x²]−E[x]² is not), over all ranks' rows. `beta` is None for BN
+/// without centring; `skip` (a residual block's sum) is added and `relu` applied after.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_train<T: Real>(
     x: &[T],
@@ -79,23 +75,19 @@ pub fn forward_train<T: Real>(
     y: &mut [T],
 ) -> BnStats {
     let local = x.len() / c;
-    let chunks = chunk_moments(x, c);
-    let mut sums = vec![0.0f64; c];
-    for (chunk_sums, ..) in &chunks {
-        for (s, &v) in sums.iter_mut().zip(chunk_sums) {
-            *s += v;
+    let sums = channel_sums::<T>(local, c, |r, acc| {
+        for (a, &v) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]) {
+            *a += v;
         }
-    }
+    });
     let (sums, rows) = over_ranks(comm, sums, local);
     let mean: Vec<f64> = sums.iter().map(|s| s / rows as f64).collect();
-    let mut sq = vec![0.0f64; c];
-    for (chunk_sums, deviations, chunk_mean, n) in &chunks {
-        let n = *n as f64;
-        for i in 0..c {
-            let d = chunk_mean[i] - mean[i];
-            sq[i] += deviations[i] + 2.0 * d * (chunk_sums[i] - n * chunk_mean[i]) + n * d * d;
+    let mean_t: Vec<T> = mean.iter().map(|&m| T::from_f64(m)).collect();
+    let sq = channel_sums::<T>(local, c, |r, acc| {
+        for ((a, &v), &m) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(&mean_t) {
+            *a += (v - m) * (v - m);
         }
-    }
+    });
     let (sq, _) = over_ranks(comm, sq, local);
     let var: Vec<f64> = sq.iter().map(|s| s / rows as f64).collect();
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
@@ -107,36 +99,6 @@ pub fn forward_train<T: Real>(
     };
     affine(x, c, &stats.mean, &stats.invstd, gamma, beta, skip, relu, y);
     stats
-}
-
-/// Each chunk of `CHUNK_ROWS` rows of x ([rows, C]): per channel, its sum, its squared
-/// deviations from its mean and that mean (as T holds it); and its row count.
-type Moments = (Vec<f64>, Vec<f64>, Vec<f64>, usize);
-
-fn chunk_moments<T: Real>(x: &[T], c: usize) -> Vec<Moments> {
-    x.par_chunks(c * CHUNK_ROWS)
-        .map(|chunk| {
-            let n = chunk.len() / c;
-            let mut sum = vec![T::zero(); c];
-            for row in chunk.chunks_exact(c) {
-                for (a, &v) in sum.iter_mut().zip(row) {
-                    *a += v;
-                }
-            }
-            let mean: Vec<T> = sum
-                .iter()
-                .map(|&s| T::from_f64(s.to_f64() / n as f64))
-                .collect();
-            let mut deviations = vec![T::zero(); c];
-            for row in chunk.chunks_exact(c) {
-                for ((a, &v), &m) in deviations.iter_mut().zip(row).zip(&mean) {
-                    *a += (v - m) * (v - m);
-                }
-            }
-            let f64s = |v: Vec<T>| v.iter().map(|&v| v.to_f64()).collect();
-            (f64s(sum), f64s(deviations), f64s(mean), n)
-        })
-        .collect()
 }
 
 /// Inference mode: normalise with the running statistics.
@@ -299,7 +261,7 @@ mod tests {
     use crate::dist::Solo;
     use crate::rng::Rng;
 
-    /// The one-read statistics against a direct two-pass computation in f64, on rows that are
+    /// The statistics against a direct two-pass computation in f64, on rows that are
     /// not a whole number of chunks and values far from zero (where E[x²]−E[x]² would lose
     /// every digit in f32).
     #[test]
