@@ -262,7 +262,8 @@ unsafe fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, dt: us
     let rows = (oh - 1) * wp + ow;
     assert!(dy.len() >= oh * ow * k && dy.len() <= i32::MAX as usize);
     let dst: &mut [u16] = bytemuck::cast_slice_mut(dst);
-    assert!(dst.len() >= (k.div_ceil(16) * dt).max(t0 + rows.div_ceil(32)) * 2 * amx::TILE);
+    assert!(t0 + rows.div_ceil(32) <= dt && dst.len() >= k.div_ceil(16) * dt * 2 * amx::TILE);
+    let zero = _mm512_setzero_ps();
     for t in 0..rows.div_ceil(32) {
         // Each lane's pixel (its offset in dy), and which lanes are pixels at all.
         let (mut offsets, mut pixels) = ([0i32; 32], 0u32);
@@ -279,7 +280,6 @@ unsafe fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, dt: us
             // SAFETY: every offset + kk is inside dy (asserted), and the 32 values stored
             // are one tile row of dst (asserted long enough).
             let channel = dy.as_ptr().add(kk);
-            let zero = _mm512_setzero_ps();
             let a = _mm512_mask_i32gather_ps::<4>(zero, pixels as u16, lo, channel);
             let b = _mm512_mask_i32gather_ps::<4>(zero, (pixels >> 16) as u16, hi, channel);
             let out =

@@ -144,17 +144,7 @@ pub fn gemm_with<T: Real>(
         }
         return;
     }
-    let a = Strided {
-        data: a,
-        rs: a_rs,
-        ps: a_cs,
-    };
-    // Bᵀ: "row" j, depth p is b[j*b_cs + p*b_rs].
-    let bt = Strided {
-        data: b,
-        rs: b_cs,
-        ps: b_rs,
-    };
+    let (a, bt) = operand_views((a, a_rs, a_cs), (b, b_rs, b_cs));
     let shape = Tile { mb: m, nb: n, k };
     match kernel {
         Kernel::Tile6x16(f) => tiled::<T, 6, 16>(f, &shape, &a, &bt, c, ldc, accumulate),
@@ -311,6 +301,25 @@ pub(super) struct Strided<'a, T> {
     pub data: &'a [T],
     pub rs: usize,
     pub ps: usize,
+}
+
+/// A gemm's operands as the views its packers read: A (row i, depth p) and Bᵀ ("row" j is B's
+/// column j, depth p at b[j*b_cs + p*b_rs]).
+pub(super) fn operand_views<'a, T>(
+    (a, a_rs, a_cs): (&'a [T], usize, usize),
+    (b, b_rs, b_cs): (&'a [T], usize, usize),
+) -> (Strided<'a, T>, Strided<'a, T>) {
+    let a = Strided {
+        data: a,
+        rs: a_rs,
+        ps: a_cs,
+    };
+    let bt = Strided {
+        data: b,
+        rs: b_cs,
+        ps: b_rs,
+    };
+    (a, bt)
 }
 
 /// Extent of a block of C (a task's tile, or the whole of C), and the full depth k.

@@ -7,7 +7,7 @@
 //! Determinism: each element of C is summed over k in an order fixed by the shape alone.
 
 use super::amx;
-use super::gemm::{check_operands, SendPtr, Strided};
+use super::gemm::{check_operands, operand_views, SendPtr, Strided};
 use super::gemm_bf16::to_bf16;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -98,17 +98,7 @@ pub fn gemm_amx(
         (b.len(), b_rs, b_cs),
         (c.len(), ldc),
     );
-    // A's row i, depth p; Bᵀ's row j (B's column), depth p.
-    let a = Strided {
-        data: a,
-        rs: a_rs,
-        ps: a_cs,
-    };
-    let bt = Strided {
-        data: b,
-        rs: b_cs,
-        ps: b_rs,
-    };
+    let (a, bt) = operand_views((a, a_rs, a_cs), (b, b_rs, b_cs));
     let c_ptr = SendPtr(c.as_mut_ptr());
     // The tiles want A's rows and B's columns contiguous along k. When neither is (both stored
     // k-major, as in a weight gradient), the operand transposed into tiles had better be the

@@ -55,15 +55,11 @@ pub fn lars_update<T: Real>(
         T::from_f64(momentum),
         T::from_f64(weight_decay),
     );
-    w.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|(w, (g, v))| {
-            for ((w, &g), v) in w.iter_mut().zip(g).zip(v) {
-                let grad = g + wd * *w;
-                *v = m * *v + lr * grad;
-                *w = *w - *v;
-            }
-        });
+    each_element(w, g, v, |w, g, v| {
+        let grad = g + wd * *w;
+        *v = m * *v + lr * grad;
+        *w = *w - *v;
+    });
 }
 
 /// SGD with momentum (PyTorch convention), optionally Nesterov:
@@ -82,14 +78,22 @@ pub fn sgd_update<T: Real>(
         T::from_f64(momentum),
         T::from_f64(weight_decay),
     );
+    each_element(w, g, v, |w, g, v| {
+        let grad = g + wd * *w;
+        *v = m * *v + grad;
+        let step = if nesterov { grad + m * *v } else { *v };
+        *w = *w - lr * step;
+    });
+}
+
+/// f(w, g, v) for every element of a parameter, its gradient and its velocity, over chunks in
+/// parallel.
+fn each_element<T: Real>(w: &mut [T], g: &[T], v: &mut [T], f: impl Fn(&mut T, T, &mut T) + Sync) {
     w.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK).zip(v.par_chunks_mut(CHUNK)))
         .for_each(|(w, (g, v))| {
             for ((w, &g), v) in w.iter_mut().zip(g).zip(v) {
-                let grad = g + wd * *w;
-                *v = m * *v + grad;
-                let step = if nesterov { grad + m * *v } else { *v };
-                *w = *w - lr * step;
+                f(w, g, v);
             }
         });
 }
