@@ -86,6 +86,7 @@ fn backward(
             cpu::backward(
                 x.as_slice::<f32>(),
                 dy.as_slice(),
+                None,
                 c,
                 gamma.as_slice(),
                 stats,

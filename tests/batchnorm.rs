@@ -284,7 +284,7 @@ fn check_backward(elem: Elem) {
                 };
                 let mut dx_want = vec![0.0; rows * c];
                 let (dgamma_want, dbeta_want) =
-                    cpu::backward(&x, &dy_masked, c, &gamma, &stats, &Solo, &mut dx_want);
+                    cpu::backward(&x, &dy_masked, None, c, &gamma, &stats, &Solo, &mut dx_want);
 
                 let y_dev = gpu.upload_as(&y, elem);
                 let (mut dx, mut dgamma, mut dbeta, mut dsum) = (

@@ -902,14 +902,25 @@ fn resumes_bit_identically(name: &str, extra: &[&str]) {
 /// The momentum encoder fills the memory buffer. At a momentum of almost 0 it is the trained
 /// network itself, so every step's loss is that without one; at 0.9 the first two steps are
 /// still the same (the memory then holds rows the two networks made from the same weights) and
-/// the later ones part. On the emulated GPU the same run follows the cpu's.
+/// the later ones part. On the emulated GPU the same run follows the cpu's to 1e-4. (At the
+/// preset's learning rate this 16-image run turns f32 rounding, 4e-7 in a batch-norm variance
+/// computed either way, into 0.3% of the loss by step 5; at 0.02 the runs stay within 1e-6.)
 #[test]
 fn momentum_encoder_fills_the_memory_buffer() {
     let t = Tmp::new("momentum");
     let data = t.data("data");
     let losses = |name: &str, extra: &[&str]| -> Vec<f64> {
         let out = t.path(name);
-        let flags = ["--epochs", "1", "--batch-size", "16", "--memory-size", "64"];
+        let flags = [
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--memory-size",
+            "64",
+            "--lr",
+            "0.02",
+        ];
         let args = tiny(&["pretrain", "--data", &data, "--out", &out], &flags);
         let run = simclr(&[args.as_slice(), extra].concat());
         assert!(
@@ -945,7 +956,7 @@ fn momentum_encoder_fills_the_memory_buffer() {
             step < 2,
             "step {step}: momentum 0.9 {m}, none {p}"
         );
-        assert!(close(e, m, 1e-3), "step {step}: emu {e}, cpu {m}");
+        assert!(close(e, m, 1e-4), "step {step}: emu {e}, cpu {m}");
     }
 }
 

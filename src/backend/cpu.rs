@@ -113,18 +113,22 @@ impl Backend for Cpu {
         };
         let c = gamma.numel();
         with_dtype!(dy.dtype(), T => {
-            // With the fused ReLU, dy passes only where the output is positive.
-            let masked = relu_out.map(|y| out::<T>(&dy.shape, |m| elementwise::relu_backward(y.as_slice(), dy.as_slice(), m)));
-            let dy = masked.as_ref().unwrap_or(dy);
+            // With the fused ReLU, dy passes only where the output is positive: BN's backward
+            // writes that gated dy into `gated`, every element of it.
+            let mut gated = relu_out.map(|_| recycle::take::<T>(dy.numel()));
             let mut sums = None;
             let dx = out::<T>(&x.shape, |dx| {
-                sums = Some(batchnorm::backward(x.as_slice(), dy.as_slice(), c, gamma.as_slice(), stats, comm, dx));
+                let relu = relu_out.map(|y| y.as_slice()).zip(gated.as_deref_mut());
+                sums = Some(batchnorm::backward(x.as_slice(), dy.as_slice(), relu, c, gamma.as_slice(), stats, comm, dx));
             });
             let (dg, db) = sums.unwrap();
+            // As a tensor, so that its buffer is recycled when dropped.
+            let gated = gated.map(|g| Tensor::from_vec(&dy.shape, g));
+            let dsum = with_sum.then(|| gated.unwrap_or_else(|| dy.clone()));
             BnGrads {
                 dgamma: Tensor::from_f64(&[c], T::DTYPE, &dg),
                 dbeta: with_beta.then(|| Tensor::from_f64(&[c], T::DTYPE, &db)),
-                dsum: with_sum.then(|| masked.clone().unwrap_or_else(|| dy.clone())),
+                dsum,
                 dx,
             }
         })

@@ -18,18 +18,8 @@ pub const MOMENTUM: f64 = 0.9;
 
 const CHUNK_ROWS: usize = 256;
 
-/// Σ over rows of f(row, out) where `f` adds one row's contribution into `out` (C values).
-fn channel_sums<T: Real>(rows: usize, c: usize, f: impl Fn(usize, &mut [T]) + Sync) -> Vec<f64> {
-    let partials: Vec<Vec<T>> = (0..rows.div_ceil(CHUNK_ROWS))
-        .into_par_iter()
-        .map(|chunk| {
-            let mut acc = vec![T::zero(); c];
-            for row in chunk * CHUNK_ROWS..((chunk + 1) * CHUNK_ROWS).min(rows) {
-                f(row, &mut acc);
-            }
-            acc
-        })
-        .collect();
+/// Per-chunk partial sums (one per chunk of rows, in chunk order) added up in f64.
+fn combine<T: Real>(partials: Vec<Vec<T>>, c: usize) -> Vec<f64> {
     let mut total = vec![0.0f64; c];
     for p in &partials {
         for (t, &v) in total.iter_mut().zip(p) {
@@ -59,9 +49,13 @@ fn over_ranks(comm: &dyn Comm, mut sums: Vec<f64>, rows: usize) -> (Vec<f64>, us
     (sums, rows)
 }
 
-/// Training mode: normalise with the batch statistics (two passes: mean, then variance,
-/// which is stable where E[x²]−E[x]² is not), over all ranks' rows. `beta` is None for BN
-/// without centring; `skip` (a residual block's sum) is added and `relu` applied after.
+/// Training mode: normalise with the batch statistics, over all ranks' rows. `beta` is None
+/// for BN without centring; `skip` (a residual block's sum) is added and `relu` applied after.
+///
+/// The variance is not E[x²]−E[x]² (unstable): each chunk of rows gives its sum s and its
+/// squared deviations from its own mean m (a second pass over the chunk while it is in cache),
+/// and Σ(x − μ)² over the chunk is those deviations + 2(m − μ)(s − n·m) + n·(m − μ)². So x is
+/// read from memory once for the statistics, not twice.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_train<T: Real>(
     x: &[T],
@@ -75,19 +69,23 @@ pub fn forward_train<T: Real>(
     y: &mut [T],
 ) -> BnStats {
     let local = x.len() / c;
-    let sums = channel_sums::<T>(local, c, |r, acc| {
-        for (a, &v) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]) {
-            *a += v;
+    let chunks = chunk_moments(x, c);
+    let mut sums = vec![0.0f64; c];
+    for (chunk_sums, ..) in &chunks {
+        for (s, &v) in sums.iter_mut().zip(chunk_sums) {
+            *s += v;
         }
-    });
+    }
     let (sums, rows) = over_ranks(comm, sums, local);
     let mean: Vec<f64> = sums.iter().map(|s| s / rows as f64).collect();
-    let mean_t: Vec<T> = mean.iter().map(|&m| T::from_f64(m)).collect();
-    let sq = channel_sums::<T>(local, c, |r, acc| {
-        for ((a, &v), &m) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(&mean_t) {
-            *a += (v - m) * (v - m);
+    let mut sq = vec![0.0f64; c];
+    for (chunk_sums, deviations, chunk_mean, n) in &chunks {
+        let n = *n as f64;
+        for i in 0..c {
+            let d = chunk_mean[i] - mean[i];
+            sq[i] += deviations[i] + 2.0 * d * (chunk_sums[i] - n * chunk_mean[i]) + n * d * d;
         }
-    });
+    }
     let (sq, _) = over_ranks(comm, sq, local);
     let var: Vec<f64> = sq.iter().map(|s| s / rows as f64).collect();
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
@@ -99,6 +97,36 @@ pub fn forward_train<T: Real>(
     };
     affine(x, c, &stats.mean, &stats.invstd, gamma, beta, skip, relu, y);
     stats
+}
+
+/// Each chunk of `CHUNK_ROWS` rows of x ([rows, C]): per channel, its sum, its squared
+/// deviations from its mean and that mean (as T holds it); and its row count.
+type Moments = (Vec<f64>, Vec<f64>, Vec<f64>, usize);
+
+fn chunk_moments<T: Real>(x: &[T], c: usize) -> Vec<Moments> {
+    x.par_chunks(c * CHUNK_ROWS)
+        .map(|chunk| {
+            let n = chunk.len() / c;
+            let mut sum = vec![T::zero(); c];
+            for row in chunk.chunks_exact(c) {
+                for (a, &v) in sum.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            let mean: Vec<T> = sum
+                .iter()
+                .map(|&s| T::from_f64(s.to_f64() / n as f64))
+                .collect();
+            let mut deviations = vec![T::zero(); c];
+            for row in chunk.chunks_exact(c) {
+                for ((a, &v), &m) in deviations.iter_mut().zip(row).zip(&mean) {
+                    *a += (v - m) * (v - m);
+                }
+            }
+            let f64s = |v: Vec<T>| v.iter().map(|&v| v.to_f64()).collect();
+            (f64s(sum), f64s(deviations), f64s(mean), n)
+        })
+        .collect()
 }
 
 /// Inference mode: normalise with the running statistics.
@@ -193,9 +221,15 @@ pub fn update_running<T: Real>(
 /// computed per element as dx = a·dy + b·(x − μ) with per-channel a and b. Over ranks, dx
 /// uses dγ and dβ summed over all of them (M the rows of all); the returned dγ and dβ are this
 /// rank's own sums, which the gradient average over the ranks completes.
+///
+/// With a fused ReLU, `relu` holds its output y and a buffer: the gradient reaching BN is dy
+/// where y > 0, which the pass taking the sums writes there (a residual block's sum needs it
+/// too) and the pass computing dx reads, so no separate ReLU pass reads and writes it again.
+#[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     x: &[T],
     dy: &[T],
+    relu: Option<(&[T], &mut [T])>,
     c: usize,
     gamma: &[T],
     stats: &BnStats,
@@ -204,20 +238,48 @@ pub fn backward<T: Real>(
 ) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / c;
     let mean: Vec<T> = stats.mean.iter().map(|&m| T::from_f64(m)).collect();
-    // Σ dy and Σ dy·(x − μ) in one pass: [dβ | dγ/invstd].
-    let sums = channel_sums::<T>(rows, 2 * c, |r, acc| {
+    // Σ dy and Σ dy·(x − μ) over a chunk of rows: [dβ | dγ/invstd].
+    let chunk_sums = |xc: &[T], gc: &[T]| {
+        let mut acc = vec![T::zero(); 2 * c];
         let (sum_g, sum_gx) = acc.split_at_mut(c);
-        let (xr, gr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        for (((a, b), &g), (&v, &m)) in sum_g
-            .iter_mut()
-            .zip(sum_gx)
-            .zip(gr)
-            .zip(xr.iter().zip(&mean))
-        {
-            *a += g;
-            *b += g * (v - m);
+        for (xr, gr) in xc.chunks(c).zip(gc.chunks(c)) {
+            for (((a, b), &g), (&v, &m)) in sum_g
+                .iter_mut()
+                .zip(sum_gx.iter_mut())
+                .zip(gr)
+                .zip(xr.iter().zip(&mean))
+            {
+                *a += g;
+                *b += g * (v - m);
+            }
         }
-    });
+        acc
+    };
+    let block = c * CHUNK_ROWS;
+    let (partials, dy): (Vec<Vec<T>>, &[T]) = match relu {
+        None => (
+            x.par_chunks(block)
+                .zip(dy.par_chunks(block))
+                .map(|(xc, gc)| chunk_sums(xc, gc))
+                .collect(),
+            dy,
+        ),
+        Some((y, gated)) => {
+            let partials = gated
+                .par_chunks_mut(block)
+                .zip(y.par_chunks(block).zip(dy.par_chunks(block)))
+                .zip(x.par_chunks(block))
+                .map(|((gc, (yc, dyc)), xc)| {
+                    for ((g, &y), &d) in gc.iter_mut().zip(yc).zip(dyc) {
+                        *g = if y > T::zero() { d } else { T::zero() };
+                    }
+                    chunk_sums(xc, gc)
+                })
+                .collect();
+            (partials, &*gated)
+        }
+    };
+    let sums = combine(partials, 2 * c);
     let (dbeta, sum_gx) = sums.split_at(c);
     let dbeta = dbeta.to_vec();
     let dgamma: Vec<f64> = sum_gx
@@ -261,7 +323,7 @@ mod tests {
     use crate::dist::Solo;
     use crate::rng::Rng;
 
-    /// The statistics against a direct two-pass computation in f64, on rows that are
+    /// The one-read statistics against a direct two-pass computation in f64, on rows that are
     /// not a whole number of chunks and values far from zero (where E[x²]−E[x]² would lose
     /// every digit in f32).
     #[test]
@@ -287,5 +349,31 @@ mod tests {
                 stats.var[i]
             );
         }
+    }
+
+    /// The backward with a fused ReLU gives, bit for bit, the backward of dy masked where the
+    /// ReLU's output is positive, and writes that masked dy.
+    #[test]
+    fn fused_relu_backward_is_the_masked_backward() {
+        let (rows, c) = (2 * CHUNK_ROWS + 19, 7);
+        let mut rng = Rng::new(5);
+        let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        let (x, dy, gamma, beta) = (normal(rows * c), normal(rows * c), normal(c), normal(c));
+        let mut y = vec![0.0f32; rows * c];
+        let stats = forward_train(&x, c, &gamma, Some(&beta), EPS, None, true, &Solo, &mut y);
+        assert!(y.contains(&0.0) && y.iter().any(|&v| v > 0.0));
+        let masked: Vec<f32> = dy
+            .iter()
+            .zip(&y)
+            .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 })
+            .collect();
+        let mut want = vec![0.0f32; rows * c];
+        let sums_want = backward(&x, &masked, None, c, &gamma, &stats, &Solo, &mut want);
+        let (mut got, mut gated) = (vec![0.0f32; rows * c], vec![f32::NAN; rows * c]);
+        let relu = Some((y.as_slice(), gated.as_mut_slice()));
+        let sums_got = backward(&x, &dy, relu, c, &gamma, &stats, &Solo, &mut got);
+        assert_eq!(gated, masked);
+        assert_eq!(got, want);
+        assert_eq!(sums_got, sums_want);
     }
 }
