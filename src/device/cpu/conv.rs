@@ -402,7 +402,7 @@ fn col2im<T: Real>(sh: &ConvShape, dcol: &[T], row0: usize, dx: &mut [T]) {
 /// dst = src for runs of a few channels, in 8-wide moves: copy_from_slice would call libc's
 /// memmove, whose overhead per call costs more than such a copy.
 #[inline(always)]
-fn copy_short<T: Real>(dst: &mut [T], src: &[T]) {
+pub(super) fn copy_short<T: Real>(dst: &mut [T], src: &[T]) {
     let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
     for (d, s) in (&mut d).zip(&mut s) {
         d.copy_from_slice(s);

@@ -7,7 +7,7 @@
 //! rarely a multiple of 32); the B rows it meets there are zero, so what it reads adds nothing.
 
 use super::amx;
-use super::conv::{pad_into, ConvShape};
+use super::conv::{copy_short, pad_into, ConvShape};
 use super::gemm::Strided;
 use super::gemm_amx::{convert, pack_b, to_bf16_x16};
 use super::recycle;
@@ -91,8 +91,10 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
                                 }
                                 let (oy, ox) = (q / wp, q % wp);
                                 if ox < ow {
-                                    y[(oy * ow + ox) * k + j..][..cols]
-                                        .copy_from_slice(&out[..cols]);
+                                    copy_short(
+                                        &mut y[(oy * ow + ox) * k + j..][..cols],
+                                        &out[..cols],
+                                    );
                                 }
                             }
                         }
