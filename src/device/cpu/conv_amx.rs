@@ -10,9 +10,9 @@ use super::amx;
 use super::conv::{copy_short, pad_into, ConvShape};
 use super::gemm::Strided;
 use super::gemm_amx::{convert, pack_b, to_bf16_x16};
-use super::recycle;
+use super::recycle::{self, Bin};
 use rayon::prelude::*;
-use std::cell::Cell;
+use std::sync::Mutex;
 
 /// y = conv(x, W) for a stride-1 shape, overwritten, given wt = Wᵀ (RSC×K, row-major).
 pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
@@ -103,23 +103,23 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
                 amx::release();
             }
         });
-    XP.set(xp);
+    XP.lock().unwrap().keep(xp);
 }
 
-thread_local! {
-    /// The last padded input's buffer, reused by the next convolution on this thread.
-    static XP: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
-}
+/// Padded inputs' buffers, kept for the next convolution of the same size (each step repeats
+/// the last one's shapes). Reusing only the last buffer, of whatever size, meant growing it
+/// most calls: a copy of its old values and zeros for the rest, on the calling thread alone.
+static XP: Mutex<Bin<u16>> = Mutex::new(Bin::empty());
 
 /// x with `pad` zeros around each image (N×Hp×Wp×C) in bf16, then zeros for what the last
 /// image's tiles read past its end: 32 grid rows, and 32 values past the widest window row.
-/// Every value is written, so the buffer can be a reused one (give it back with `XP.set`).
+/// Every value is written, so the buffer can be a reused one (give it back to `XP`).
 fn padded(sh: &ConvShape, x: &[f32]) -> Vec<u16> {
     let (hp, wp) = sh.padded_hw();
     let (c, image) = (sh.c, hp * wp * sh.c);
     let tail = 32 * c + 32 * (sh.s * c).div_ceil(32) + 32;
-    let mut xp = XP.take();
-    xp.resize(sh.n * image + tail, 0);
+    let len = sh.n * image + tail;
+    let mut xp = XP.lock().unwrap().take(len).unwrap_or_else(|| vec![0; len]);
     let (images, rest) = xp.split_at_mut(sh.n * image);
     rest.fill(0);
     // SAFETY: only called where AMX, and so AVX-512, is present.
@@ -232,7 +232,7 @@ fn backward_weight_in_chunks(
                 }
             }
         });
-    XP.set(xp);
+    XP.lock().unwrap().keep(xp);
     // The tasks' sums, added in task order.
     let rsc = sh.r * sc;
     dw.par_chunks_exact_mut(rsc)

@@ -36,11 +36,16 @@ pub fn add<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
         });
 }
 
-/// acc += x (gradient accumulation).
+/// acc += x (gradient accumulation: a residual block's input gradient is an activation's size,
+/// and on one thread the other would wait for it).
 pub fn add_assign<T: Real>(acc: &mut [T], x: &[T]) {
-    for (a, &b) in acc.iter_mut().zip(x) {
-        *a += b;
-    }
+    acc.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(acc, x)| {
+            for (a, &b) in acc.iter_mut().zip(x) {
+                *a += b;
+            }
+        });
 }
 
 /// y = s·x.

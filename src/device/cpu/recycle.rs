@@ -31,7 +31,7 @@ impl<T> Bin<T> {
     }
 
     /// The newest buffer of `len` elements (the likeliest to be in cache), if one waits.
-    fn take(&mut self, len: usize) -> Option<Vec<T>> {
+    pub(super) fn take(&mut self, len: usize) -> Option<Vec<T>> {
         let i = self.buffers.iter().rposition(|v| v.len() == len)?;
         let v = self.buffers.remove(i)?;
         self.bytes -= bytes(&v);
@@ -39,7 +39,7 @@ impl<T> Bin<T> {
     }
 
     /// Keeps `v`, making room by freeing the oldest buffers.
-    fn keep(&mut self, v: Vec<T>) {
+    pub(super) fn keep(&mut self, v: Vec<T>) {
         let size = bytes(&v);
         if !(MIN_BYTES..=self.max).contains(&size) {
             return;
