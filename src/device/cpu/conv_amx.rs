@@ -5,6 +5,7 @@
 //! rows by 32 of those values, is loaded straight from it with a row stride of C values: the
 //! only copy of the input is xp itself. A tile may read past a window row's S·C values (S·C is
 //! rarely a multiple of 32); the B rows it meets there are zero, so what it reads adds nothing.
+//! Small images, whose grids are mostly wrapped rows, have their windows packed instead.
 
 use super::amx;
 use super::conv::{copy_short, pad_into, ConvShape};
@@ -12,6 +13,7 @@ use super::gemm::Strided;
 use super::gemm_amx::{convert, pack_b, to_bf16_x16};
 use super::recycle::{self, Bin};
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::sync::Mutex;
 
 /// y = conv(x, W) for a stride-1 shape, overwritten, given wt = Wᵀ (RSC×K, row-major).
@@ -23,8 +25,9 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
     let image = hp * wp * c;
     // Depth tiles per window row.
     let kt = sc.div_ceil(32);
-    // Grid rows per image, up to its last output pixel's.
+    // Grid rows per image, up to its last output pixel's, and their 32-row blocks.
     let rows = (oh - 1) * wp + ow;
+    let grid_blocks = rows.div_ceil(32);
 
     let xp = padded(sh, x);
     // Wᵀ in B tiles: window row r's panel q (16 output channels) at (r·panels + q)·kt tiles.
@@ -47,61 +50,101 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
         });
 
     let width = 16 * nb;
+    // A small image's grid is mostly rows that are dropped (a 4×4 output's 22 grid rows take a
+    // 32-row block: half of its products are wasted). Where a third or more would be, the
+    // tiles come from the output pixels' windows packed row by row instead (`pack_windows`),
+    // which each panel of B reuses, rather than from xp in place. Packed rows are R·S·C values
+    // each, read from L2, where a small image's xp stays in L1: at a quarter wasted (ResNet-8's
+    // 7×7 stage) packing made no measurable difference to the step; at a half (ResNet-18's
+    // 4×4 stage) it took 3–8% off it.
+    let packed = 2 * grid_blocks * 32 >= 3 * oh * ow;
+    // A packed row: window row r's kt·32 values at r·kt·32.
+    let len = sh.r * kt * 32;
+    let per_image = if packed { oh * ow * len } else { image };
     // A task's images share each panel of B tiles: it runs one panel over all of them before
     // the next. A deep layer's Wᵀ does not fit in L2 (4.7 MB in ResNet-18's last stage) and its
     // images have one or two blocks of grid rows each, so a task of one image would stream
-    // all of Wᵀ from memory per image. The task's padded images stay in L2 meanwhile.
-    let group =
-        (GROUP_BYTES / (2 * image)).clamp(1, sh.n.div_ceil(rayon::current_num_threads()).max(1));
+    // all of Wᵀ from memory per image. The task's A rows stay in L2 meanwhile.
+    let group = (GROUP_BYTES / (2 * per_image))
+        .clamp(1, sh.n.div_ceil(rayon::current_num_threads()).max(1));
     y.par_chunks_mut(group * oh * ow * k)
         .enumerate()
         .for_each(|(g, y)| {
-            let mut block = [0f32; 32 * 32];
-            // SAFETY: available() was asserted. Every A tile lies inside xp: its last value is
-            // less than (rows + 31 + (R−1)·Wp)·C + 32·kt ≤ image + 31·C + 32·kt values past
-            // xb, which `padded`'s tail covers; B tiles are whole; the block holds 32×32 floats.
-            unsafe {
-                amx::configure();
-                for j in (0..k).step_by(width) {
-                    let q = j / 16;
-                    for (i, y) in y.chunks_exact_mut(oh * ow * k).enumerate() {
-                        let xb = &xp[(g * group + i) * image..];
-                        for q0 in (0..rows).step_by(32) {
+            let images = y.len() / (oh * ow * k);
+            let xg = &xp[g * group * image..];
+            WINDOWS.with(|windows| {
+                let mut windows = windows.borrow_mut();
+                // Where the task's A rows are: window row r's depth tile t of block b's first
+                // row at src[start(b) + r·r_step + 32t], its rows `stride` values apart.
+                let (src, stride, r_step, blocks) = if packed {
+                    pack_windows(sh, xg, images, len, &mut windows);
+                    (&windows[..], len, kt * 32, (images * oh * ow).div_ceil(32))
+                } else {
+                    (xg, c, wp * c, images * grid_blocks)
+                };
+                let start = |b: usize| match packed {
+                    true => 32 * b * len,
+                    false => (b / grid_blocks) * image + (b % grid_blocks) * 32 * c,
+                };
+                let mut block = [0f32; 32 * 32];
+                // SAFETY: available() was asserted. Every A tile lies inside src: in place, its
+                // last value is less than (rows + 31 + (R−1)·Wp)·C + 32·kt ≤ image + 31·C + 32·kt
+                // values past its image's start, which `padded`'s tail covers; packed, its 32
+                // rows of `len` values are whole rows of the packed windows. B tiles are whole;
+                // the block holds 32×32 floats.
+                unsafe {
+                    amx::configure();
+                    for j in (0..k).step_by(width) {
+                        let q = j / 16;
+                        for b in 0..blocks {
                             let steps = (0..sh.r).flat_map(|r| {
-                                let a = xb[(q0 + r * wp) * c..].as_ptr();
+                                let a = src[start(b) + r * r_step..].as_ptr();
                                 let bt = b_tiles[(r * panels + q) * kt * amx::TILE..].as_ptr();
                                 (0..kt).map(move |t| amx::Step {
                                     a0: a.add(32 * t),
-                                    a1: a.add(32 * t + 16 * c),
+                                    a1: a.add(32 * t + 16 * stride),
                                     b0: bt.add(t * amx::TILE),
                                     b1: bt.add((kt + t) * amx::TILE),
                                 })
                             });
+                            let out = block.as_mut_ptr();
                             if nb == 2 {
-                                amx::product::<2>(steps, 2 * c, block.as_mut_ptr(), width, false);
+                                amx::product::<2>(steps, 2 * stride, out, width, false);
                             } else {
-                                amx::product::<1>(steps, 2 * c, block.as_mut_ptr(), width, false);
+                                amx::product::<1>(steps, 2 * stride, out, width, false);
                             }
-                            // Grid rows with ox ≥ OW wrap across a row's end: dropped.
                             let cols = width.min(k - j);
-                            for (row, out) in block.chunks_exact(width).enumerate() {
-                                let q = q0 + row;
-                                if q >= rows {
-                                    break;
+                            let mut put = |p: usize, row: &[f32]| {
+                                copy_short(&mut y[p * k + j..][..cols], &row[..cols]);
+                            };
+                            let rows_out = block.chunks_exact(width);
+                            if packed {
+                                // Row i is the task's pixel 32b + i, up to its last.
+                                let pixels = (images * oh * ow).min(32 * b + 32);
+                                for (p, row) in (32 * b..pixels).zip(rows_out) {
+                                    put(p, row);
                                 }
-                                let (oy, ox) = (q / wp, q % wp);
-                                if ox < ow {
-                                    copy_short(
-                                        &mut y[(oy * ow + ox) * k + j..][..cols],
-                                        &out[..cols],
-                                    );
+                            } else {
+                                // Row i is grid row q0 + i of an image; those with ox ≥ OW
+                                // wrap across a row's end, and are dropped.
+                                let (i, q0) = (b / grid_blocks, b % grid_blocks * 32);
+                                let (mut oy, mut ox) = (q0 / wp, q0 % wp);
+                                for row in rows_out.take(rows - q0) {
+                                    if ox < ow {
+                                        put((i * oh + oy) * ow + ox, row);
+                                    }
+                                    (oy, ox) = if ox + 1 == wp {
+                                        (oy + 1, 0)
+                                    } else {
+                                        (oy, ox + 1)
+                                    };
                                 }
                             }
                         }
                     }
+                    amx::release();
                 }
-                amx::release();
-            }
+            });
         });
     XP.lock().unwrap().keep(xp);
 }
@@ -125,6 +168,31 @@ fn padded(sh: &ConvShape, x: &[f32]) -> Vec<u16> {
     // SAFETY: only called where AMX, and so AVX-512, is present.
     pad_into(sh, x, images, |dst, src| unsafe { convert(dst, src) });
     xp
+}
+
+thread_local! {
+    /// This thread's packed windows (pack_windows writes what the tiles read).
+    static WINDOWS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The windows of the output pixels of `images` padded images from xg into `windows`, a row of
+/// `len` values per pixel in order: window row r's kt·32 values from xp at r·kt·32 (past S·C
+/// they are the next pixels' values, which meet zero rows of B, as in place). Rows up to a
+/// multiple of 32 are left as they were: the tiles read them, but their outputs are dropped.
+fn pack_windows(sh: &ConvShape, xg: &[u16], images: usize, len: usize, windows: &mut Vec<u16>) {
+    let (oh, ow, c) = (sh.out_h(), sh.out_w(), sh.c);
+    let (hp, wp) = sh.padded_hw();
+    let run = len / sh.r;
+    let pixels = images * oh * ow;
+    if windows.len() < pixels.div_ceil(32) * 32 * len {
+        windows.resize(pixels.div_ceil(32) * 32 * len, 0);
+    }
+    for (p, row) in windows.chunks_exact_mut(len).take(pixels).enumerate() {
+        let (image, oy, ox) = (p / (oh * ow), p / ow % oh, p % ow);
+        for (r, dst) in row.chunks_exact_mut(run).enumerate() {
+            dst.copy_from_slice(&xg[(image * hp * wp + (oy + r) * wp + ox) * c..][..run]);
+        }
+    }
 }
 
 /// About how many bytes of padded bf16 images a forward task holds (in L2) while a panel of
@@ -329,7 +397,8 @@ mod tests {
     use crate::device::cpu::random_vec as random;
 
     /// Against f64 loops over the bf16-rounded input, weights and dy, on odd sizes, batches of
-    /// 1 and 3 and 9 (more images than weight-gradient tasks): one input
+    /// 1, 2, 3 and 9 (more images than weight-gradient tasks), images whose forward reads its
+    /// tiles from the padded input in place (12×16) and packed (the smaller ones): one input
     /// channel (the stem) to more than a tile's depth, output channels around the 16- and
     /// 32-wide blocks, windows of 1 to 5 with and without padding.
     #[test]
@@ -339,7 +408,7 @@ mod tests {
             return;
         }
         let mut seed = 100;
-        for &(n, h, w) in &[(1, 7, 9), (3, 5, 6), (9, 4, 3)] {
+        for &(n, h, w) in &[(1, 7, 9), (3, 5, 6), (9, 4, 3), (2, 12, 16)] {
             for &c in &[1, 3, 13, 40] {
                 for &(r, s, pad) in &[(1, 1, 0), (3, 3, 1), (3, 3, 0), (5, 5, 2), (1, 3, 1)] {
                     seed += 1;
