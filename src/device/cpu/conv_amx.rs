@@ -206,9 +206,11 @@ const DW_TASKS: usize = 8;
 const CHUNK_BYTES: usize = 1 << 20;
 
 /// dw = ∂L/∂w given x and dy for a stride-1 shape, overwritten: for each window row r,
-/// dW_r[k, s·C + c] = Σ_q dy_grid[q, k] · xp[(q + r·Wp)·C + s·C + c] over the grid rows q of
-/// every image, dy_grid being dy on the grid with zeros where it wraps. A = dy_gridᵀ, packed
-/// per image (the output's size); B = the window rows, their grid-row pairs interleaved from xp.
+/// dW_r[k, s·C + c] = Σ_p dy[p, k] · xp[at(p) + r·Wp·C + s·C + c] over the output pixels p of
+/// every image, at(p) being the offset in xp of p's window. The depth of the products runs
+/// over a chunk of images' pixels in order (not over the grid, whose wrapped rows would add
+/// zeros: half of a 4×4 image's). A = dyᵀ, gathered a channel at a time; B = the window rows,
+/// pairs of pixels interleaved from xp.
 pub fn implicit_backward_weight(sh: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     backward_weight_in_chunks(sh, x, dy, dw, CHUNK_BYTES);
 }
@@ -226,8 +228,7 @@ fn backward_weight_in_chunks(
     let (oh, ow, k, c, sc) = (sh.out_h(), sh.out_w(), sh.k, sh.c, sh.s * sh.c);
     let (hp, wp) = sh.padded_hw();
     let image = hp * wp * c;
-    let rows = (oh - 1) * wp + ow;
-    let qt = rows.div_ceil(32);
+    let pixels = oh * ow;
     // dW_r's rows (k) in pairs of 16-row tiles; its columns (s·C + c) in panels of 16.
     let row_tiles = k.div_ceil(32) * 2;
     let nb = if sc <= 16 { 1 } else { 2 };
@@ -237,7 +238,7 @@ fn backward_weight_in_chunks(
     let group = sh.n.div_ceil(DW_TASKS);
     // A task packs CHUNK_BYTES' worth of images at a time, so each block of dW_r is loaded
     // into tiles and stored once per chunk rather than once per image.
-    let chunk = (chunk_bytes / ((k_pad + sc_pad) * qt * 64)).clamp(1, group);
+    let chunk = (chunk_bytes / ((k_pad + sc_pad) * 2 * pixels)).clamp(1, group);
     // Per task: dW_r for each r, k_pad × sc_pad, whole blocks so they are updated in place.
     // A recycled buffer: a deep layer's partials are tens of MB, which a fresh allocation
     // would have the kernel fault in and zero every call; each task's first chunk overwrites
@@ -248,28 +249,31 @@ fn backward_weight_in_chunks(
         .enumerate()
         .for_each(|(g, part)| {
             let images = g * group..sh.n.min((g + 1) * group);
-            let mut a_tiles = vec![0u32; row_tiles * chunk * qt * amx::TILE];
-            let mut b_tiles = vec![0u32; panels * chunk * qt * amx::TILE];
+            let most = (chunk * pixels).div_ceil(32);
+            let mut a_tiles = vec![0u32; row_tiles * most * amx::TILE];
+            let mut b_tiles = vec![0u32; panels * most * amx::TILE];
             for (i0, b0) in images.clone().step_by(chunk).enumerate() {
                 let batch = b0..images.end.min(b0 + chunk);
-                // Depth tiles of the chunk: image b's tile t is (b − b0)·qt + t.
-                let dt = batch.len() * qt;
+                // Depth tiles of the chunk: 32 of its pixels each.
+                let n = batch.len() * pixels;
+                let dt = n.div_ceil(32);
                 let a_tiles = &mut a_tiles[..row_tiles * dt * amx::TILE];
-                // Not zeroed: packing writes every channel's row of every tile (wrapped grid
-                // rows as zeros), and what rows past K hold reaches only rows of dW past K,
-                // which are dropped.
-                for b in batch.clone() {
-                    let dy = &dy[b * oh * ow * k..][..oh * ow * k];
-                    // SAFETY: AMX processors have AVX-512 (asserted above).
-                    unsafe { pack_dy_transposed(a_tiles, dy, sh, dt, (b - b0) * qt) };
-                }
+                // Not zeroed: packing writes every channel's row of every tile (depths past
+                // the last pixel as zeros), and what rows past K hold reaches only rows of dW
+                // past K, which are dropped.
+                let dy = &dy[b0 * pixels * k..][..n * k];
+                // SAFETY: AMX processors have AVX-512 (asserted above).
+                unsafe { pack_dy_transposed(a_tiles, dy, k, dt) };
+                // Each pixel's window in xp (from window row 0), pixels in order.
+                let at: Vec<usize> = batch
+                    .clone()
+                    .flat_map(|b| (0..oh).map(move |oy| b * image + oy * wp * c))
+                    .flat_map(|row| (0..ow).map(move |ox| row + ox * c))
+                    .collect();
                 for r in 0..sh.r {
                     let b_tiles = &mut b_tiles[..panels * dt * amx::TILE];
-                    for b in batch.clone() {
-                        let xr = &xp[b * image + r * wp * c..];
-                        // SAFETY: as above.
-                        unsafe { pack_window(b_tiles, xr, c, sc_pad, qt, dt, (b - b0) * qt) };
-                    }
+                    // SAFETY: as above.
+                    unsafe { pack_window(b_tiles, &xp[r * wp * c..], &at, sc_pad, dt) };
                     let part = &mut part[r * k_pad * sc_pad..][..k_pad * sc_pad];
                     // SAFETY: available() was asserted; the tiles are whole (row_tiles × dt
                     // and panels × dt of them); each block of `part` is a whole 32×16·nb one.
@@ -318,69 +322,59 @@ fn backward_weight_in_chunks(
     recycle::give_back(partial);
 }
 
-/// One image's dy_gridᵀ into A tiles of `dt` depth tiles per row tile, from depth tile t0:
-/// row tile i's depth tile t0 + t at (i·dt + t0 + t)·TILE holds output channels 16i.. by grid
-/// rows 32t..; wrapped grid rows and rows past the last are written as zeros, rows of channels
-/// past K are left as they are. A tile row is 32 grid rows of one channel: it
-/// is gathered from dy (a stride of K between pixels) so that it is stored whole, rather than
-/// scattered a value at a time.
+/// dyᵀ (dy: n pixels × K) into A tiles of `dt` depth tiles per row tile: row tile i's depth
+/// tile t at (i·dt + t)·TILE holds output channels 16i.. by pixels 32t..; depths past the last
+/// pixel are written as zeros, rows of channels past K are left as they are. A tile row is 32
+/// pixels of one channel: it is gathered from dy (a stride of K between pixels) so that it is
+/// stored whole, rather than scattered a value at a time.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], sh: &ConvShape, dt: usize, t0: usize) {
+unsafe fn pack_dy_transposed(dst: &mut [u32], dy: &[f32], k: usize, dt: usize) {
     use std::arch::x86_64::*;
-    let (oh, ow, k) = (sh.out_h(), sh.out_w(), sh.k);
-    let wp = sh.padded_hw().1;
-    let rows = (oh - 1) * wp + ow;
-    assert!(dy.len() >= oh * ow * k && dy.len() <= i32::MAX as usize);
+    let n = dy.len() / k;
+    assert!(n.div_ceil(32) <= dt && 32 * dt * k <= i32::MAX as usize);
     let dst: &mut [u16] = bytemuck::cast_slice_mut(dst);
-    assert!(t0 + rows.div_ceil(32) <= dt && dst.len() >= k.div_ceil(16) * dt * 2 * amx::TILE);
+    assert!(dst.len() >= k.div_ceil(16) * dt * 2 * amx::TILE);
     let zero = _mm512_setzero_ps();
-    for t in 0..rows.div_ceil(32) {
-        // Each lane's pixel (its offset in dy), and which lanes are pixels at all.
-        let (mut offsets, mut pixels) = ([0i32; 32], 0u32);
-        for (j, o) in offsets.iter_mut().enumerate() {
-            let q = 32 * t + j;
-            if q < rows && q % wp < ow {
-                *o = (((q / wp) * ow + q % wp) * k) as i32;
-                pixels |= 1 << j;
-            }
-        }
-        let lo = _mm512_loadu_si512(offsets.as_ptr().cast());
-        let hi = _mm512_loadu_si512(offsets[16..].as_ptr().cast());
+    // Lane j's pixel, as an offset from the tile's first pixel.
+    let lanes: [i32; 32] = std::array::from_fn(|j| (j * k) as i32);
+    let lo = _mm512_loadu_si512(lanes.as_ptr().cast());
+    let hi = _mm512_loadu_si512(lanes[16..].as_ptr().cast());
+    for t in 0..dt {
+        // Which lanes are pixels at all.
+        let live = 32.min(n.saturating_sub(32 * t));
+        let pixels = if live == 32 {
+            u32::MAX
+        } else {
+            (1u32 << live) - 1
+        };
         for kk in 0..k {
-            // SAFETY: every offset + kk is inside dy (asserted), and the 32 values stored
-            // are one tile row of dst (asserted long enough).
-            let channel = dy.as_ptr().add(kk);
+            // SAFETY: every live lane's offset is inside dy (32t + j < n), and the 32 values
+            // stored are one tile row of dst (asserted long enough).
+            let channel = dy.as_ptr().add(32 * t * k + kk);
             let a = _mm512_mask_i32gather_ps::<4>(zero, pixels as u16, lo, channel);
             let b = _mm512_mask_i32gather_ps::<4>(zero, (pixels >> 16) as u16, hi, channel);
-            let out =
-                dst[((kk / 16) * dt + t0 + t) * 2 * amx::TILE + (kk % 16) * 32..].as_mut_ptr();
+            let out = dst[((kk / 16) * dt + t) * 2 * amx::TILE + (kk % 16) * 32..].as_mut_ptr();
             _mm256_storeu_si256(out.cast(), to_bf16_x16(a));
             _mm256_storeu_si256(out.add(16).cast(), to_bf16_x16(b));
         }
     }
 }
 
-/// The window rows of one image and window row r (xr = its xp from row r·Wp on) into B tiles
-/// of `dt` depth tiles per panel, from depth tile t0: panel p's depth tile t0 + t at
-/// (p·dt + t0 + t)·TILE; row t' of it interleaves grid rows 32t + 2t' and the next, over
-/// columns 16p.. of their S·C values (values past S·C are the next pixels': they only reach
-/// columns of dW_r that are dropped).
+/// The windows of one window row (xr = xp from that row on) of pixels at offsets `at` into B
+/// tiles of `dt` depth tiles per panel: panel p's depth tile t at (p·dt + t)·TILE; row t' of it
+/// interleaves pixels 32t + 2t' and the next, over columns 16p.. of their S·C values (values
+/// past S·C are the next pixels': they only reach columns of dW_r that are dropped). Depths
+/// past the last pixel are zeros.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_window(
-    dst: &mut [u32],
-    xr: &[u16],
-    c: usize,
-    sc_pad: usize,
-    qt: usize,
-    dt: usize,
-    t0: usize,
-) {
-    for t in 0..qt {
+unsafe fn pack_window(dst: &mut [u32], xr: &[u16], at: &[usize], sc_pad: usize, dt: usize) {
+    let zeros = vec![0u16; sc_pad];
+    let window = |p: usize| at.get(p).map_or(&zeros[..], |&o| &xr[o..][..sc_pad]);
+    for t in 0..dt {
         for pair in 0..16 {
-            let q = 32 * t + 2 * pair;
-            let (lo, hi) = (&xr[q * c..][..sc_pad], &xr[(q + 1) * c..][..sc_pad]);
-            for (p, (lo, hi)) in lo.chunks_exact(16).zip(hi.chunks_exact(16)).enumerate() {
-                let out = &mut dst[(p * dt + t0 + t) * amx::TILE + pair * 16..][..16];
+            let p = 32 * t + 2 * pair;
+            let (lo, hi) = (window(p), window(p + 1));
+            for (q, (lo, hi)) in lo.chunks_exact(16).zip(hi.chunks_exact(16)).enumerate() {
+                let out = &mut dst[(q * dt + t) * amx::TILE + pair * 16..][..16];
                 for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
                     *o = l as u32 | (h as u32) << 16;
                 }
