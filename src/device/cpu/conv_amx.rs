@@ -77,14 +77,17 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
                 // Where the task's A rows are: window row r's depth tile t of block b's first
                 // row at src[start(b) + r·r_step + 32t], its rows `stride` values apart.
                 let (src, stride, r_step, blocks) = if packed {
-                    pack_windows(sh, xg, images, len, &mut windows);
+                    pack_windows(sh, xg, &windows_at(sh, 0..images), len, &mut windows);
                     (&windows[..], len, kt * 32, (images * oh * ow).div_ceil(32))
                 } else {
                     (xg, c, wp * c, images * grid_blocks)
                 };
-                let start = |b: usize| match packed {
-                    true => 32 * b * len,
-                    false => (b / grid_blocks) * image + (b % grid_blocks) * 32 * c,
+                let start = |b: usize| {
+                    if packed {
+                        32 * b * len
+                    } else {
+                        (b / grid_blocks) * image + (b % grid_blocks) * 32 * c
+                    }
                 };
                 let mut block = [0f32; 32 * 32];
                 // SAFETY: available() was asserted. Every A tile lies inside src: in place, its
@@ -175,22 +178,30 @@ thread_local! {
     static WINDOWS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The windows of the output pixels of `images` padded images from xg into `windows`, a row of
-/// `len` values per pixel in order: window row r's kt·32 values from xp at r·kt·32 (past S·C
-/// they are the next pixels' values, which meet zero rows of B, as in place). Rows up to a
-/// multiple of 32 are left as they were: the tiles read them, but their outputs are dropped.
-fn pack_windows(sh: &ConvShape, xg: &[u16], images: usize, len: usize, windows: &mut Vec<u16>) {
+/// Where each output pixel's window starts in the padded input (its window row 0), for the
+/// output pixels of `images` in order.
+fn windows_at(sh: &ConvShape, images: std::ops::Range<usize>) -> Vec<usize> {
     let (oh, ow, c) = (sh.out_h(), sh.out_w(), sh.c);
     let (hp, wp) = sh.padded_hw();
-    let run = len / sh.r;
-    let pixels = images * oh * ow;
-    if windows.len() < pixels.div_ceil(32) * 32 * len {
-        windows.resize(pixels.div_ceil(32) * 32 * len, 0);
+    images
+        .flat_map(|b| (0..oh).map(move |oy| (b * hp + oy) * wp * c))
+        .flat_map(|row| (0..ow).map(move |ox| row + ox * c))
+        .collect()
+}
+
+/// The windows of the output pixels at offsets `at` in xg (`windows_at`) into `windows`, a row
+/// of `len` values per pixel in order: window row r's kt·32 values from xp at r·kt·32 (past S·C
+/// they are the next pixels' values, which meet zero rows of B, as in place). Rows up to a
+/// multiple of 32 are left as they were: the tiles read them, but their outputs are dropped.
+fn pack_windows(sh: &ConvShape, xg: &[u16], at: &[usize], len: usize, windows: &mut Vec<u16>) {
+    let (run, down) = (len / sh.r, sh.padded_hw().1 * sh.c);
+    let rows = at.len().div_ceil(32) * 32;
+    if windows.len() < rows * len {
+        windows.resize(rows * len, 0);
     }
-    for (p, row) in windows.chunks_exact_mut(len).take(pixels).enumerate() {
-        let (image, oy, ox) = (p / (oh * ow), p / ow % oh, p % ow);
+    for (&o, row) in at.iter().zip(windows.chunks_exact_mut(len)) {
         for (r, dst) in row.chunks_exact_mut(run).enumerate() {
-            dst.copy_from_slice(&xg[(image * hp * wp + (oy + r) * wp + ox) * c..][..run]);
+            dst.copy_from_slice(&xg[o + r * down..][..run]);
         }
     }
 }
@@ -225,10 +236,8 @@ fn backward_weight_in_chunks(
 ) {
     assert!(amx::available(), "conv: this processor has no AMX tiles");
     assert_eq!(sh.stride, 1, "implicit conv: stride");
-    let (oh, ow, k, c, sc) = (sh.out_h(), sh.out_w(), sh.k, sh.c, sh.s * sh.c);
-    let (hp, wp) = sh.padded_hw();
-    let image = hp * wp * c;
-    let pixels = oh * ow;
+    let (k, c, sc, pixels) = (sh.k, sh.c, sh.s * sh.c, sh.out_h() * sh.out_w());
+    let wp = sh.padded_hw().1;
     // dW_r's rows (k) in pairs of 16-row tiles; its columns (s·C + c) in panels of 16.
     let row_tiles = k.div_ceil(32) * 2;
     let nb = if sc <= 16 { 1 } else { 2 };
@@ -265,11 +274,7 @@ fn backward_weight_in_chunks(
                 // SAFETY: AMX processors have AVX-512 (asserted above).
                 unsafe { pack_dy_transposed(a_tiles, dy, k, dt) };
                 // Each pixel's window in xp (from window row 0), pixels in order.
-                let at: Vec<usize> = batch
-                    .clone()
-                    .flat_map(|b| (0..oh).map(move |oy| b * image + oy * wp * c))
-                    .flat_map(|row| (0..ow).map(move |ox| row + ox * c))
-                    .collect();
+                let at = windows_at(sh, batch.clone());
                 for r in 0..sh.r {
                     let b_tiles = &mut b_tiles[..panels * dt * amx::TILE];
                     // SAFETY: as above.
