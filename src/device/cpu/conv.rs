@@ -101,9 +101,9 @@ pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
         gemm(sh.pixels(), k, rsc, x, rsc, 1, &wt, k, 1, y, k, false);
         return;
     }
-    // With AMX tiles, which read xp in place, the implicit form beats im2col.
-    if sh.stride == 1 && gemm_bf16::amx_products() {
-        implicit(sh, x, &wt, y);
+    // With AMX tiles, which read xp in place or pack each pixel's window from it, the
+    // implicit form beats im2col at every stride.
+    if on_amx(sh, x, &wt, y) {
         return;
     }
     y.par_chunks_mut(FWD_BLOCK * k)
@@ -165,13 +165,23 @@ fn implicit_forward<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
 
 /// `implicit_forward`, on AMX tiles when the run takes bf16 products there (conv_amx.rs).
 fn implicit<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
+    if !on_amx(sh, x, wt, y) {
+        implicit_forward(sh, x, wt, y);
+    }
+}
+
+/// y = conv(x, W) given wt = Wᵀ on AMX tiles (conv_amx.rs, any stride) if the run takes bf16
+/// products there, T is f32 and the window is wider than a pixel; whether it did. A strided
+/// 1×1 conv (a shortcut) is faster through im2col than through packing one-pixel windows.
+fn on_amx<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if gemm_bf16::amx_products() {
+    if sh.r * sh.s > 1 && gemm_bf16::amx_products() {
         if let (Some(x), Some(wt), Some(y)) = (T::as_f32(x), T::as_f32(wt), T::as_f32_mut(y)) {
-            return super::conv_amx::implicit_forward(sh, x, wt, y);
+            super::conv_amx::implicit_forward(sh, x, wt, y);
+            return true;
         }
     }
-    implicit_forward(sh, x, wt, y);
+    false
 }
 
 /// x with `pad` zeros around each image: N×Hp×Wp×C.
@@ -184,29 +194,39 @@ fn padded<T: Real>(sh: &ConvShape, x: &[T]) -> Scratch<T> {
 
 /// Writes x with `pad` zeros around each image into dst (N×Hp×Wp×C, every value), each of
 /// x's rows through `row` (a copy, or a conversion).
-pub(super) fn pad_into<T: Sync, U: Copy + Default + Send>(
+fn pad_into<T: Sync, U: Copy + Default + Send>(
     sh: &ConvShape,
     x: &[T],
     dst: &mut [U],
     row: impl Fn(&mut [U], &[T]) + Sync,
 ) {
     let (hp, wp) = sh.padded_hw();
-    let (width, pad) = (sh.w * sh.c, sh.pad * sh.c);
     dst.par_chunks_mut(hp * wp * sh.c)
-        .zip(x.par_chunks(sh.h * width))
-        .for_each(|(dst, src)| {
-            for (py, dst) in dst.chunks_exact_mut(wp * sh.c).enumerate() {
-                // The input row; above the image it wraps to a huge value.
-                let iy = py.wrapping_sub(sh.pad);
-                if iy < sh.h {
-                    dst[..pad].fill(U::default());
-                    row(&mut dst[pad..pad + width], &src[iy * width..][..width]);
-                    dst[pad + width..].fill(U::default());
-                } else {
-                    dst.fill(U::default());
-                }
-            }
-        });
+        .zip(x.par_chunks(sh.h * sh.w * sh.c))
+        .for_each(|(dst, src)| pad_image(sh, src, dst, &row));
+}
+
+/// One image (H×W×C) with `pad` zeros around it into dst (Hp×Wp×C, every value), each of its
+/// rows through `row`.
+pub(super) fn pad_image<T, U: Copy + Default>(
+    sh: &ConvShape,
+    src: &[T],
+    dst: &mut [U],
+    row: impl Fn(&mut [U], &[T]),
+) {
+    let wp = sh.padded_hw().1;
+    let (width, pad) = (sh.w * sh.c, sh.pad * sh.c);
+    for (py, dst) in dst.chunks_exact_mut(wp * sh.c).enumerate() {
+        // The input row; above the image it wraps to a huge value.
+        let iy = py.wrapping_sub(sh.pad);
+        if iy < sh.h {
+            dst[..pad].fill(U::default());
+            row(&mut dst[pad..pad + width], &src[iy * width..][..width]);
+            dst[pad + width..].fill(U::default());
+        } else {
+            dst.fill(U::default());
+        }
+    }
 }
 
 /// dx = ∂L/∂x given dy = ∂L/∂y, overwritten.
@@ -245,7 +265,9 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
     // col2im of that block (in order, as windows of neighbouring blocks overlap).
     let rows = sh.out_h() * sh.out_w();
     let group = (DX_ROWS / rows).max(1);
-    let block = DX_ROWS.min(rows);
+    // A small image's gemm takes its whole group: one image's few pixels per gemm would pack
+    // all of W again for each (ResNet-18's 4×4 stride-2 layer: 2.4M values per 16 pixels).
+    let block = DX_ROWS.min(group * rows);
     dx.par_chunks_mut(group * sh.h * sh.w * sh.c)
         .zip(dy.par_chunks(group * rows * k))
         .for_each(|(dx, dy)| {
@@ -262,9 +284,10 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
 /// dw = ∂L/∂w given x and dy, overwritten.
 pub fn conv2d_backward_weight<T: Real>(sh: &ConvShape, x: &[T], dy: &[T], dw: &mut [T]) {
     sh.check(x.len(), dw.len(), dy.len());
-    // With AMX tiles, the implicit form reads the window rows from a bf16 copy of x.
+    // With AMX tiles, the implicit form reads the window rows from a bf16 copy of x (a 1×1
+    // window, as in a strided shortcut, is faster through im2col).
     #[cfg(target_arch = "x86_64")]
-    if sh.stride == 1 && !sh.is_pointwise() && gemm_bf16::amx_products() {
+    if sh.r * sh.s > 1 && gemm_bf16::amx_products() {
         if let (Some(x), Some(dy), Some(dw)) = (T::as_f32(x), T::as_f32(dy), T::as_f32_mut(dw)) {
             return super::conv_amx::implicit_backward_weight(sh, x, dy, dw);
         }

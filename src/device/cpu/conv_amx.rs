@@ -1,25 +1,28 @@
-//! Stride-1 convolutions with bf16 products on AMX tiles (`--precision bf16` on a processor
-//! with AMX), with no im2col. As in `conv::implicit_forward`, output pixel (oy, ox) of image b
+//! Convolutions with bf16 products on AMX tiles (`--precision bf16` on a processor with AMX),
+//! with no im2col. Each task pads its own images into a bf16 copy (xp) just before its tiles
+//! read it, so the copy is written and read in cache. At stride 1, as in
+//! `conv::implicit_forward`, output pixel (oy, ox) of image b
 //! is row q = oy·Wp + ox of a grid over the padded input (Hp×Wp per image), and its window row
 //! r is the S·C values at xp[(q + r·Wp)·C..]. Here xp is kept in bf16, so an A tile, 16 grid
 //! rows by 32 of those values, is loaded straight from it with a row stride of C values: the
 //! only copy of the input is xp itself. A tile may read past a window row's S·C values (S·C is
 //! rarely a multiple of 32); the B rows it meets there are zero, so what it reads adds nothing.
-//! Small images, whose grids are mostly wrapped rows, have their windows packed instead.
+//! Small images, whose grids are mostly wrapped rows, and strided convs, whose output pixels
+//! are not a grid's rows, have their windows packed from xp instead. The weight gradient packs
+//! each pixel's window rows at any stride.
 
 use super::amx;
-use super::conv::{copy_short, pad_into, ConvShape};
+use super::conv::{copy_short, pad_image, ConvShape};
 use super::gemm::Strided;
 use super::gemm_amx::{convert, pack_b, to_bf16_x16};
-use super::recycle::{self, Bin};
+use super::recycle;
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::sync::Mutex;
+use std::ops::Range;
 
-/// y = conv(x, W) for a stride-1 shape, overwritten, given wt = Wᵀ (RSC×K, row-major).
+/// y = conv(x, W), overwritten, given wt = Wᵀ (RSC×K, row-major).
 pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
     assert!(amx::available(), "conv: this processor has no AMX tiles");
-    assert_eq!(sh.stride, 1, "implicit conv: stride");
     let (oh, ow, k, c, sc) = (sh.out_h(), sh.out_w(), sh.k, sh.c, sh.s * sh.c);
     let (hp, wp) = sh.padded_hw();
     let image = hp * wp * c;
@@ -29,7 +32,6 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
     let rows = (oh - 1) * wp + ow;
     let grid_blocks = rows.div_ceil(32);
 
-    let xp = padded(sh, x);
     // Wᵀ in B tiles: window row r's panel q (16 output channels) at (r·panels + q)·kt tiles.
     let nb = if k <= 16 { 1 } else { 2 };
     let panels = k.div_ceil(16 * nb) * nb;
@@ -57,7 +59,8 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
     // each, read from L2, where a small image's xp stays in L1: at a quarter wasted (ResNet-8's
     // 7×7 stage) packing made no measurable difference to the step; at a half (ResNet-18's
     // 4×4 stage) it took 3–8% off it.
-    let packed = 2 * grid_blocks * 32 >= 3 * oh * ow;
+    // A strided conv's windows are always packed: its output pixels are not a grid's rows.
+    let packed = sh.stride > 1 || 2 * grid_blocks * 32 >= 3 * oh * ow;
     // A packed row: window row r's kt·32 values at r·kt·32.
     let len = sh.r * kt * 32;
     let per_image = if packed { oh * ow * len } else { image };
@@ -65,115 +68,123 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
     // the next. A deep layer's Wᵀ does not fit in L2 (4.7 MB in ResNet-18's last stage) and its
     // images have one or two blocks of grid rows each, so a task of one image would stream
     // all of Wᵀ from memory per image. The task's A rows stay in L2 meanwhile.
-    let group = (GROUP_BYTES / (2 * per_image))
-        .clamp(1, sh.n.div_ceil(rayon::current_num_threads()).max(1));
+    // The tasks are as many as the threads, or a multiple: 3 tasks on 2 threads took as long
+    // as 4 (ResNet-18's 7×7 stage, whose images fill 1 MiB at 25).
+    let threads = rayon::current_num_threads();
+    let per_task = (GROUP_BYTES / (2 * per_image)).max(1);
+    let tasks = sh.n.div_ceil(per_task).next_multiple_of(threads);
+    let group = sh.n.div_ceil(tasks);
     y.par_chunks_mut(group * oh * ow * k)
         .enumerate()
         .for_each(|(g, y)| {
             let images = y.len() / (oh * ow * k);
-            let xg = &xp[g * group * image..];
-            WINDOWS.with(|windows| {
-                let mut windows = windows.borrow_mut();
-                // Where the task's A rows are: window row r's depth tile t of block b's first
-                // row at src[start(b) + r·r_step + 32t], its rows `stride` values apart.
-                let (src, stride, r_step, blocks) = if packed {
-                    pack_windows(sh, xg, &windows_at(sh, 0..images), len, &mut windows);
-                    (&windows[..], len, kt * 32, (images * oh * ow).div_ceil(32))
-                } else {
-                    (xg, c, wp * c, images * grid_blocks)
-                };
-                let start = |b: usize| {
-                    if packed {
-                        32 * b * len
+            PADDED.with(|xg| {
+                WINDOWS.with(|windows| {
+                    let (mut xg, mut windows) = (xg.borrow_mut(), windows.borrow_mut());
+                    pad_images(sh, x, g * group..g * group + images, &mut xg);
+                    let xg = &xg[..];
+                    // Where the task's A rows are: window row r's depth tile t of block b's first
+                    // row at src[start(b) + r·r_step + 32t], its rows `stride` values apart.
+                    let (src, stride, r_step, blocks) = if packed {
+                        pack_windows(sh, xg, &windows_at(sh, 0..images), len, &mut windows);
+                        (&windows[..], len, kt * 32, (images * oh * ow).div_ceil(32))
                     } else {
-                        (b / grid_blocks) * image + (b % grid_blocks) * 32 * c
-                    }
-                };
-                let mut block = [0f32; 32 * 32];
-                // SAFETY: available() was asserted. Every A tile lies inside src: in place, its
-                // last value is less than (rows + 31 + (R−1)·Wp)·C + 32·kt ≤ image + 31·C + 32·kt
-                // values past its image's start, which `padded`'s tail covers; packed, its 32
-                // rows of `len` values are whole rows of the packed windows. B tiles are whole;
-                // the block holds 32×32 floats.
-                unsafe {
-                    amx::configure();
-                    for j in (0..k).step_by(width) {
-                        let q = j / 16;
-                        for b in 0..blocks {
-                            let steps = (0..sh.r).flat_map(|r| {
-                                let a = src[start(b) + r * r_step..].as_ptr();
-                                let bt = b_tiles[(r * panels + q) * kt * amx::TILE..].as_ptr();
-                                (0..kt).map(move |t| amx::Step {
-                                    a0: a.add(32 * t),
-                                    a1: a.add(32 * t + 16 * stride),
-                                    b0: bt.add(t * amx::TILE),
-                                    b1: bt.add((kt + t) * amx::TILE),
-                                })
-                            });
-                            let out = block.as_mut_ptr();
-                            if nb == 2 {
-                                amx::product::<2>(steps, 2 * stride, out, width, false);
-                            } else {
-                                amx::product::<1>(steps, 2 * stride, out, width, false);
-                            }
-                            let cols = width.min(k - j);
-                            let mut put = |p: usize, row: &[f32]| {
-                                copy_short(&mut y[p * k + j..][..cols], &row[..cols]);
-                            };
-                            let rows_out = block.chunks_exact(width);
-                            if packed {
-                                // Row i is the task's pixel 32b + i, up to its last.
-                                let pixels = (images * oh * ow).min(32 * b + 32);
-                                for (p, row) in (32 * b..pixels).zip(rows_out) {
-                                    put(p, row);
+                        (xg, c, wp * c, images * grid_blocks)
+                    };
+                    let start = |b: usize| {
+                        if packed {
+                            32 * b * len
+                        } else {
+                            (b / grid_blocks) * image + (b % grid_blocks) * 32 * c
+                        }
+                    };
+                    let mut block = [0f32; 32 * 32];
+                    // SAFETY: available() was asserted. Every A tile lies inside src: in place, its
+                    // last value is less than (rows + 31 + (R−1)·Wp)·C + 32·kt ≤ image + 31·C + 32·kt
+                    // values past its image's start, which `padded`'s tail covers; packed, its 32
+                    // rows of `len` values are whole rows of the packed windows. B tiles are whole;
+                    // the block holds 32×32 floats.
+                    unsafe {
+                        amx::configure();
+                        for j in (0..k).step_by(width) {
+                            let q = j / 16;
+                            for b in 0..blocks {
+                                let steps = (0..sh.r).flat_map(|r| {
+                                    let a = src[start(b) + r * r_step..].as_ptr();
+                                    let bt = b_tiles[(r * panels + q) * kt * amx::TILE..].as_ptr();
+                                    (0..kt).map(move |t| amx::Step {
+                                        a0: a.add(32 * t),
+                                        a1: a.add(32 * t + 16 * stride),
+                                        b0: bt.add(t * amx::TILE),
+                                        b1: bt.add((kt + t) * amx::TILE),
+                                    })
+                                });
+                                let out = block.as_mut_ptr();
+                                if nb == 2 {
+                                    amx::product::<2>(steps, 2 * stride, out, width, false);
+                                } else {
+                                    amx::product::<1>(steps, 2 * stride, out, width, false);
                                 }
-                            } else {
-                                // Row i is grid row q0 + i of an image; those with ox ≥ OW
-                                // wrap across a row's end, and are dropped.
-                                let (i, q0) = (b / grid_blocks, b % grid_blocks * 32);
-                                let (mut oy, mut ox) = (q0 / wp, q0 % wp);
-                                for row in rows_out.take(rows - q0) {
-                                    if ox < ow {
-                                        put((i * oh + oy) * ow + ox, row);
+                                let cols = width.min(k - j);
+                                let mut put = |p: usize, row: &[f32]| {
+                                    copy_short(&mut y[p * k + j..][..cols], &row[..cols]);
+                                };
+                                let rows_out = block.chunks_exact(width);
+                                if packed {
+                                    // Row i is the task's pixel 32b + i, up to its last.
+                                    let pixels = (images * oh * ow).min(32 * b + 32);
+                                    for (p, row) in (32 * b..pixels).zip(rows_out) {
+                                        put(p, row);
                                     }
-                                    (oy, ox) = if ox + 1 == wp {
-                                        (oy + 1, 0)
-                                    } else {
-                                        (oy, ox + 1)
-                                    };
+                                } else {
+                                    // Row i is grid row q0 + i of an image; those with ox ≥ OW
+                                    // wrap across a row's end, and are dropped.
+                                    let (i, q0) = (b / grid_blocks, b % grid_blocks * 32);
+                                    let (mut oy, mut ox) = (q0 / wp, q0 % wp);
+                                    for row in rows_out.take(rows - q0) {
+                                        if ox < ow {
+                                            put((i * oh + oy) * ow + ox, row);
+                                        }
+                                        (oy, ox) = if ox + 1 == wp {
+                                            (oy + 1, 0)
+                                        } else {
+                                            (oy, ox + 1)
+                                        };
+                                    }
                                 }
                             }
                         }
+                        amx::release();
                     }
-                    amx::release();
-                }
+                })
             });
         });
-    XP.lock().unwrap().keep(xp);
 }
 
-/// Padded inputs' buffers, kept for the next convolution of the same size (each step repeats
-/// the last one's shapes). Reusing only the last buffer, of whatever size, meant growing it
-/// most calls: a copy of its old values and zeros for the rest, on the calling thread alone.
-static XP: Mutex<Bin<u16>> = Mutex::new(Bin::empty());
-
-/// x with `pad` zeros around each image (N×Hp×Wp×C) in bf16, then zeros for what the last
-/// image's tiles read past its end: 32 grid rows, and 32 values past the widest window row.
-/// Every value is written, so the buffer can be a reused one (give it back to `XP`).
-fn padded(sh: &ConvShape, x: &[f32]) -> Vec<u16> {
+/// The `images` of x with `pad` zeros around each (Hp×Wp×C per image) in bf16 into xp, then
+/// zeros for what the last image's tiles read past its end: 32 grid rows, and 32 values past
+/// the widest window row. A task pads its own images just before its tiles read them, so the
+/// padded copy is written and read in cache rather than made for the whole batch first.
+fn pad_images(sh: &ConvShape, x: &[f32], images: Range<usize>, xp: &mut Vec<u16>) {
     let (hp, wp) = sh.padded_hw();
-    let (c, image) = (sh.c, hp * wp * sh.c);
-    let tail = 32 * c + 32 * (sh.s * c).div_ceil(32) + 32;
-    let len = sh.n * image + tail;
-    let mut xp = XP.lock().unwrap().take(len).unwrap_or_else(|| vec![0; len]);
-    let (images, rest) = xp.split_at_mut(sh.n * image);
-    rest.fill(0);
-    // SAFETY: only called where AMX, and so AVX-512, is present.
-    pad_into(sh, x, images, |dst, src| unsafe { convert(dst, src) });
-    xp
+    let image = hp * wp * sh.c;
+    let tail = 32 * sh.c + 32 * (sh.s * sh.c).div_ceil(32) + 32;
+    let len = images.len() * image;
+    xp.resize(len + tail, 0);
+    xp[len..].fill(0);
+    let x = &x[images.start * sh.h * sh.w * sh.c..][..images.len() * sh.h * sh.w * sh.c];
+    for (dst, src) in xp[..len]
+        .chunks_exact_mut(image)
+        .zip(x.chunks_exact(sh.h * sh.w * sh.c))
+    {
+        // SAFETY: only called where AMX, and so AVX-512, is present.
+        pad_image(sh, src, dst, |dst, src| unsafe { convert(dst, src) });
+    }
 }
 
 thread_local! {
+    /// This thread's padded images (`pad_images`).
+    static PADDED: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
     /// This thread's packed windows (pack_windows writes what the tiles read).
     static WINDOWS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
@@ -181,11 +192,11 @@ thread_local! {
 /// Where each output pixel's window starts in the padded input (its window row 0), for the
 /// output pixels of `images` in order.
 fn windows_at(sh: &ConvShape, images: std::ops::Range<usize>) -> Vec<usize> {
-    let (oh, ow, c) = (sh.out_h(), sh.out_w(), sh.c);
+    let (oh, ow, c, st) = (sh.out_h(), sh.out_w(), sh.c, sh.stride);
     let (hp, wp) = sh.padded_hw();
     images
-        .flat_map(|b| (0..oh).map(move |oy| (b * hp + oy) * wp * c))
-        .flat_map(|row| (0..ow).map(move |ox| row + ox * c))
+        .flat_map(|b| (0..oh).map(move |oy| (b * hp + oy * st) * wp * c))
+        .flat_map(|row| (0..ow).map(move |ox| row + ox * st * c))
         .collect()
 }
 
@@ -210,13 +221,17 @@ fn pack_windows(sh: &ConvShape, xg: &[u16], at: &[usize], len: usize, windows: &
 /// B tiles serves them all.
 const GROUP_BYTES: usize = 1 << 20;
 
-/// Images per weight-gradient task: the partial sums are per task, so how the batch is split
+/// Weight-gradient tasks, at most: the partial sums are per task, so how the batch is split
 /// depends on the shape alone (the result is the same whatever the thread count).
 const DW_TASKS: usize = 8;
+/// Output pixels per weight-gradient task, at least where the batch allows: each task's partial
+/// dW is written and summed once, which a few pixels' products do not pay for (at 8 tasks,
+/// ResNet-18's 4×4 stage wrote 9.4 MB of partials per 128 pixels).
+const DW_MIN_PIXELS: usize = 512;
 /// About how many bytes of packed tiles a weight-gradient task holds at a time (in L2).
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// dw = ∂L/∂w given x and dy for a stride-1 shape, overwritten: for each window row r,
+/// dw = ∂L/∂w given x and dy, overwritten: for each window row r,
 /// dW_r[k, s·C + c] = Σ_p dy[p, k] · xp[at(p) + r·Wp·C + s·C + c] over the output pixels p of
 /// every image, at(p) being the offset in xp of p's window. The depth of the products runs
 /// over a chunk of images' pixels in order (not over the grid, whose wrapped rows would add
@@ -235,7 +250,6 @@ fn backward_weight_in_chunks(
     chunk_bytes: usize,
 ) {
     assert!(amx::available(), "conv: this processor has no AMX tiles");
-    assert_eq!(sh.stride, 1, "implicit conv: stride");
     let (k, c, sc, pixels) = (sh.k, sh.c, sh.s * sh.c, sh.out_h() * sh.out_w());
     let wp = sh.padded_hw().1;
     // dW_r's rows (k) in pairs of 16-row tiles; its columns (s·C + c) in panels of 16.
@@ -243,8 +257,8 @@ fn backward_weight_in_chunks(
     let nb = if sc <= 16 { 1 } else { 2 };
     let panels = sc.div_ceil(16 * nb) * nb;
     let (k_pad, sc_pad) = (16 * row_tiles, 16 * panels);
-    let xp = padded(sh, x);
-    let group = sh.n.div_ceil(DW_TASKS);
+    let tasks = (sh.n * pixels / DW_MIN_PIXELS).clamp(1, DW_TASKS);
+    let group = sh.n.div_ceil(tasks);
     // A task packs CHUNK_BYTES' worth of images at a time, so each block of dW_r is loaded
     // into tiles and stored once per chunk rather than once per image.
     let chunk = (chunk_bytes / ((k_pad + sc_pad) * 2 * pixels)).clamp(1, group);
@@ -261,6 +275,7 @@ fn backward_weight_in_chunks(
             let most = (chunk * pixels).div_ceil(32);
             let mut a_tiles = vec![0u32; row_tiles * most * amx::TILE];
             let mut b_tiles = vec![0u32; panels * most * amx::TILE];
+            let mut xp = Vec::new();
             for (i0, b0) in images.clone().step_by(chunk).enumerate() {
                 let batch = b0..images.end.min(b0 + chunk);
                 // Depth tiles of the chunk: 32 of its pixels each.
@@ -273,8 +288,10 @@ fn backward_weight_in_chunks(
                 let dy = &dy[b0 * pixels * k..][..n * k];
                 // SAFETY: AMX processors have AVX-512 (asserted above).
                 unsafe { pack_dy_transposed(a_tiles, dy, k, dt) };
-                // Each pixel's window in xp (from window row 0), pixels in order.
-                let at = windows_at(sh, batch.clone());
+                // The chunk's images padded, and each pixel's window in them (from window
+                // row 0), pixels in order.
+                pad_images(sh, x, batch.clone(), &mut xp);
+                let at = windows_at(sh, 0..batch.len());
                 for r in 0..sh.r {
                     let b_tiles = &mut b_tiles[..panels * dt * amx::TILE];
                     // SAFETY: as above.
@@ -309,7 +326,6 @@ fn backward_weight_in_chunks(
                 }
             }
         });
-    XP.lock().unwrap().keep(xp);
     // The tasks' sums, added in task order.
     let rsc = sh.r * sc;
     dw.par_chunks_exact_mut(rsc)
@@ -396,10 +412,11 @@ mod tests {
     use crate::device::cpu::random_vec as random;
 
     /// Against f64 loops over the bf16-rounded input, weights and dy, on odd sizes, batches of
-    /// 1, 2, 3 and 9 (more images than weight-gradient tasks), images whose forward reads its
-    /// tiles from the padded input in place (12×16) and packed (the smaller ones): one input
-    /// channel (the stem) to more than a tile's depth, output channels around the 16- and
-    /// 32-wide blocks, windows of 1 to 5 with and without padding.
+    /// 1, 2, 3 and 9 (one of them two weight-gradient tasks of several images), images whose
+    /// forward reads its tiles from the padded input in place (12×16, 11×12) and packed (the
+    /// smaller ones, and every strided conv): one input channel (the stem) to more than a
+    /// tile's depth, output channels around the 16- and 32-wide blocks, windows of 1 to 5 with
+    /// and without padding, strides 1 and 2.
     #[test]
     fn implicit_conv_and_weight_gradient_match_the_rounded_direct_ones() {
         if !amx::available() {
@@ -407,9 +424,11 @@ mod tests {
             return;
         }
         let mut seed = 100;
-        for &(n, h, w) in &[(1, 7, 9), (3, 5, 6), (9, 4, 3), (2, 12, 16)] {
+        let sizes = [(1, 7, 9), (3, 5, 6), (9, 4, 3), (2, 12, 16), (9, 11, 12)];
+        let windows = [(1, 1, 0), (3, 3, 1), (3, 3, 0), (5, 5, 2), (1, 3, 1)];
+        for (&(n, h, w), stride) in sizes.iter().flat_map(|s| [(s, 1), (s, 2)]) {
             for &c in &[1, 3, 13, 40] {
-                for &(r, s, pad) in &[(1, 1, 0), (3, 3, 1), (3, 3, 0), (5, 5, 2), (1, 3, 1)] {
+                for &(r, s, pad) in &windows {
                     seed += 1;
                     let k = [5, 16, 19, 40][seed as usize % 4];
                     let sh = ConvShape {
@@ -420,7 +439,7 @@ mod tests {
                         k,
                         r,
                         s,
-                        stride: 1,
+                        stride,
                         pad,
                     };
                     let x: Vec<f32> = random(n * h * w * c, seed);
