@@ -6,6 +6,7 @@ Setup (once, from the repo root):
 Run:
     scripts/.venv/bin/python scripts/bench_pytorch.py [--batch 64] [--steps 10] [--threads 2]
     scripts/.venv/bin/python scripts/bench_pytorch.py --arch resnet8 --batch 512 --variants ntxent
+    scripts/.venv/bin/python scripts/bench_pytorch.py --arch resnet8 --batch 512 --convs
     python3 scripts/bench_pytorch.py --device cuda [--steps 10] [--deadline SECONDS]
     scripts/.venv/bin/python scripts/bench_pytorch.py --smoke     # the cuda mode's code, on the cpu
 
@@ -36,6 +37,9 @@ Variants, each a full step (zero grad, forward, loss, backward, LARS step):
   xent:   linear F -> 10 -> softmax cross-entropy with random labels
 Inputs: random float32 batch x 1 x 28 x 28; timed in contiguous and channels_last formats, in
 float32 and in bf16 autocast (where the CPU has bf16 instructions, oneDNN uses them).
+With --convs, the cpu mode instead times each distinct convolution of that model at the batch
+(forward, input gradient, weight gradient; channels_last, float32 and bf16 tensors), named as
+`cargo bench --bench conv` names the same convolutions of the Rust engine.
 """
 import argparse
 import statistics
@@ -217,14 +221,72 @@ def bench(arch, variant, channels_last, bf16, batch, steps, warmup=3):
         opt.step()
         return loss.item()
 
+    return median_s(step, steps, warmup)
+
+
+def median_s(run, steps, warmup=3):
+    """Median seconds of `steps` calls of run() after `warmup` untimed ones."""
     for _ in range(warmup):
-        step()
+        run()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        step()
+        run()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def conv_name(module_name, conv, width):
+    """The name `cargo bench --bench conv` gives this convolution (small_image_convs)."""
+    if module_name.startswith("stem"):
+        return "stem_3x3"
+    stage = (conv.out_channels // width).bit_length()
+    if conv.kernel_size[0] == 1:
+        return f"s{stage}_1x1s2_shortcut"
+    return f"s{stage}_3x3s2" if conv.stride[0] == 2 else f"s{stage}_3x3"
+
+
+def bench_convs(arch, batch, steps):
+    """Each distinct convolution of the model at `batch`: forward, input gradient and weight
+    gradient (aten.convolution_backward, what autograd calls), channels_last, median ms."""
+    blocks, width = ARCHS[arch]
+    model = ResNetSmall(blocks, width)
+    shapes = {}
+
+    def hook(name):
+        def record(conv, inputs, _):
+            key = conv_name(name, conv, width)
+            shapes.setdefault(key, (conv, tuple(inputs[0].shape)))
+        return record
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(hook(name))
+    with torch.no_grad():
+        model(torch.randn(batch, 1, 28, 28))
+
+    def median_ms(run):
+        return median_s(run, steps) * 1e3
+
+    print("| conv | C -> K | px | precision | forward ms | input gradient ms | weight gradient ms |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for key, (conv, shape) in shapes.items():
+        stride, pad = conv.stride, conv.padding
+        for dtype in [torch.float32, torch.bfloat16]:
+            x = torch.randn(shape).to(dtype).to(memory_format=torch.channels_last)
+            w = conv.weight.detach().to(dtype).to(memory_format=torch.channels_last)
+            dy = torch.randn_like(F.conv2d(x, w, stride=stride, padding=pad))
+
+            def backward(mask):
+                return lambda: torch.ops.aten.convolution_backward(
+                    dy, x, w, None, stride, pad, [1, 1], False, [0, 0], 1, mask)
+
+            fwd = median_ms(lambda: F.conv2d(x, w, stride=stride, padding=pad))
+            dgrad = median_ms(backward([True, False, False])) if shape[1] > 1 else float("nan")
+            wgrad = median_ms(backward([False, True, False]))
+            prec = "bf16" if dtype == torch.bfloat16 else "float32"
+            print(f"| {key} | {conv.in_channels} -> {conv.out_channels} | {shape[2]} | {prec} | "
+                  f"{fwd:.2f} | {dgrad:.2f} | {wgrad:.2f} |", flush=True)
 
 
 # ---------------------------------------------------------------- cuda mode
@@ -470,6 +532,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="cpu mode only")
     ap.add_argument("--deadline", type=float, default=600,
                     help="cuda mode: seconds from the start after which cases are skipped")
+    ap.add_argument("--convs", action="store_true",
+                    help="cpu mode: time each distinct convolution of --arch at --batch instead")
     ap.add_argument("--smoke", action="store_true",
                     help="run the cuda mode's code on the cpu at toy sizes (checks the script)")
     args = ap.parse_args()
@@ -477,6 +541,10 @@ def main():
     if args.device == "cuda" or args.smoke:
         return main_cuda(args)
     torch.set_num_threads(args.threads)
+    if args.convs:
+        print(f"{args.arch} convolutions, batch {args.batch}, median of {args.steps} runs after 3 "
+              f"warm-up, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+        return bench_convs(args.arch, args.batch, args.steps)
 
     print(f"{args.arch}, batch {args.batch}, {args.steps} timed steps after 3 warm-up, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
