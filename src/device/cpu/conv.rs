@@ -173,13 +173,15 @@ fn implicit<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
 /// y = conv(x, W) given wt = Wᵀ on AMX tiles (conv_amx.rs, any stride) if the run takes bf16
 /// products there, T is f32 and the window is wider than a pixel; whether it did. A strided
 /// 1×1 conv (a shortcut) is faster through im2col than through packing one-pixel windows.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn on_amx<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) -> bool {
+    if sh.r * sh.s == 1 || !gemm_bf16::amx_products() {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
-    if sh.r * sh.s > 1 && gemm_bf16::amx_products() {
-        if let (Some(x), Some(wt), Some(y)) = (T::as_f32(x), T::as_f32(wt), T::as_f32_mut(y)) {
-            super::conv_amx::implicit_forward(sh, x, wt, y);
-            return true;
-        }
+    if let (Some(x), Some(wt), Some(y)) = (T::as_f32(x), T::as_f32(wt), T::as_f32_mut(y)) {
+        super::conv_amx::implicit_forward(sh, x, wt, y);
+        return true;
     }
     false
 }
