@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The kNN monitor's protocol on raw pixels: the floor a learned representation should beat.
 
-Run from the repository root (numpy only):
-    python3 scripts/pixel_knn.py [--data data] [--bank 10000] [--per-class 10]
+Run from the repository root (it needs numpy alone, from scripts/requirements.txt):
+    scripts/.venv/bin/python scripts/pixel_knn.py [--data data] [--bank 10000] [--per-class 10]
 
 Like the pretraining stage's kNN monitor (src/train/eval.rs), each test image votes among its k =
 min(200, bank) most cosine-similar bank images, each vote weighted by exp(similarity / 0.1); here
@@ -45,6 +45,10 @@ def main():
     ap.add_argument("--per-class", type=int, default=10)
     args = ap.parse_args()
     path = lambda name: os.path.join(args.data, name)
+    for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]:
+        if not os.path.isfile(path(name)):
+            raise SystemExit(f"pixel_knn.py: {path(name)} not found (--data: the idx files)")
     x = idx(path("train-images-idx3-ubyte.gz"), 16).reshape(-1, 784).astype(np.float32)
     y = idx(path("train-labels-idx1-ubyte.gz"), 8)
     xt = idx(path("t10k-images-idx3-ubyte.gz"), 16).reshape(-1, 784).astype(np.float32)

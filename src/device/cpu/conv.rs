@@ -170,12 +170,17 @@ fn implicit<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
     }
 }
 
-/// y = conv(x, W) given wt = Wᵀ on AMX tiles (conv_amx.rs, any stride) if the run takes bf16
-/// products there, T is f32 and the window is wider than a pixel; whether it did. A strided
-/// 1×1 conv (a shortcut) is faster through im2col than through packing one-pixel windows.
+/// Whether an f32 conv of this shape runs on AMX tiles (conv_amx.rs, any stride): the run
+/// takes bf16 products there and the window is wider than a pixel. A strided 1×1 conv (a
+/// shortcut) is faster through im2col than through packing one-pixel windows.
+fn amx_shape(sh: &ConvShape) -> bool {
+    sh.r * sh.s > 1 && gemm_bf16::amx_products()
+}
+
+/// y = conv(x, W) given wt = Wᵀ on AMX tiles if `amx_shape` and T is f32; whether it did.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn on_amx<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) -> bool {
-    if sh.r * sh.s == 1 || !gemm_bf16::amx_products() {
+    if !amx_shape(sh) {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
@@ -286,10 +291,9 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
 /// dw = ∂L/∂w given x and dy, overwritten.
 pub fn conv2d_backward_weight<T: Real>(sh: &ConvShape, x: &[T], dy: &[T], dw: &mut [T]) {
     sh.check(x.len(), dw.len(), dy.len());
-    // With AMX tiles, the implicit form reads the window rows from a bf16 copy of x (a 1×1
-    // window, as in a strided shortcut, is faster through im2col).
+    // With AMX tiles, the implicit form reads the window rows from a bf16 copy of x.
     #[cfg(target_arch = "x86_64")]
-    if sh.r * sh.s > 1 && gemm_bf16::amx_products() {
+    if amx_shape(sh) {
         if let (Some(x), Some(dy), Some(dw)) = (T::as_f32(x), T::as_f32(dy), T::as_f32_mut(dw)) {
             return super::conv_amx::implicit_backward_weight(sh, x, dy, dw);
         }

@@ -101,7 +101,7 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
                     let mut block = [0f32; 32 * 32];
                     // SAFETY: available() was asserted. Every A tile lies inside src: in place, its
                     // last value is less than (rows + 31 + (R−1)·Wp)·C + 32·kt ≤ image + 31·C + 32·kt
-                    // values past its image's start, which `padded`'s tail covers; packed, its 32
+                    // values past its image's start, which `pad_images`'s tail covers; packed, its 32
                     // rows of `len` values are whole rows of the packed windows. B tiles are whole;
                     // the block holds 32×32 floats.
                     unsafe {
@@ -183,7 +183,8 @@ fn pad_images(sh: &ConvShape, x: &[f32], images: Range<usize>, xp: &mut Vec<u16>
 }
 
 thread_local! {
-    /// This thread's padded images (`pad_images`).
+    /// This thread's padded images (`pad_images`): a forward task's, or a weight-gradient
+    /// task's chunk.
     static PADDED: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
     /// This thread's packed windows (pack_windows writes what the tiles read).
     static WINDOWS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
@@ -191,7 +192,7 @@ thread_local! {
 
 /// Where each output pixel's window starts in the padded input (its window row 0), for the
 /// output pixels of `images` in order.
-fn windows_at(sh: &ConvShape, images: std::ops::Range<usize>) -> Vec<usize> {
+fn windows_at(sh: &ConvShape, images: Range<usize>) -> Vec<usize> {
     let (oh, ow, c, st) = (sh.out_h(), sh.out_w(), sh.c, sh.stride);
     let (hp, wp) = sh.padded_hw();
     images
@@ -275,7 +276,7 @@ fn backward_weight_in_chunks(
             let most = (chunk * pixels).div_ceil(32);
             let mut a_tiles = vec![0u32; row_tiles * most * amx::TILE];
             let mut b_tiles = vec![0u32; panels * most * amx::TILE];
-            let mut xp = Vec::new();
+            let mut xp = PADDED.with(|xp| xp.take());
             for (i0, b0) in images.clone().step_by(chunk).enumerate() {
                 let batch = b0..images.end.min(b0 + chunk);
                 // Depth tiles of the chunk: 32 of its pixels each.
@@ -325,6 +326,7 @@ fn backward_weight_in_chunks(
                     }
                 }
             }
+            PADDED.with(|buffer| buffer.replace(xp));
         });
     // The tasks' sums, added in task order.
     let rsc = sh.r * sc;
