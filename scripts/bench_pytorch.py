@@ -534,10 +534,15 @@ def main():
                     help="cuda mode: seconds from the start after which cases are skipped")
     ap.add_argument("--convs", action="store_true",
                     help="cpu mode: time each distinct convolution of --arch at --batch instead")
+    ap.add_argument("--precisions", default="float32,bf16",
+                    help="cpu mode: comma-separated, of float32 and bf16 (bf16 autocast: on a "
+                         "processor without bf16 instructions it is emulated, and 10-20x slower)")
     ap.add_argument("--smoke", action="store_true",
                     help="run the cuda mode's code on the cpu at toy sizes (checks the script)")
     args = ap.parse_args()
     assert args.batch % 2 == 0, "batch must be even (B/2 positive pairs)"
+    if not set(args.precisions.split(",")) <= {"float32", "bf16"}:
+        ap.error(f"--precisions {args.precisions}: expected float32 and/or bf16")
     if args.device == "cuda" or args.smoke:
         return main_cuda(args)
     torch.set_num_threads(args.threads)
@@ -551,7 +556,7 @@ def main():
     print("| variant | memory format | precision | median ms/step | images/s | torch | threads |")
     print("|---|---|---|---:|---:|---|---:|")
     for variant in args.variants.split(","):
-        for bf16 in [False, True]:
+        for bf16 in [p == "bf16" for p in args.precisions.split(",")]:
             for cl in [False, True]:
                 med = bench(args.arch, variant, cl, bf16, args.batch, args.steps)
                 fmt = "channels_last" if cl else "contiguous (NCHW)"

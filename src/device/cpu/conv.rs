@@ -11,7 +11,8 @@
 //! stride-1 conv with a square window (3×3 pad 1, the ResNets' commonest), which is such a conv
 //! of dy with the window flipped: on a zero-padded copy of its input, each window row of every
 //! output pixel lies at a fixed stride, so gemm reads it in place (`implicit_forward`), and no
-//! col2im scatters the result. (The same for the forward pass and the weight gradient measured
+//! col2im scatters the result; for small images (under FWD_BLOCK grid rows each), whose grids
+//! would give a gemm a few rows per image, the flipped conv goes through im2col instead. (The same for the forward pass and the weight gradient measured
 //! slower: at small spatial sizes many of its grid rows are dropped padding, and it splits the
 //! depth into R shallow gemms.)
 
@@ -82,6 +83,9 @@ impl ConvShape {
 /// Output pixels per im2col block in the forward pass. Like DX_ROWS, a multiple of both gemm
 /// tiles' row counts (6 and 14), so that no block ends in a partial row panel.
 const FWD_BLOCK: usize = 168;
+/// Window depth (R·S·C) up to which the forward's blocks are FWD_BLOCK pixels: a 3×3 window
+/// of 64 channels. Deeper windows take a multiple (`im2col_forward`).
+const FWD_DEPTH: usize = 576;
 /// Output pixels per input-gradient gemm: its dcol block stays in L2 until col2im reads it.
 const DX_ROWS: usize = 252;
 /// Output pixels per weight-gradient chunk; each chunk gets its own partial dW.
@@ -106,13 +110,25 @@ pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
     if on_amx(sh, x, &wt, y) {
         return;
     }
-    y.par_chunks_mut(FWD_BLOCK * k)
+    im2col_forward(sh, x, &wt, y);
+}
+
+/// y = conv(x, w) given wt = Wᵀ (RSC×K), through im2col blocks of FWD_BLOCK output pixels.
+fn im2col_forward<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
+    let (k, rsc) = (sh.k, sh.rsc());
+    // Deeper windows take larger blocks: each block's gemm streams all of Wᵀ, which a deep
+    // layer's (ResNet-18's last stage: 9.4 MB) costs more than holding a larger col does
+    // (measured, that stage's forward: 75–80 ms in blocks of 168 rows, 55–66 in one of 1,024).
+    let block = FWD_BLOCK * rsc.div_ceil(FWD_DEPTH);
+    y.par_chunks_mut(block * k)
         .enumerate()
         .for_each(|(blk, y)| {
             let rows = y.len() / k;
             let mut col = Scratch::new(rows * rsc);
-            im2col(sh, x, blk * FWD_BLOCK, &mut col);
-            gemm(rows, k, rsc, &col, rsc, 1, &wt, k, 1, y, k, false);
+            col.par_chunks_mut(FWD_BLOCK * rsc)
+                .enumerate()
+                .for_each(|(i, col)| im2col(sh, x, blk * block + i * FWD_BLOCK, col));
+            gemm(rows, k, rsc, &col, rsc, 1, wt, k, 1, y, k, false);
         });
 }
 
@@ -161,13 +177,6 @@ fn implicit_forward<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
                 }
             }
         });
-}
-
-/// `implicit_forward`, on AMX tiles when the run takes bf16 products there (conv_amx.rs).
-fn implicit<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
-    if !on_amx(sh, x, wt, y) {
-        implicit_forward(sh, x, wt, y);
-    }
 }
 
 /// Whether an f32 conv of this shape runs on AMX tiles (conv_amx.rs, any stride): the run
@@ -264,7 +273,17 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
                 wt[((fr * s + fs) * k + j) * c..][..c].copy_from_slice(w_rs);
             }
         }
-        implicit(&flipped, dy, &wt, dx);
+        if on_amx(&flipped, dy, &wt, dx) {
+            return;
+        }
+        // Small images through im2col: the implicit form runs a gemm per image over its grid,
+        // whose few rows (a 4×4 image's 22, 16 of them kept) stream all of Wᵀ from memory for
+        // each image (ResNet-18's 4×4 stage: 2.4M values of W per 16 pixels).
+        if (flipped.out_h() - 1) * flipped.padded_hw().1 + flipped.out_w() < FWD_BLOCK {
+            im2col_forward(&flipped, dy, &wt, dx);
+        } else {
+            implicit_forward(&flipped, dy, &wt, dx);
+        }
         return;
     }
     // Each task owns a group of whole images, so its col2im writes collide with no other's,
@@ -591,29 +610,34 @@ pub(super) mod tests {
     /// Big enough for several forward blocks and weight-gradient chunks.
     #[test]
     fn conv_large_batch_matches_naive() {
-        let sh = ConvShape {
-            n: 9,
-            h: 17,
-            w: 17,
-            c: 6,
-            k: 10,
-            r: 3,
-            s: 3,
-            stride: 1,
-            pad: 1,
-        };
-        let x = random::<f32>(sh.n * sh.h * sh.w * sh.c, 1);
-        let w = random::<f32>(sh.k * sh.rsc(), 2);
-        let dy = random::<f32>(sh.pixels() * sh.k, 3);
-        let (y_want, dx_want, dw_want) = naive(&sh, &x, &w, &dy);
-        let mut y = vec![0.0; y_want.len()];
-        let mut dx = vec![0.0; x.len()];
-        let mut dw = vec![0.0; w.len()];
-        conv2d_forward(&sh, &x, &w, &mut y);
-        conv2d_backward_input(&sh, &dy, &w, &mut dx);
-        conv2d_backward_weight(&sh, &x, &dy, &mut dw);
-        assert!(rel_err(&y, &y_want) < 1e-5);
-        assert!(rel_err(&dx, &dx_want) < 1e-5);
-        assert!(rel_err(&dw, &dw_want) < 1e-5);
+        // 17×17 images: the input gradient's implicit form (grids of FWD_BLOCK rows and more);
+        // 70 channels: a window deeper than FWD_DEPTH, whose forward blocks (here 336 pixels:
+        // one whole, one of 39) each hold several im2col chunks.
+        for (n, hw, c, k) in [(9, 17, 6, 10), (15, 5, 70, 21)] {
+            let sh = ConvShape {
+                n,
+                h: hw,
+                w: hw,
+                c,
+                k,
+                r: 3,
+                s: 3,
+                stride: 1,
+                pad: 1,
+            };
+            let x = random::<f32>(sh.n * sh.h * sh.w * sh.c, 1);
+            let w = random::<f32>(sh.k * sh.rsc(), 2);
+            let dy = random::<f32>(sh.pixels() * sh.k, 3);
+            let (y_want, dx_want, dw_want) = naive(&sh, &x, &w, &dy);
+            let mut y = vec![0.0; y_want.len()];
+            let mut dx = vec![0.0; x.len()];
+            let mut dw = vec![0.0; w.len()];
+            conv2d_forward(&sh, &x, &w, &mut y);
+            conv2d_backward_input(&sh, &dy, &w, &mut dx);
+            conv2d_backward_weight(&sh, &x, &dy, &mut dw);
+            assert!(rel_err(&y, &y_want) < 1e-5, "{sh:?}: y");
+            assert!(rel_err(&dx, &dx_want) < 1e-5, "{sh:?}: dx");
+            assert!(rel_err(&dw, &dw_want) < 1e-5, "{sh:?}: dw");
+        }
     }
 }
