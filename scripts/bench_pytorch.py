@@ -246,7 +246,7 @@ def conv_name(module_name, conv, width):
     return f"s{stage}_3x3s2" if conv.stride[0] == 2 else f"s{stage}_3x3"
 
 
-def bench_convs(arch, batch, steps):
+def bench_convs(arch, batch, steps, precisions):
     """Each distinct convolution of the model at `batch`: forward, input gradient and weight
     gradient (aten.convolution_backward, what autograd calls), channels_last, median ms."""
     blocks, width = ARCHS[arch]
@@ -272,7 +272,7 @@ def bench_convs(arch, batch, steps):
     print("|---|---|---:|---|---:|---:|---:|")
     for key, (conv, shape) in shapes.items():
         stride, pad = conv.stride, conv.padding
-        for dtype in [torch.float32, torch.bfloat16]:
+        for dtype in [torch.bfloat16 if p == "bf16" else torch.float32 for p in precisions]:
             x = torch.randn(shape).to(dtype).to(memory_format=torch.channels_last)
             w = conv.weight.detach().to(dtype).to(memory_format=torch.channels_last)
             dy = torch.randn_like(F.conv2d(x, w, stride=stride, padding=pad))
@@ -535,8 +535,8 @@ def main():
     ap.add_argument("--convs", action="store_true",
                     help="cpu mode: time each distinct convolution of --arch at --batch instead")
     ap.add_argument("--precisions", default="float32,bf16",
-                    help="cpu mode: comma-separated, of float32 and bf16 (bf16 autocast: on a "
-                         "processor without bf16 instructions it is emulated, and 10-20x slower)")
+                    help="cpu mode (steps and --convs): comma-separated, of float32 and bf16 (on a "
+                         "processor without bf16 instructions bf16 is emulated, 10-20x slower)")
     ap.add_argument("--smoke", action="store_true",
                     help="run the cuda mode's code on the cpu at toy sizes (checks the script)")
     args = ap.parse_args()
@@ -549,7 +549,7 @@ def main():
     if args.convs:
         print(f"{args.arch} convolutions, batch {args.batch}, median of {args.steps} runs after 3 "
               f"warm-up, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-        return bench_convs(args.arch, args.batch, args.steps)
+        return bench_convs(args.arch, args.batch, args.steps, args.precisions.split(","))
 
     print(f"{args.arch}, batch {args.batch}, {args.steps} timed steps after 3 warm-up, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")

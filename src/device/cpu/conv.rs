@@ -11,7 +11,7 @@
 //! stride-1 conv with a square window (3×3 pad 1, the ResNets' commonest), which is such a conv
 //! of dy with the window flipped: on a zero-padded copy of its input, each window row of every
 //! output pixel lies at a fixed stride, so gemm reads it in place (`implicit_forward`), and no
-//! col2im scatters the result. Small images (under FWD_BLOCK grid rows each) are the
+//! col2im scatters the result. Small images (under 2·FWD_BLOCK grid rows each) are the
 //! exception: their grids would give each gemm a few rows per image, so their flipped conv
 //! goes through im2col. The same implicit form for the forward pass and the weight gradient
 //! measured slower (at small spatial sizes many of its grid rows are dropped padding, and it
@@ -284,10 +284,11 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
         if on_amx(&flipped, dy, &wt, dx) {
             return;
         }
-        // Small images through im2col: the implicit form runs a gemm per image over its grid,
+        // Small images through im2col: the implicit form runs gemms per image over its grid,
         // whose few rows (a 4×4 image's 22, 16 of them kept) stream all of Wᵀ from memory for
-        // each image (ResNet-18's 4×4 stage: 2.4M values of W per 16 pixels).
-        if (flipped.out_h() - 1) * flipped.padded_hw().1 + flipped.out_w() < FWD_BLOCK {
+        // each image (ResNet-18's 4×4 stage: 2.4M values of W per 16 pixels). Measured on Zen
+        // 3: that stage 210–230 → 85 ms, its 14×14 stage (222 grid rows) 46–63 → 42–44 ms.
+        if (flipped.out_h() - 1) * flipped.padded_hw().1 + flipped.out_w() < 2 * FWD_BLOCK {
             im2col_forward(&flipped, dy, &wt, dx);
         } else {
             implicit_forward(&flipped, dy, &wt, dx);
@@ -618,10 +619,10 @@ pub(super) mod tests {
     /// Big enough for several forward blocks and weight-gradient chunks.
     #[test]
     fn conv_large_batch_matches_naive() {
-        // 17×17 images: the input gradient's implicit form (grids of FWD_BLOCK rows and more);
+        // 19×19 images: the input gradient's implicit form (grids of 2·FWD_BLOCK rows and more);
         // 70 channels: a window deeper than FWD_DEPTH, whose forward blocks (here 336 pixels:
         // one whole, one of 39) each hold several im2col chunks.
-        for (n, hw, c, k) in [(9, 17, 6, 10), (15, 5, 70, 21)] {
+        for (n, hw, c, k) in [(9, 19, 6, 10), (15, 5, 70, 21)] {
             let sh = ConvShape {
                 n,
                 h: hw,
