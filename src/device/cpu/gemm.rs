@@ -369,8 +369,8 @@ unsafe fn gemm_tile<T: Real, const MR: usize, const NR: usize>(
     // A panel of B read in place whose rows are not adjacent (ldb > NR) is first copied here,
     // kc×NR contiguous, for all the row blocks that use it: its rows, ldb apart, fall in a few
     // L1 sets when ldb is a multiple of 1 KiB (256 or 512 channels), so read in place each
-    // microkernel call fetched them again from L2 (measured on Zen 3: a 96×256×256 gemm at
-    // 50 GFLOP/s on one core, against 93 with a contiguous B).
+    // microkernel call fetched them again from L2 (measured on Zen 3, one core: a 96×64×256
+    // gemm 63 → 83 GFLOP/s; with B already contiguous, 96×16×256 ran at 93).
     let mut b_copy = Scratch::new(KC.min(t.k) * NR);
     let mut edge = [[T::zero(); NR]; MR];
     for p0 in (0..t.k).step_by(KC) {
