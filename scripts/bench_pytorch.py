@@ -543,20 +543,21 @@ def main():
     assert args.batch % 2 == 0, "batch must be even (B/2 positive pairs)"
     if not set(args.precisions.split(",")) <= {"float32", "bf16"}:
         ap.error(f"--precisions {args.precisions}: expected float32 and/or bf16")
+    args.precisions = args.precisions.split(",")
     if args.device == "cuda" or args.smoke:
         return main_cuda(args)
     torch.set_num_threads(args.threads)
     if args.convs:
         print(f"{args.arch} convolutions, batch {args.batch}, median of {args.steps} runs after 3 "
               f"warm-up, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-        return bench_convs(args.arch, args.batch, args.steps, args.precisions.split(","))
+        return bench_convs(args.arch, args.batch, args.steps, args.precisions)
 
     print(f"{args.arch}, batch {args.batch}, {args.steps} timed steps after 3 warm-up, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| variant | memory format | precision | median ms/step | images/s | torch | threads |")
     print("|---|---|---|---:|---:|---|---:|")
     for variant in args.variants.split(","):
-        for bf16 in [p == "bf16" for p in args.precisions.split(",")]:
+        for bf16 in [p == "bf16" for p in args.precisions]:
             for cl in [False, True]:
                 med = bench(args.arch, variant, cl, bf16, args.batch, args.steps)
                 fmt = "channels_last" if cl else "contiguous (NCHW)"

@@ -68,6 +68,11 @@ impl ConvShape {
     fn is_implicit(&self) -> bool {
         self.stride == 1 && self.r == self.s && self.r > 1 && self.pad < self.r
     }
+    /// Rows of one image's grid over its padded input (`implicit_forward`), up to its last
+    /// output pixel's: OW of every Wp kept.
+    pub(super) fn grid_rows(&self) -> usize {
+        (self.out_h() - 1) * self.padded_hw().1 + self.out_w()
+    }
     /// The padded input's height and width.
     pub(super) fn padded_hw(&self) -> (usize, usize) {
         (self.h + 2 * self.pad, self.w + 2 * self.pad)
@@ -151,7 +156,7 @@ fn implicit_forward<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) {
     let (hp, wp) = sh.padded_hw();
     let xp = padded(sh, x);
     // One image's grid rows, up to its last output pixel's.
-    let rows = (oh - 1) * wp + ow;
+    let rows = sh.grid_rows();
     y.par_chunks_mut(oh * ow * k)
         .enumerate()
         .for_each(|(b, y)| {
@@ -288,7 +293,7 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
         // whose few rows (a 4×4 image's 22, 16 of them kept) stream all of Wᵀ from memory for
         // each image (ResNet-18's 4×4 stage: 2.4M values of W per 16 pixels). Measured on Zen
         // 3: that stage 210–230 → 85 ms, its 14×14 stage (222 grid rows) 46–63 → 42–44 ms.
-        if (flipped.out_h() - 1) * flipped.padded_hw().1 + flipped.out_w() < 2 * FWD_BLOCK {
+        if flipped.grid_rows() < 2 * FWD_BLOCK {
             im2col_forward(&flipped, dy, &wt, dx);
         } else {
             implicit_forward(&flipped, dy, &wt, dx);

@@ -29,7 +29,7 @@ pub fn implicit_forward(sh: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
     // Depth tiles per window row.
     let kt = sc.div_ceil(32);
     // Grid rows per image, up to its last output pixel's, and their 32-row blocks.
-    let rows = (oh - 1) * wp + ow;
+    let rows = sh.grid_rows();
     let grid_blocks = rows.div_ceil(32);
 
     // Wᵀ in B tiles: window row r's panel q (16 output channels) at (r·panels + q)·kt tiles.

@@ -6,7 +6,8 @@
 //! through its strides and B through its row stride in place: at the small K and N of the convs
 //! here, copying them into panels cost as much as the arithmetic. Only what it cannot read in
 //! place is packed (zero-padded panels of MR rows / NR columns stored depth by depth): the
-//! partial panels at the edges, and B when its columns are not contiguous.
+//! partial panels at the edges, and B when its columns are not contiguous. A B panel whose
+//! rows are not adjacent is copied contiguous once per slab, for all the row blocks using it.
 //!
 //! The microkernel, and with it the tile MR×NR, is chosen at run time for the processor
 //! (isa.rs): 14×32 in AVX-512 registers (14×16 for gemms of at most 16 columns), 6×16 in AVX2
