@@ -362,10 +362,20 @@ unsafe fn gemm_tile<T: Real, const MR: usize, const NR: usize>(
     ldc: usize,
     accumulate: bool,
 ) {
-    // Rows 0..full are read in place, the others packed (zero-padded to whole panels). Rows
-    // of A are read in place by tiles of a few panels of B, packed by wider ones (a panel read
-    // in place spans kc rows of A, which at power-of-two strides collide in L1).
-    let full = if t.nb <= 4 * NR { t.mb / MR * MR } else { 0 };
+    // Rows 0..full are read in place, the others packed (zero-padded to whole panels). A tile
+    // of a few panels of B reads A in place: packing would cost more than it saves. Wider tiles
+    // do too when each row's depth is contiguous and the 6-row tile's rows do not share L1
+    // sets (a row stride that is not a multiple of 4 KiB): packing is a scalar gather, and
+    // skipping it made ResNet-18's 3×3 convs of 128–512 channels 10–25% faster on Zen 3
+    // (im2col rows of 4.5–18 KiB). At strides of 4 KiB (a 1×1 conv of 1,024 channels) all
+    // six rows of a slab fall in the same L1 sets, and the 14-row tile's rows fill an 8-way
+    // set even at 2 KiB (not measured), so those are packed.
+    let spread = MR <= 8 && a.ps == 1 && (a.rs * std::mem::size_of::<T>()) % 4096 != 0;
+    let full = if t.nb <= 4 * NR || spread {
+        t.mb / MR * MR
+    } else {
+        0
+    };
     let mut a_pack = Scratch::new((t.mb - full).div_ceil(MR) * MR * KC.min(t.k));
     // A panel of B read in place whose rows are not adjacent (ldb > NR) is first copied here,
     // kc×NR contiguous, for all the row blocks that use it: its rows, ldb apart, fall in a few
