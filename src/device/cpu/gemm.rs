@@ -5,8 +5,9 @@
 //! MR×NR block, which keeps its block of C in registers for the whole slab. The kernel reads A
 //! through its strides and B through its row stride in place: at the small K and N of the convs
 //! here, copying them into panels cost as much as the arithmetic. Only what it cannot read in
-//! place is packed (zero-padded panels of MR rows / NR columns stored depth by depth): the
-//! partial panels at the edges, and B when its columns are not contiguous. A B panel whose
+//! place, or not well, is packed (zero-padded panels of MR rows / NR columns stored depth by
+//! depth): the partial panels at the edges, B when its columns are not contiguous, and A in
+//! wide tiles when its depth is strided or its rows collide in L1 (`gemm_tile`). A B panel whose
 //! rows are not adjacent is copied contiguous once per slab, for all the row blocks using it.
 //!
 //! The microkernel, and with it the tile MR×NR, is chosen at run time for the processor
@@ -366,7 +367,7 @@ unsafe fn gemm_tile<T: Real, const MR: usize, const NR: usize>(
     // of a few panels of B reads A in place: packing would cost more than it saves. Wider tiles
     // do too when each row's depth is contiguous and the 6-row tile's rows do not share L1
     // sets (a row stride that is not a multiple of 4 KiB): packing is a scalar gather, and
-    // skipping it made ResNet-18's 3×3 convs of 128–512 channels 10–25% faster on Zen 3
+    // skipping it made ResNet-18's 3×3 convs of 128–512 channels 6–27% faster on Zen 3
     // (im2col rows of 4.5–18 KiB). At strides of 4 KiB (a 1×1 conv of 1,024 channels) all
     // six rows of a slab fall in the same L1 sets, and the 14-row tile's rows fill an 8-way
     // set even at 2 KiB (not measured), so those are packed.
