@@ -371,7 +371,7 @@ unsafe fn gemm_tile<T: Real, const MR: usize, const NR: usize>(
     // (im2col rows of 4.5–18 KiB). At strides of 4 KiB (a 1×1 conv of 1,024 channels) all
     // six rows of a slab fall in the same L1 sets, and the 14-row tile's rows fill an 8-way
     // set even at 2 KiB (not measured), so those are packed.
-    let spread = MR <= 8 && a.ps == 1 && (a.rs * std::mem::size_of::<T>()) % 4096 != 0;
+    let spread = MR <= 8 && a.ps == 1 && !(a.rs * std::mem::size_of::<T>()).is_multiple_of(4096);
     let full = if t.nb <= 4 * NR || spread {
         t.mb / MR * MR
     } else {
