@@ -890,9 +890,15 @@ fn resumes_bit_identically(name: &str, extra: &[&str]) {
         memory(&a).1.len(),
         momentum as usize * a.model.store.params.len()
     );
-    // Other settings than the run's are refused, as is --resume without --out.
+    // Other settings than the run's are refused, its own length too, as is --resume without
+    // --out.
     let other = [args.as_slice(), &["--resume", "--lr", "0.5"]].concat();
     fails_with(&other, "--resume");
+    let longer = [&flags[..1], &["3"], &flags[2..], &["--resume"]].concat();
+    fails_with(
+        &tiny(&["pretrain", "--data", &data, "--out", &killed], &longer),
+        "--resume",
+    );
     fails_with(
         &tiny(&["pretrain", "--data", &data], &["--resume"]),
         "--out",
@@ -962,7 +968,7 @@ fn momentum_encoder_fills_the_memory_buffer() {
 
 /// A budgeted pipeline sets every stage's steps from its measured speed and records the plan,
 /// the learning rates tried on the validation split and the choice. Killed during pretraining
-/// and resumed, it keeps that plan instead of measuring again, and every run of every stage
+/// and resumed, it keeps that plan (as re-planned after the baseline) instead of measuring again, and every run of every stage
 /// runs exactly its planned steps (so its schedule ends where the plan put the end).
 #[test]
 fn budgeted_pipeline_keeps_its_plan_when_resumed() {
@@ -990,6 +996,10 @@ fn budgeted_pipeline_keeps_its_plan_when_resumed() {
     assert!(stdout.contains("not measured again"), "{stdout}");
     assert_eq!(std::fs::read(run.join("budget.json")).unwrap(), planned);
     let plan: Value = serde_json::from_slice(&planned).unwrap();
+    // Re-planned once, after the baseline; the resumed run re-plans no more.
+    let revisions = plan["revisions"].as_array().unwrap();
+    assert_eq!(revisions.len(), 1, "{plan}");
+    assert_eq!(revisions[0]["after"], "baseline");
     let report = std::fs::read_to_string(run.join("report.json")).unwrap();
     let report: Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["config"]["plan"], plan);

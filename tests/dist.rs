@@ -533,8 +533,8 @@ fn pipeline_on_two_ranks_matches_one_process() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A budgeted pipeline on 2 ranks runs rank 0's plan on both: each stage logs exactly the
-/// steps the plan in budget.json gives it (ranks that planned apart would stop at a collective
+/// A budgeted pipeline on 2 ranks runs rank 0's plan on both, re-planned between stages: each
+/// stage logs exactly the steps the plan in budget.json gives it (ranks that planned apart would stop at a collective
 /// of different steps).
 #[test]
 fn budgeted_pipeline_on_two_ranks_runs_one_plan() {
@@ -555,6 +555,11 @@ fn budgeted_pipeline_on_two_ranks_runs_one_plan() {
     };
     let (plan, report) = (read("budget.json"), read("report.json"));
     assert_eq!(report["config"]["plan"], plan);
+    // Re-planned after each of the first three stages, on rank 0's clock.
+    let after: Vec<_> = (plan["revisions"].as_array().unwrap().iter())
+        .map(|r| r["after"].as_str().unwrap())
+        .collect();
+    assert_eq!(after, ["baseline", "pretrain", "finetune"], "{plan}");
     for stage in ["baseline", "pretrain", "finetune", "distill"] {
         let steps = plan[stage]["steps"].as_f64().unwrap();
         let run = out.join(report[stage]["checkpoint"].as_str().unwrap());

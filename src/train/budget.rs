@@ -95,6 +95,18 @@ pub struct Plan {
     pub pretrain: StagePlan,
     pub finetune: StagePlan,
     pub distill: StagePlan,
+    /// The re-plans between stages (`Plan::revise`), in order.
+    #[serde(default)]
+    pub revisions: Vec<Revision>,
+}
+
+/// A re-plan of the stages left: after which stage, how many seconds from the pipeline's
+/// start, and how much slower than their timed steps the stages so far ran.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    pub after: String,
+    pub elapsed_s: f64,
+    pub slowdown: f64,
 }
 
 /// One stage's share of the budget and how it is spent: `runs` runs (the learning rates it
@@ -115,8 +127,16 @@ pub struct StagePlan {
     pub eval_s: f64,
     pub every_epoch: bool,
     pub final_eval_s: f64,
+    /// The measured times above are multiplied by this: 1 when first planned, then how much
+    /// slower than timed the stages before this one ran (`Plan::revise`).
+    #[serde(default = "one")]
+    pub slowdown: f64,
     /// The result: each run's steps.
     pub steps: usize,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl StagePlan {
@@ -127,13 +147,14 @@ impl StagePlan {
             false => 1,
         };
         let run = steps as f64 * self.step_s + evals as f64 * self.eval_s;
-        self.runs as f64 * run + self.final_eval_s
+        self.slowdown * (self.runs as f64 * run + self.final_eval_s)
     }
 
     /// The plan with the most steps that fit in its seconds (0 when not even one does).
     pub fn fit(self) -> StagePlan {
         // seconds_for grows with the steps: the largest that fits, by bisection.
-        let (mut fits, mut over) = (0, ((self.seconds / self.step_s) as usize).saturating_add(1));
+        let most = self.seconds / (self.step_s * self.slowdown);
+        let (mut fits, mut over) = (0, (most as usize).saturating_add(1));
         while over - fits > 1 {
             let mid = fits + (over - fits) / 2;
             match self.seconds_for(mid) <= self.seconds {
@@ -266,6 +287,7 @@ pub fn plan(ctx: &Context, budget_s: f64, out: &Path, started: Instant) -> Resul
             ),
             every_epoch: false,
             final_eval_s: if searched { eval(test, image_s) } else { 0.0 },
+            slowdown: 1.0,
             steps: 0,
         }
         .fit()
@@ -280,6 +302,7 @@ pub fn plan(ctx: &Context, budget_s: f64, out: &Path, started: Instant) -> Resul
             eval_s: eval(if knn { bank + test } else { test }, image_s),
             every_epoch: knn,
             final_eval_s: 0.0,
+            slowdown: 1.0,
             steps: 0,
         }
         .fit()
@@ -291,6 +314,7 @@ pub fn plan(ctx: &Context, budget_s: f64, out: &Path, started: Instant) -> Resul
         pretrain: unlabelled_plan(SHARES.pretrain, &cfg.pretrain, at(1), true),
         finetune: supervised_plan(SHARES.finetune, &cfg.finetune, at(2)),
         distill: unlabelled_plan(SHARES.distill, &cfg.distill, at(3), false),
+        revisions: Vec::new(),
     };
     for (name, p) in plan.stages() {
         if p.steps == 0 {
@@ -301,14 +325,83 @@ pub fn plan(ctx: &Context, budget_s: f64, out: &Path, started: Instant) -> Resul
             )));
         }
     }
-    if ctx.is_main() {
-        let json = serde_json::to_string_pretty(&plan).expect("plan serialises");
-        checkpoint::write_atomic(&path, json.as_bytes())?;
-    }
+    plan.save(ctx, out)?;
     Ok(plan)
 }
 
+/// Re-plans the stages after the first `done` of `plan`, which have run by now (rank 0's
+/// clock since `started`, the pipeline's start), and saves it: what the stages may still spend,
+/// and how fast they will run, are taken from what the finished stages took.
+pub fn revise(
+    ctx: &Context,
+    plan: &mut Plan,
+    done: usize,
+    out: &Path,
+    started: Instant,
+) -> Result<()> {
+    let mut elapsed = [started.elapsed().as_secs_f64()];
+    from_rank0(&*ctx.comm, &mut elapsed);
+    plan.revise(done, elapsed[0]);
+    plan.save(ctx, out)
+}
+
 impl Plan {
+    /// Writes the plan to `<out>/budget.json` (rank 0), where `--resume` finds it.
+    fn save(&self, ctx: &Context, out: &Path) -> Result<()> {
+        if ctx.is_main() {
+            let json = serde_json::to_string_pretty(self).expect("plan serialises");
+            checkpoint::write_atomic(&out.join("budget.json"), json.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The stages after the first `done`, which ended `elapsed_s` seconds into the pipeline,
+    /// re-planned: the budget left is split between them by their `SHARES`, and their measured
+    /// times are scaled by how much slower than measured the finished stages ran (the machine's
+    /// speed drifts: on the 2-core VMs a stage ran up to 25% off its timed steps). A stage
+    /// keeps at least one step, even past the budget.
+    pub fn revise(&mut self, done: usize, elapsed_s: f64) {
+        let shares = [
+            SHARES.baseline,
+            SHARES.pretrain,
+            SHARES.finetune,
+            SHARES.distill,
+        ];
+        let budget_s = self.budget_s;
+        let measured_in_s = self.measured_in_s;
+        let after = self.stages()[done - 1].0.to_string();
+        let mut stages = [
+            &mut self.baseline,
+            &mut self.pretrain,
+            &mut self.finetune,
+            &mut self.distill,
+        ];
+        // Seconds the finished stages would have taken at their measured speeds.
+        let as_measured: f64 = (stages[..done].iter())
+            .map(|p| p.seconds_for(p.steps) / p.slowdown)
+            .sum();
+        let slowdown = (elapsed_s - measured_in_s) / as_measured;
+        let left = PLANNED * (budget_s - elapsed_s).max(0.0);
+        let rest: f64 = shares[done..].iter().sum();
+        for (p, share) in stages[done..].iter_mut().zip(&shares[done..]) {
+            let revised = StagePlan {
+                seconds: left * share / rest,
+                slowdown,
+                ..(**p).clone()
+            }
+            .fit();
+            **p = StagePlan {
+                steps: revised.steps.max(1),
+                ..revised
+            };
+        }
+        self.revisions.push(Revision {
+            after,
+            elapsed_s,
+            slowdown,
+        });
+    }
+
     pub fn stages(&self) -> [(&'static str, &StagePlan); 4] {
         [
             ("baseline", &self.baseline),
@@ -385,6 +478,7 @@ mod tests {
             eval_s: 2.0,
             every_epoch,
             final_eval_s: 3.0,
+            slowdown: 1.0,
             steps: 0,
         }
     }
@@ -414,6 +508,57 @@ mod tests {
         // Too short for one step and its evaluations.
         assert_eq!(stage(5.4, 1, true).fit().steps, 0);
         assert_eq!(stage(5.5, 1, true).fit().steps, 1);
+    }
+
+    /// Stages that ran slower than timed, and the budget left: the stages after them get the
+    /// time left in proportion to their shares, at the finished stages' speed.
+    #[test]
+    fn revisions_replan_the_stages_left_at_the_speed_seen() {
+        let planned = |share: f64| stage(share * PLANNED * 990.0, 1, false).fit();
+        let mut plan = Plan {
+            budget_s: 1000.0,
+            measured_in_s: 10.0,
+            baseline: planned(SHARES.baseline),
+            pretrain: planned(SHARES.pretrain),
+            finetune: planned(SHARES.finetune),
+            distill: planned(SHARES.distill),
+            revisions: Vec::new(),
+        };
+        let before = plan.clone();
+        // The baseline took twice its planned time: 10 + 2 · its seconds.
+        let took = 2.0 * plan.baseline.seconds_for(plan.baseline.steps);
+        plan.revise(1, 10.0 + took);
+        assert_eq!(plan.baseline, before.baseline);
+        let r = &plan.revisions[0];
+        assert_eq!((r.after.as_str(), r.elapsed_s), ("baseline", 10.0 + took));
+        assert!((r.slowdown - 2.0).abs() < 1e-12, "{r:?}");
+        let left = PLANNED * (1000.0 - 10.0 - took);
+        let rest = 1.0 - SHARES.baseline;
+        for (p, share) in [
+            (&plan.pretrain, SHARES.pretrain),
+            (&plan.finetune, SHARES.finetune),
+            (&plan.distill, SHARES.distill),
+        ] {
+            assert!((p.seconds - left * share / rest).abs() < 1e-9, "{p:?}");
+            assert_eq!(p.slowdown, r.slowdown);
+            // At half the speed, the most steps that fit: a step takes 1 s, the run's
+            // evaluation 4 s and the last one 6 s (0.5, 2 and 3 s as measured).
+            assert!(p.seconds_for(p.steps) <= p.seconds, "{p:?}");
+            assert!(p.seconds_for(p.steps + 1) > p.seconds, "{p:?}");
+            assert_eq!(p.steps, ((p.seconds - 10.0) / 1.0) as usize, "{p:?}");
+        }
+        // Pretraining then ran as measured: the slowdown counts every stage so far, each at
+        // its own measured speed.
+        let took_pretrain = plan.pretrain.seconds_for(plan.pretrain.steps) / 2.0;
+        plan.revise(2, 10.0 + took + took_pretrain);
+        let baseline_as_measured = took / 2.0;
+        let want = (took + took_pretrain) / (baseline_as_measured + took_pretrain);
+        assert!((plan.revisions[1].slowdown - want).abs() < 1e-12);
+        assert_eq!(plan.finetune.slowdown, plan.revisions[1].slowdown);
+        // Past the budget: the stage left still runs one step.
+        plan.revise(3, 2000.0);
+        assert_eq!((plan.distill.seconds, plan.distill.steps), (0.0, 1));
+        assert_eq!(plan.revisions.len(), 3);
     }
 
     #[test]

@@ -382,6 +382,15 @@ impl Context {
             ] {
                 c[key] = Value::Null;
             }
+            // With a budget, re-planning after a stage changes the stages' lengths after it
+            // (`budget::revise`): this stage's own must match, the others may differ.
+            c["plan"] = Value::Null;
+            for other in ["baseline", "pretrain", "finetune", "distill", "linear"] {
+                if other != stage {
+                    c[other]["steps"] = Value::Null;
+                    c[other]["epochs"] = Value::Null;
+                }
+            }
         }
         if r.meta.ranks != self.comm.size() {
             return Err(Error::Config(format!(

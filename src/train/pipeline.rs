@@ -103,8 +103,10 @@ fn say(ctx: &Context, line: std::fmt::Arguments) {
 
 pub fn pipeline(ctx: &mut Context, out: &Path) -> Result<Report> {
     let start = Instant::now();
+    // A resumed run keeps the plan in its budget.json: its clock started again, so it cannot
+    // tell how long the stages before took, and does not re-plan.
+    let resumed = ctx.cfg.resume && out.join("budget.json").exists();
     if let Some(budget_s) = ctx.cfg.budget_s {
-        let resumed = ctx.cfg.resume && out.join("budget.json").exists();
         say(
             ctx,
             format_args!(
@@ -116,40 +118,56 @@ pub fn pipeline(ctx: &mut Context, out: &Path) -> Result<Report> {
             ),
         );
         let plan = budget::plan(ctx, budget_s, out, start)?;
-        for (name, p) in plan.stages() {
-            say(
-                ctx,
-                format_args!(
-                    "  {name}: {:.0} s for {} run(s) of {} steps ({:.3} s each, {} epochs)",
-                    p.seconds,
-                    p.runs,
-                    p.steps,
-                    p.step_s,
-                    p.steps.div_ceil(p.steps_per_epoch)
-                ),
-            );
-        }
+        say_plan(ctx, &plan, 0);
         plan.apply(&mut ctx.cfg);
     }
-    let ctx = &*ctx;
-    let cfg = &ctx.cfg;
+    // After the first `done` stages: with a budget, the stages left re-planned on the time left.
+    let revise = |ctx: &mut Context, done: usize| -> Result<()> {
+        let Some(mut plan) = ctx.cfg.plan.clone().filter(|_| !resumed) else {
+            return Ok(());
+        };
+        budget::revise(ctx, &mut plan, done, out, start)?;
+        let r = plan.revisions.last().expect("just revised");
+        say(
+            ctx,
+            format_args!(
+                "budget: {:.0} s spent, the stages so far ran at {:.2}x their timed time; \
+                 re-planned:",
+                r.elapsed_s, r.slowdown
+            ),
+        );
+        say_plan(ctx, &plan, done);
+        plan.apply(&mut ctx.cfg);
+        Ok(())
+    };
     let labelled = ctx.labelled()?.len();
     say(
         ctx,
         format_args!("[1/4] supervised baseline on {labelled} labelled images"),
     );
-    let arch = ctx.arch(&cfg.arch, cfg.width, cfg.sk);
-    let fresh = || Model::new(&classifier_spec(ctx, arch.clone()), cfg.seed);
-    let (_, baseline_report) = tuned(ctx, "baseline", &cfg.baseline, fresh, out)?;
+    let (_, baseline_report) = {
+        let ctx = &*ctx;
+        let arch = ctx.arch(&ctx.cfg.arch, ctx.cfg.width, ctx.cfg.sk);
+        let fresh = || Model::new(&classifier_spec(ctx, arch.clone()), ctx.cfg.seed);
+        tuned(ctx, "baseline", &ctx.cfg.baseline, fresh, out)?
+    };
+    revise(ctx, 1)?;
     let images = ctx.train_indices.len();
     say(ctx, format_args!("[2/4] pretraining on {images} images"));
     let pre = stages::pretrain(ctx, &sub_dir(ctx, out, "pretrain")?)?;
+    revise(ctx, 2)?;
     say(
         ctx,
         format_args!("[3/4] fine-tuning on {labelled} labelled images"),
     );
-    let start_ft = || stages::from_pretrained(ctx, &pre.model);
-    let (mut ft, finetune_report) = tuned(ctx, "finetune", &cfg.finetune, start_ft, out)?;
+    let (mut ft, finetune_report) = {
+        let ctx = &*ctx;
+        let start_ft = || stages::from_pretrained(ctx, &pre.model);
+        tuned(ctx, "finetune", &ctx.cfg.finetune, start_ft, out)?
+    };
+    revise(ctx, 3)?;
+    let ctx = &*ctx;
+    let cfg = &ctx.cfg;
     let student = format!("{}-w{}", cfg.student_arch, cfg.student_width);
     say(ctx, format_args!("[4/4] distilling into {student}"));
     let st = stages::distill(ctx, &mut ft.model, &sub_dir(ctx, out, "distill")?)?;
@@ -190,6 +208,23 @@ pub fn pipeline(ctx: &mut Context, out: &Path) -> Result<Report> {
     Ok(report)
 }
 
+/// The plan's stages after the first `done`: their seconds and steps.
+fn say_plan(ctx: &Context, plan: &budget::Plan, done: usize) {
+    for (name, p) in &plan.stages()[done..] {
+        say(
+            ctx,
+            format_args!(
+                "  {name}: {:.0} s for {} run(s) of {} steps ({:.3} s each, {} epochs)",
+                p.seconds,
+                p.runs,
+                p.steps,
+                p.step_s * p.slowdown,
+                p.steps.div_ceil(p.steps_per_epoch)
+            ),
+        );
+    }
+}
+
 /// A supervised stage (`name`: baseline or finetune) of the pipeline, each run starting from
 /// `start()`. With several learning rates to try (`stages::learning_rates`), one run per rate
 /// in `<out>/<name>/lr-<rate>`, each scored on the validation split; the best is kept and
@@ -222,7 +257,8 @@ fn tuned(
             say(
                 ctx,
                 format_args!(
-                    "{name}: too few labelled images outside the subset for a validation split;                      lr {} without a search",
+                    "{name}: too few labelled images outside the subset for a validation split; \
+                     lr {} without a search",
                     recipe.lr
                 ),
             );
