@@ -131,9 +131,9 @@ pub fn pipeline(ctx: &mut Context, out: &Path) -> Result<Report> {
         say(
             ctx,
             format_args!(
-                "budget: {:.0} s spent, the stages so far ran at {:.2}x their timed time; \
+                "budget: {:.0} s spent; {} took {:.2}x the time its timed steps predicted; \
                  re-planned:",
-                r.elapsed_s, r.slowdown
+                r.elapsed_s, r.after, r.slowdown
             ),
         );
         say_plan(ctx, &plan, done);
