@@ -376,7 +376,7 @@ impl Plan {
     /// batch), distillation pretraining's (large batches of unlabelled images), but never
     /// faster than its own timed steps: the machine's speed drifts (on the 2-core VMs by up to
     /// 40% from one minute to the next), and a run whose pretraining ran at 0.89× its
-    /// prediction then distilled at 1.09× of its own, ending 28 s over a 900 s budget. Ending
+    /// prediction then distilled at 1.08× of its own, ending 28 s over a 900 s budget. Ending
     /// a little early is the lesser fault. A stage keeps at least one step, even past the
     /// budget. Call with done = 1, 2, 3 in turn.
     pub fn revise(&mut self, done: usize, elapsed_s: f64) {
