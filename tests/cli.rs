@@ -968,8 +968,9 @@ fn momentum_encoder_fills_the_memory_buffer() {
 
 /// A budgeted pipeline sets every stage's steps from its measured speed and records the plan,
 /// the learning rates tried on the validation split and the choice. Killed during pretraining
-/// and resumed, it keeps that plan (as re-planned after the baseline) instead of measuring again, and every run of every stage
-/// runs exactly its planned steps (so its schedule ends where the plan put the end).
+/// and resumed, it keeps that plan (as re-planned after the baseline) instead of measuring
+/// again, and every run of every stage runs exactly its planned steps (so its schedule ends
+/// where the plan put the end).
 #[test]
 fn budgeted_pipeline_keeps_its_plan_when_resumed() {
     let t = Tmp::new("budget");

@@ -534,8 +534,8 @@ fn pipeline_on_two_ranks_matches_one_process() {
 }
 
 /// A budgeted pipeline on 2 ranks runs rank 0's plan on both, re-planned between stages: each
-/// stage logs exactly the steps the plan in budget.json gives it (ranks that planned apart would stop at a collective
-/// of different steps).
+/// stage logs exactly the steps the plan in budget.json gives it (ranks that planned apart
+/// would stop at a collective of different steps).
 #[test]
 fn budgeted_pipeline_on_two_ranks_runs_one_plan() {
     let dir = std::env::temp_dir().join(format!("simclr-dist-budget-{}", std::process::id()));
