@@ -155,7 +155,8 @@ enum Command {
     BenchLoader(simclr::train::bench_loader::BenchLoader),
 }
 
-/// Flags shared by every command. Unset flags take the preset's value.
+/// Flags shared by every command. Unset flags take the preset's value. Number flags accept a
+/// negative value, so that the config's check names what is wrong with it.
 #[derive(Args)]
 struct Opts {
     /// Dataset directory (format detected from the files present) [default: the bundled Fashion-MNIST]
@@ -179,10 +180,10 @@ struct Opts {
     #[arg(long)]
     batch_size: Option<usize>,
     /// Base learning rate of the stage being run (pretraining, for pipeline)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// NT-Xent temperature
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f64>,
     /// Pretraining: keep the last K projections (every view, K a multiple of 2 × the batch) as
     /// extra NT-Xent negatives, SimCLRv2's memory buffer (0: off)
@@ -191,7 +192,7 @@ struct Opts {
     /// Pretraining: fill the memory buffer from a momentum encoder (MoCo's, as in SimCLRv2's
     /// appendix) whose weights follow the trained network's, w ← m·w + (1 − m)·w_trained after
     /// every step (0: from the trained network itself)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     memory_momentum: Option<f64>,
     /// Encoder: resnet8 (a small CPU model), resnet18, resnet34, resnet50, resnet101, resnet152
     #[arg(long)]
@@ -251,11 +252,14 @@ struct Opts {
     /// Optimizer of the stage being run: lars or sgd
     #[arg(long)]
     optimizer: Option<OptimizerKind>,
+    /// Weight decay of the stage being run
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
     /// Colour-jitter strength of the pretraining augmentation
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     color_strength: Option<f64>,
     /// Smallest crop area fraction of the random resized crop
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     crop_min: Option<f64>,
     /// Neighbours of the kNN monitor
     #[arg(long)]
@@ -298,10 +302,10 @@ struct Opts {
     #[arg(long, value_parser = parse_width)]
     student_width: Option<usize>,
     /// Distillation temperature
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     distill_temperature: Option<f64>,
     /// Weight of the label loss mixed into distillation on labelled images
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     distill_label_weight: Option<f64>,
 }
 
@@ -336,7 +340,8 @@ impl Source {
     }
 }
 
-/// The command's stage, which --epochs, --batch-size, --lr and --optimizer apply to
+/// The command's stage, which --epochs, --batch-size, --lr, --optimizer and --weight-decay
+/// apply to
 /// (pretraining's for pipeline).
 #[derive(Clone, Copy)]
 enum Target {
@@ -446,6 +451,7 @@ impl Opts {
         set(&mut stage.batch_size, &self.batch_size);
         set(&mut stage.lr, &self.lr);
         set(&mut stage.optimizer, &self.optimizer);
+        set(&mut stage.weight_decay, &self.weight_decay);
         Ok(c)
     }
 

@@ -255,6 +255,11 @@ fn bad_config_values() {
         ("--batch-size", "1", "batch size 1"),
         ("--epochs", "0", "epochs"),
         ("--temperature", "0", "--temperature"),
+        (
+            "--weight-decay",
+            "inf",
+            "weight decay must be zero or positive",
+        ),
         ("--arch", "resnet7", "resnet7"),
         ("--device", "tpu", "tpu"),
         ("--device", "cuda:x", "cuda:x"),

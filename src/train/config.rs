@@ -349,6 +349,12 @@ impl Config {
                     )));
                 }
             }
+            if !(s.weight_decay >= 0.0 && s.weight_decay.is_finite()) {
+                return Err(Error::Config(format!(
+                    "{name} weight decay must be zero or positive, got {}",
+                    s.weight_decay
+                )));
+            }
             if !(0.0..1.0).contains(&s.warmup) {
                 return Err(Error::Config(format!(
                     "{name} warmup must be in [0, 1), got {}",
@@ -387,6 +393,13 @@ impl Config {
             return Err(Error::Config(
                 "--distill-label-weight must be in [0, 1]".into(),
             ));
+        }
+        // Its hue shifts reach ±0.2 × strength: at most half a turn, as torchvision requires.
+        if !(0.0..=2.5).contains(&self.color_strength) {
+            return Err(Error::Config(format!(
+                "--color-strength must be in [0, 2.5], got {}",
+                self.color_strength
+            )));
         }
         if !(self.crop_min > 0.0 && self.crop_min <= 1.0) {
             return Err(Error::Config(format!(
