@@ -341,8 +341,7 @@ impl Source {
 }
 
 /// The command's stage, which --epochs, --batch-size, --lr, --optimizer and --weight-decay
-/// apply to
-/// (pretraining's for pipeline).
+/// apply to (pretraining's for pipeline).
 #[derive(Clone, Copy)]
 enum Target {
     Pipeline,

@@ -257,9 +257,20 @@ fn bad_config_values() {
         ("--temperature", "0", "--temperature"),
         (
             "--weight-decay",
+            "-1",
+            "weight decay must be zero or positive",
+        ),
+        (
+            "--weight-decay",
             "inf",
             "weight decay must be zero or positive",
         ),
+        (
+            "--color-strength",
+            "NaN",
+            "--color-strength must be in [0, 2.5]",
+        ),
+        ("--lr", "-0.1", "learning rate must be positive"),
         ("--arch", "resnet7", "resnet7"),
         ("--device", "tpu", "tpu"),
         ("--device", "cuda:x", "cuda:x"),
