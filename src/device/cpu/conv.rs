@@ -119,7 +119,7 @@ pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
     if on_amx(sh, x, &wt, y) {
         return;
     }
-    if sh.stride == 1 && !gemm_bf16::products() && fused_forward(T::microkernel(k), sh, x, &wt, y) {
+    if fused(sh, x, &wt, y) {
         return;
     }
     // With bf16 products (no AMX): a window row of fewer values than a vector (the stem's, of
@@ -131,8 +131,13 @@ pub fn conv2d_forward<T: Real>(sh: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
     im2col_forward(sh, x, &wt, y);
 }
 
-/// y = conv(x, w) for a stride-1 shape, given wt = Wᵀ (RSC×K), with `kernel` (`fused_tiles`).
-/// False, having done nothing, where Wᵀ's panel of NR columns would not stay in L1 (16 KiB):
+/// `fused_forward` with this process's f32/f64 microkernel; false under bf16 products.
+fn fused<T: Real>(sh: &ConvShape, x: &[T], wt: &[T], y: &mut [T]) -> bool {
+    !gemm_bf16::products() && fused_forward(T::microkernel(sh.k), sh, x, wt, y)
+}
+
+/// y = conv(x, w) given wt = Wᵀ (RSC×K), with `kernel` (`fused_tiles`). False, having done
+/// nothing, for a strided conv, or where Wᵀ's panel of NR columns would not stay in L1 (16 KiB):
 /// measured on Zen 3 (AVX2), the 3×3 window of 16 channels (9 KiB) ran 20% faster than
 /// im2col, of 32 channels level, of 64 slower.
 fn fused_forward<T: Real>(
@@ -160,7 +165,7 @@ fn fused_tiles<T: Real, const MR: usize, const NR: usize>(
     y: &mut [T],
 ) -> bool {
     let (oh, ow, k, c, sc) = (sh.out_h(), sh.out_w(), sh.k, sh.c, sh.s * sh.c);
-    if sh.rsc() * NR * std::mem::size_of::<T>() > 16 << 10 {
+    if sh.stride != 1 || sh.rsc() * NR * std::mem::size_of::<T>() > 16 << 10 {
         return false;
     }
     // Wᵀ with its columns padded to a multiple of NR, so that every tile is a whole panel.
@@ -175,6 +180,7 @@ fn fused_tiles<T: Real, const MR: usize, const NR: usize>(
         }
         (&padded_wt[..], kp)
     };
+    assert_eq!(wt.len(), sh.rsc() * ldb);
     let (hp, wp) = sh.padded_hw();
     let image = hp * wp * c;
     let rows = sh.grid_rows();
@@ -187,7 +193,6 @@ fn fused_tiles<T: Real, const MR: usize, const NR: usize>(
             let (body, tail) = xb.split_at_mut(image);
             pad_image(sh, x, body, |dst, src| dst.copy_from_slice(src));
             tail.fill(T::zero());
-            assert!(wt.len() == sh.rsc() * ldb);
             let mut tile = [T::zero(); 14 * 32];
             for q0 in (0..rows).step_by(MR) {
                 for j0 in (0..k).step_by(NR) {
@@ -386,7 +391,7 @@ pub fn conv2d_backward_input<T: Real>(sh: &ConvShape, dy: &[T], w: &[T], dx: &mu
         if on_amx(&flipped, dy, &wt, dx) {
             return;
         }
-        if !gemm_bf16::products() && fused_forward(T::microkernel(c), &flipped, dy, &wt, dx) {
+        if fused(&flipped, dy, &wt, dx) {
             return;
         }
         // Small images through im2col: the implicit form runs gemms per image over its grid,
